@@ -1,0 +1,113 @@
+"""The project Flux runs in: found from the current directory, configured by flux.toml.
+
+A project is the nearest directory upward that holds a ``flux.toml``. Its private state
+(the embedded server's data, sockets, passwords) lives in ``<project>/.flux/``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flux._errors import ConfigError
+
+CONFIG_NAME = "flux.toml"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """``[database]`` in flux.toml."""
+
+    name: str = "flux"
+    port: int | None = None  # TCP port of the embedded server; None = choose a free one
+
+
+@dataclass(frozen=True)
+class Project:
+    """A Flux project: its root directory and its parsed configuration."""
+
+    root: Path
+    name: str = "app"
+    port: int = 4000
+    capture: str = "trigger"
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".flux"
+
+    @property
+    def functions_dir(self) -> Path:
+        return self.root / "functions"
+
+    @property
+    def schema_dir(self) -> Path:
+        return self.root / "schema"
+
+
+def find_root(start: Path | None = None) -> Path | None:
+    """The nearest directory from ``start`` upward holding a flux.toml, or None."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    return None
+
+
+def load(start: Path | None = None) -> Project:
+    """Find and parse the project around ``start`` (default: the current directory)."""
+    root = find_root(start)
+    if root is None:
+        raise ConfigError(
+            f"no {CONFIG_NAME} in {start or Path.cwd()} or any parent directory",
+            hint="run `flux init NAME` to create a project, or cd into one",
+        )
+    return parse(root)
+
+
+def parse(root: Path) -> Project:
+    """Parse ``root/flux.toml`` into a Project, with one clear sentence for each mistake."""
+    path = root / CONFIG_NAME
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+    project = raw.get("project", {})
+    db = raw.get("database", {})
+    capture = raw.get("capture", "trigger")
+    if capture not in ("trigger", "wal"):
+        raise ConfigError(f'{path}: capture must be "trigger" or "wal", not {capture!r}')
+    port = _int_option(path, "port", raw.get("port", project.get("port", 4000)))
+    db_port = db.get("port")
+    if db_port is not None:
+        db_port = _int_option(path, "database.port", db_port)
+    db_name = str(db.get("name", "flux"))
+    if not db_name.replace("_", "").isalnum():
+        raise ConfigError(f"{path}: database.name must be letters, digits and _, not {db_name!r}")
+    return Project(
+        root=root,
+        name=str(raw.get("name", project.get("name", root.name))),
+        port=port,
+        capture=capture,
+        database=DatabaseConfig(name=db_name, port=db_port),
+        raw=raw,
+    )
+
+
+def _int_option(path: Path, key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+        raise ConfigError(f"{path}: {key} must be a port number between 1 and 65535, not {value!r}")
+    return value
+
+
+def database_url_from_env() -> str | None:
+    """``DATABASE_URL`` if set: Flux then uses that server and never starts one."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    return url or None
