@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from cli import db
+from cli import db, serve
 from cli._output import print_error
 from flux import FluxError
 
@@ -20,6 +20,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(db.app, name="db")
+app.command()(serve.init)
+app.command()(serve.dev)
+app.command(name="serve")(serve.serve_command)
 
 
 def main() -> None:

@@ -4,9 +4,15 @@
     ├── ConfigError               config      flux.toml missing or invalid, bad option values
     ├── NotFound                  not_found   no execution / table / row with that id
     ├── AmbiguousId               ambiguous   an id prefix matches several executions
-    └── DatabaseError             database    PostgreSQL is unreachable or refused something
-        ├── EmbeddedServerError   embedded    the embedded server cannot start, stop or be reached
-        └── MigrationError        migration   a migration failed or the schema is ahead of Flux
+    ├── DatabaseError             database    PostgreSQL is unreachable or refused something
+    │   ├── EmbeddedServerError   embedded    the embedded server cannot start, stop or be reached
+    │   └── MigrationError        migration   a migration failed or the schema is ahead of Flux
+    ├── FunctionError             function    raised by user code through ctx.error(status, code, …)
+    ├── HttpError                 http        an outbound ctx.http call failed
+    │   ├── HttpTimeout           http_timeout      no answer within the timeout
+    │   ├── HttpConnectionError   http_connection   could not connect / connection dropped
+    │   └── HttpStatusError       http_status       raise_for_status() on a 4xx/5xx answer
+    └── Overloaded                overloaded  the runtime sheds load (pool exhausted, queue full)
 
 Each class carries a stable machine ``code`` that ``--json`` output and the admin API report.
 The CLI turns any FluxError into its message on one line and a non-zero exit; only a bug
@@ -62,3 +68,44 @@ class EmbeddedServerError(DatabaseError):
 
 class MigrationError(DatabaseError):
     code = "migration"
+
+
+class FunctionError(FluxError):
+    """What ``ctx.error(status, code, message)`` returns, for the handler to raise: an
+    intended failure with an HTTP status and a stable code for clients."""
+
+    code = "function"
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = code
+
+
+class HttpError(FluxError):
+    code = "http"
+
+    def __init__(self, message: str, *, method: str, url: str) -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+
+
+class HttpTimeout(HttpError, TimeoutError):
+    code = "http_timeout"
+
+
+class HttpConnectionError(HttpError, ConnectionError):
+    code = "http_connection"
+
+
+class HttpStatusError(HttpError):
+    code = "http_status"
+
+    def __init__(self, message: str, *, method: str, url: str, status: int) -> None:
+        super().__init__(message, method=method, url=url)
+        self.status = status
+
+
+class Overloaded(FluxError):
+    code = "overloaded"

@@ -1,0 +1,151 @@
+"""``flux init``, ``flux dev`` and ``flux serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from cli._output import err, out
+from flux._ids import short
+from flux._loader import LoadError
+from flux._project import load
+from flux._scaffold import init_project
+from flux._schema import SchemaResult
+from flux._server import ServeEvents, ServeInfo, prepare_database, serve
+
+WORKER_ENV = "FLUX_SERVE_WORKER"
+
+
+def init(name: str = typer.Argument(..., help="Directory to create.")) -> None:
+    """Create a new Flux project with a sample function and table."""
+    target = Path(name).resolve()
+    written = init_project(target)
+    out.print(f"[green]✓[/] created {escape(name)}/ ({len(written)} files)")
+    out.print(f"\n  cd {escape(name)}\n  flux dev\n  curl -s localhost:4000/create_user "
+              "-d '{\"email\": \"ada@example.com\"}'\n")
+
+
+def dev(port: int = typer.Option(None, "--port", "-p", help="Port (default: flux.toml, 4000)."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to bind.")) -> None:
+    """Run the project locally: embedded PostgreSQL, reload on change, until Ctrl-C."""
+    project = load()
+    events = _events(project.name, mode="dev")
+    asyncio.run(serve(project, host=host, port=port or project.port, reload=True,
+                      events=events))
+    out.print("[dim]stopped[/]")
+
+
+def serve_command(
+    port: int = typer.Option(None, "--port", "-p", help="Port (default: flux.toml, 4000)."),
+    host: str = typer.Option("0.0.0.0", "--host", help="Address to bind."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, max=64,
+                                help="Worker processes sharing the port."),
+) -> None:
+    """Run the project in production: DATABASE_URL, no reload, several workers allowed."""
+    project = load()
+    port = port or project.port
+    if os.environ.get(WORKER_ENV):
+        from flux._database import resolve
+
+        prepared = (resolve(project, start=False), SchemaResult([], 0))
+        asyncio.run(serve(project, host=host, port=port, reload=False, prepared=prepared,
+                          reuse_port=True, stop_embedded=False,
+                          events=_events(project.name, mode="worker")))
+        return
+    if not os.environ.get("DATABASE_URL"):
+        err.print("[yellow]note:[/] DATABASE_URL is not set; using the embedded PostgreSQL")
+    prepared = prepare_database(project)
+    if workers == 1:
+        asyncio.run(serve(project, host=host, port=port, reload=False, prepared=prepared,
+                          events=_events(project.name, mode="serve")))
+        return
+    _supervise(workers, port, host, prepared[0].started)
+
+
+def _supervise(workers: int, port: int, host: str, started_db: bool) -> None:
+    """Run ``workers`` serving processes on one port (SO_REUSEPORT) until SIGINT/SIGTERM."""
+    env = {**os.environ, WORKER_ENV: "1"}
+    argv = [sys.executable, "-m", "cli", "serve", "--port", str(port), "--host", host]
+    children = [subprocess.Popen(argv, env=env) for _ in range(workers)]
+    out.print(f"[green]✓[/] {workers} workers serving on {host}:{port}")
+    stopping = False
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    while not stopping and all(c.poll() is None for c in children):
+        time.sleep(0.2)
+    forward(signal.SIGTERM, None)
+    codes = [c.wait() for c in children]
+    if started_db:
+        from flux._database import embedded_server
+
+        embedded_server(load()).stop()
+    if any(code not in (0, -signal.SIGTERM) for code in codes) and not stopping:
+        raise typer.Exit(1)
+
+
+def _events(name: str, *, mode: str) -> ServeEvents:
+    def ready(info: ServeInfo) -> None:
+        if mode == "worker":
+            return
+        db = "embedded PostgreSQL" if info.embedded else "DATABASE_URL"
+        out.print(f"\n  [bold]Flux {mode}[/] · {escape(name)}")
+        out.print(f"  ➜ [bold cyan]{info.url}[/]   {db}"
+                  + (f" · {escape(info.data_dir)}" if info.data_dir else ""))
+        for file in info.schema.applied:
+            out.print(f"  [green]✓[/] schema/{escape(file)} applied")
+        if info.schema.captured:
+            out.print(f"  [green]✓[/] capture installed on {info.schema.captured} table(s)")
+        out.print(f"\n  {len(info.functions)} function(s)")
+        for route, fn in info.functions:
+            out.print(f"    POST /{escape(route):<28} {escape(fn)}")
+        for error in info.load_errors:
+            _load_error(error)
+        out.print("\n  [dim]ready — Ctrl-C to stop[/]\n")
+
+    def reloaded(fn: str | None, millis: float, error: LoadError | None, path: Path) -> None:
+        if error is not None:
+            _load_error(error)
+        elif fn is None:
+            out.print(f"  [yellow]−[/] {escape(path.name)} no longer holds a function")
+        else:
+            out.print(f"  [green]✓[/] {escape(fn)} reloaded ({millis:.0f} ms)")
+
+    def request(method: str, path: str, status: int, millis: float, rid: str | None) -> None:
+        colour = "green" if status < 400 else "yellow" if status < 500 else "red"
+        rid = short(rid) if rid else ""
+        hint = f"  [dim]→ flux why {rid}[/]" if status >= 500 else ""
+        out.print(f"  {time.strftime('%H:%M:%S')}  {method:<5} {escape(path):<28} "
+                  f"[{colour}]{status}[/] {millis:6.0f} ms  [dim]{rid}[/]{hint}")
+
+    def log(rid: str, level: str, message: str, fields: dict[str, Any]) -> None:
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        out.print(f"  [dim]{short(rid)} {level:<7}[/] {escape(message)} [dim]{escape(extra)}[/]")
+
+    def stopping() -> None:
+        if mode != "worker":
+            out.print("\n  [dim]stopping: finishing requests in flight…[/]")
+
+    quiet = mode == "worker"
+    return ServeEvents(ready=ready, reloaded=reloaded, request=None if quiet else request,
+                       log=None if quiet else log, stopping=stopping)
+
+
+def _load_error(error: LoadError) -> None:
+    out.print(f"  [red]✗[/] {escape(error.file.name)}: {escape(error.message)}")

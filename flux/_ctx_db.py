@@ -1,0 +1,129 @@
+"""``ctx.db``: SQL inside the execution's one transaction, every statement recorded.
+
+Each statement travels in one pipeline round trip with ``SAVEPOINT`` and the
+``flux.span_id`` GUC before it and ``RELEASE`` after it. The savepoint gives two things:
+a failed statement is rolled back alone (so the handler may catch the error and go on, and
+the executor can still read the mutations the earlier statements made before it rolls the
+whole transaction back), and the capture triggers see the span that issued each change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from flux._jsoncodec import encode
+from flux._queries import load
+from flux._sql import sql_info, tape_key
+
+if TYPE_CHECKING:
+    from flux._execution import Execution
+
+Params = list[Any] | tuple[Any, ...] | dict[str, Any] | None
+
+
+class Database:
+    """The ``ctx.db`` door. Methods are coroutines in async handlers and plain calls in
+    sync handlers (which run in a thread)."""
+
+    def __init__(self, execution: Execution) -> None:
+        self._ex = execution
+
+    def execute(self, query: str, params: Params = None) -> Any:
+        """Run a statement; returns the number of rows it affected."""
+        return self._ex.bridge(self._run("execute", query, params))
+
+    def fetchone(self, query: str, params: Params = None) -> Any:
+        """The first row as a dict, or None."""
+        return self._ex.bridge(self._run("fetchone", query, params))
+
+    def fetchall(self, query: str, params: Params = None) -> Any:
+        """All rows, as dicts."""
+        return self._ex.bridge(self._run("fetchall", query, params))
+
+    def fetchval(self, query: str, params: Params = None) -> Any:
+        """The first column of the first row, or None."""
+        return self._ex.bridge(self._run("fetchval", query, params))
+
+    async def _run(self, mode: str, query: str, params: Params) -> Any:
+        ex = self._ex
+        rec = ex.recorder
+        site = rec.call_site(depth=3)
+        info = sql_info(query)
+        attrs = {"sql": query, "params": encode(params), "tables": list(info.tables),
+                 "verb": info.verb}
+        with rec.span(info.span_name, "db", site, attrs) as span:
+            if ex.replay is not None:  # replay and resume serve (some) calls from a tape
+                served = await ex.replay.db(mode, query, params, span, site)
+                if served is not None:
+                    return served.value
+            try:
+                rows, rowcount, columns = await self._live(query, params, span.id)
+            except psycopg.Error as exc:
+                error = db_error(exc)
+                span.error = error
+                rec.tape_append("db", tape_key(query, params), {"error": error}, site=site,
+                                span_id=span.id)
+                raise
+            span.attrs["rowcount"] = rowcount
+            value = {"rows": encode(rows), "rowcount": rowcount, "columns": columns}
+            rec.tape_append("db", tape_key(query, params), ex.policy.cap(value), site=site,
+                            span_id=span.id)
+            return shape(mode, rows, rowcount)
+
+    async def _live(self, query: str, params: Params, span_id: str
+                    ) -> tuple[list[dict[str, Any]] | None, int, list[str] | None]:
+        ex = self._ex
+        q = load("execution")
+        async with ex.db_lock:
+            conn = await ex.connection()
+            cur = conn.cursor(row_factory=dict_row)
+            try:
+                async with conn.pipeline():
+                    if not ex.request_guc_set:
+                        await conn.execute(q.set_request, {"request_id": ex.request_id})
+                        ex.request_guc_set = True
+                    await conn.execute(q.savepoint)
+                    await conn.execute(q.set_span, {"span_id": span_id})
+                    await cur.execute(query, params)  # type: ignore[arg-type]
+                    await conn.execute(q.release)
+            except psycopg.Error:
+                if not conn.closed and not ex.broken(conn):
+                    await conn.execute(q.rollback_to)
+                raise
+            except asyncio.CancelledError:
+                ex.mark_cancelled()
+                raise
+            rows = await cur.fetchall() if cur.description else None
+            columns = [c.name for c in cur.description] if cur.description else None
+            return rows, cur.rowcount, columns
+
+
+def shape(mode: str, rows: list[dict[str, Any]] | None, rowcount: int) -> Any:
+    """What each ctx.db method returns, from the rows of a statement."""
+    if mode == "execute":
+        return rowcount
+    if mode == "fetchall":
+        return rows or []
+    first = rows[0] if rows else None
+    if mode == "fetchone":
+        return first
+    return next(iter(first.values())) if first else None
+
+
+def db_error(exc: psycopg.Error) -> dict[str, Any]:
+    """The facts of a database error that `flux why` classifies by."""
+    diag = exc.diag
+    return {
+        "type": type(exc).__name__,
+        "sqlstate": exc.sqlstate,
+        "message": (diag.message_primary or str(exc)).strip(),
+        "detail": diag.message_detail,
+        "constraint": diag.constraint_name,
+        "table": diag.table_name,
+        "column": diag.column_name,
+        "schema": diag.schema_name,
+    }

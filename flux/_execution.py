@@ -1,0 +1,126 @@
+"""The resources of one running execution: its recorder, its database transaction, and the
+bridge that lets a sync handler (running in a thread) use the async ctx doors.
+
+The transaction is opened lazily, on the first ``ctx.db`` call or queue push, and held by
+this object until the executor commits it (writing the record in it) or rolls it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import PoolTimeout
+
+from flux._errors import Overloaded
+from flux._recorder import CallSite, Recorder, Span
+
+if TYPE_CHECKING:
+    from flux._redact import RedactionPolicy
+    from flux._runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Served:
+    """A value a replay source answered with (``value`` may itself be None)."""
+
+    value: Any
+
+
+class ReplaySource(Protocol):
+    """Where replay and resume take outside values from instead of the world. A method
+    returns None to let the call run live."""
+
+    async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite
+                 ) -> Served | None: ...
+
+    async def http(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
+                   span: Span, site: CallSite) -> Served | None: ...
+
+    def value(self, kind: str, key: str, site: CallSite) -> Served | None: ...
+
+
+class Execution:
+    """One execution's transaction and recorder, shared by its ctx doors."""
+
+    def __init__(self, runtime: Runtime, recorder: Recorder, *,
+                 replay: ReplaySource | None = None,
+                 idempotency_prefix: str | None = None) -> None:
+        self.runtime = runtime
+        self.recorder = recorder
+        self.request_id = recorder.request_id
+        self.replay = replay
+        self.conn: AsyncConnection[Any] | None = None
+        self.request_guc_set = False
+        self.cancelled = False
+        self.db_lock = asyncio.Lock()
+        self.loop = asyncio.get_running_loop()
+        self._idempotency_prefix = idempotency_prefix or self.request_id
+
+    @property
+    def policy(self) -> RedactionPolicy:
+        return self.runtime.policy
+
+    def prepare_body(self, body: Any) -> Any:
+        """Redact, scrub secret values and cap a body before it is recorded."""
+        return self.policy.prepare(body, self.recorder.secret_values)
+
+    def idempotency_key(self, call_seq: int) -> str:
+        return f"{self._idempotency_prefix}-{call_seq}"
+
+    async def connection(self) -> AsyncConnection[Any]:
+        """The execution's connection, taken from the pool on first use (its transaction
+        begins with the first statement)."""
+        if self.conn is None:
+            try:
+                self.conn = await self.runtime.pool.getconn(timeout=self.runtime.pool_timeout)
+            except PoolTimeout as exc:
+                raise Overloaded("every database connection is busy",
+                                 hint="raise [database] pool_size or lower the load") from exc
+        return self.conn
+
+    def broken(self, conn: AsyncConnection[Any]) -> bool:
+        return conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.UNKNOWN
+
+    def mark_cancelled(self) -> None:
+        self.cancelled = True
+
+    async def release(self) -> None:
+        """Give the connection back to the pool (rolled back if anything is left open)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            await self.runtime.pool.putconn(conn)
+
+    def bridge(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Return the coroutine to an async caller; run it to completion for a sync handler
+        calling from its worker thread, in the caller's context (so spans nest right)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            return coro
+        context = contextvars.copy_context()
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def start() -> None:
+            task = self.loop.create_task(coro, context=context)
+
+            def finish(t: asyncio.Task[Any]) -> None:
+                if t.cancelled():
+                    done.cancel()
+                elif (exc := t.exception()) is not None:
+                    done.set_exception(exc)
+                else:
+                    done.set_result(t.result())
+
+            task.add_done_callback(finish)
+
+        self.loop.call_soon_threadsafe(start)
+        return done.result()

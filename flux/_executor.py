@@ -1,0 +1,229 @@
+"""The executor: run one function as one recorded execution.
+
+One transaction per execution. On success the record is inserted in that transaction and
+committed with the data; on failure the executor reads the mutations the transaction had
+made, rolls back, and stores the record with those mutations marked rolled back. Every path
+— success, exception, ctx.error, timeout, overload — ends in exactly one record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import pq
+
+from flux._context import Context, activate
+from flux._errors import FunctionError, Overloaded
+from flux._execution import Execution, ReplaySource
+from flux._function import FunctionSpec
+from flux._ids import short
+from flux._jsoncodec import encode, plain
+from flux._record import ExecutionRecord, attempted_mutations, describe_error, store
+from flux._recorder import CallSite, Recorder
+
+if TYPE_CHECKING:
+    from flux._runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Everything an execution starts from; frozen so replay can re-run it as it was."""
+
+    request_id: str
+    spec: FunctionSpec
+    input: Any
+    kind: str = "http"
+    method: str | None = "POST"
+    route: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+    tenant: str | None = None
+    parent_id: str | None = None
+    replay_of: str | None = None
+    resumed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an execution ended, for the gateway (or replay) to answer with."""
+
+    request_id: str
+    status: str  # ok | error
+    http_status: int
+    body: Any
+    error: dict[str, Any] | None
+    record: ExecutionRecord
+
+
+async def call_handler(spec: FunctionSpec, ctx: Context, input: Any) -> Any:
+    """Run a handler: awaited if async, in a worker thread (with our contextvars) if not."""
+    if spec.is_async:
+        return await spec.handler(ctx, input)
+    return await asyncio.to_thread(spec.handler, ctx, input)
+
+
+async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | None = None,
+                  idempotency_prefix: str | None = None, persist: bool = True) -> Outcome:
+    """Run ``inv`` as one recorded execution and store its record (unless ``persist`` is
+    false, as for a local replay that must touch nothing)."""
+    spec = inv.spec
+    rec = Recorder(inv.request_id, project_root=runtime.root,
+                   functions_dir=runtime.functions_dir)
+    ex = Execution(runtime, rec, replay=replay, idempotency_prefix=idempotency_prefix)
+    ctx = Context(ex, spec, headers=inv.headers, is_replay=replay is not None)
+    output: Any = None
+    failure: BaseException | None = None
+    with activate(ctx):
+        try:
+            with rec.span(f"{inv.method or inv.kind} /{inv.route or spec.route}", "gateway",
+                          attrs={"kind": inv.kind}), \
+                 rec.span(spec.name, "function",
+                          CallSite(rec.relative(spec.file), spec.line, spec.name)):
+                deadline = asyncio.timeout(spec.timeout)
+                try:
+                    async with deadline:
+                        result = await call_handler(spec, ctx, inv.input)
+                except TimeoutError as exc:
+                    if deadline.expired():  # ours, not a TimeoutError the handler raised
+                        raise FunctionTimeout(spec) from exc
+                    raise
+                output = _json_output(result)
+        except Exception as exc:
+            failure = exc
+    if failure is None:
+        return await _succeed(ex, inv, output, persist)
+    return await _fail(ex, inv, failure, persist)
+
+
+class FunctionTimeout(TimeoutError):
+    def __init__(self, spec: FunctionSpec) -> None:
+        super().__init__(f"{spec.name} did not finish within its timeout of {spec.timeout:g}s")
+
+
+def _json_output(result: Any) -> Any:
+    value = plain(result)
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"the function returned a value JSON cannot encode: {exc}") from exc
+    return value
+
+
+def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
+            body: Any, error: dict[str, Any] | None) -> ExecutionRecord:
+    rec = ex.recorder
+    runtime = ex.runtime
+    for span in rec.spans:
+        rec.close_span(span)
+    version = runtime.code_version
+    return ExecutionRecord(
+        request_id=inv.request_id, kind=inv.kind, function=inv.spec.name, status=status,
+        http_status=http_status, started_at=rec.started_at, duration_ms=rec.elapsed_ms(),
+        request={"method": inv.method, "route": inv.route or inv.spec.route,
+                 "headers": ex.policy.redact_headers(inv.headers),
+                 "query": dict(inv.query), "body": ex.prepare_body(encode(inv.input))},
+        response={"status": http_status, "body": ex.prepare_body(body)},
+        error=error, spans=[s.to_json() for s in rec.spans], tape=rec.tape, logs=rec.logs,
+        code_sha=version.sha, code_dirty=version.dirty, method=inv.method,
+        route=inv.route or inv.spec.route, runtime=inv.spec.runtime, tenant=inv.tenant,
+        parent_id=inv.parent_id, replay_of=inv.replay_of, resumed_from=inv.resumed_from,
+    )
+
+
+async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool) -> Outcome:
+    record = _record(ex, inv, status="ok", http_status=200, body=output, error=None)
+    if not persist:
+        await _discard(ex)
+        return Outcome(inv.request_id, "ok", 200, output, None, record)
+    conn = ex.conn
+    try:
+        if conn is not None:
+            async with ex.db_lock, conn.pipeline():
+                await store(conn, record)
+                await conn.commit()
+        else:
+            await ex.runtime.store_record(record)
+    except psycopg.Error as exc:
+        # COMMIT itself failed (a deferred constraint, a serialization failure, a lost
+        # connection): nothing was committed, so this is a failed execution after all.
+        return await _fail(ex, inv, exc, persist, transaction_lost=True)
+    finally:
+        await ex.release()
+    return Outcome(inv.request_id, "ok", 200, output, None, record)
+
+
+async def _fail(ex: Execution, inv: Invocation, failure: BaseException, persist: bool, *,
+                transaction_lost: bool = False) -> Outcome:
+    scrub = lambda text: ex.policy.scrub_text(text, ex.recorder.secret_values)  # noqa: E731
+    error = describe_error(failure, ex.recorder, scrub)
+    http_status, body = _answer(inv, failure)
+    error["http_status"] = http_status
+    mutations: list[dict[str, Any]] = []
+    conn = ex.conn
+    if conn is not None and not transaction_lost:
+        mutations = await _salvage(ex, conn)
+    record = _record(ex, inv, status="error", http_status=http_status, body=body, error=error)
+    record.mutations = [{**m, "request_id": inv.request_id} for m in mutations]
+    if not persist:
+        await _discard(ex)
+        return Outcome(inv.request_id, "error", http_status, body, error, record)
+    try:
+        if conn is not None and not conn.closed:
+            async with conn.transaction():
+                await store(conn, record)
+        else:
+            await ex.runtime.store_record(record)
+    finally:
+        await ex.release()
+    return Outcome(inv.request_id, "error", http_status, body, error, record)
+
+
+async def _salvage(ex: Execution, conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """Read the mutations of the failing transaction, then roll it back."""
+    mutations: list[dict[str, Any]] = []
+    state = conn.info.transaction_status
+    with contextlib.suppress(psycopg.Error):
+        if state == pq.TransactionStatus.ACTIVE:  # a query still running (timeout, cancel)
+            await conn.cancel_safe(timeout=5)
+            with contextlib.suppress(psycopg.Error):
+                await conn.rollback()
+            return mutations
+        if state == pq.TransactionStatus.INTRANS:
+            mutations = await attempted_mutations(conn, ex.request_id)
+    with contextlib.suppress(psycopg.Error):
+        await conn.rollback()
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        await conn.close()  # unusable: the pool will replace it
+    return mutations
+
+
+async def _discard(ex: Execution) -> None:
+    if ex.conn is not None:
+        with contextlib.suppress(psycopg.Error):
+            await ex.conn.rollback()
+    await ex.release()
+
+
+def _answer(inv: Invocation, failure: BaseException) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and body the client gets for a failure."""
+    hint = f"flux why {short(inv.request_id)}"
+    if isinstance(failure, FunctionError):
+        return failure.status, {"error": {"code": failure.error_code,
+                                          "message": failure.message},
+                                "request_id": inv.request_id}
+    if isinstance(failure, FunctionTimeout):
+        return 504, {"error": {"code": "timeout", "message": str(failure)},
+                     "request_id": inv.request_id, "hint": hint}
+    if isinstance(failure, Overloaded):
+        return 503, {"error": {"code": "overloaded", "message": failure.message},
+                     "request_id": inv.request_id}
+    return 500, {"error": {"code": "internal_error",
+                           "message": f"{inv.spec.name} failed: {type(failure).__name__}"},
+                 "request_id": inv.request_id, "hint": hint}
+

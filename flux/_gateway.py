@@ -1,0 +1,141 @@
+"""The gateway: a thin aiohttp app in front of the executor.
+
+``POST /<route>`` runs a function; ``GET /health`` answers for load balancers. Malformed
+JSON is a 400, an unknown route a 404, another method a 405, a body over the limit a 413 —
+each answered with one sentence and the request id, and each recorded like any execution.
+Every response carries ``x-flux-request-id``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+from aiohttp import web
+from psycopg_pool import PoolTimeout
+
+from flux._executor import Invocation, Outcome, execute
+from flux._ids import new_request_id
+from flux._record import ExecutionRecord
+from flux._recorder import Span
+from flux._runtime import Runtime, utcnow
+
+REQUEST_ID_HEADER = "x-flux-request-id"
+RUNTIME_KEY = web.AppKey("runtime", Runtime)
+Observer = Callable[[str, str, int, float, str | None], None]
+OBSERVER_KEY = web.AppKey("observer", object)
+
+
+def make_app(runtime: Runtime, *, observer: Observer | None = None) -> web.Application:
+    """The aiohttp application serving ``runtime``'s functions."""
+    app = web.Application(client_max_size=runtime.max_body,
+                          middlewares=[_request_id_middleware])
+    app[RUNTIME_KEY] = runtime
+    app[OBSERVER_KEY] = observer
+    app.router.add_get("/health", _health)
+    app.router.add_route("*", "/{path:.*}", _dispatch)
+    return app
+
+
+@web.middleware
+async def _request_id_middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    request_id = str(new_request_id())
+    request["request_id"] = request_id
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    response.headers[REQUEST_ID_HEADER] = request_id
+    observer = request.app[OBSERVER_KEY]
+    if callable(observer) and request.path != "/health":
+        observer(request.method, request.path, response.status,
+                 (time.perf_counter() - started) * 1000, request_id)
+    return response
+
+
+async def _health(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    return web.json_response({"status": "ok", "functions": len(runtime.registry.by_name)})
+
+
+async def _dispatch(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME_KEY]
+    request_id: str = request["request_id"]
+    path = request.match_info["path"]
+    spec = runtime.registry.route(path)
+    if spec is None:
+        return await _reject(request, 404, "not_found", f"no function is routed at /{path}",
+                             function=None)
+    if request.method != "POST":
+        response = await _reject(request, 405, "method_not_allowed",
+                                 f"/{path} takes POST, not {request.method}",
+                                 function=spec.name)
+        response.headers["Allow"] = "POST"
+        return response
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return await _reject(request, 413, "payload_too_large",
+                             f"the request body is over the limit of {runtime.max_body} bytes",
+                             function=spec.name)
+    try:
+        payload = json.loads(raw) if raw.strip() else {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        return await _reject(request, 400, "invalid_json",
+                             f"the request body is not valid JSON: {exc}",
+                             function=spec.name, body=raw[:1024].decode("utf-8", "replace"))
+    invocation = Invocation(
+        request_id=request_id, spec=spec, input=payload, kind="http", method=request.method,
+        route=path, headers=dict(request.headers), query=dict(request.query),
+    )
+    try:
+        outcome = await execute(runtime, invocation)
+    except (psycopg.OperationalError, PoolTimeout, OSError):
+        return _unavailable(request_id)
+    return _respond(outcome)
+
+
+def _respond(outcome: Outcome) -> web.Response:
+    return web.json_response(outcome.body, status=outcome.http_status)
+
+
+def _unavailable(request_id: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": "unavailable",
+                   "message": "the database is unavailable, so the request was not run"},
+         "request_id": request_id}, status=503)
+
+
+async def _reject(request: web.Request, status: int, code: str, message: str, *,
+                  function: str | None, body: Any = None) -> web.Response:
+    """Answer a request that never reached a function, and record it."""
+    runtime = request.app[RUNTIME_KEY]
+    request_id: str = request["request_id"]
+    now = utcnow()
+    error = {"type": "GatewayError", "code": code, "message": message, "http_status": status}
+    span = Span(id="s1", parent_id=None, name=f"{request.method} {request.path}",
+                kind="gateway", start_ms=0.0, duration_ms=0.0, status="error",
+                error={"type": "GatewayError", "message": message})
+    answer = {"error": {"code": code, "message": message}, "request_id": request_id}
+    record = ExecutionRecord(
+        request_id=request_id, kind="http", function=function, status="error",
+        http_status=status, started_at=now, duration_ms=0.0,
+        request={"method": request.method, "route": request.path.lstrip("/"),
+                 "headers": runtime.policy.redact_headers(request.headers.items()),
+                 "query": dict(request.query), "body": runtime.policy.prepare(body)},
+        response={"status": status, "body": answer}, error=error, spans=[span.to_json()],
+        tape=[], logs=[], code_sha=runtime.code_version.sha,
+        code_dirty=runtime.code_version.dirty, method=request.method,
+        route=request.path.lstrip("/"),
+    )
+    try:
+        await runtime.store_record(record)
+    except (psycopg.OperationalError, PoolTimeout, OSError):
+        return _unavailable(request_id)
+    return web.json_response(answer, status=status)

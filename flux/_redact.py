@@ -1,0 +1,241 @@
+"""Redaction: what Flux strips from a request, response or log line before it is stored.
+
+A record is only useful if it can be kept, shared and replayed, and it can only be kept if no
+credential is in it. Sensitive headers and JSON fields are replaced by a *keyed* fingerprint
+rather than a fixed placeholder, so two records can still be compared ("the same token was
+sent both times") without the store ever holding the value: the key never leaves the project,
+so nobody holding only the store can brute-force short values back out of it.
+
+Everything here is pure logic except :func:`load_policy`, which reads (or creates) the key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from secrets import token_hex
+from typing import Any
+
+from flux._errors import ConfigError
+
+KEY_ENV = "FLUX_REDACTION_KEY"
+KEY_FILE = "redaction.key"
+PREVIEW_CHARS = 1024
+MIN_SECRET_CHARS = 4  # shorter "secrets" (a "1", an "on") would shred every stored text
+_MARKER = re.compile(r"\[redacted hmac-sha256:[0-9a-f]{16}\]")
+
+
+@dataclass(frozen=True)
+class RedactionPolicy:
+    """What to hide and how much to keep; one per project, shared by every recorder."""
+
+    key: bytes = field(repr=False)  # never in a repr, a log line or a traceback
+    headers: frozenset[str] = frozenset(
+        {"authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key"}
+    )
+    fields: frozenset[str] = frozenset(
+        {"password", "secret", "token", "api_key", "card_number", "cvc"}
+    )
+    max_body_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        # Names are matched case-insensitively, so store them once in the form we compare.
+        object.__setattr__(self, "headers", frozenset(h.lower() for h in self.headers))
+        object.__setattr__(self, "fields", frozenset(f.lower() for f in self.fields))
+
+    def fingerprint(self, value: str | bytes) -> str:
+        """A short keyed digest: equal values match across records, the value stays hidden."""
+        data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+        return "hmac-sha256:" + hmac.new(self.key, data, hashlib.sha256).hexdigest()[:16]
+
+    def marker(self, value: str | bytes) -> str:
+        """The string stored in place of a hidden value."""
+        return f"[redacted {self.fingerprint(value)}]"
+
+    def redact_headers(
+        self,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        secrets: Iterable[str] = (),
+    ) -> dict[str, str]:
+        """Lower-cased names; repeated headers joined with ", "; sensitive values fingerprinted.
+
+        Each value of a repeated sensitive header gets its own marker, so one cookie that is
+        the same in two records still shows the same fingerprint. ``secrets`` are scrubbed
+        from the other values: a secret sent in a custom header is still a secret.
+        """
+        pattern = _secret_pattern(secrets)
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        out: dict[str, str] = {}
+        for name, value in pairs:
+            lname = name.lower()
+            if lname in self.headers:
+                value = self.marker(value)
+            elif pattern is not None:
+                value = pattern.sub(self._mark_match, value)
+            out[lname] = f"{out[lname]}, {value}" if lname in out else value
+        return out
+
+    def redact_body(self, body: Any) -> Any:
+        """A copy of JSON-able ``body`` with the value of every sensitive key replaced."""
+        if isinstance(body, dict):
+            return {
+                k: self._hide(v) if self._sensitive(k) else self.redact_body(v)
+                for k, v in body.items()
+            }
+        if isinstance(body, list | tuple):
+            return [self.redact_body(v) for v in body]
+        return body
+
+    def cap(self, body: Any) -> Any:
+        """``body`` unchanged if its JSON fits in ``max_body_bytes``, else a truncation marker.
+
+        The marker keeps the size and the SHA-256 of the full serialisation, so a replay can
+        still tell whether it produced the very same body.
+        """
+        text = json.dumps(body, separators=(",", ":"), default=str, ensure_ascii=False)
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) <= self.max_body_bytes:
+            return body
+        return {
+            "_flux_truncated": True,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "preview": text[:PREVIEW_CHARS],
+        }
+
+    def scrub_text(self, text: str, secrets: Iterable[str]) -> str:
+        """``text`` with every occurrence of each secret value (4+ chars) replaced by a marker.
+
+        All secrets are replaced in one left-to-right pass, longest first, so a secret that
+        contains another is hidden whole, and a marker is never scanned again.
+        """
+        pattern = _secret_pattern(secrets)
+        return text if pattern is None else pattern.sub(self._mark_match, text)
+
+    def prepare(self, body: Any, secrets: Iterable[str] = ()) -> Any:
+        """The one call a recorder makes per stored body: redact, scrub secrets, cap.
+
+        Besides strings, keys and numbers are scrubbed too, and anything that is not JSON is
+        turned into the text ``json.dumps(default=str)`` would store, so that what is checked
+        here is exactly what reaches the store.
+        """
+        return self.cap(self._scrub(self.redact_body(body), _secret_pattern(secrets)))
+
+    def _sensitive(self, key: Any) -> bool:
+        return isinstance(key, str) and key.lower() in self.fields
+
+    def _hide(self, value: Any) -> Any:
+        if isinstance(value, str) and _MARKER.fullmatch(value):
+            return value  # already redacted (a replayed record): keep its fingerprint
+        if isinstance(value, str | bytes):
+            return self.marker(value)
+        try:  # canonical, so an equal object fingerprints the same whatever its key order
+            text = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+        except (TypeError, ValueError):  # mixed-type keys cannot be sorted
+            text = repr(value)
+        return self.marker(text)
+
+    def _mark_match(self, match: re.Match[str]) -> str:
+        return self.marker(match.group(0))
+
+    def _scrub(self, value: Any, pattern: re.Pattern[str] | None) -> Any:
+        if isinstance(value, dict):
+            return {
+                self._scrub(_json_key(k), pattern): self._scrub(v, pattern)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self._scrub(v, pattern) for v in value]
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, int | float):
+            # A secret that user code parsed into a number would otherwise survive as digits.
+            text = json.dumps(value)
+            if pattern is None or not pattern.search(text):
+                return value
+            return pattern.sub(self._mark_match, text)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        elif not isinstance(value, str):
+            value = str(value)
+        return value if pattern is None else pattern.sub(self._mark_match, value)
+
+
+def load_policy(state_dir: Path, config: Mapping[str, Any]) -> RedactionPolicy:
+    """The project's policy: its key plus the ``[record]`` options of flux.toml.
+
+    The key is the UTF-8 text of ``FLUX_REDACTION_KEY`` or of ``<state_dir>/redaction.key``
+    (not hex-decoded), so pasting the file's contents into the variable elsewhere keeps
+    every fingerprint the same.
+    """
+    record = config.get("record", {})
+    if not isinstance(record, Mapping):
+        raise ConfigError("flux.toml: [record] must be a table")
+    max_bytes = record.get("max_body_bytes", RedactionPolicy.max_body_bytes)
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes <= 0:
+        raise ConfigError(
+            f"flux.toml: record.max_body_bytes must be a positive whole number of bytes, "
+            f"not {max_bytes!r}"
+        )
+    return RedactionPolicy(
+        key=_load_key(state_dir),
+        headers=RedactionPolicy.headers | _names(record, "redact_headers"),
+        fields=RedactionPolicy.fields | _names(record, "redact_fields"),
+        max_body_bytes=max_bytes,
+    )
+
+
+def _names(record: Mapping[str, Any], option: str) -> frozenset[str]:
+    names = record.get(option, [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"flux.toml: record.{option} must be a list of names, not {names!r}")
+    return frozenset(n.lower() for n in names)
+
+
+def _load_key(state_dir: Path) -> bytes:
+    if (env := os.environ.get(KEY_ENV)) is not None:
+        if not env:
+            raise ConfigError(f"{KEY_ENV} is set but empty", hint="unset it or give it a value")
+        return env.encode("utf-8")
+    path = state_dir / KEY_FILE
+    try:
+        if not path.exists():
+            state_dir.mkdir(parents=True, exist_ok=True)
+            # Write a private temp file, then link it into place: a concurrent first run
+            # either wins the link or reads the winner's key, never a half-written file.
+            fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".redaction-")  # mode 0600
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(token_hex(32) + "\n")
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+            finally:
+                os.unlink(tmp)
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read or create the redaction key {path}: {exc}") from exc
+    if not key:
+        raise ConfigError(f"the redaction key file {path} is empty", hint="delete it to renew it")
+    return key.encode("utf-8")
+
+
+def _secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    usable = sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, usable))) if usable else None
+
+
+def _json_key(key: Any) -> str:
+    """The key as json.dumps would write it, so scrubbing sees what gets stored."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool | int | float):
+        return json.dumps(key)
+    return str(key)

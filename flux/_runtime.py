@@ -1,0 +1,93 @@
+"""The runtime: what every execution of a serving process shares — the connection pool, the
+outbound HTTP session, the loaded functions, the redaction policy and the code version."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from psycopg_pool import AsyncConnectionPool
+
+from flux._gitinfo import CodeVersion, code_version
+from flux._loader import LoadError, Registry, load_all, load_file
+from flux._project import Project
+from flux._record import ExecutionRecord, store
+from flux._redact import RedactionPolicy, load_policy
+
+if TYPE_CHECKING:
+    from flux._context import Context
+
+DEFAULT_MAX_BODY = 1024 * 1024
+
+LogEcho = Callable[[str, str, str, dict[str, Any]], None]
+
+
+class Runtime:
+    """Shared state of one serving process. ``start()`` before use, ``close()`` after."""
+
+    def __init__(self, project: Project, conninfo: str, *, pool_size: int = 20,
+                 pool_timeout: float = 10.0, echo: LogEcho | None = None) -> None:
+        self.project = project
+        self.root = project.root
+        self.functions_dir = project.functions_dir
+        self.conninfo = conninfo
+        self.pool_timeout = pool_timeout
+        self.registry = Registry()
+        record_cfg = project.raw.get("record", {})
+        self.max_body = int(record_cfg.get("max_request_bytes", DEFAULT_MAX_BODY))
+        self.policy: RedactionPolicy = load_policy(project.state_dir, project.raw)
+        self.secrets_map: dict[str, str] = {
+            str(k): str(v) for k, v in project.raw.get("secrets", {}).items()}
+        self.app_config: dict[str, Any] = dict(project.raw.get("app", {}))
+        self.code_version: CodeVersion = CodeVersion(None, False)
+        self._echo = echo
+        self.pool = AsyncConnectionPool(conninfo, min_size=min(4, pool_size),
+                                        max_size=pool_size, open=False,
+                                        kwargs={"autocommit": False},
+                                        name="flux")
+        self.http_session: aiohttp.ClientSession
+
+    async def start(self) -> list[LoadError]:
+        """Open the pool and the HTTP session, load the functions; returns load errors."""
+        await self.pool.open(wait=True, timeout=30)
+        self.http_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True))
+        self.refresh_code_version()
+        return load_all(self.functions_dir, self.registry)
+
+    async def close(self) -> None:
+        if hasattr(self, "http_session"):
+            await self.http_session.close()
+        await self.pool.close()
+
+    def refresh_code_version(self) -> None:
+        self.code_version = code_version(self.root)
+
+    def reload(self, path: Path) -> tuple[str | None, float, LoadError | None]:
+        """Reload one changed module; on error the previous version keeps serving."""
+        loaded = load_file(path)
+        self.refresh_code_version()
+        if loaded.error is not None:
+            return self.registry.by_file.get(path), loaded.millis, loaded.error
+        if loaded.spec is None:
+            return self.registry.drop(path), loaded.millis, None
+        self.registry.put(path, loaded.spec)
+        return loaded.spec.name, loaded.millis, None
+
+    async def store_record(self, record: ExecutionRecord) -> None:
+        """Store a record on a pooled connection of its own (executions that held no
+        transaction, and requests rejected before any function ran)."""
+        async with self.pool.connection(timeout=self.pool_timeout) as conn, \
+                conn.transaction():
+            await store(conn, record)
+
+    def echo_log(self, ctx: Context, level: str, message: str, fields: dict[str, Any]) -> None:
+        if self._echo is not None:
+            self._echo(ctx.request_id, level, message, fields)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

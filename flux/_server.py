@@ -1,0 +1,128 @@
+"""Serving a project: ``flux dev`` (embedded PostgreSQL, reload on change, loopback) and
+``flux serve`` (DATABASE_URL, no reload, several worker processes on one port).
+
+Both prepare the database the same way — start it if embedded, migrate the flux schema,
+apply ``schema/*.sql``, install capture — then serve until SIGINT or SIGTERM, finish the
+requests in flight, and stop the embedded server if this process started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from flux._database import Target, resolve
+from flux._errors import ConfigError, FluxError
+from flux._gateway import Observer, make_app
+from flux._loader import LoadError
+from flux._migrate import migrate
+from flux._project import Project
+from flux._runtime import LogEcho, Runtime
+from flux._schema import SchemaResult, apply_schema
+
+SHUTDOWN_GRACE = 10.0
+
+
+@dataclass
+class ServeEvents:
+    """What the CLI is told while serving, to render as it likes."""
+
+    ready: Callable[[ServeInfo], None] = lambda info: None
+    reloaded: Callable[[str | None, float, LoadError | None, Path], None] = \
+        lambda name, ms, err, path: None
+    request: Observer | None = None
+    log: LogEcho | None = None
+    stopping: Callable[[], None] = lambda: None
+
+
+@dataclass(frozen=True)
+class ServeInfo:
+    url: str
+    database: str
+    embedded: bool
+    functions: list[tuple[str, str]]  # (route, name)
+    load_errors: list[LoadError]
+    schema: SchemaResult
+    data_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_database(project: Project) -> tuple[Target, SchemaResult]:
+    """Start (if embedded) and migrate the database, apply schema/, install capture."""
+    target = resolve(project, start=True)
+    migrate(target.conninfo)
+    return target, apply_schema(target.conninfo, project.schema_dir, capture=project.capture)
+
+
+async def serve(project: Project, *, host: str, port: int, reload: bool,
+                events: ServeEvents, prepared: tuple[Target, SchemaResult] | None = None,
+                reuse_port: bool = False, stop_embedded: bool = True) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    target, schema = prepared or await asyncio.to_thread(prepare_database, project)
+    runtime = Runtime(project, target.conninfo, echo=events.log)
+    runner: web.AppRunner | None = None
+    try:
+        load_errors = await runtime.start()
+        runner = web.AppRunner(make_app(runtime, observer=events.request),
+                               access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} is already in use",
+                                  hint="stop what uses it, or pick another with --port") from exc
+            raise FluxError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "") else host
+        events.ready(ServeInfo(
+            url=f"http://{shown_host}:{port}", database=target.display,
+            embedded=target.embedded is not None,
+            functions=sorted((s.route, s.name) for s in runtime.registry.by_name.values()),
+            load_errors=load_errors, schema=schema,
+            data_dir=str(target.embedded.data_dir) if target.embedded else None))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        watcher = asyncio.create_task(_watch(runtime, events, stop)) if reload else None
+        await stop.wait()
+        events.stopping()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+    finally:
+        if runner is not None:
+            await runner.cleanup()  # stops accepting, lets requests in flight finish
+        await runtime.close()
+        if stop_embedded and target.started and target.embedded is not None:
+            await asyncio.to_thread(target.embedded.stop)
+
+
+async def _watch(runtime: Runtime, events: ServeEvents, stop: asyncio.Event) -> None:
+    """Reload a function module when its file changes."""
+    from watchfiles import Change, awatch
+
+    directory = runtime.functions_dir
+    if not directory.is_dir():
+        return
+    async for changes in awatch(directory, stop_event=stop, debounce=50, step=20):
+        for change, name in sorted(changes, key=lambda c: c[1]):
+            path = Path(name)
+            if path.suffix != ".py" or path.name.startswith((".", "_")):
+                continue
+            if change == Change.deleted:
+                dropped = runtime.registry.drop(path)
+                events.reloaded(dropped, 0.0, None, path)
+                continue
+            fn, millis, error = runtime.reload(path)
+            events.reloaded(fn, millis, error, path)

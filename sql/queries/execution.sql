@@ -1,0 +1,55 @@
+-- The executor's statements around each execution (flux/_ctx_db.py, flux/_execution.py).
+
+-- name: set_request
+SELECT set_config('flux.request_id', %(request_id)s, true);
+
+-- name: set_span
+SELECT set_config('flux.span_id', %(span_id)s, true);
+
+-- name: savepoint
+SAVEPOINT flux_stmt;
+
+-- name: release
+RELEASE SAVEPOINT flux_stmt;
+
+-- name: rollback_to
+ROLLBACK TO SAVEPOINT flux_stmt;
+
+-- name: attempted_mutations
+-- The changes a failing execution made before it fails, read inside its transaction
+-- just before the rollback, to be stored again marked rolled_back.
+SELECT record_id, table_oid, table_schema, table_name, pk, op, old, new, changed_cols,
+       request_id, span_id, actor, application_name, txid, committed_at
+FROM flux.state_mutations
+WHERE request_id = %(request_id)s
+ORDER BY id;
+
+-- name: insert_rolled_back
+INSERT INTO flux.state_mutations (
+    record_id, table_oid, table_schema, table_name, pk, op, old, new, changed_cols,
+    request_id, span_id, actor, application_name, txid, committed_at, source, rolled_back)
+VALUES (
+    %(record_id)s, %(table_oid)s, %(table_schema)s, %(table_name)s, %(pk)s, %(op)s, %(old)s,
+    %(new)s, %(changed_cols)s, %(request_id)s, %(span_id)s, %(actor)s, %(application_name)s,
+    %(txid)s, %(committed_at)s, 'executor', true);
+
+-- name: insert_record
+INSERT INTO flux.trace_requests (
+    request_id, kind, function, runtime, method, route, status, http_status, started_at,
+    duration_ms, request, response, error, spans, tape, logs, code_sha, code_dirty, tenant,
+    parent_id, replay_of, resumed_from)
+VALUES (
+    %(request_id)s, %(kind)s, %(function)s, %(runtime)s, %(method)s, %(route)s, %(status)s,
+    %(http_status)s, %(started_at)s, %(duration_ms)s, %(request)s, %(response)s, %(error)s,
+    %(spans)s, %(tape)s, %(logs)s, %(code_sha)s, %(code_dirty)s, %(tenant)s, %(parent_id)s,
+    %(replay_of)s, %(resumed_from)s);
+
+-- name: push_job
+INSERT INTO flux.jobs (id, function, payload, max_attempts, run_at, idempotency_key, parent_id)
+VALUES (%(id)s, %(function)s, %(payload)s, %(max_attempts)s, now() + %(delay)s,
+        %(idempotency_key)s, %(parent_id)s)
+ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id;
+
+-- name: existing_job
+SELECT id FROM flux.jobs WHERE function = %(function)s AND idempotency_key = %(idempotency_key)s;
