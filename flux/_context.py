@@ -26,7 +26,7 @@ from flux._errors import ConfigError, FluxError, FunctionError, NotFound
 from flux._ids import new_request_id
 from flux._jsoncodec import encode
 from flux._queries import load
-from flux._recorder import Span
+from flux._recorder import CallSite, Span
 
 if TYPE_CHECKING:
     from flux._execution import Execution
@@ -91,7 +91,7 @@ class Log:
         ex = self._ctx._execution
         scrubbed = ex.policy.scrub_text(str(message), ex.recorder.secret_values)
         ex.recorder.log(level, scrubbed, ex.prepare_body(encode(fields)),
-                        ex.recorder.call_site(depth=3))
+                        ex.recorder.call_site())
         ex.runtime.echo_log(self._ctx, level, scrubbed, fields)
 
     def debug(self, message: str, **fields: Any) -> None:
@@ -135,14 +135,14 @@ class Queue:
 
     def push(self, function: str, payload: Any = None, *, delay: Any = None,
              idempotency_key: str | None = None) -> Any:
-        return self._ctx._execution.bridge(
-            self._push(function, payload, delay, idempotency_key))
+        ex = self._ctx._execution
+        return ex.bridge(self._push(function, payload, delay, idempotency_key,
+                                    ex.recorder.call_site()))
 
     async def _push(self, function: str, payload: Any, delay: Any,
-                    idempotency_key: str | None) -> str:
+                    idempotency_key: str | None, site: CallSite) -> str:
         ex = self._ctx._execution
         rec = ex.recorder
-        site = rec.call_site(depth=3)
         target = ex.runtime.registry.by_name.get(function)
         if target is None:
             raise NotFound(f"ctx.queue.push: no function named {function!r}")
@@ -219,7 +219,7 @@ class Context:
 
     def _value(self, kind: str, key: str, live: Any, encode_: Any = encode) -> Any:
         ex = self._execution
-        site = ex.recorder.call_site(depth=3)
+        site = ex.recorder.call_site()
         if ex.replay is not None and (served := ex.replay.value(kind, key, site)):
             return served.value
         ex.recorder.tape_append(kind, key, encode_(live), site=site)
@@ -248,14 +248,14 @@ class Context:
 
     def invoke(self, function: str, input: Any = None) -> Any:
         """Call another function inside this execution (same transaction, a child span)."""
-        return self._execution.bridge(self._invoke(function, input))
+        ex = self._execution
+        return ex.bridge(self._invoke(function, input, ex.recorder.call_site()))
 
-    async def _invoke(self, function: str, input: Any) -> Any:
+    async def _invoke(self, function: str, input: Any, site: CallSite) -> Any:
         from flux._executor import call_handler  # the executor imports this module
 
         ex = self._execution
         rec = ex.recorder
-        site = rec.call_site(depth=3)
         target = ex.runtime.registry.by_name.get(function)
         if target is None:
             raise NotFound(f"ctx.invoke: no function named {function!r}")

@@ -17,6 +17,7 @@ from psycopg.rows import dict_row
 
 from flux._jsoncodec import encode
 from flux._queries import load
+from flux._recorder import CallSite
 from flux._sql import sql_info, tape_key
 
 if TYPE_CHECKING:
@@ -34,24 +35,23 @@ class Database:
 
     def execute(self, query: str, params: Params = None) -> Any:
         """Run a statement; returns the number of rows it affected."""
-        return self._ex.bridge(self._run("execute", query, params))
+        return self._ex.bridge(self._run("execute", query, params, self._ex.recorder.call_site()))
 
     def fetchone(self, query: str, params: Params = None) -> Any:
         """The first row as a dict, or None."""
-        return self._ex.bridge(self._run("fetchone", query, params))
+        return self._ex.bridge(self._run("fetchone", query, params, self._ex.recorder.call_site()))
 
     def fetchall(self, query: str, params: Params = None) -> Any:
         """All rows, as dicts."""
-        return self._ex.bridge(self._run("fetchall", query, params))
+        return self._ex.bridge(self._run("fetchall", query, params, self._ex.recorder.call_site()))
 
     def fetchval(self, query: str, params: Params = None) -> Any:
         """The first column of the first row, or None."""
-        return self._ex.bridge(self._run("fetchval", query, params))
+        return self._ex.bridge(self._run("fetchval", query, params, self._ex.recorder.call_site()))
 
-    async def _run(self, mode: str, query: str, params: Params) -> Any:
+    async def _run(self, mode: str, query: str, params: Params, site: CallSite) -> Any:
         ex = self._ex
         rec = ex.recorder
-        site = rec.call_site(depth=3)
         info = sql_info(query)
         attrs = {"sql": query, "params": encode(params), "tables": list(info.tables),
                  "verb": info.verb}

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from flux._errors import HttpConnectionError, HttpStatusError, HttpTimeout
+from flux._recorder import CallSite
 
 if TYPE_CHECKING:
     from flux._execution import Execution
@@ -60,29 +61,30 @@ class Http:
         self._ex = execution
 
     def get(self, url: str, **kwargs: Any) -> Any:
-        return self._ex.bridge(self._request("GET", url, **kwargs))
+        return self._ex.bridge(self._request("GET", url, self._ex.recorder.call_site(), **kwargs))
 
     def post(self, url: str, **kwargs: Any) -> Any:
-        return self._ex.bridge(self._request("POST", url, **kwargs))
+        return self._ex.bridge(self._request("POST", url, self._ex.recorder.call_site(), **kwargs))
 
     def put(self, url: str, **kwargs: Any) -> Any:
-        return self._ex.bridge(self._request("PUT", url, **kwargs))
+        return self._ex.bridge(self._request("PUT", url, self._ex.recorder.call_site(), **kwargs))
 
     def patch(self, url: str, **kwargs: Any) -> Any:
-        return self._ex.bridge(self._request("PATCH", url, **kwargs))
+        return self._ex.bridge(self._request("PATCH", url, self._ex.recorder.call_site(), **kwargs))
 
     def delete(self, url: str, **kwargs: Any) -> Any:
-        return self._ex.bridge(self._request("DELETE", url, **kwargs))
+        return self._ex.bridge(self._request("DELETE", url, self._ex.recorder.call_site(), **kwargs))
 
     def request(self, method: str, url: str, **kwargs: Any) -> Any:
-        return self._ex.bridge(self._request(method.upper(), url, **kwargs))
+        return self._ex.bridge(self._request(method.upper(), url, self._ex.recorder.call_site(),
+                                            **kwargs))
 
-    async def _request(self, method: str, url: str, *, json: Any = None, data: Any = None,
+    async def _request(self, method: str, url: str, site: CallSite, *, json: Any = None,
+                       data: Any = None,
                        headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
                        timeout: float = DEFAULT_TIMEOUT) -> Response:
         ex = self._ex
         rec = ex.recorder
-        site = rec.call_site(depth=3)
         rec.http_calls += 1
         call_seq = rec.http_calls
         sent_headers = dict(headers or {})

@@ -25,6 +25,7 @@ from flux._runtime import Runtime, utcnow
 
 REQUEST_ID_HEADER = "x-flux-request-id"
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
+ID_KEY = web.RequestKey("request_id", str)
 Observer = Callable[[str, str, int, float, str | None], None]
 OBSERVER_KEY = web.AppKey("observer", object)
 
@@ -45,7 +46,7 @@ async def _request_id_middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     request_id = str(new_request_id())
-    request["request_id"] = request_id
+    request[ID_KEY] = request_id
     started = time.perf_counter()
     try:
         response = await handler(request)
@@ -66,7 +67,7 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
-    request_id: str = request["request_id"]
+    request_id: str = request[ID_KEY]
     path = request.match_info["path"]
     spec = runtime.registry.route(path)
     if spec is None:
@@ -116,7 +117,7 @@ async def _reject(request: web.Request, status: int, code: str, message: str, *,
                   function: str | None, body: Any = None) -> web.Response:
     """Answer a request that never reached a function, and record it."""
     runtime = request.app[RUNTIME_KEY]
-    request_id: str = request["request_id"]
+    request_id: str = request[ID_KEY]
     now = utcnow()
     error = {"type": "GatewayError", "code": code, "message": message, "http_status": status}
     span = Span(id="s1", parent_id=None, name=f"{request.method} {request.path}",

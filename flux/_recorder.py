@@ -137,7 +137,7 @@ class Recorder:
 
     # -- call sites ----------------------------------------------------------------------
 
-    def call_site(self, depth: int = 2) -> CallSite:
+    def call_site(self, depth: int = 1) -> CallSite:
         """The user's line that made the current ctx call: the innermost frame in
         ``functions/``, else the innermost frame outside Flux itself."""
         frame: FrameType | None = sys._getframe(depth)

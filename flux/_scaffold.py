@@ -22,7 +22,10 @@ capture = "trigger"     # or "wal"
 [app]
 # anything here is ctx.config in your functions
 ''',
-    "functions/create_user.py": '''"""Create a user. Try it: curl -s localhost:4000/create_user -d '{{"email": "ada@example.com"}}'"""
+    "functions/create_user.py": '''"""Create a user.
+
+Try it: curl -s localhost:4000/create_user -d '{{"email": "ada@example.com"}}'
+"""
 
 from flux import function
 
@@ -39,7 +42,7 @@ async def create_user(ctx, input):
     ctx.log.info("user created", user_id=user["id"])
     return user
 ''',
-    "schema/001_users.sql": '''-- Applied by `flux dev` in name order; each file once, again when it changes.
+    "schema/001_users.sql": '''-- Applied by `flux dev` in name order, each file once.
 CREATE TABLE IF NOT EXISTS users (
     id         bigserial PRIMARY KEY,
     email      text NOT NULL UNIQUE,

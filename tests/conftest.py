@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.projects"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.projects", "tests.fixtures.shop"]
