@@ -1,1 +1,2 @@
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.projects", "tests.fixtures.shop"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.projects", "tests.fixtures.shop",
+                  "tests.fixtures.processes"]
