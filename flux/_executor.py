@@ -122,6 +122,8 @@ def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
     for span in rec.spans:
         rec.close_span(span)
     version = runtime.code_version
+    scrub = ex.policy.scrub
+    secrets = rec.secret_values
     return ExecutionRecord(
         request_id=inv.request_id, kind=inv.kind, function=inv.spec.name, status=status,
         http_status=http_status, started_at=rec.started_at, duration_ms=rec.elapsed_ms(),
@@ -129,7 +131,8 @@ def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
                  "headers": ex.policy.redact_headers(inv.headers),
                  "query": dict(inv.query), "body": ex.prepare_body(encode(inv.input))},
         response={"status": http_status, "body": ex.prepare_body(body)},
-        error=error, spans=[s.to_json() for s in rec.spans], tape=rec.tape, logs=rec.logs,
+        error=scrub(error, secrets), spans=scrub([s.to_json() for s in rec.spans], secrets),
+        tape=scrub(rec.tape, secrets), logs=scrub(rec.logs, secrets),
         code_sha=version.sha, code_dirty=version.dirty, method=inv.method,
         route=inv.route or inv.spec.route, runtime=inv.spec.runtime, tenant=inv.tenant,
         parent_id=inv.parent_id, replay_of=inv.replay_of, resumed_from=inv.resumed_from,

@@ -120,6 +120,13 @@ class RedactionPolicy:
         pattern = _secret_pattern(secrets)
         return text if pattern is None else pattern.sub(self._mark_match, text)
 
+    def scrub(self, value: Any, secrets: Iterable[str]) -> Any:
+        """``value`` (any JSON-able structure) with every secret value scrubbed from every
+        string in it; no redaction of fields, no cap. The executor's last pass over a whole
+        record, so a secret that reached a span message or a log is still caught."""
+        pattern = _secret_pattern(secrets)
+        return value if pattern is None else self._scrub(value, pattern)
+
     def prepare(self, body: Any, secrets: Iterable[str] = ()) -> Any:
         """The one call a recorder makes per stored body: redact, scrub secrets, cap.
 

@@ -1,0 +1,490 @@
+"""What recording costs: the same handler served by Flux (recorded) and by a plain
+aiohttp + psycopg app, measured side by side in one run.
+
+The handler does one SELECT, one INSERT and one outbound GET to a loopback stub, inside one
+transaction. Setup, all in a temporary directory under /tmp that is removed at the end:
+
+- one embedded PostgreSQL with two databases: ``bench_flux`` (flux schema migrated, the
+  ``items`` table created through the project's ``schema/001.sql`` so capture triggers are
+  on it, as in real use) and ``bench_plain`` (the same table, no triggers);
+- three child processes: the stub, the plain server and the Flux server (``make_app`` over a
+  ``Runtime``), each on its own 127.0.0.1 port, so the load generator in this process does
+  not compete with them for one event loop.
+
+Each side is warmed up, then the rounds alternate (plain, recorded, plain, recorded, …) so
+machine noise hits both alike. A side's throughput is the median over its rounds; its p50
+and p99 are over every request of its rounds. Only 200 responses count.
+
+    .venv/bin/python bench/recording_overhead.py [--concurrency 16] [--seconds 8] [--rounds 3]
+
+The last line is ``ratio: <recorded/plain throughput>``. The exit status is 1 only when
+something was wrong (a non-200 answer, a failed request, records missing), never for the
+ratio itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import json
+import math
+import multiprocessing
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from flux._database import ensure_database
+from flux._embedded import EmbeddedServer, ServerInfo
+from flux._gateway import make_app
+from flux._migrate import migrate
+from flux._project import parse
+from flux._runtime import Runtime
+from flux._schema import apply_schema
+
+ROUTE = "bench_handler"
+POOL_SIZE = 20  # Runtime's default pool_size; the plain side gets the same pool
+TARGET = 0.85
+FLUX_DB = "bench_flux"
+PLAIN_DB = "bench_plain"
+SEED_ROWS = 1000  # so the SELECT counts the same rows on both sides from the first request
+COUNT_BELOW = SEED_ROWS
+
+SELECT_SQL = "SELECT count(*) FROM items WHERE id < %s"
+INSERT_SQL = "INSERT INTO items (name) VALUES (%s) RETURNING id"
+TABLE_SQL = f"""\
+CREATE TABLE items (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL,
+    created_at timestamptz DEFAULT now()
+);
+-- Seeded before capture is installed, so these rows are not recorded mutations.
+INSERT INTO items (name) SELECT 'seed-' || g FROM generate_series(1, {SEED_ROWS}) AS g;
+"""
+
+HANDLER_PY = f'''\
+"""The benchmark handler: one SELECT, one INSERT, one outbound GET."""
+
+from flux import function
+
+
+@function
+async def {ROUTE}(ctx, input):
+    row = await ctx.db.fetchone({SELECT_SQL!r}, [{COUNT_BELOW}])
+    item = await ctx.db.fetchone({INSERT_SQL!r}, [input.get("name", "bench")])
+    response = await ctx.http.get(ctx.config["stub_url"])
+    return {{"count": row["count"], "id": item["id"], "stub": response.json()}}
+'''
+
+STUB_BODY = json.dumps({"ok": True, "service": "stub", "items": [1, 2, 3]}).encode()
+REQUEST_BODY = json.dumps({"name": "bench"}).encode()
+READY_TIMEOUT = 60.0
+
+
+# -- the servers, each in a child process -----------------------------------------------
+
+Cleanup = Callable[[], Awaitable[None]]
+
+
+async def _stub_app(options: dict[str, Any]) -> tuple[web.Application, Cleanup]:
+    async def stub(request: web.Request) -> web.Response:
+        return web.Response(body=STUB_BODY, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/stub", stub)
+
+    async def cleanup() -> None:
+        pass
+
+    return app, cleanup
+
+
+async def _plain_app(options: dict[str, Any]) -> tuple[web.Application, Cleanup]:
+    """The baseline: what one would write by hand, configured like Flux's runtime."""
+    pool = AsyncConnectionPool(options["conninfo"], min_size=min(4, POOL_SIZE),
+                               max_size=POOL_SIZE, open=False, kwargs={"autocommit": False},
+                               name="plain")
+    await pool.open(wait=True, timeout=30)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True))
+    stub_url = options["stub_url"]
+
+    async def handle(request: web.Request) -> web.Response:
+        payload = json.loads(await request.read())
+        async with pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(SELECT_SQL, [COUNT_BELOW])
+            (count,) = await cur.fetchone()  # type: ignore[misc]
+            cur = await conn.execute(INSERT_SQL, [payload.get("name", "bench")])
+            (item_id,) = await cur.fetchone()  # type: ignore[misc]
+            async with session.get(stub_url, timeout=aiohttp.ClientTimeout(total=10)) as raw:
+                stub = json.loads(await raw.read())
+        return web.json_response({"count": count, "id": item_id, "stub": stub})
+
+    app = web.Application()
+    app.router.add_post(f"/{ROUTE}", handle)
+
+    async def cleanup() -> None:
+        await session.close()
+        await pool.close()
+
+    return app, cleanup
+
+
+async def _recorded_app(options: dict[str, Any]) -> tuple[web.Application, Cleanup]:
+    """Flux as ``flux serve`` runs it: a Runtime behind the gateway."""
+    runtime = Runtime(parse(Path(options["project"])), options["conninfo"],
+                      pool_size=POOL_SIZE)
+    errors = await runtime.start()
+    if errors or runtime.registry.route(ROUTE) is None:
+        await runtime.close()
+        raise RuntimeError(f"the bench project did not load: {errors}")
+    return make_app(runtime), runtime.close
+
+
+BUILDERS = {"stub": _stub_app, "plain": _plain_app, "recorded": _recorded_app}
+
+
+def _child_main(role: str, options: dict[str, Any], pipe: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops us
+    try:
+        asyncio.run(_serve(role, options, pipe))
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+async def _serve(role: str, options: dict[str, Any], pipe: Connection) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    app, cleanup = await BUILDERS[role](options)
+    runner = web.AppRunner(app, access_log=None)
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        profiler = cProfile.Profile() if options.get("profile") else None
+        if profiler is not None:
+            profiler.enable()
+        pipe.send(("ready", runner.addresses[0][1]))
+        await stop.wait()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(options["profile"])
+    finally:
+        await runner.cleanup()
+        await cleanup()
+
+
+@dataclass
+class Child:
+    role: str
+    process: multiprocessing.process.BaseProcess
+    port: int
+
+
+def _spawn(role: str, options: dict[str, Any]) -> Child:
+    ctx = multiprocessing.get_context("spawn")
+    parent_end, child_end = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child_main, args=(role, options, child_end),
+                          name=f"bench-{role}", daemon=True)
+    process.start()
+    child_end.close()
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if parent_end.poll(0.1):
+            try:
+                kind, value = parent_end.recv()
+            except EOFError:
+                break
+            if kind == "ready":
+                return Child(role, process, int(value))
+            _stop(Child(role, process, 0))
+            raise RuntimeError(f"the {role} server failed to start: {value}")
+        if not process.is_alive():
+            break
+    _stop(Child(role, process, 0))
+    raise RuntimeError(f"the {role} server did not start (exit code {process.exitcode})")
+
+
+def _stop(child: Child) -> None:
+    process = child.process
+    if process.is_alive():
+        process.terminate()  # SIGTERM: the child closes its pool and session
+        process.join(15)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
+
+
+# -- the database -------------------------------------------------------------------------
+
+def _write_project(root: Path, stub_url: str) -> Path:
+    (root / "functions").mkdir(parents=True)
+    (root / "schema").mkdir()
+    (root / "flux.toml").write_text(f'name = "bench"\n\n[app]\nstub_url = "{stub_url}"\n')
+    (root / "functions" / f"{ROUTE}.py").write_text(HANDLER_PY)
+    (root / "schema" / "001.sql").write_text(TABLE_SQL)
+    return root
+
+
+def _prepare_databases(info: ServerInfo, project_root: Path) -> tuple[str, str]:
+    admin = info.conninfo("postgres")
+    ensure_database(admin, FLUX_DB)
+    ensure_database(admin, PLAIN_DB)
+    flux_db, plain_db = info.conninfo(FLUX_DB), info.conninfo(PLAIN_DB)
+    migrate(flux_db)
+    result = apply_schema(flux_db, parse(project_root).schema_dir)
+    if result.captured < 1:
+        raise RuntimeError("apply_schema installed capture on no table")
+    with psycopg.connect(plain_db, autocommit=True) as conn:
+        conn.execute(TABLE_SQL.encode())
+    return flux_db, plain_db
+
+
+def _triggers(conninfo: str) -> int:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'items'::regclass"
+                           " AND NOT tgisinternal").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _count(conninfo: str, query: str) -> int:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(query.encode()).fetchone()
+    return int(row[0]) if row else 0
+
+
+# -- the load -----------------------------------------------------------------------------
+
+@dataclass
+class Round:
+    side: str
+    elapsed: float
+    latencies: list[float] = field(default_factory=list)  # seconds, 200s only
+    statuses: Counter[int] = field(default_factory=Counter)
+    failures: int = 0  # no HTTP answer at all
+    sample: str = ""  # the first bad answer or error, to show
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def answered(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def bad(self) -> int:
+        return self.answered - self.ok + self.failures
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.elapsed if self.elapsed > 0 else 0.0
+
+
+async def _load(session: aiohttp.ClientSession, side: str, url: str, concurrency: int,
+                seconds: float) -> Round:
+    """``concurrency`` clients, each sending its next request as soon as it has an answer,
+    until ``seconds`` have passed; requests in flight then are finished and counted."""
+    result = Round(side, 0.0)
+    headers = {"Content-Type": "application/json"}
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < deadline:
+            sent = time.perf_counter()
+            try:
+                async with session.post(url, data=REQUEST_BODY, headers=headers) as response:
+                    body = await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                result.failures += 1
+                result.sample = result.sample or f"{type(exc).__name__}: {exc}"
+                if result.failures > 100:
+                    raise RuntimeError(f"{side}: the server stopped answering "
+                                       f"({result.sample})") from exc
+                await asyncio.sleep(0.01)
+                continue
+            result.statuses[status] += 1
+            if status == 200:
+                result.latencies.append(time.perf_counter() - sent)
+            elif not result.sample:
+                result.sample = f"{status}: {body[:300].decode('utf-8', 'replace')}"
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    result.elapsed = time.perf_counter() - start
+    return result
+
+
+async def _drive(urls: dict[str, str], args: argparse.Namespace
+                 ) -> tuple[list[Round], dict[str, Round]]:
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=30)
+    warmups: dict[str, Round] = {}
+    rounds: list[Round] = []
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        for side in ("plain", "recorded"):
+            warmups[side] = await _load(session, side, urls[side], args.concurrency,
+                                        args.warmup)
+            _progress(f"warm-up   {_round_line(warmups[side])}")
+        for number in range(1, args.rounds + 1):
+            for side in ("plain", "recorded"):
+                result = await _load(session, side, urls[side], args.concurrency, args.seconds)
+                rounds.append(result)
+                _progress(f"round {number:<3} {_round_line(result)}")
+    return rounds, warmups
+
+
+# -- the report ---------------------------------------------------------------------------
+
+def _percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile, in milliseconds."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
+
+
+def _round_line(r: Round) -> str:
+    return (f"{r.side:<9} {r.ok:>7} req  {r.throughput:>8.1f} req/s  "
+            f"p50 {_percentile(r.latencies, 0.50):>6.1f} ms  "
+            f"p99 {_percentile(r.latencies, 0.99):>6.1f} ms  non-200 {r.bad}")
+
+
+def _progress(line: str) -> None:
+    print(line, flush=True)
+
+
+@dataclass
+class Side:
+    name: str
+    requests: int
+    throughput: float
+    p50: float
+    p99: float
+    bad: int
+    sample: str
+
+
+def _summarise(name: str, rounds: list[Round]) -> Side:
+    mine = [r for r in rounds if r.side == name]
+    latencies = [t for r in mine for t in r.latencies]
+    return Side(name=name, requests=sum(r.ok for r in mine),
+                throughput=statistics.median(r.throughput for r in mine),
+                p50=_percentile(latencies, 0.50), p99=_percentile(latencies, 0.99),
+                bad=sum(r.bad for r in mine),
+                sample=next((r.sample for r in mine if r.sample), ""))
+
+
+# -- main ---------------------------------------------------------------------------------
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Throughput and latency of a recorded Flux handler against the same "
+                    "handler in plain aiohttp + psycopg.")
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="requests in flight at once (default: 16)")
+    parser.add_argument("--seconds", type=float, default=8.0,
+                        help="length of one measured round, per side (default: 8)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measured rounds per side, alternating (default: 3)")
+    parser.add_argument("--warmup", type=float, default=3.0,
+                        help="warm-up per side before the rounds, not counted (default: 3)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="cProfile the recorded server into FILE (pstats format); the "
+                             "ratio of such a run means nothing")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1 or args.rounds < 1 or args.seconds <= 0 or args.warmup < 0:
+        parser.error("--concurrency and --rounds must be at least 1, --seconds positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="flux-bench-", dir="/tmp"))
+    tmp.chmod(0o755)  # as root, the server runs as an unprivileged user that must reach it
+    server: EmbeddedServer | None = None
+    children: list[Child] = []
+    try:
+        print(f"concurrency {args.concurrency}, {args.rounds} rounds of {args.seconds:g} s "
+              f"per side after {args.warmup:g} s of warm-up, pool size {POOL_SIZE}", flush=True)
+        stub = _spawn("stub", {})
+        children.append(stub)
+        stub_url = f"http://127.0.0.1:{stub.port}/stub"
+        project = _write_project(tmp / "project", stub_url)
+        server = EmbeddedServer(project / ".flux")
+        info, _ = server.start()
+        flux_db, plain_db = _prepare_databases(info, project)
+        triggers = (_triggers(flux_db), _triggers(plain_db))
+        if triggers[0] == 0 or triggers[1] != 0:
+            raise RuntimeError(f"capture triggers on items: flux {triggers[0]}, "
+                               f"plain {triggers[1]} (want some and none)")
+        children.append(_spawn("plain", {"conninfo": plain_db, "stub_url": stub_url}))
+        children.append(_spawn("recorded", {"conninfo": flux_db, "project": str(project),
+                                            "profile": args.profile}))
+        urls = {c.role: f"http://127.0.0.1:{c.port}/{ROUTE}" for c in children[1:]}
+
+        rounds, warmups = asyncio.run(_drive(urls, args))
+
+        plain, recorded = _summarise("plain", rounds), _summarise("recorded", rounds)
+        served = recorded.requests + warmups["recorded"].ok
+        executions = sum(r.answered for r in (*rounds, warmups["recorded"])
+                         if r.side == "recorded")
+        traces = _count(flux_db, "SELECT count(*) FROM flux.trace_requests")
+        mutations = _count(flux_db, "SELECT count(*) FROM flux.state_mutations")
+        plain_rows = _count(plain_db, "SELECT count(*) FROM items") - SEED_ROWS
+        plain_served = plain.requests + warmups["plain"].ok
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for child in reversed(children):
+            _stop(child)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print()
+    print(f"{'side':<9} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'non-200':>8}")
+    for side in (plain, recorded):
+        print(f"{side.name:<9} {side.requests:>9} {side.throughput:>9.1f} {side.p50:>8.1f} "
+              f"{side.p99:>8.1f} {side.bad:>8}")
+    for side in (plain, recorded):
+        if side.bad:
+            print(f"{side.name}: first bad answer: {side.sample}")
+    recorded_ok = traces == executions and mutations == served
+    print(f"recorded side stored {traces} trace_requests and {mutations} state_mutations "
+          f"for {served} requests served with warm-up "
+          f"({'ok' if recorded_ok else 'MISMATCH'})")
+    if plain_rows != plain_served:
+        print(f"plain side inserted {plain_rows} rows for {plain_served} requests (MISMATCH)")
+    ratio = recorded.throughput / plain.throughput if plain.throughput else 0.0
+    verdict = "pass" if ratio >= TARGET else "FAIL"
+    print(f"recorded/plain throughput: {ratio:.3f} (target >= {TARGET}: {verdict})")
+    if args.profile:
+        print(f"profile of the recorded server: {args.profile} (this run's ratio is skewed)")
+    print(f"ratio: {ratio:.2f}")
+    healthy = not plain.bad and not recorded.bad and recorded_ok and plain_rows == plain_served
+    return 0 if healthy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
