@@ -73,7 +73,8 @@ class Http:
         return self._ex.bridge(self._request("PATCH", url, self._ex.recorder.call_site(), **kwargs))
 
     def delete(self, url: str, **kwargs: Any) -> Any:
-        return self._ex.bridge(self._request("DELETE", url, self._ex.recorder.call_site(), **kwargs))
+        site = self._ex.recorder.call_site()
+        return self._ex.bridge(self._request("DELETE", url, site, **kwargs))
 
     def request(self, method: str, url: str, **kwargs: Any) -> Any:
         return self._ex.bridge(self._request(method.upper(), url, self._ex.recorder.call_site(),

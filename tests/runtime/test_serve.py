@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -169,10 +170,8 @@ def test_serve_with_workers_shares_one_port(db, provider, tmp_path: Path, flux_p
     answered: dict[str, int] = {}
     deadline = 60
     while deadline and not answered:
-        try:
+        with contextlib.suppress(OSError):
             asyncio.run(load(f"http://127.0.0.1:{port}", 40, 8, answered))
-        except OSError:
-            pass
         deadline -= 1
     invariants(db, answered)
     children = psutil.Process(serve.proc.pid).children()
