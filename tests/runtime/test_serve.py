@@ -7,6 +7,7 @@ import contextlib
 import json
 import signal
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -40,6 +41,12 @@ def test_init_dev_request_reload_and_clean_stop(make_project, flux_cli, flux_pro
     root = parent / "demo"
     assert {p.name for p in root.iterdir()} >= {"flux.toml", "functions", "schema",
                                                  ".gitignore", "README.md"}
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "add", "."], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=root, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                          text=True, check=True).stdout.strip()
     port = free_port()
     dev = flux_process(["dev", "--port", str(port)], root)
     dev.wait_for("ready")
@@ -52,16 +59,23 @@ def test_init_dev_request_reload_and_clean_stop(make_project, flux_cli, flux_pro
     handler.write_text(handler.read_text().replace("return user", 'return {**user, "v": 2}'))
     line = dev.wait_for("create_user reloaded")
     assert line.strip().startswith("✓ create_user reloaded (") and line.endswith("ms)")
-    status, body, _ = post(f"http://127.0.0.1:{port}/create_user", {"email": "b@example.com"})
+    status, body, second = post(f"http://127.0.0.1:{port}/create_user",
+                                {"email": "b@example.com"})
     assert status == 200 and body["v"] == 2
+    info = EmbeddedServer(root / ".flux").running()
+    assert info is not None
+    with psycopg.connect(info.conninfo("flux")) as conn:
+        versions = dict(conn.execute(
+            "SELECT request_id::text, (code_sha, code_dirty)::text FROM flux.trace_requests"
+        ).fetchall())
+    assert versions[rid] == f"({head},f)"  # the committed code
+    assert versions[second] == f"({head},t)"  # the edited, uncommitted code
 
     handler.write_text("def broken(:\n")
     assert "SyntaxError at line 1" in dev.wait_for("create_user.py:")
     status, _, _ = post(f"http://127.0.0.1:{port}/create_user", {"email": "c@example.com"})
     assert status == 200  # the last good version keeps serving
 
-    info = EmbeddedServer(root / ".flux").running()
-    assert info is not None
     dev.signal(signal.SIGINT)
     assert dev.wait(30) == 0
     assert "stopped" in dev.output() and "Traceback" not in dev.output()
