@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
@@ -281,6 +282,8 @@ class Round:
     statuses: Counter[int] = field(default_factory=Counter)
     failures: int = 0  # no HTTP answer at all
     sample: str = ""  # the first bad answer or error, to show
+    app_cpu: float = 0.0  # CPU seconds the side's server process used in the round
+    db_cpu: float = 0.0  # CPU seconds all PostgreSQL processes used in the round
 
     @property
     def ok(self) -> int:
@@ -297,6 +300,40 @@ class Round:
     @property
     def throughput(self) -> float:
         return self.ok / self.elapsed if self.elapsed > 0 else 0.0
+
+    def per_request(self, seconds: float) -> float:
+        """CPU milliseconds per 200 answer."""
+        return seconds / self.ok * 1000 if self.ok else math.nan
+
+
+class CpuMeter:
+    """CPU time used so far by each server process and by PostgreSQL, so a round can say
+    what one request cost on each side — steadier than throughput on a busy machine."""
+
+    def __init__(self, servers: dict[str, int], postmaster: int) -> None:
+        self.servers = {side: psutil.Process(pid) for side, pid in servers.items()}
+        self.postmaster = psutil.Process(postmaster)
+
+    def sample(self) -> tuple[dict[str, float], dict[int, float]]:
+        apps = {side: _cpu(process) for side, process in self.servers.items()}
+        db: dict[int, float] = {}
+        with contextlib.suppress(psutil.Error):
+            for process in (self.postmaster, *self.postmaster.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    db[process.pid] = _cpu(process)
+        return apps, db
+
+    @staticmethod
+    def charge(result: Round, before: tuple[dict[str, float], dict[int, float]],
+               after: tuple[dict[str, float], dict[int, float]]) -> None:
+        result.app_cpu = after[0][result.side] - before[0][result.side]
+        # A backend that started during the round counts from zero; one that ended is lost.
+        result.db_cpu = sum(t - before[1].get(pid, 0.0) for pid, t in after[1].items())
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 async def _load(session: aiohttp.ClientSession, side: str, url: str, concurrency: int,
@@ -334,7 +371,7 @@ async def _load(session: aiohttp.ClientSession, side: str, url: str, concurrency
     return result
 
 
-async def _drive(urls: dict[str, str], args: argparse.Namespace
+async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
                  ) -> tuple[list[Round], dict[str, Round]]:
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=30)
@@ -347,7 +384,9 @@ async def _drive(urls: dict[str, str], args: argparse.Namespace
             _progress(f"warm-up   {_round_line(warmups[side])}")
         for number in range(1, args.rounds + 1):
             for side in ("plain", "recorded"):
+                before = meter.sample()
                 result = await _load(session, side, urls[side], args.concurrency, args.seconds)
+                meter.charge(result, before, meter.sample())
                 rounds.append(result)
                 _progress(f"round {number:<3} {_round_line(result)}")
     return rounds, warmups
@@ -364,9 +403,13 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _round_line(r: Round) -> str:
-    return (f"{r.side:<9} {r.ok:>7} req  {r.throughput:>8.1f} req/s  "
-            f"p50 {_percentile(r.latencies, 0.50):>6.1f} ms  "
-            f"p99 {_percentile(r.latencies, 0.99):>6.1f} ms  non-200 {r.bad}")
+    line = (f"{r.side:<9} {r.ok:>6} req {r.throughput:>7.1f} req/s  "
+            f"p50 {_percentile(r.latencies, 0.50):>5.1f} ms  "
+            f"p99 {_percentile(r.latencies, 0.99):>5.1f} ms  non-200 {r.bad}")
+    if r.app_cpu:
+        line += (f"  cpu/req app {r.per_request(r.app_cpu):.2f} ms"
+                 f" db {r.per_request(r.db_cpu):.2f} ms")
+    return line
 
 
 def _progress(line: str) -> None:
@@ -382,6 +425,8 @@ class Side:
     p99: float
     bad: int
     sample: str
+    app_cpu: float  # ms per request, median over rounds
+    db_cpu: float
 
 
 def _summarise(name: str, rounds: list[Round]) -> Side:
@@ -391,7 +436,9 @@ def _summarise(name: str, rounds: list[Round]) -> Side:
                 throughput=statistics.median(r.throughput for r in mine),
                 p50=_percentile(latencies, 0.50), p99=_percentile(latencies, 0.99),
                 bad=sum(r.bad for r in mine),
-                sample=next((r.sample for r in mine if r.sample), ""))
+                sample=next((r.sample for r in mine if r.sample), ""),
+                app_cpu=statistics.median(r.per_request(r.app_cpu) for r in mine),
+                db_cpu=statistics.median(r.per_request(r.db_cpu) for r in mine))
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -443,8 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         children.append(_spawn("recorded", {"conninfo": flux_db, "project": str(project),
                                             "profile": args.profile}))
         urls = {c.role: f"http://127.0.0.1:{c.port}/{ROUTE}" for c in children[1:]}
+        meter = CpuMeter({c.role: int(c.process.pid or 0) for c in children[1:]}, info.pid)
 
-        rounds, warmups = asyncio.run(_drive(urls, args))
+        rounds, warmups = asyncio.run(_drive(urls, meter, args))
 
         plain, recorded = _summarise("plain", rounds), _summarise("recorded", rounds)
         served = recorded.requests + warmups["recorded"].ok
@@ -467,10 +515,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"{'side':<9} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'non-200':>8}")
+          f"{'non-200':>8} {'app cpu/req':>12} {'db cpu/req':>11}")
     for side in (plain, recorded):
         print(f"{side.name:<9} {side.requests:>9} {side.throughput:>9.1f} {side.p50:>8.1f} "
-              f"{side.p99:>8.1f} {side.bad:>8}")
+              f"{side.p99:>8.1f} {side.bad:>8} {side.app_cpu:>9.2f} ms {side.db_cpu:>8.2f} ms")
     for side in (plain, recorded):
         if side.bad:
             print(f"{side.name}: first bad answer: {side.sample}")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from cli._output import out, print_json
-from flux import _dbadmin
 from flux._project import load
+
+if TYPE_CHECKING:
+    from flux._dbadmin import DbStatus
 
 app = typer.Typer(help="The project's PostgreSQL: the embedded server, or DATABASE_URL.",
                   no_args_is_help=True)
@@ -17,6 +21,8 @@ JSON = typer.Option(False, "--json", help="Print one JSON document.")
 @app.command()
 def start(as_json: bool = JSON) -> None:
     """Start the embedded PostgreSQL (reusing a running one) and migrate the flux schema."""
+    from flux import _dbadmin
+
     project = load()
     target, applied = _dbadmin.start(project)
     if as_json:
@@ -36,6 +42,8 @@ def start(as_json: bool = JSON) -> None:
 @app.command()
 def stop() -> None:
     """Stop the embedded PostgreSQL (fast shutdown: sessions are rolled back)."""
+    from flux import _dbadmin
+
     if _dbadmin.stop(load()):
         out.print("[green]✓[/] embedded PostgreSQL stopped")
     else:
@@ -45,6 +53,8 @@ def stop() -> None:
 @app.command()
 def status(as_json: bool = JSON) -> None:
     """Server, version, data directory, size, wal_level and schema version."""
+    from flux import _dbadmin
+
     facts = _dbadmin.status(load())
     if as_json:
         print_json(facts.to_json())
@@ -71,18 +81,24 @@ def status(as_json: bool = JSON) -> None:
 def url(socket: bool = typer.Option(False, "--socket", help="The Unix-socket URL instead of "
                                     "TCP with password.")) -> None:
     """Print a connection URL for other tools (e.g. as DATABASE_URL)."""
+    from flux import _dbadmin
+
     typer.echo(_dbadmin.url(load(), socket=socket))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def psql(ctx: typer.Context) -> None:
     """Open psql on the project's database; extra arguments go to psql (e.g. -c "select 1")."""
+    from flux import _dbadmin
+
     _dbadmin.exec_psql(load(), list(ctx.args))
 
 
 @app.command()
 def migrate(as_json: bool = JSON) -> None:
     """Apply the flux schema migrations that are not applied yet (idempotent)."""
+    from flux import _dbadmin
+
     _target, applied = _dbadmin.start(load())
     if as_json:
         print_json({"applied": [m.path.name for m in applied]})
@@ -93,7 +109,7 @@ def migrate(as_json: bool = JSON) -> None:
         out.print(f"[green]✓[/] applied {migration.path.name}")
 
 
-def _data_dir(facts: _dbadmin.DbStatus) -> str | None:
+def _data_dir(facts: DbStatus) -> str | None:
     if facts.data_dir is None:
         return None
     shown = facts.data_dir
@@ -102,7 +118,7 @@ def _data_dir(facts: _dbadmin.DbStatus) -> str | None:
     return f"{shown} · {_size(facts.data_dir_size)}" if facts.data_dir_size else shown
 
 
-def _schema(facts: _dbadmin.DbStatus) -> str | None:
+def _schema(facts: DbStatus) -> str | None:
     if not facts.running:
         return None
     if facts.schema_version is None:

@@ -3,11 +3,12 @@ result; no logic and no SQL live here."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
-from cli import db, serve
+from cli import db, inspect, serve
 from cli._output import print_error
 from flux import FluxError
 
@@ -23,6 +24,9 @@ app.add_typer(db.app, name="db")
 app.command()(serve.init)
 app.command()(serve.dev)
 app.command(name="serve")(serve.serve_command)
+app.command()(inspect.ls)
+app.add_typer(inspect.state_app, name="state")
+app.command(help=inspect.TRACE_HELP)(inspect.trace)
 
 
 def main() -> None:
@@ -34,3 +38,13 @@ def main() -> None:
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        # A database error that no module translated is a bug of ours; still, say it in one
+        # sentence (FLUX_DEBUG=1 shows the traceback).
+        if type(exc).__module__.startswith("psycopg") and not os.environ.get("FLUX_DEBUG"):
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            print_error(FluxError(f"PostgreSQL refused a query of Flux: {first}",
+                                  hint="this is a bug in Flux: please report it "
+                                       "(FLUX_DEBUG=1 shows the traceback)"))
+            sys.exit(1)
+        raise

@@ -9,24 +9,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 
 from cli._output import err, out
 from flux._ids import short
-from flux._loader import LoadError
 from flux._project import load
-from flux._scaffold import init_project
-from flux._schema import SchemaResult
-from flux._server import ServeEvents, ServeInfo, prepare_database, serve
+
+if TYPE_CHECKING:
+    from flux._loader import LoadError
+    from flux._server import ServeEvents, ServeInfo
 
 WORKER_ENV = "FLUX_SERVE_WORKER"
 
 
 def init(name: str = typer.Argument(..., help="Directory to create.")) -> None:
     """Create a new Flux project with a sample function and table."""
+    from flux._scaffold import init_project
+
     target = Path(name).resolve()
     written = init_project(target)
     out.print(f"[green]✓[/] created {escape(name)}/ ({len(written)} files)")
@@ -37,6 +39,8 @@ def init(name: str = typer.Argument(..., help="Directory to create.")) -> None:
 def dev(port: int = typer.Option(None, "--port", "-p", help="Port (default: flux.toml, 4000)."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind.")) -> None:
     """Run the project locally: embedded PostgreSQL, reload on change, until Ctrl-C."""
+    from flux._server import serve
+
     project = load()
     events = _events(project.name, mode="dev")
     asyncio.run(serve(project, host=host, port=port or project.port, reload=True,
@@ -51,6 +55,9 @@ def serve_command(
                                 help="Worker processes sharing the port."),
 ) -> None:
     """Run the project in production: DATABASE_URL, no reload, several workers allowed."""
+    from flux._schema import SchemaResult
+    from flux._server import prepare_database, serve
+
     project = load()
     port = port or project.port
     if os.environ.get(WORKER_ENV):
@@ -101,6 +108,8 @@ def _supervise(workers: int, port: int, host: str, started_db: bool) -> None:
 
 
 def _events(name: str, *, mode: str) -> ServeEvents:
+    from flux._server import ServeEvents
+
     def ready(info: ServeInfo) -> None:
         if mode == "worker":
             return

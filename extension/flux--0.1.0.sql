@@ -268,6 +268,7 @@ CREATE VIEW flux.state_history AS
 SELECT
     m.id,
     m.record_id,
+    m.table_oid,
     m.table_schema,
     m.table_name,
     m.pk,
@@ -285,15 +286,19 @@ SELECT
     END AS actor,
     t.function,
     t.code_sha,
+    s.span ->> 'file' AS file,
+    (s.span ->> 'line')::integer AS line,
     m.source
 FROM flux.state_mutations AS m
-LEFT JOIN flux.trace_requests AS t ON t.request_id = m.request_id;
+LEFT JOIN flux.trace_requests AS t ON t.request_id = m.request_id
+LEFT JOIN LATERAL (SELECT flux.span_of(t.spans, m.span_id) AS span) AS s ON true;
 
 -- Each column's current value, attributed to the last committed change that wrote it.
 -- Rolled-back attempts never count.
 CREATE VIEW flux.state_blame AS
 SELECT DISTINCT ON (m.record_id, c.col)
     m.record_id,
+    m.table_oid,
     m.table_schema,
     m.table_name,
     m.pk,
@@ -316,7 +321,7 @@ LEFT JOIN flux.trace_requests AS t ON t.request_id = m.request_id
 LEFT JOIN LATERAL (SELECT flux.span_of(t.spans, m.span_id) AS span) AS s ON true
 WHERE NOT m.rolled_back AND m.op <> 'TRUNCATE'
 ORDER BY m.record_id, c.col, m.committed_at DESC, m.id DESC;
-INSERT INTO flux.migrations (version, name, checksum) VALUES (3, 'views', '67fbce3f811b8ac32bcf5da8842e33c62a02be4a3e5f85d1606403c6cd0f5f2a');
+INSERT INTO flux.migrations (version, name, checksum) VALUES (3, 'views', 'ffb6a83df2e4635455d0600d2535a09cfbc1d0fbf1298a5ba3a73ff09cadf9d6');
 
 -- 0004_app_schema.sql
 -- 0004: the application's own schema files, the capture setting, and capture that follows
@@ -405,3 +410,64 @@ BEGIN
 END
 $$;
 INSERT INTO flux.migrations (version, name, checksum) VALUES (4, 'app_schema', '47420d91f010c0d70631a72817fe38b233e900d997b401b2d1ce8e75469979d7');
+
+-- 0005_inspect.sql
+-- 0005: what the inspect commands need beyond the views: typed primary keys from text,
+-- and failure signatures for "similar earlier failures".
+
+-- The primary key image of one row of ``rel`` from text values given in key order, typed
+-- as the columns are (so '42' finds {"id": 42}); format(%L) quotes every value.
+CREATE FUNCTION flux.pk_of(rel regclass, vals text[]) RETURNS jsonb
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    cols text[] := flux.primary_key_columns(rel);
+    result jsonb := '{}'::jsonb;
+    typed jsonb;
+    i integer;
+BEGIN
+    IF cardinality(cols) = 0 THEN
+        RAISE EXCEPTION 'table % has no primary key', rel USING ERRCODE = '42P10';
+    END IF;
+    IF cardinality(vals) <> cardinality(cols) THEN
+        RAISE EXCEPTION 'table % has a primary key of % column(s) (%), % value(s) given',
+            rel, cardinality(cols), array_to_string(cols, ', '), cardinality(vals)
+            USING ERRCODE = '22023';
+    END IF;
+    FOR i IN 1 .. cardinality(cols) LOOP
+        EXECUTE format('SELECT to_jsonb(%L::%s)', vals[i],
+                       (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                        WHERE a.attrelid = rel AND a.attname = cols[i]))
+            INTO typed;
+        result := result || jsonb_build_object(cols[i], typed);
+    END LOOP;
+    RETURN result;
+END
+$$;
+
+-- One row per failed execution: a signature of its failure (what makes two failures "the
+-- same bug") and a vector of it. Nearest neighbours are found with pgvector's cosine
+-- distance when the extension is there (vec::vector <=> …), in Python otherwise.
+CREATE TABLE flux.failure_signatures (
+    request_id uuid PRIMARY KEY,
+    function   text,
+    class      text NOT NULL,
+    signature  text NOT NULL,
+    vec        real[] NOT NULL,
+    at         timestamptz NOT NULL
+);
+CREATE INDEX failure_signatures_function_at_idx
+    ON flux.failure_signatures (function, at DESC);
+CREATE INDEX failure_signatures_signature_idx
+    ON flux.failure_signatures (signature);
+
+-- pgvector for the similarity search, where it can be installed (the embedded server has
+-- it; a managed server may not, and an extension script cannot create another extension).
+DO $$
+BEGIN
+    CREATE EXTENSION IF NOT EXISTS vector;
+EXCEPTION WHEN others THEN
+    RAISE NOTICE 'flux: pgvector is not available (%); similar failures are found without it',
+        SQLERRM;
+END
+$$;
+INSERT INTO flux.migrations (version, name, checksum) VALUES (5, 'inspect', 'b97a004fdd48b3d042a2d61e7cc2fb3c1f8a7ad782be46fd4c9c001cb8887e38');

@@ -1,27 +1,35 @@
 """Flux: a backend runtime that records every execution into PostgreSQL.
 
 The public face is deliberately small; everything else lives in private ``_name`` modules.
+Names are imported on first use (PEP 562), so ``flux why`` does not pay for the web server
+and ``from flux import function`` does not pay for the CLI.
 """
 
-from flux._context import Context, current
-from flux._errors import (
-    AmbiguousId,
-    ConfigError,
-    DatabaseError,
-    EmbeddedServerError,
-    FluxError,
-    FunctionError,
-    HttpConnectionError,
-    HttpError,
-    HttpStatusError,
-    HttpTimeout,
-    MigrationError,
-    NotFound,
-    Overloaded,
-)
-from flux._function import function
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "AmbiguousId": "flux._errors",
+    "ConfigError": "flux._errors",
+    "Context": "flux._context",
+    "DatabaseError": "flux._errors",
+    "EmbeddedServerError": "flux._errors",
+    "FluxError": "flux._errors",
+    "FunctionError": "flux._errors",
+    "HttpConnectionError": "flux._errors",
+    "HttpError": "flux._errors",
+    "HttpStatusError": "flux._errors",
+    "HttpTimeout": "flux._errors",
+    "MigrationError": "flux._errors",
+    "NotFound": "flux._errors",
+    "Overloaded": "flux._errors",
+    "current": "flux._context",
+    "function": "flux._function",
+}
 
 __all__ = [
     "AmbiguousId",
@@ -42,3 +50,35 @@ __all__ = [
     "current",
     "function",
 ]
+
+if TYPE_CHECKING:
+    from flux._context import Context, current
+    from flux._errors import (
+        AmbiguousId,
+        ConfigError,
+        DatabaseError,
+        EmbeddedServerError,
+        FluxError,
+        FunctionError,
+        HttpConnectionError,
+        HttpError,
+        HttpStatusError,
+        HttpTimeout,
+        MigrationError,
+        NotFound,
+        Overloaded,
+    )
+    from flux._function import function
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flux' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

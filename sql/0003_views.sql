@@ -14,6 +14,7 @@ CREATE VIEW flux.state_history AS
 SELECT
     m.id,
     m.record_id,
+    m.table_oid,
     m.table_schema,
     m.table_name,
     m.pk,
@@ -31,15 +32,19 @@ SELECT
     END AS actor,
     t.function,
     t.code_sha,
+    s.span ->> 'file' AS file,
+    (s.span ->> 'line')::integer AS line,
     m.source
 FROM flux.state_mutations AS m
-LEFT JOIN flux.trace_requests AS t ON t.request_id = m.request_id;
+LEFT JOIN flux.trace_requests AS t ON t.request_id = m.request_id
+LEFT JOIN LATERAL (SELECT flux.span_of(t.spans, m.span_id) AS span) AS s ON true;
 
 -- Each column's current value, attributed to the last committed change that wrote it.
 -- Rolled-back attempts never count.
 CREATE VIEW flux.state_blame AS
 SELECT DISTINCT ON (m.record_id, c.col)
     m.record_id,
+    m.table_oid,
     m.table_schema,
     m.table_name,
     m.pk,

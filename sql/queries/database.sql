@@ -12,3 +12,5 @@ SELECT current_setting('server_version') AS version,
 
 -- name: create_database
 CREATE DATABASE {name};
+-- name: read_only
+SET default_transaction_read_only = on;

@@ -1,0 +1,58 @@
+"""Finding executions: any unique prefix of a request id, like git.
+
+A prefix becomes a range of the primary key (``0190a1b2`` → ``0190a1b2-0000-…`` ..
+``0190a1b2-ffff-…``), so the lookup is an index range scan however many records there are.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from flux._errors import AmbiguousId, ConfigError, NotFound
+from flux._queries import load
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+def id_range(prefix: str) -> tuple[str, str]:
+    """The lowest and highest request id that start with ``prefix`` (dashes optional)."""
+    digits = prefix.strip().lower().replace("-", "")
+    if not digits or not _HEX.match(digits) or len(digits) > 32:
+        raise ConfigError(f"{prefix!r} is not a request id or a prefix of one "
+                          "(hexadecimal digits and dashes)")
+    low = digits.ljust(32, "0")
+    high = digits.ljust(32, "f")
+    return _dashed(low), _dashed(high)
+
+
+def resolve_id(conn: psycopg.Connection[Any], prefix: str) -> str:
+    """The one request id that starts with ``prefix``."""
+    low, high = id_range(prefix)
+    rows = conn.execute(load("inspect").ids_in_range, {"low": low, "high": high}).fetchall()
+    if not rows:
+        raise NotFound(f"no execution has an id starting with {prefix!r}",
+                       hint="`flux ls` lists recent executions")
+    if len(rows) > 1:
+        raise AmbiguousId(prefix, [r[0] for r in rows])
+    return str(rows[0][0])
+
+
+def fetch_record(conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any]:
+    """The record of the execution ``prefix`` names, as a dict."""
+    request_id = resolve_id(conn, prefix)
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(load("inspect").record, {"request_id": request_id}).fetchone()
+    assert row is not None
+    row["request_id"] = str(row["request_id"])
+    for key in ("parent_id", "replay_of", "resumed_from", "resumed_by"):
+        if row.get(key) is not None:
+            row[key] = str(row[key])
+    return row
+
+
+def _dashed(digits: str) -> str:
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
