@@ -231,6 +231,169 @@ def show_trace(request_id: str, as_json: bool) -> None:
 
 def trace_diff(a: str, b: str, as_json: bool) -> None:
     """Two executions aligned span by span."""
-    from flux._errors import ConfigError
+    from flux._compare import compare
+    from flux._inspectdb import reader
 
-    raise ConfigError("flux trace diff is not wired yet")
+    with reader(load()) as conn:
+        result = compare(conn, a, b)
+    if as_json:
+        print_json(result)
+        return
+    summary = result["summary"]
+    delta = summary.get("latency_delta_ms")
+    out.print(f"\n  [bold]Trace diff[/]  A {short(result['a_id'])}  →  B {short(result['b_id'])}")
+    out.print(f"  [dim]{summary['same']} same · {summary['changed']} changed · "
+              f"{summary['added']} added · {summary['removed']} removed"
+              + (f" · latency {delta:+.0f}ms" if delta is not None else "") + "[/]\n")
+    marks = {"same": "[dim] [/]", "changed": "[yellow]~[/]", "added": "[green]+[/]",
+             "removed": "[red]-[/]"}
+    for change in result["spans"]:
+        span = change["b"] or change["a"] or {}
+        delta = change["latency_delta_ms"]
+        shown = f"{delta:+.0f}ms" if delta is not None and abs(delta) >= 1 else ""
+        out.print(f"  {marks[change['status']]} {escape(span.get('name', '?')):<44} "
+                  f"[dim]{shown:>8}[/]")
+        for field, (old, new) in list(change["changes"].items())[:6]:
+            out.print(f"      [dim]{escape(field)}:[/] {escape(_show(old))} → "
+                      f"{escape(_show(new))}")
+    for title, changes in (("input", result["input"]), ("output", result["output"]),
+                           ("error", result["error"])):
+        if changes:
+            out.print(f"\n  [bold]{title}[/]")
+            for field, (old, new) in list(changes.items())[:10]:
+                out.print(f"    {escape(field)}: {escape(_show(old))} → {escape(_show(new))}")
+    mutations = result["mutations"]
+    if any(mutations.values()):
+        out.print("\n  [bold]mutations[/]")
+        for kind, mark in (("added", "+"), ("removed", "-"), ("changed", "~")):
+            for key in mutations[kind]:
+                out.print(f"    {mark} {escape(key)}")
+    if summary.get("identical"):
+        out.print("  [green]the two executions did the same things[/]")
+    out.print("")
+
+
+def why(request_id: str = typer.Argument(..., help="Execution id or a unique prefix."),
+        as_json: bool = JSON) -> None:
+    """The root cause of a failed execution, where it happened, and what to do."""
+    from flux._inspectdb import reader
+    from flux._why import explain_failure
+
+    with reader(load()) as conn:
+        report = explain_failure(conn, request_id)
+    if as_json:
+        print_json({k: v for k, v in report.items() if k != "spans"})
+        return
+    _render_why(report)
+
+
+def _render_why(r: dict[str, Any]) -> None:
+    from flux._trace import tree, walk
+
+    cause = r["root_cause"]
+    where = f"{r.get('method') or r['kind']} /{r.get('route') or ''}"
+    out.print(f"\n  [bold]Execution[/]  {short(r['request_id'])}")
+    out.print(f"  {escape(where)}  →  function: {escape(r['function'] or '—')}")
+    out.print(f"  [dim]{_local(r['started_at'])} · {r['duration_ms']:.0f}ms ·[/] "
+              f"[red]{r['http_status']}[/]\n")
+
+    def row(label: str, text: str) -> None:
+        out.print(f"  [bold]{label:<13}[/]{text}")
+
+    row("ROOT CAUSE", f"[red]{escape(cause['message'])}[/]  [dim]\\[{cause['class']}][/]")
+    loc = r["location"]
+    if loc.get("file"):
+        sha = (loc.get("code_sha") or "")[:8]
+        version = f" · code {sha}{' (dirty)' if loc.get('code_dirty') else ''}" if sha else ""
+        fn = escape(loc.get("function") or "")
+        row("LOCATION", f"{escape(loc['file'])}:{loc['line']}  [dim]({fn}{version})[/]")
+    changes = r["mutations"]
+    if changes:
+        for i, m in enumerate(changes[:8]):
+            key = ",".join(f"{k}={v}" for k, v in (m["pk"] or {}).items())
+            diff = "  ".join(f"{c}: {_show(old)} → {_show(new)}" if old is not None
+                             else f"{c}: {_show(new)}"
+                             for c, (old, new) in sorted(m["changes"].items())[:4])
+            flag = " [red](rolled back)[/]" if m["rolled_back"] else ""
+            row("DATA CHANGES" if i == 0 else "",
+                f"{escape(m['table'])}.{escape(key)} {m['op'].lower()} {escape(diff)}{flag}")
+        if len(changes) > 8:
+            row("", f"[dim]… {len(changes) - 8} more (flux trace {short(r['request_id'])})[/]")
+    else:
+        row("DATA CHANGES", "[dim]none[/]")
+    dep = r.get("departure")
+    if dep:
+        row("DEPARTED", f"from the last success {short(dep['from'])}: "
+            f"{escape(dep['description'])}")
+    summary = r.get("similar_summary") or {}
+    if summary.get("count"):
+        seen = f"first {_local(summary['first_seen'])} · last {_local(summary['last_seen'])}"
+        ids = ", ".join(short(n["request_id"]) for n in r["similar"][:3])
+        row("SIMILAR", f"{summary['count']} earlier failure(s) with this signature · {seen}"
+            + (f"\n{'':15}{ids}" if ids else ""))
+    elif r["similar"]:
+        ids = ", ".join(short(n["request_id"]) for n in r["similar"][:3])
+        row("SIMILAR", f"{len(r['similar'])} earlier failure(s) look alike: {ids}")
+    else:
+        row("SIMILAR", "[dim]first time seen[/]")
+    row("SUGGESTION", f"[green]→[/] {escape(r['suggestion'])}")
+    out.print("\n  [bold]Spans[/]")
+    failing = (cause.get("span") or {}).get("id")
+    for prefix, span, _own in walk(tree(r["spans"])):
+        latency = "—" if span.get("duration_ms") is None else f"{span['duration_ms']:.0f}ms"
+        mark = "  [red]✗[/]" if span["id"] == failing else ""
+        out.print(f"  {prefix}{escape(span['name'])}  [dim]{latency}[/]{mark}")
+    out.print("")
+
+
+def explain(function: str = typer.Argument(None, help="Function to dry-run."),
+            input: str = typer.Option(None, "--input", "-i", help="Its input, as JSON."),
+            sql: str = typer.Option(None, "--sql", help="Explain one SQL statement instead."),
+            as_json: bool = JSON) -> None:
+    """A dry run in a rolled-back transaction: each statement's SQL, tables, plan, policies."""
+    from flux._errors import ConfigError
+    from flux._explain import explain_function, explain_sql
+    from flux._inspectdb import reader
+
+    project = load()
+    if (function is None) == (sql is None):
+        raise ConfigError("give a function (with --input JSON) or --sql, not both")
+    if sql is not None:
+        with reader(project) as conn:
+            result = explain_sql(conn, project, sql)
+    else:
+        from flux._database import resolve
+
+        result = explain_function(project, resolve(project).conninfo, function, input or "{}")
+    if as_json:
+        print_json(result)
+        return
+    if result.get("function"):
+        outcome = result["outcome"]
+        colour = "green" if outcome["status"] == "ok" else "red"
+        out.print(f"\n  [bold]Dry run[/]  {escape(result['function'])}  "
+                  f"[{colour}]{outcome['http_status']}[/]  [dim](rolled back; outbound calls "
+                  f"answered by stubs)[/]")
+        if outcome.get("error"):
+            out.print(f"  [red]{escape(str(outcome['error'].get('message')))}[/]")
+    for i, st in enumerate(result["statements"], 1):
+        where = f"  [dim]{escape(st['file'])}:{st['line']}[/]" if st.get("file") else ""
+        out.print(f"\n  [bold]{i}. {st['verb'].upper()}[/]  [dim]{st['fingerprint']}[/]{where}")
+        for line in st["sql"].splitlines():
+            out.print(f"     {escape(line)}")
+        out.print(f"     [dim]reads[/] {', '.join(st['reads']) or '—'}   "
+                  f"[dim]writes[/] {', '.join(st['writes']) or '—'}")
+        if st.get("violation"):
+            out.print(f"     [red]✗ policy: {escape(st['violation'])} — not executed[/]")
+        for policy in st["rls"]:
+            name = policy["policy"] or "(RLS on, no policy: nothing visible)"
+            out.print(f"     [magenta]RLS[/] {escape(policy['table'])}: {escape(name)} "
+                      f"{escape(policy['command'] or '')} {escape(policy['using'] or '')}")
+        for line in st["plan"]:
+            out.print(f"     [cyan]{escape(line)}[/]")
+        if st.get("plan_error"):
+            out.print(f"     [yellow]no plan: {escape(st['plan_error'])}[/]")
+    for call in result.get("http", []):
+        out.print(f"\n  [bold]HTTP[/] {call['method']} {escape(call['url'])} [dim]not sent; "
+                  f"answered {call['answered']}{' by a stub' if call['stub'] else ''}[/]")
+    out.print("")

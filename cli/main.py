@@ -25,6 +25,8 @@ app.command()(serve.init)
 app.command()(serve.dev)
 app.command(name="serve")(serve.serve_command)
 app.command()(inspect.ls)
+app.command()(inspect.why)
+app.command()(inspect.explain)
 app.add_typer(inspect.state_app, name="state")
 app.command(help=inspect.TRACE_HELP)(inspect.trace)
 

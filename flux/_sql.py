@@ -31,6 +31,7 @@ class SqlInfo:
     verb: str  # select, insert, update, delete, merge, ddl, other
     tables: tuple[str, ...]
     parsed: bool
+    written: tuple[str, ...] = ()
 
     @property
     def span_name(self) -> str:
@@ -58,13 +59,43 @@ def to_dollar_params(query: str) -> str:
 
 
 class _Tables(Visitor):
+    """Tables a statement names (not its CTEs), and those it writes, at any depth — a
+    data-modifying CTE writes too."""
+
     def __init__(self) -> None:
         self.names: list[str] = []
+        self.written: list[str] = []
+        self.ctes: set[str] = set()
+
+    def visit_CommonTableExpr(self, ancestors: Any, node: ast.CommonTableExpr) -> None:
+        self.ctes.add(node.ctename)
 
     def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> None:
         name = f"{node.schemaname}.{node.relname}" if node.schemaname else node.relname
         if name not in self.names:
             self.names.append(name)
+
+    def _write(self, node: Any) -> None:
+        target = node.relation
+        name = f"{target.schemaname}.{target.relname}" if target.schemaname else target.relname
+        if name not in self.written:
+            self.written.append(name)
+
+    def visit_InsertStmt(self, ancestors: Any, node: ast.InsertStmt) -> None:
+        self._write(node)
+
+    def visit_UpdateStmt(self, ancestors: Any, node: ast.UpdateStmt) -> None:
+        self._write(node)
+
+    def visit_DeleteStmt(self, ancestors: Any, node: ast.DeleteStmt) -> None:
+        self._write(node)
+
+    def visit_MergeStmt(self, ancestors: Any, node: ast.MergeStmt) -> None:
+        self._write(node)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(n for n in self.names if n not in self.ctes)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -82,7 +113,14 @@ def sql_info(query: str) -> SqlInfo:
     visitor = _Tables()
     for statement in statements:
         visitor(statement)
-    return SqlInfo(fingerprint=print_, verb=verb, tables=tuple(visitor.names), parsed=True)
+    return SqlInfo(fingerprint=print_, verb=verb, tables=visitor.tables, parsed=True,
+                   written=tuple(visitor.written))
+
+
+def tables_read_written(query: str) -> tuple[list[str], list[str]]:
+    """(tables only read, tables written) by a statement, from its parse tree."""
+    info = sql_info(query)
+    return [t for t in info.tables if t not in info.written], list(info.written)
 
 
 def params_hash(params: Any) -> str:

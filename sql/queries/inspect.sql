@@ -108,3 +108,9 @@ FROM (
 ) AS r
 JOIN LATERAL (SELECT * FROM flux.state_blame WHERE record_id = r.record_id) AS b ON true
 ORDER BY b.record_id, b.column_name;
+
+-- name: raw_mutations_of
+SELECT table_schema, table_name, pk, op, old, new, changed_cols, rolled_back, span_id
+FROM flux.state_mutations
+WHERE request_id = %(request_id)s
+ORDER BY id;
