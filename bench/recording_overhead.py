@@ -13,7 +13,9 @@ transaction. Setup, all in a temporary directory under /tmp that is removed at t
 
 Each side is warmed up, then the rounds alternate (plain, recorded, plain, recorded, …) so
 machine noise hits both alike. A side's throughput is the median over its rounds; its p50
-and p99 are over every request of its rounds. Only 200 responses count.
+and p99 are over every request of its rounds. Only 200 responses count. Each round also
+reports the CPU time per request of the side's server process and of PostgreSQL, which is
+steadier than throughput on a busy machine and shows where recording costs.
 
     .venv/bin/python bench/recording_overhead.py [--concurrency 16] [--seconds 8] [--rounds 3]
 
@@ -464,8 +466,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # runs the clean-up below, as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     tmp = Path(tempfile.mkdtemp(prefix="flux-bench-", dir="/tmp"))
     tmp.chmod(0o755)  # as root, the server runs as an unprivileged user that must reach it
     server: EmbeddedServer | None = None

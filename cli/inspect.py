@@ -329,7 +329,7 @@ def _render_why(r: dict[str, Any]) -> None:
     if summary.get("count"):
         seen = f"first {_local(summary['first_seen'])} · last {_local(summary['last_seen'])}"
         ids = ", ".join(short(n["request_id"]) for n in r["similar"][:3])
-        row("SIMILAR", f"{summary['count']} earlier failure(s) with this signature · {seen}"
+        row("SIMILAR", f"seen {summary['count']} time(s), this one included · {seen}"
             + (f"\n{'':15}{ids}" if ids else ""))
     elif r["similar"]:
         ids = ", ".join(short(n["request_id"]) for n in r["similar"][:3])

@@ -174,11 +174,27 @@ DECLARE
     old_image jsonb;
     new_image jsonb;
     key_image jsonb;
+    changed   text[];
     pk_cols   text[] := TG_ARGV;
 BEGIN
-    IF TG_OP <> 'INSERT' THEN old_image := to_jsonb(OLD); END IF;
-    IF TG_OP <> 'DELETE' THEN new_image := to_jsonb(NEW); END IF;
-    IF cardinality(pk_cols) > 0 THEN
+    -- Inline rather than through helper functions: this runs once per changed row.
+    IF TG_OP = 'INSERT' THEN
+        new_image := to_jsonb(NEW);
+        changed := ARRAY(SELECT jsonb_object_keys(new_image) ORDER BY 1);
+    ELSIF TG_OP = 'DELETE' THEN
+        old_image := to_jsonb(OLD);
+        changed := ARRAY(SELECT jsonb_object_keys(old_image) ORDER BY 1);
+    ELSE
+        old_image := to_jsonb(OLD);
+        new_image := to_jsonb(NEW);
+        changed := ARRAY(SELECT n.key FROM jsonb_each(new_image) AS n
+                         JOIN jsonb_each(old_image) AS o USING (key)
+                         WHERE n.value IS DISTINCT FROM o.value ORDER BY 1);
+    END IF;
+    IF cardinality(pk_cols) = 1 THEN
+        -- TG_ARGV is indexed from 0
+        key_image := jsonb_build_object(pk_cols[0], coalesce(new_image, old_image) -> pk_cols[0]);
+    ELSIF cardinality(pk_cols) > 1 THEN
         SELECT jsonb_object_agg(c, coalesce(new_image, old_image) -> c)
           INTO key_image FROM unnest(pk_cols) AS c;
     ELSE
@@ -189,9 +205,10 @@ BEGIN
         record_id, table_oid, table_schema, table_name, pk, op, old, new, changed_cols,
         request_id, span_id, actor, application_name, txid, source)
     VALUES (
-        flux.record_id(TG_RELID, key_image), TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME,
-        key_image, TG_OP, old_image, new_image, flux.changed_columns(old_image, new_image),
-        flux.current_request_id(), nullif(current_setting('flux.span_id', true), ''),
+        md5(TG_RELID::text || ':' || key_image::text)::uuid, TG_RELID, TG_TABLE_SCHEMA,
+        TG_TABLE_NAME, key_image, TG_OP, old_image, new_image, changed,
+        nullif(current_setting('flux.request_id', true), '')::uuid,
+        nullif(current_setting('flux.span_id', true), ''),
         current_user, current_setting('application_name', true),
         txid_current(), 'trigger');
     RETURN NULL;
@@ -249,7 +266,7 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS flux_capture_truncate ON %s', rel);
 END
 $$;
-INSERT INTO flux.migrations (version, name, checksum) VALUES (2, 'capture', '24bd6f8dfe86be83891ba7a00c33dfe4e05e172ba648a812c64cf9de4c17c193');
+INSERT INTO flux.migrations (version, name, checksum) VALUES (2, 'capture', '84418e8d98b50932604b0dc5dde1e41983cb924ebda266cef95c70f46b75072d');
 
 -- 0003_views.sql
 -- 0003: history and blame, as views usable straight from psql.

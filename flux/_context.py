@@ -156,9 +156,6 @@ class Queue:
             job_id = str(new_request_id())
             async with ex.db_lock:
                 conn = await ex.connection()
-                if not ex.request_guc_set:
-                    await conn.execute(q.set_request, {"request_id": ex.request_id})
-                    ex.request_guc_set = True
                 row = await (await conn.execute(q.push_job, {
                     "id": job_id, "function": function, "payload": Jsonb(encode(payload)),
                     "max_attempts": target.retries + 1, "delay": wait,

@@ -1,10 +1,12 @@
 """``ctx.db``: SQL inside the execution's one transaction, every statement recorded.
 
-Each statement travels in one pipeline round trip with ``SAVEPOINT`` and the
-``flux.span_id`` GUC before it and ``RELEASE`` after it. The savepoint gives two things:
-a failed statement is rolled back alone (so the handler may catch the error and go on, and
-the executor can still read the mutations the earlier statements made before it rolls the
-whole transaction back), and the capture triggers see the span that issued each change.
+A statement that can write travels in one pipeline round trip with the ``flux.span_id`` GUC
+set before it, so the capture triggers see the span that issued each change. Once the
+execution has written something, each later statement is also guarded by a ``SAVEPOINT``:
+if it fails, the transaction is rolled back to just before it, so the executor can still
+read the mutations the earlier statements made (to store them marked rolled back) before it
+rolls the whole transaction back. As with plain PostgreSQL, after a failed statement the
+execution's transaction accepts no more statements.
 """
 
 from __future__ import annotations
@@ -78,25 +80,44 @@ class Database:
                     ) -> tuple[list[dict[str, Any]] | None, int, list[str] | None]:
         ex = self._ex
         q = load("execution")
+        info = sql_info(query)
+        # Only a statement that can write needs the span GUC (the capture trigger reads it),
+        # and only once the execution has written something is there an attempt to salvage
+        # if this statement fails: then, and only then, a savepoint guards it.
+        writes = info.verb not in ("select",) or bool(info.written)
+        protect = ex.has_written
         async with ex.db_lock:
+            if ex.db_failed is not None:
+                raise psycopg.errors.InFailedSqlTransaction(
+                    "current transaction is aborted: an earlier ctx.db statement of this "
+                    f"execution failed ({ex.db_failed})")
             conn = await ex.connection()
             cur = conn.cursor(row_factory=dict_row)
             try:
-                async with conn.pipeline():
-                    if not ex.request_guc_set:
-                        await conn.execute(q.set_request, {"request_id": ex.request_id})
-                        ex.request_guc_set = True
+                # Plain round trips, not a pipeline: on loopback a round trip costs less
+                # than psycopg's pipeline machinery does in Python (measured in bench/).
+                if protect:
                     await conn.execute(q.savepoint)
-                    await conn.execute(q.set_span, {"span_id": span_id})
-                    await cur.execute(query, params)  # type: ignore[arg-type]
+                if writes:
+                    await conn.execute(q.set_request_and_span if not ex.request_guc_set
+                                       else q.set_span,
+                                       {"request_id": ex.request_id, "span_id": span_id})
+                    ex.request_guc_set = True
+                await cur.execute(query, params)  # type: ignore[arg-type]
+                if protect:
                     await conn.execute(q.release)
-            except psycopg.Error:
-                if not conn.closed and not ex.broken(conn):
+            except psycopg.Error as exc:
+                ex.db_failed = type(exc).__name__
+                if protect and not ex.broken(conn):
+                    # Back to before this statement: the transaction stays readable, so
+                    # the executor can salvage what the earlier statements changed.
                     await conn.execute(q.rollback_to)
                 raise
             except asyncio.CancelledError:
                 ex.mark_cancelled()
                 raise
+            if writes:
+                ex.has_written = True
             rows = await cur.fetchall() if cur.description else None
             columns = [c.name for c in cur.description] if cur.description else None
             return rows, cur.rowcount, columns

@@ -18,9 +18,6 @@ from difflib import SequenceMatcher
 from typing import Any
 from urllib.parse import urlsplit
 
-from deepdiff import DeepDiff
-from deepdiff.helper import notpresent
-
 from flux._jsoncodec import plain
 from flux._sql import sql_info
 
@@ -28,6 +25,7 @@ Span = dict[str, Any]
 Changes = dict[str, list[Any]]
 
 MISSING = "<missing>"
+_ABSENT = object()  # a key or list item one side lacks
 _ENVELOPE = frozenset({"gateway", "function"})  # one per execution, whatever its name
 _NOISY_HEADERS = frozenset({"content-length", "date", "x-flux-request-id", "x-request-id",
                             "traceparent", "tracestate"})
@@ -49,6 +47,9 @@ class SpanChange:
 
 @dataclass(frozen=True)
 class TraceDiff:
+    """Execution b against execution a. ``input``, ``output`` and ``error`` are JSON diffs
+    of the request, the answer and the error; ``summary`` counts the span statuses."""
+
     a_id: str
     b_id: str
     spans: list[SpanChange]
@@ -63,49 +64,86 @@ class TraceDiff:
 
 
 def json_diff(a: Any, b: Any) -> Changes:
-    """Every leaf where two JSON values differ, as ``{"$.card.brand": [old, new]}``; a side
-    that lacks the key or item reads ``"<missing>"``. Lists are aligned as sequences (an
-    inserted item is one difference). ``1`` and ``1.0`` are equal; ``1`` and ``True`` not."""
-    if a == b and _dump(a) == _dump(b):
-        return {}
-    tree = DeepDiff(a, b, view="tree", threshold_to_diff_deeper=0)
-    found: list[tuple[list[Any], Any, Any]] = []
-    for report, levels in tree.items():
-        for level in levels:
-            old, new = level.t1, level.t2
-            if report == "type_changes" and _same_number(old, new):
-                continue
-            found.append((level.path(output_format="list"), old, new))
-    found.sort(key=lambda item: [(0, p, "") if isinstance(p, int) else (1, 0, str(p))
-                                 for p in item[0]])
-    return {_json_path(path): [_side(old), _side(new)] for path, old, new in found}
+    """Every place where two JSON values differ, as ``{"$.card.brand": [old, new]}``; a
+    side without that key or item reads ``"<missing>"``. Lists are aligned as sequences, so
+    an inserted item is one difference; a list index names the item's place in the side it
+    is on. ``1`` and ``1.0`` are the same number; ``1`` and ``true`` differ."""
+    found: Changes = {}
+    _walk(a, b, "$", found)
+    return found
+
+
+def _walk(a: Any, b: Any, path: str, found: Changes) -> None:
+    if a is _ABSENT or b is _ABSENT:
+        _put(found, path, a, b)
+    elif a == b and _canon(a) == _canon(b):  # == alone takes True for 1
+        return
+    elif isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(a.keys() | b.keys(), key=str):
+            _walk(a.get(key, _ABSENT), b.get(key, _ABSENT), _child(path, key), found)
+    elif isinstance(a, list) and isinstance(b, list):
+        _walk_list(a, b, path, found)
+    else:
+        _put(found, path, a, b)
+
+
+def _walk_list(a: list[Any], b: list[Any], path: str, found: Changes) -> None:
+    matcher = SequenceMatcher(None, [_canon(x) for x in a], [_canon(x) for x in b],
+                              autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        paired = 0  # objects (or lists) in place of objects: say which of their fields differ
+        while tag == "replace" and paired < min(i2 - i1, j2 - j1) and \
+                _alike(a[i1 + paired], b[j1 + paired]):
+            _walk(a[i1 + paired], b[j1 + paired], f"{path}[{j1 + paired}]", found)
+            paired += 1
+        for i in range(i1 + paired, i2):
+            _put(found, f"{path}[{i}]", a[i], _ABSENT)
+        for j in range(j1 + paired, j2):
+            _put(found, f"{path}[{j}]", _ABSENT, b[j])
+
+
+def _alike(a: Any, b: Any) -> bool:
+    return (isinstance(a, dict) and isinstance(b, dict)) or \
+        (isinstance(a, list) and isinstance(b, list))
+
+
+def _put(found: Changes, path: str, old: Any, new: Any) -> None:
+    before = found.pop(path, None)
+    if before is not None:  # an item only a has and one only b has, at the same index
+        old = before[0] if old is _ABSENT else old
+        new = before[1] if new is _ABSENT else new
+        if old == new and _canon(old) == _canon(new):
+            return  # the same item sits there in both: aligned elsewhere, not a difference
+    found[path] = [MISSING if old is _ABSENT else old, MISSING if new is _ABSENT else new]
+
+
+def _canon(value: Any) -> str:
+    """A text equal for equal JSON values: keys sorted, 1.0 written as 1, true not 1."""
+    return _dump(_integral(value))
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_integral(v) for v in value]
+    return value
 
 
 def _dump(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+    try:
+        return json.dumps(value, sort_keys=True, default=str)
+    except (TypeError, ValueError):  # keys of mixed types: not JSON, compare as Python
+        return repr(value)
 
 
-def _same_number(a: Any, b: Any) -> bool:
-    def number(x: Any) -> bool:
-        return isinstance(x, int | float) and not isinstance(x, bool)
-
-    return number(a) and number(b) and a == b
-
-
-def _side(value: Any) -> Any:
-    return MISSING if value is notpresent else value
-
-
-def _json_path(parts: Iterable[Any]) -> str:
-    out = "$"
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _IDENTIFIER.match(str(part)):
-            out += f".{part}"
-        else:
-            out += f"[{json.dumps(str(part))}]"
-    return out
+def _child(path: str, key: Any) -> str:
+    key = str(key)
+    return f"{path}.{key}" if _IDENTIFIER.match(key) else f"{path}[{json.dumps(key)}]"
 
 
 def _under(prefix: str, changes: Changes) -> Changes:
@@ -298,11 +336,28 @@ def _output(record: dict[str, Any]) -> dict[str, Any]:
             "body": (record.get("response") or {}).get("body")}
 
 
+def _spans(record: dict[str, Any]) -> list[Span]:
+    """The record's spans, each HTTP span with its answer: the recorder keeps an answer
+    once, on the tape, and a reader may not have put it back into the span (copies are
+    made for those; the record is not changed)."""
+    answers = {e.get("span_id"): e.get("value") for e in record.get("tape") or []
+               if e.get("kind") == "http"}
+    spans = []
+    for span in record.get("spans") or []:
+        attrs = span.get("attrs") or {}
+        answer = answers.get(span.get("id"))
+        if span.get("kind") == "http" and "response" not in attrs and \
+                isinstance(answer, dict) and "status" in answer:
+            span = {**span, "attrs": {**attrs, "response": answer}}
+        spans.append(span)
+    return spans
+
+
 def diff(a_record: dict[str, Any], b_record: dict[str, Any],
          a_mutations: Iterable[dict[str, Any]] = (),
          b_mutations: Iterable[dict[str, Any]] = ()) -> TraceDiff:
     """Execution ``b`` compared with execution ``a``: "added" is what only b did."""
-    pairs = align(a_record.get("spans") or [], b_record.get("spans") or [])
+    pairs = align(_spans(a_record), _spans(b_record))
     spans = [_compare(a, b) for a, b in pairs]
     mutations = _diff_mutations(a_mutations, b_mutations, pairs)
     inputs = json_diff(_input(a_record), _input(b_record))
@@ -328,7 +383,7 @@ def _id(record: dict[str, Any]) -> str:
 
 def to_json(diff: TraceDiff) -> dict[str, Any]:
     """The diff as plain JSON (ids, timestamps and the like as strings)."""
-    return plain({
+    out: dict[str, Any] = plain({
         "a_id": diff.a_id, "b_id": diff.b_id, "summary": diff.summary,
         "input": diff.input, "output": diff.output, "error": diff.error,
         "mutations": diff.mutations,
@@ -336,6 +391,7 @@ def to_json(diff: TraceDiff) -> dict[str, Any]:
                    "latency_delta_ms": c.latency_delta_ms, "changes": c.changes,
                    "a": c.a, "b": c.b} for c in diff.spans],
     })
+    return out
 
 
 # -- departure ----------------------------------------------------------------------------
@@ -363,7 +419,7 @@ def departure(failed: dict[str, Any], good: dict[str, Any]) -> dict[str, Any] | 
     outcome or a call only one of them made. ``index`` points into
     ``align(good spans, failed spans)`` (and ``diff(good, failed).spans``). None when the
     two made the same calls with the same outcomes (the failure came after them)."""
-    pairs = align(good.get("spans") or [], failed.get("spans") or [])
+    pairs = align(_spans(good), _spans(failed))
     parents = {s.get("id"): s.get("parent_id") for s in failed.get("spans") or []}
     departing = [i for i, (g, f) in enumerate(pairs)
                  if (g or f or {}).get("kind") not in _ENVELOPE and _departs(g, f)]

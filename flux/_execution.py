@@ -58,6 +58,8 @@ class Execution:
         self.replay = replay
         self.conn: AsyncConnection[Any] | None = None
         self.request_guc_set = False
+        self.has_written = False  # a statement that can write has succeeded
+        self.db_failed: str | None = None  # the error that aborted the transaction
         self.cancelled = False
         self.db_lock = asyncio.Lock()
         self.loop = asyncio.get_running_loop()

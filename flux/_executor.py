@@ -24,7 +24,13 @@ from flux._execution import Execution, ReplaySource
 from flux._function import FunctionSpec
 from flux._ids import short
 from flux._jsoncodec import encode, plain
-from flux._record import ExecutionRecord, attempted_mutations, describe_error, store
+from flux._record import (
+    ExecutionRecord,
+    attempted_mutations,
+    describe_error,
+    failure_signature,
+    store,
+)
 from flux._recorder import CallSite, Recorder
 
 if TYPE_CHECKING:
@@ -147,7 +153,7 @@ async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool) -
     conn = ex.conn
     try:
         if conn is not None:
-            async with ex.db_lock, conn.pipeline():
+            async with ex.db_lock:
                 await store(conn, record)
                 await conn.commit()
         else:
@@ -173,6 +179,7 @@ async def _fail(ex: Execution, inv: Invocation, failure: BaseException, persist:
         mutations = await _salvage(ex, conn)
     record = _record(ex, inv, status="error", http_status=http_status, body=body, error=error)
     record.mutations = [{**m, "request_id": inv.request_id} for m in mutations]
+    record.signature = failure_signature(record)
     if not persist:
         await _discard(ex)
         return Outcome(inv.request_id, "error", http_status, body, error, record)

@@ -19,7 +19,7 @@ from psycopg_pool import PoolTimeout
 
 from flux._executor import Invocation, Outcome, execute
 from flux._ids import new_request_id
-from flux._record import ExecutionRecord
+from flux._record import ExecutionRecord, failure_signature
 from flux._recorder import Span
 from flux._runtime import Runtime, utcnow
 
@@ -135,6 +135,7 @@ async def _reject(request: web.Request, status: int, code: str, message: str, *,
         code_dirty=runtime.code_version.dirty, method=request.method,
         route=request.path.lstrip("/"),
     )
+    record.signature = failure_signature(record)
     try:
         await runtime.store_record(record)
     except (psycopg.OperationalError, PoolTimeout, OSError):

@@ -51,7 +51,21 @@ def fetch_record(conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any]:
     for key in ("parent_id", "replay_of", "resumed_from", "resumed_by"):
         if row.get(key) is not None:
             row[key] = str(row[key])
+    attach_responses(row)
     return row
+
+
+def attach_responses(record: dict[str, Any]) -> None:
+    """Put each HTTP answer (kept once, on the tape) into its span's attrs, where readers
+    of spans look for it."""
+    answers = {e.get("span_id"): e.get("value") for e in record.get("tape") or []
+               if e.get("kind") == "http"}
+    for span in record.get("spans") or []:
+        if span.get("kind") == "http" and span.get("id") in answers:
+            attrs = span.setdefault("attrs", {})
+            value = answers[span["id"]]
+            if isinstance(value, dict) and "status" in value:
+                attrs.setdefault("response", value)
 
 
 def _dashed(digits: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
+import functools
 import sys
 import time
 from collections.abc import Iterator
@@ -63,7 +64,8 @@ class Recorder:
         self.started_at = dt.datetime.now(dt.UTC)
         self._t0 = time.perf_counter()
         self.project_root = project_root
-        self._functions_dir = str(functions_dir.resolve())
+        self._root = str(project_root)
+        self._functions_dir = str(functions_dir)  # as the loader imported the modules
         self.spans: list[Span] = []
         self.tape: list[dict[str, Any]] = []
         self.logs: list[dict[str, Any]] = []
@@ -167,8 +169,14 @@ class Recorder:
                         frame.f_code.co_name)
 
     def relative(self, filename: str) -> str:
-        path = Path(filename)
-        try:
-            return str(path.resolve().relative_to(self.project_root.resolve()))
-        except ValueError:
-            return filename
+        return _relative(filename, self._root)
+
+
+@functools.lru_cache(maxsize=4096)
+def _relative(filename: str, root: str) -> str:
+    """A source file as the project names it (functions/checkout.py). Cached: resolving a
+    path costs a few lstat calls, and a call site is met on every ctx call."""
+    try:
+        return str(Path(filename).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return filename

@@ -24,6 +24,8 @@ from pathlib import Path
 from secrets import token_hex
 from typing import Any
 
+import orjson
+
 from flux._errors import ConfigError
 
 KEY_ENV = "FLUX_REDACTION_KEY"
@@ -100,6 +102,15 @@ class RedactionPolicy:
         The marker keeps the size and the SHA-256 of the full serialisation, so a replay can
         still tell whether it produced the very same body.
         """
+        if body is None or isinstance(body, bool | int | float):
+            return body
+        if isinstance(body, str) and len(body) * 4 <= self.max_body_bytes:
+            return body  # even all 4-byte characters would fit
+        try:  # orjson: this runs for every recorded body, on the request path
+            if len(orjson.dumps(body, default=str)) <= self.max_body_bytes:
+                return body
+        except (TypeError, orjson.JSONEncodeError):
+            pass  # what orjson refuses (lone surrogates, odd keys) takes the careful path
         text = json.dumps(body, separators=(",", ":"), default=str, ensure_ascii=False)
         data = text.encode("utf-8", "surrogatepass")
         if len(data) <= self.max_body_bytes:

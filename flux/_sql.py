@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pglast import ast, parse_sql
 from pglast.parser import ParseError, fingerprint
 from pglast.visitors import Visitor
@@ -124,8 +124,8 @@ def tables_read_written(query: str) -> tuple[list[str], list[str]]:
 
 
 def params_hash(params: Any) -> str:
-    blob = json.dumps(encode(params), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    blob = orjson.dumps(encode(params), option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def tape_key(query: str, params: Any) -> str:

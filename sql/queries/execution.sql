@@ -53,3 +53,7 @@ RETURNING id;
 
 -- name: existing_job
 SELECT id FROM flux.jobs WHERE function = %(function)s AND idempotency_key = %(idempotency_key)s;
+
+-- name: set_request_and_span
+SELECT set_config('flux.request_id', %(request_id)s, true),
+       set_config('flux.span_id', %(span_id)s, true);
