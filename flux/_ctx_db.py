@@ -56,7 +56,7 @@ class Database:
         rec = ex.recorder
         info = sql_info(query)
         attrs = {"sql": query, "params": encode(params), "tables": list(info.tables),
-                 "verb": info.verb}
+                 "verb": info.verb, "fingerprint": info.fingerprint}
         with rec.span(info.span_name, "db", site, attrs) as span:
             if ex.replay is not None:  # replay and resume serve (some) calls from a tape
                 served = await ex.replay.db(mode, query, params, span, site)

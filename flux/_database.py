@@ -34,9 +34,9 @@ def embedded_server(project: Project) -> EmbeddedServer:
     return EmbeddedServer(project.state_dir, port=project.database.port)
 
 
-def resolve(project: Project, *, start: bool = True) -> Target:
+def resolve(project: Project, *, start: bool = True, create: bool = True) -> Target:
     """The database of ``project``: DATABASE_URL, or the embedded server (started if need be
-    and ``start`` is true)."""
+    and ``start`` is true; its database created if missing and ``create`` is true)."""
     url = database_url_from_env()
     if url is not None:
         return Target(conninfo=url, display=redact_url(url))
@@ -49,7 +49,8 @@ def resolve(project: Project, *, start: bool = True) -> Target:
             raise DatabaseError(
                 "the embedded PostgreSQL is not running", hint="start it with `flux db start`"
             )
-    ensure_database(info.conninfo("postgres"), project.database.name)
+    if create or started:
+        ensure_database(info.conninfo("postgres"), project.database.name)
     return Target(conninfo=info.conninfo(project.database.name),
                   display=info.url(project.database.name), embedded=server, server=info,
                   started=started)

@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flux._jsoncodec import plain
-from flux._sql import sql_info
 
 Span = dict[str, Any]
 Changes = dict[str, list[Any]]
@@ -161,7 +160,11 @@ def span_key(span: Span) -> tuple[str, str, str]:
     kind = str(span.get("kind") or "")
     name = str(span.get("name") or "")
     attrs = span.get("attrs") or {}
+    if kind == "db" and isinstance(attrs.get("fingerprint"), str):
+        return kind, name, attrs["fingerprint"]  # recorded with the span
     if kind == "db" and isinstance(attrs.get("sql"), str):
+        from flux._sql import sql_info  # pglast: only for spans recorded without one
+
         return kind, name, sql_info(attrs["sql"]).fingerprint
     if kind == "http" and isinstance(attrs.get("url"), str):
         return kind, name, _http_target(attrs)

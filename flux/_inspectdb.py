@@ -18,7 +18,7 @@ from flux._queries import load
 @contextlib.contextmanager
 def reader(project: Project) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection in a read-only session: an inspect command can never write."""
-    target = resolve(project, start=True)
+    target = resolve(project, start=True, create=False)  # a reader creates nothing
     with connect(target.conninfo, autocommit=True) as conn:
         conn.execute(load("database").read_only)
         try:
