@@ -397,3 +397,50 @@ def explain(function: str = typer.Argument(None, help="Function to dry-run."),
         out.print(f"\n  [bold]HTTP[/] {call['method']} {escape(call['url'])} [dim]not sent; "
                   f"answered {call['answered']}{' by a stub' if call['stub'] else ''}[/]")
     out.print("")
+
+
+def replay(target: str = typer.Argument(..., help="Execution id (prefix) or a record file."),
+           expect: str = typer.Option(None, "--expect", help="same: pass only if the "
+                                      "replay reproduces the original exactly."),
+           db: str = typer.Option("tape", "--db", help="tape (default) or live (rolled "
+                                  "back)."),
+           as_json: bool = JSON) -> None:
+    """Run today's code on a recorded execution with the same IO; nothing is sent or kept."""
+    from flux._errors import ConfigError
+    from flux._replay import replay_command
+
+    if expect not in (None, "same"):
+        raise ConfigError("--expect takes only: same")
+    result = replay_command(load(), target, db_mode=db, expect_same=expect == "same")
+    if as_json:
+        print_json(result)
+    else:
+        _render_replay(result)
+    raise typer.Exit(0 if result["passed"] else 1)
+
+
+def _render_replay(r: dict[str, Any]) -> None:
+    def outcome(facts: dict[str, Any], http: Any) -> str:
+        if facts["status"] == "ok":
+            return f"[green]ok {http}[/]"
+        error = facts["error"] or {}
+        return f"[red]{http} {escape(str(error.get('type')))}: " \
+               f"{escape(_show(str(error.get('message'))))}[/]"
+
+    out.print(f"\n  [bold]Replay[/]  {short(r['request_id'])}  {escape(r['function'] or '')}"
+              f"  [dim](db from {r['db']}, nothing sent, nothing kept)[/]")
+    out.print(f"  original   {outcome(r['original'], r['http_status']['original'])}")
+    out.print(f"  replayed   {outcome(r['replayed'], r['http_status']['replayed'])}")
+    d = r["divergence"]
+    if d:
+        expected = (d["expected"] or {}).get("key") or "nothing (the tape had ended)"
+        actual = (d["actual"] or {}).get("call") or "nothing (the call was not made)"
+        out.print(f"\n  [yellow]DIVERGED[/] at {escape(str(d['file']))}:{d['line']} — "
+                  f"{escape(d['reason'])}")
+        out.print(f"    expected  {escape(_show(str(expected)))}")
+        out.print(f"    actual    {escape(_show(str(actual)))}")
+    for call in r["beyond_tape"]:
+        out.print(f"  [dim]beyond the tape:[/] {escape(call['call'])} at "
+                  f"{escape(str(call['file']))}:{call['line']} — {escape(call['handled'])}")
+    verdict = "[green]PASSED[/]" if r["passed"] else "[red]STILL FAILING[/]"
+    out.print(f"\n  {verdict}\n")

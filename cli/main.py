@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from cli import db, inspect, serve
+from cli import db, inspect, record, serve
 from cli._output import print_error
 from flux import FluxError
 
@@ -27,6 +27,8 @@ app.command(name="serve")(serve.serve_command)
 app.command()(inspect.ls)
 app.command()(inspect.why)
 app.command()(inspect.explain)
+app.command()(inspect.replay)
+app.add_typer(record.app, name="record")
 app.add_typer(inspect.state_app, name="state")
 app.command(help=inspect.TRACE_HELP)(inspect.trace)
 

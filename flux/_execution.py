@@ -80,6 +80,7 @@ class Execution:
         """The execution's connection, taken from the pool on first use (its transaction
         begins with the first statement)."""
         if self.conn is None:
+            await self.runtime.ensure_pool()
             try:
                 self.conn = await self.runtime.pool.getconn(timeout=self.runtime.pool_timeout)
             except PoolTimeout as exc:

@@ -75,9 +75,12 @@ async def call_handler(spec: FunctionSpec, ctx: Context, input: Any) -> Any:
 
 
 async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | None = None,
-                  idempotency_prefix: str | None = None, persist: bool = True) -> Outcome:
+                  idempotency_prefix: str | None = None, persist: bool = True,
+                  commit_data: bool = True) -> Outcome:
     """Run ``inv`` as one recorded execution and store its record (unless ``persist`` is
-    false, as for a local replay that must touch nothing)."""
+    false, as for a local replay that must touch nothing). With ``commit_data`` false the
+    execution's own transaction is always rolled back (replays), and its record, if
+    persisted, is stored in a transaction of its own."""
     spec = inv.spec
     rec = Recorder(inv.request_id, project_root=runtime.root,
                    functions_dir=runtime.functions_dir)
@@ -103,7 +106,7 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
         except Exception as exc:
             failure = exc
     if failure is None:
-        return await _succeed(ex, inv, output, persist)
+        return await _succeed(ex, inv, output, persist, commit_data)
     return await _fail(ex, inv, failure, persist)
 
 
@@ -145,10 +148,15 @@ def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
     )
 
 
-async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool) -> Outcome:
+async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool,
+                   commit_data: bool = True) -> Outcome:
     record = _record(ex, inv, status="ok", http_status=200, body=output, error=None)
-    if not persist:
+    if not persist or not commit_data:
+        mutations = await _salvage(ex, ex.conn) if ex.conn is not None else []
+        record.mutations = [{**m, "request_id": inv.request_id} for m in mutations]
         await _discard(ex)
+        if persist:  # a replay's record, with the mutations it would have made
+            await ex.runtime.store_record(record)
         return Outcome(inv.request_id, "ok", 200, output, None, record)
     conn = ex.conn
     try:

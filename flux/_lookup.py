@@ -70,3 +70,10 @@ def attach_responses(record: dict[str, Any]) -> None:
 
 def _dashed(digits: str) -> str:
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def pin_record(conn: psycopg.Connection[Any], prefix: str) -> str:
+    """Mark an execution as kept past retention; returns its full id."""
+    request_id = resolve_id(conn, prefix)
+    conn.execute(load("inspect").pin, {"request_id": request_id})
+    return request_id

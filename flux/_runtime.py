@@ -3,6 +3,7 @@ outbound HTTP session, the loaded functions, the redaction policy and the code v
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
@@ -49,19 +50,31 @@ class Runtime:
                                         kwargs={"autocommit": False},
                                         name="flux")
         self.http_session: aiohttp.ClientSession
+        self._pool_lock = asyncio.Lock()
 
-    async def start(self) -> list[LoadError]:
-        """Open the pool and the HTTP session, load the functions; returns load errors."""
-        await self.pool.open(wait=True, timeout=30)
+    async def start(self, *, open_pool: bool = True) -> list[LoadError]:
+        """Open the pool and the HTTP session, load the functions; returns load errors.
+        Without ``open_pool`` the pool opens on first use (a replay served from its tape
+        may never need the database)."""
+        if open_pool:
+            await self.ensure_pool()
         self.http_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True))
         self.refresh_code_version()
         return load_all(self.functions_dir, self.registry)
 
+    async def ensure_pool(self) -> AsyncConnectionPool:
+        if self.pool.closed:
+            async with self._pool_lock:
+                if self.pool.closed:
+                    await self.pool.open(wait=True, timeout=30)
+        return self.pool
+
     async def close(self) -> None:
         if hasattr(self, "http_session"):
             await self.http_session.close()
-        await self.pool.close()
+        if not self.pool.closed:
+            await self.pool.close()
 
     def refresh_code_version(self) -> None:
         self.code_version = code_version(self.root)
@@ -80,6 +93,7 @@ class Runtime:
     async def store_record(self, record: ExecutionRecord) -> None:
         """Store a record on a pooled connection of its own (executions that held no
         transaction, and requests rejected before any function ran)."""
+        await self.ensure_pool()
         async with self.pool.connection(timeout=self.pool_timeout) as conn, \
                 conn.transaction():
             await store(conn, record)

@@ -114,3 +114,6 @@ SELECT table_schema, table_name, pk, op, old, new, changed_cols, rolled_back, sp
 FROM flux.state_mutations
 WHERE request_id = %(request_id)s
 ORDER BY id;
+
+-- name: pin
+UPDATE flux.trace_requests SET pinned = true WHERE request_id = %(request_id)s;
