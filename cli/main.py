@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from cli import db, inspect, record, serve
+from cli import db, incident, inspect, record, serve
 from cli._output import print_error
 from flux import FluxError
 
@@ -29,6 +29,7 @@ app.command()(inspect.why)
 app.command()(inspect.explain)
 app.command()(inspect.replay)
 app.add_typer(record.app, name="record")
+app.add_typer(incident.app, name="incident")
 app.add_typer(inspect.state_app, name="state")
 app.command(help=inspect.TRACE_HELP)(inspect.trace)
 

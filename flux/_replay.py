@@ -171,7 +171,7 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
                        hint="replay runs today's code: is this the right project?")
     request = record.get("request") or {}
     stubs = runtime.project.raw.get("replay", {}).get("stubs", {})
-    source = TapeReplay(Tape.of(record), db_mode=db_mode,
+    source = TapeReplay(Tape.of(record, loose_db=db_mode == "live"), db_mode=db_mode,
                         stubs=stubs if isinstance(stubs, dict) else {})
     headers = {**(request.get("headers") or {}), REPLAY_HEADER: "true"}
     invocation = Invocation(

@@ -117,3 +117,17 @@ ORDER BY id;
 
 -- name: pin
 UPDATE flux.trace_requests SET pinned = true WHERE request_id = %(request_id)s;
+
+-- name: incident
+-- The original executions (not replays or resumes) an incident replay re-runs, oldest first.
+SELECT request_id::text FROM flux.trace_requests
+WHERE kind NOT IN ('replay', 'resume')
+  AND function IS NOT NULL
+  AND (%(ids)s::uuid[] IS NULL OR request_id = ANY(%(ids)s::uuid[]))
+  AND (%(function)s::text IS NULL OR function = %(function)s)
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(http_min)s::int IS NULL OR http_status BETWEEN %(http_min)s AND %(http_max)s)
+  AND (%(since)s::timestamptz IS NULL OR started_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR started_at < %(until)s)
+ORDER BY started_at
+LIMIT %(limit)s;
