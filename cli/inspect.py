@@ -444,3 +444,50 @@ def _render_replay(r: dict[str, Any]) -> None:
                   f"{escape(str(call['file']))}:{call['line']} — {escape(call['handled'])}")
     verdict = "[green]PASSED[/]" if r["passed"] else "[red]STILL FAILING[/]"
     out.print(f"\n  {verdict}\n")
+
+
+def resume(request_id: str = typer.Argument(..., help="Execution id or a unique prefix."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan; run nothing."),
+           strict: bool = typer.Option(False, "--strict", help="Stop if a read now returns "
+                                       "something else than when it ran."),
+           as_json: bool = JSON) -> None:
+    """Finish a failed execution with today's code, never repeating its outside effects."""
+    from flux._errors import ResumeRefused
+    from flux._resume import resume_command
+
+    try:
+        result = resume_command(load(), request_id, dry_run=dry_run, strict=strict)
+    except ResumeRefused as refused:
+        if as_json and refused.details:
+            print_json({**refused.details, "status": "refused", "error": refused.message})
+        elif refused.details.get("divergence"):
+            d = refused.details["divergence"]
+            out.print(f"  [yellow]diverged[/] at {escape(str(d['file']))}:{d['line']}: "
+                      f"expected {escape(str((d['expected'] or {}).get('key')))}, got "
+                      f"{escape(str((d['actual'] or {}).get('call')))}")
+        raise
+    if as_json:
+        print_json(result)
+        return
+    out.print(f"\n  [bold]Resume[/]  {short(result['resumed_from'])}"
+              + ("  [dim](dry run: nothing executed)[/]" if dry_run else ""))
+    marks = {"tape": "[cyan]served from tape[/]", "live": "[yellow]runs live[/]",
+             "db": "[magenta]re-executed in DB[/]"}
+    for step in result["plan"]:
+        where = f"  [dim]{escape(str(step['file']))}:{step['line']}[/]" if step["file"] else ""
+        flag = "  [red]← failed here[/]" if step["failed"] else ""
+        out.print(f"    {escape(_show(step['call'])):<58} {marks[step['mode']]}{where}{flag}")
+    for drift in result["drift"]:
+        out.print(f"  [yellow]state drift[/]: {escape(drift['call'])} at "
+                  f"{escape(str(drift['file']))}:{drift['line']} returns something else now")
+    if dry_run:
+        out.print("")
+        return
+    for sent in result["sent"]:
+        out.print(f"  sent {sent['method']} {escape(sent['url'])}  [dim]Idempotency-Key "
+                  f"{escape(str(sent['idempotency_key']))}[/]")
+    colour = "green" if result["status"] == "ok" else "red"
+    out.print(f"\n  [{colour}]{result['status']}[/] → new execution "
+              f"{short(result['request_id'])} (resumed_from {short(result['resumed_from'])})\n")
+    if result["status"] != "ok":
+        raise typer.Exit(1)

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from cli import db, incident, inspect, record, serve
+from cli import bisect, db, incident, inspect, record, serve, testgen
 from cli._output import print_error
 from flux import FluxError
 
@@ -28,9 +28,12 @@ app.command()(inspect.ls)
 app.command()(inspect.why)
 app.command()(inspect.explain)
 app.command()(inspect.replay)
+app.command()(inspect.resume)
 app.add_typer(record.app, name="record")
 app.add_typer(incident.app, name="incident")
 app.add_typer(inspect.state_app, name="state")
+app.add_typer(bisect.app, name="bug")
+app.add_typer(testgen.app, name="test")
 app.command(help=inspect.TRACE_HELP)(inspect.trace)
 
 

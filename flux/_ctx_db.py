@@ -72,6 +72,8 @@ class Database:
                 raise
             span.attrs["rowcount"] = rowcount
             value = {"rows": encode(rows), "rowcount": rowcount, "columns": columns}
+            if ex.replay is not None and hasattr(ex.replay, "observed_db"):
+                ex.replay.observed_db(span, value)  # resume compares reads with the tape
             rec.tape_append("db", tape_key(query, params), ex.policy.cap(value), site=site,
                             span_id=span.id)
             return shape(mode, rows, rowcount)

@@ -12,7 +12,8 @@
     │   ├── HttpTimeout           http_timeout      no answer within the timeout
     │   ├── HttpConnectionError   http_connection   could not connect / connection dropped
     │   └── HttpStatusError       http_status       raise_for_status() on a 4xx/5xx answer
-    └── Overloaded                overloaded  the runtime sheds load (pool exhausted, queue full)
+    ├── Overloaded                overloaded  the runtime sheds load (pool exhausted, queue full)
+    └── ResumeRefused             resume_refused  a resume that would be unsafe or is a repeat
 
 Each class carries a stable machine ``code`` that ``--json`` output and the admin API report.
 The CLI turns any FluxError into its message on one line and a non-zero exit; only a bug
@@ -109,3 +110,12 @@ class HttpStatusError(HttpError):
 
 class Overloaded(FluxError):
     code = "overloaded"
+
+
+class ResumeRefused(FluxError):
+    code = "resume_refused"
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 details: dict[str, object] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.details = details or {}

@@ -69,6 +69,10 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
     request_id: str = request[ID_KEY]
     path = request.match_info["path"]
+    if path.startswith("_flux/"):
+        from flux._admin import handle
+
+        return await handle(request, runtime, path.removeprefix("_flux/"), request_id)
     spec = runtime.registry.route(path)
     if spec is None:
         return await _reject(request, 404, "not_found", f"no function is routed at /{path}",

@@ -131,3 +131,21 @@ WHERE kind NOT IN ('replay', 'resume')
   AND (%(until)s::timestamptz IS NULL OR started_at < %(until)s)
 ORDER BY started_at
 LIMIT %(limit)s;
+
+-- name: lock_for_resume
+-- Held for the whole resume: a second resume, even from another process, is refused.
+SELECT status, resumed_by::text FROM flux.trace_requests
+WHERE request_id = %(request_id)s
+FOR UPDATE NOWAIT;
+
+-- name: mark_resumed
+UPDATE flux.trace_requests SET resumed_by = %(resumed_by)s WHERE request_id = %(request_id)s;
+
+-- name: last_good_code
+-- bisect's default good commit: the code a function last ran successfully before a time.
+-- Replays are left out: they ran local code on recorded IO, not a real execution.
+SELECT request_id::text, code_sha, code_dirty FROM flux.trace_requests
+WHERE function = %(function)s AND status = 'ok' AND kind <> 'replay'
+  AND started_at < %(before)s
+ORDER BY started_at DESC
+LIMIT 1;

@@ -1,0 +1,141 @@
+"""`flux resume` on the example app: the order completes, the customer is charged once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from typing import Any
+
+import psycopg
+
+from tests.fixtures.projects import FLUX, run_flux
+from tests.fixtures.shop import Shop
+from tests.replay.test_replay import CHECKOUT, edit
+
+
+def resume(shop: Shop, rid: str, *args: str) -> tuple[int, Any, str]:
+    result = run_flux(["resume", rid[:18], "--json", *args], shop.root,
+                      env={"DATABASE_URL": shop.db})
+    return result.returncode, json.loads(result.stdout) if result.stdout else None, \
+        result.stderr
+
+
+def order_states(shop: Shop) -> list[tuple[str, str | None]]:
+    with psycopg.connect(shop.db) as conn:
+        return conn.execute("SELECT status, charge_id FROM orders ORDER BY id").fetchall()
+
+
+async def failed_after_the_charge(shop: Shop) -> tuple[str, int]:
+    _, user, _ = await shop.post("signup", {"email": "res@example.com"})
+    original = (shop.root / CHECKOUT).read_text()
+    edit(shop, CHECKOUT, 'charge_status = charge["status"]',
+         'charge_status = charge["state"]')  # the bug: a KeyError after the charge
+    shop.runtime.reload(shop.root / CHECKOUT)
+    status, _, rid = await shop.post("checkout", {"user_id": user["id"], "amount_cents": 900})
+    assert status == 500 and shop.provider.charges == 1
+    (shop.root / CHECKOUT).write_text(original)  # the fix
+    return rid, user["id"]
+
+
+async def test_resume_completes_the_order_without_charging_again(shop: Shop) -> None:
+    rid, _ = await failed_after_the_charge(shop)
+    assert order_states(shop) == []  # the failed attempt's order was rolled back
+    code, plan, _ = resume(shop, rid, "--dry-run")
+    assert code == 0 and plan["status"] == "dry-run"
+    modes = {step["call"].split()[0] + " " + step["mode"] for step in plan["plan"]}
+    assert {"http tape", "db db", "secret live"} <= modes
+    code, result, stderr = resume(shop, rid)
+    assert code == 0, stderr
+    assert result["status"] == "ok" and result["resumed_from"] == rid
+    assert result["sent"] == []  # the charge came from the tape
+    assert shop.provider.charges == 1
+    assert order_states(shop) == [("paid", "ch_1")]
+    with psycopg.connect(shop.db) as conn:
+        row = conn.execute("SELECT kind, resumed_from::text FROM flux.trace_requests "
+                           "WHERE request_id = %s", [result["request_id"]]).fetchone()
+        marked = conn.execute("SELECT resumed_by::text FROM flux.trace_requests "
+                              "WHERE request_id = %s", [rid]).fetchone()
+    assert row == ("resume", rid) and marked == (result["request_id"],)
+    code, _, stderr = resume(shop, rid)
+    assert code != 0 and "already resumed" in stderr
+
+
+async def test_resume_after_a_timeout_resends_with_the_original_key(shop: Shop) -> None:
+    _, user, _ = await shop.post("signup", {"email": "to@example.com"})
+    shop.provider.mode = "timeout"
+    shop.provider.delay = 7  # the provider charges late, after checkout gave up (5 s)
+    status, _, rid = await shop.post("checkout", {"user_id": user["id"], "amount_cents": 900})
+    assert status == 500
+    await asyncio.sleep(2.5)
+    assert shop.provider.charges == 1  # the charge did happen
+    shop.provider.mode = "ok"
+    code, result, stderr = await asyncio.to_thread(resume, shop, rid)
+    assert code == 0, stderr
+    [sent] = result["sent"]
+    assert sent["idempotency_key"] == f"{rid}-1"  # the original call's key
+    assert shop.provider.charges == 1  # the provider deduplicated the re-sent charge
+    assert order_states(shop) == [("paid", "ch_1")]
+
+
+async def test_ten_concurrent_resumes_one_succeeds(shop: Shop) -> None:
+    rid, _ = await failed_after_the_charge(shop)
+    env = {"DATABASE_URL": shop.db}
+    import os
+
+    procs = [subprocess.Popen([*FLUX, "resume", rid[:18], "--json"], cwd=shop.root,
+                              env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(10)]
+    results = await asyncio.to_thread(lambda: [p.communicate(timeout=120) for p in procs])
+    codes = [p.returncode for p in procs]
+    assert codes.count(0) == 1, results
+    refused = [err for (out, err), code in zip(results, codes, strict=True) if code != 0]
+    assert all("resumed" in err for err in refused), refused
+    assert shop.provider.charges == 1
+    assert order_states(shop) == [("paid", "ch_1")]
+
+
+async def test_resume_refuses_code_that_diverges_before_the_failure(shop: Shop) -> None:
+    rid, _ = await failed_after_the_charge(shop)
+    edit(shop, CHECKOUT, '    user = await ctx.db.fetchone("SELECT id FROM users WHERE id = %s",'
+                         ' [user_id])',
+         '    user = {"id": user_id}')  # a removed call, before the charge
+    code, result, stderr = resume(shop, rid)
+    assert code != 0 and "departs from the recorded execution" in stderr
+    assert result["divergence"]["file"] == CHECKOUT
+    assert order_states(shop) == [] and shop.provider.charges == 1
+    with psycopg.connect(shop.db) as conn:
+        assert conn.execute("SELECT count(*) FROM flux.trace_requests WHERE kind = 'resume'"
+                            ).fetchone() == (0,)
+
+
+async def test_resume_refuses_a_success_and_drift_under_strict(shop: Shop) -> None:
+    _, _, ok = await shop.post("signup", {"email": "ok@example.com"})
+    code, _, stderr = resume(shop, ok)
+    assert code != 0 and "succeeded; there is nothing to resume" in stderr
+    rid, user_id = await failed_after_the_charge(shop)
+    with psycopg.connect(shop.db, autocommit=True) as conn:  # the world moved on
+        conn.execute("DELETE FROM users WHERE id = %s", [user_id])
+    code, plan, _ = resume(shop, rid, "--dry-run")
+    assert code == 0 and plan["drift"][0]["file"] == CHECKOUT
+    assert plan["drift"][0]["now"] == [] and plan["drift"][0]["recorded"]
+    assert "return something else now" in plan["refusal"]  # the user is gone: another path
+    code, refused, stderr = resume(shop, rid, "--strict")
+    assert code != 0 and "return something else" in stderr and refused["status"] == "refused"
+    assert shop.provider.charges == 1 and order_states(shop) == []
+
+
+async def test_admin_api_resumes_and_guards_access(shop: Shop, monkeypatch) -> None:
+    rid, _ = await failed_after_the_charge(shop)
+    shop.runtime.reload(shop.root / CHECKOUT)  # the server runs the fixed code
+    url = f"{shop.url}/_flux/executions/{rid[:18]}/resume"
+    monkeypatch.setenv("FLUX_ADMIN_TOKEN", "s3cret-token")
+    async with shop.client.post(url) as response:
+        assert response.status == 401
+    async with shop.client.post(url, headers={"Authorization": "Bearer s3cret-token"}) as r:
+        body = await r.json()
+        assert r.status == 200, body
+    assert body["status"] == "ok" and body["resumed_from"] == rid
+    assert shop.provider.charges == 1 and order_states(shop) == [("paid", "ch_1")]
+    async with shop.client.post(url, headers={"Authorization": "Bearer s3cret-token"}) as r:
+        assert r.status == 409 and "already resumed" in (await r.json())["error"]["message"]
