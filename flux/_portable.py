@@ -79,8 +79,11 @@ def import_record(conn: psycopg.Connection[Any], document: dict[str, Any]) -> bo
     json_fields = ("request", "response", "error", "spans", "tape", "logs")
     params = {k: (Jsonb(record.get(k)) if k in json_fields and record.get(k) is not None
                   else record.get(k)) for k in _RECORD_FIELDS}
+    # The executor's insert, made idempotent: importing the same file twice is harmless.
+    insert = load("execution").insert_record + \
+        "\nON CONFLICT (request_id) DO NOTHING RETURNING request_id"
     with conn.transaction():
-        row = conn.execute(q.insert_record, params).fetchone()
+        row = conn.execute(insert.encode(), params).fetchone()
         if row is None:
             return False
         for m in document.get("mutations") or []:
