@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from flux._errors import ConfigError, FluxError
-from flux._lookup import fetch_record, resolve_id
+from flux._lookup import fetch_record_async, resolve_id
 from flux._ls import parse_status, parse_window
 from flux._project import Project
 from flux._queries import load
@@ -65,9 +65,8 @@ async def _run(project: Project, conninfo: str, request_ids: list[str], db_mode:
 
     async def one(request_id: str) -> None:
         async with gate:
-            # The lookup is synchronous: read each record on a short-lived connection in a
-            # worker thread, so the event loop keeps replaying the others.
-            record = await asyncio.to_thread(_fetch, conninfo, request_id)
+            async with runtime.pool.connection() as conn:
+                record = await fetch_record_async(conn, request_id)
             try:
                 outcome = await replay(runtime, record, db_mode=db_mode, persist=True)
                 result = {
@@ -96,8 +95,3 @@ async def _run(project: Project, conninfo: str, request_ids: list[str], db_mode:
     passing = sum(1 for r in results if r["passed"])
     return {"replayed": len(results), "passing": passing, "failing": len(results) - passing,
             "db": db_mode, "results": results}
-
-
-def _fetch(conninfo: str, request_id: str) -> dict[str, Any]:
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        return fetch_record(conn, request_id)

@@ -47,6 +47,22 @@ def fetch_record(conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any]:
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(load("inspect").record, {"request_id": request_id}).fetchone()
     assert row is not None
+    return normalize(row)
+
+
+async def fetch_record_async(conn: psycopg.AsyncConnection[Any], request_id: str
+                             ) -> dict[str, Any]:
+    """The record of a full request id, read on an async connection (incident replay)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(load("inspect").record, {"request_id": request_id})
+        row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"no execution {request_id}")
+    return normalize(row)
+
+
+def normalize(row: dict[str, Any]) -> dict[str, Any]:
+    """A trace_requests row as readers use it: ids as text, HTTP answers in their spans."""
     row["request_id"] = str(row["request_id"])
     for key in ("parent_id", "replay_of", "resumed_from", "resumed_by"):
         if row.get(key) is not None:
