@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from cli import db, incident, inspect, record, serve
+from cli import bisect, db, incident, inspect, record, serve, testgen
 from cli._output import print_error
 from flux import FluxError
 
@@ -32,6 +32,8 @@ app.command()(inspect.resume)
 app.add_typer(record.app, name="record")
 app.add_typer(incident.app, name="incident")
 app.add_typer(inspect.state_app, name="state")
+app.add_typer(bisect.app, name="bug")
+app.add_typer(testgen.app, name="test")
 app.command(help=inspect.TRACE_HELP)(inspect.trace)
 
 
