@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -39,6 +38,8 @@ def init(name: str = typer.Argument(..., help="Directory to create.")) -> None:
 def dev(port: int = typer.Option(None, "--port", "-p", help="Port (default: flux.toml, 4000)."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind.")) -> None:
     """Run the project locally: embedded PostgreSQL, reload on change, until Ctrl-C."""
+    import asyncio
+
     from flux._server import serve
 
     project = load()
@@ -55,6 +56,8 @@ def serve_command(
                                 help="Worker processes sharing the port."),
 ) -> None:
     """Run the project in production: DATABASE_URL, no reload, several workers allowed."""
+    import asyncio
+
     from flux._schema import SchemaResult
     from flux._server import prepare_database, serve
 

@@ -45,8 +45,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from flux._errors import EmbeddedServerError
 
 SERVICE_USER = "flux-postgres"
@@ -277,6 +275,8 @@ class EmbeddedServer:
 
     def stop(self, *, timeout: float = STOP_TIMEOUT) -> bool:
         """Stop the server with a fast shutdown. Returns False if it was not running."""
+        import psutil  # here: `flux why` with DATABASE_URL never needs it
+
         with self._lock():
             info = self.running()
             if info is None:
@@ -447,6 +447,8 @@ class EmbeddedServer:
         """Recover from a crash: a postmaster.pid whose process is gone (or is now some other
         program), and orphaned backends of a killed postmaster still holding shared memory.
         If a server of ours is still starting up (crash recovery), wait for it instead."""
+        import psutil  # here: `flux why` with DATABASE_URL never needs it
+
         real = self.data_dir.resolve()
         pid_file = self._read_pid_file()
         if pid_file is not None and self._is_ours(pid_file.pid):
@@ -475,6 +477,8 @@ class EmbeddedServer:
 
     def _is_ours(self, pid: int) -> bool:
         """Whether ``pid`` is a live postmaster of this data directory (not a reused pid)."""
+        import psutil  # here: `flux why` with DATABASE_URL never needs it
+
         if pid <= 0:
             return False
         try:

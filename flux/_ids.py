@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import uuid
 
-import uuid6
-
 
 def new_request_id() -> uuid.UUID:
+    import uuid6  # here, not at the top: the CLI imports this module for short() alone
+
     return uuid.UUID(int=uuid6.uuid7().int)
 
 

@@ -187,12 +187,14 @@ class RedactionPolicy:
         return value if pattern is None else pattern.sub(self._mark_match, value)
 
 
-def load_policy(state_dir: Path, config: Mapping[str, Any]) -> RedactionPolicy:
+def load_policy(state_dir: Path, config: Mapping[str, Any], *, keep_key: bool = True
+                ) -> RedactionPolicy:
     """The project's policy: its key plus the ``[record]`` options of flux.toml.
 
     The key is the UTF-8 text of ``FLUX_REDACTION_KEY`` or of ``<state_dir>/redaction.key``
     (not hex-decoded), so pasting the file's contents into the variable elsewhere keeps
-    every fingerprint the same.
+    every fingerprint the same. With ``keep_key`` false (a replay, which stores nothing) a
+    missing key file is not created: a throwaway key will do.
     """
     record = config.get("record", {})
     if not isinstance(record, Mapping):
@@ -203,8 +205,10 @@ def load_policy(state_dir: Path, config: Mapping[str, Any]) -> RedactionPolicy:
             f"flux.toml: record.max_body_bytes must be a positive whole number of bytes, "
             f"not {max_bytes!r}"
         )
+    key = _load_key(state_dir) if keep_key or os.environ.get(KEY_ENV) is not None or \
+        (state_dir / KEY_FILE).exists() else token_hex(32).encode()
     return RedactionPolicy(
-        key=_load_key(state_dir),
+        key=key,
         headers=RedactionPolicy.headers | _names(record, "redact_headers"),
         fields=RedactionPolicy.fields | _names(record, "redact_fields"),
         max_body_bytes=max_bytes,

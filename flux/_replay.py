@@ -229,12 +229,15 @@ def replay_command(project: Any, target: str, *, db_mode: str = "tape",
     record = load_target(project, target)
 
     async def run() -> dict[str, Any]:
-        runtime = Runtime(project, resolve(project, create=False).conninfo, pool_size=2)
+        # The database is resolved (and an embedded one started) only if a call needs it.
+        runtime = Runtime(project, lambda: resolve(project, create=False).conninfo,
+                          pool_size=2, keeps_records=False)
         errors = await runtime.start(open_pool=False)
         try:
-            if record.get("function") in {e.file.stem for e in errors}:
-                message = next(e.message for e in errors if e.file.stem == record["function"])
-                raise ReplayError(f"{record['function']} does not load: {message}")
+            if record.get("function") not in runtime.registry.by_name and errors:
+                broken = "; ".join(f"{e.file.name}: {e.message}" for e in errors)
+                raise ReplayError(f"{record.get('function')} is not loaded; modules that fail "
+                                  f"to load: {broken}")
             return await replay(runtime, record, db_mode=db_mode, expect_same=expect_same)
         finally:
             await runtime.close()

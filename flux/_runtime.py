@@ -29,8 +29,9 @@ LogEcho = Callable[[str, str, str, dict[str, Any]], None]
 class Runtime:
     """Shared state of one serving process. ``start()`` before use, ``close()`` after."""
 
-    def __init__(self, project: Project, conninfo: str, *, pool_size: int = 20,
-                 pool_timeout: float = 10.0, echo: LogEcho | None = None) -> None:
+    def __init__(self, project: Project, conninfo: str | Callable[[], str], *,
+                 pool_size: int = 20, pool_timeout: float = 10.0,
+                 echo: LogEcho | None = None, keeps_records: bool = True) -> None:
         self.project = project
         self.root = project.root
         self.functions_dir = project.functions_dir
@@ -39,16 +40,15 @@ class Runtime:
         self.registry = Registry()
         record_cfg = project.raw.get("record", {})
         self.max_body = int(record_cfg.get("max_request_bytes", DEFAULT_MAX_BODY))
-        self.policy: RedactionPolicy = load_policy(project.state_dir, project.raw)
+        self.policy: RedactionPolicy = load_policy(project.state_dir, project.raw,
+                                                   keep_key=keeps_records)
         self.secrets_map: dict[str, str] = {
             str(k): str(v) for k, v in project.raw.get("secrets", {}).items()}
         self.app_config: dict[str, Any] = dict(project.raw.get("app", {}))
         self.code_version: CodeVersion = CodeVersion(None, False)
         self._echo = echo
-        self.pool = AsyncConnectionPool(conninfo, min_size=min(4, pool_size),
-                                        max_size=pool_size, open=False,
-                                        kwargs={"autocommit": False},
-                                        name="flux")
+        self._pool_size = pool_size
+        self._pool: AsyncConnectionPool | None = None
         self.http_session: aiohttp.ClientSession
         self._pool_lock = asyncio.Lock()
 
@@ -63,9 +63,25 @@ class Runtime:
         self.refresh_code_version()
         return load_all(self.functions_dir, self.registry)
 
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        """The connection pool (not necessarily open: see ensure_pool). The database
+        address may be a callable, resolved only when a connection is first needed — a
+        replay served from its tape never starts a database."""
+        if self._pool is None:
+            if callable(self.conninfo):
+                self.conninfo = self.conninfo()
+            self._pool = AsyncConnectionPool(
+                self.conninfo, min_size=min(4, self._pool_size), max_size=self._pool_size,
+                open=False, kwargs={"autocommit": False}, name="flux")
+        return self._pool
+
     async def ensure_pool(self) -> AsyncConnectionPool:
-        if self.pool.closed:
+        if self._pool is None or self._pool.closed:
             async with self._pool_lock:
+                if self._pool is None and callable(self.conninfo):
+                    resolve = self.conninfo
+                    self.conninfo = await asyncio.to_thread(resolve)
                 if self.pool.closed:
                     await self.pool.open(wait=True, timeout=30)
         return self.pool
@@ -73,8 +89,8 @@ class Runtime:
     async def close(self) -> None:
         if hasattr(self, "http_session"):
             await self.http_session.close()
-        if not self.pool.closed:
-            await self.pool.close()
+        if self._pool is not None and not self._pool.closed:
+            await self._pool.close()
 
     def refresh_code_version(self) -> None:
         self.code_version = code_version(self.root)
