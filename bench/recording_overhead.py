@@ -32,7 +32,6 @@ import contextlib
 import cProfile
 import json
 import math
-import multiprocessing
 import shutil
 import signal
 import statistics
@@ -49,6 +48,7 @@ from typing import Any
 import aiohttp
 import psutil
 import psycopg
+from _children import Child, spawn, stop
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
@@ -100,7 +100,6 @@ MUTATIONS_SQL = "SELECT count(*) FROM flux.state_mutations"
 
 STUB_BODY = json.dumps({"ok": True, "service": "stub", "items": [1, 2, 3]}).encode()
 REQUEST_BODY = json.dumps({"name": "bench"}).encode()
-READY_TIMEOUT = 60.0
 
 
 # -- the servers, each in a child process -----------------------------------------------
@@ -195,47 +194,6 @@ async def _serve(role: str, options: dict[str, Any], pipe: Connection) -> None:
     finally:
         await runner.cleanup()
         await cleanup()
-
-
-@dataclass
-class Child:
-    role: str
-    process: multiprocessing.process.BaseProcess
-    port: int
-
-
-def _spawn(role: str, options: dict[str, Any]) -> Child:
-    ctx = multiprocessing.get_context("spawn")
-    parent_end, child_end = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child_main, args=(role, options, child_end),
-                          name=f"bench-{role}", daemon=True)
-    process.start()
-    child_end.close()
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if parent_end.poll(0.1):
-            try:
-                kind, value = parent_end.recv()
-            except EOFError:
-                break
-            if kind == "ready":
-                return Child(role, process, int(value))
-            _stop(Child(role, process, 0))
-            raise RuntimeError(f"the {role} server failed to start: {value}")
-        if not process.is_alive():
-            break
-    _stop(Child(role, process, 0))
-    raise RuntimeError(f"the {role} server did not start (exit code {process.exitcode})")
-
-
-def _stop(child: Child) -> None:
-    process = child.process
-    if process.is_alive():
-        process.terminate()  # SIGTERM: the child closes its pool and session
-        process.join(15)
-    if process.is_alive():
-        process.kill()
-        process.join(5)
 
 
 # -- the database -------------------------------------------------------------------------
@@ -480,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"concurrency {args.concurrency}, {args.rounds} rounds of {args.seconds:g} s "
               f"per side after {args.warmup:g} s of warm-up, pool size {POOL_SIZE}", flush=True)
-        stub = _spawn("stub", {})
+        stub = spawn(_child_main, "stub", {})
         children.append(stub)
         stub_url = f"http://127.0.0.1:{stub.port}/stub"
         project = _write_project(tmp / "project", stub_url)
@@ -493,9 +451,9 @@ def main(argv: list[str] | None = None) -> int:
                                f"plain {triggers[1]} (want some and none)")
         traces_before = _count(flux_db, TRACES_SQL)
         mutations_before = _count(flux_db, MUTATIONS_SQL)
-        children.append(_spawn("plain", {"conninfo": plain_db, "stub_url": stub_url}))
-        children.append(_spawn("recorded", {"conninfo": flux_db, "project": str(project),
-                                            "profile": args.profile}))
+        children.append(spawn(_child_main, "plain", {"conninfo": plain_db, "stub_url": stub_url}))
+        children.append(spawn(_child_main, "recorded", {
+            "conninfo": flux_db, "project": str(project), "profile": args.profile}))
         urls = {c.role: f"http://127.0.0.1:{c.port}/{ROUTE}" for c in children[1:]}
         meter = CpuMeter({c.role: int(c.process.pid or 0) for c in children[1:]}, info.pid)
 
@@ -514,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         for child in reversed(children):
-            _stop(child)
+            stop(child)
         if server is not None:
             with contextlib.suppress(Exception):
                 server.stop()

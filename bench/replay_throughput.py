@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import cProfile
 import json
-import multiprocessing
 import os
 import shutil
 import signal
@@ -60,6 +59,7 @@ from typing import Any
 import aiohttp
 import psutil
 import psycopg
+from _children import Child, spawn, stop
 from aiohttp import web
 
 from flux._database import ensure_database
@@ -81,7 +81,6 @@ POOL_SIZE = 20  # Runtime's default, as `flux serve` runs it
 USERS = 16  # checkouts go round-robin over them, so concurrent ones rarely share a row
 BLOCK = 100  # in every block of BLOCK requests ...
 BROKEN = 10  # ... the last BROKEN are sent with the provider in shape_change mode
-READY_TIMEOUT = 60.0
 
 REPLAYS_SQL = ("SELECT count(*) FROM flux.trace_requests "
                "WHERE kind = 'replay' AND replay_of = ANY(%s::uuid[])")
@@ -131,47 +130,6 @@ async def _serve(role: str, options: dict[str, Any], pipe: Connection) -> None:
     finally:
         await runner.cleanup()
         await runtime.close()
-
-
-@dataclass
-class Child:
-    role: str
-    process: multiprocessing.process.BaseProcess
-    port: int
-
-
-def _spawn(role: str, options: dict[str, Any]) -> Child:
-    ctx = multiprocessing.get_context("spawn")
-    parent_end, child_end = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child_main, args=(role, options, child_end),
-                          name=f"bench-{role}", daemon=True)
-    process.start()
-    child_end.close()
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if parent_end.poll(0.1):
-            try:
-                kind, value = parent_end.recv()
-            except EOFError:
-                break
-            if kind == "ready":
-                return Child(role, process, int(value))
-            _stop(Child(role, process, 0))
-            raise RuntimeError(f"the {role} failed to start: {value}")
-        if not process.is_alive():
-            break
-    _stop(Child(role, process, 0))
-    raise RuntimeError(f"the {role} did not start (exit code {process.exitcode})")
-
-
-def _stop(child: Child) -> None:
-    process = child.process
-    if process.is_alive():
-        process.terminate()  # SIGTERM: the child closes its pool and sessions
-        process.join(15)
-    if process.is_alive():
-        process.kill()
-        process.join(5)
 
 
 # -- setup ---------------------------------------------------------------------------------
@@ -449,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.concurrency} (pool size {POOL_SIZE}), {BROKEN} in every {BLOCK} with "
               f"the provider in shape_change mode; replayed at concurrency "
               f"{args.replay_concurrency}", flush=True)
-        provider = _spawn("provider", {})
+        provider = spawn(_child_main, "provider", {})
         children.append(provider)
         provider_url = f"http://127.0.0.1:{provider.port}"
         project = _copy_shop(tmp / "shop", provider_url)
@@ -458,13 +416,13 @@ def main(argv: list[str] | None = None) -> int:
         conninfo = _prepare_database(info, project)
         meter = CpuMeter(info.pid)
 
-        shop = _spawn("shop", {"conninfo": conninfo, "project": str(project)})
+        shop = spawn(_child_main, "shop", {"conninfo": conninfo, "project": str(project)})
         children.append(shop)
         shop_process = psutil.Process(shop.process.pid)
         original = asyncio.run(_record_incident(f"http://127.0.0.1:{shop.port}",
                                                 provider_url, args,
                                                 lambda: meter.sample(shop_process)))
-        _stop(shop)
+        stop(shop)
         print(f"served {original.phase.executions} in "
               f"{original.phase.elapsed:.2f} s: {original.phase.rate:.1f} req/s, "
               f"{original.phase.ok} × 200, {original.phase.failing} other "
@@ -497,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         for child in reversed(children):
-            _stop(child)
+            stop(child)
         if server is not None:
             with contextlib.suppress(Exception):
                 server.stop()
