@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,6 +20,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import PoolTimeout
 
 from flux._errors import Overloaded
+from flux._queries import load
 from flux._recorder import CallSite, Recorder, Span
 
 if TYPE_CHECKING:
@@ -44,6 +46,11 @@ class ReplaySource(Protocol):
                    span: Span, site: CallSite) -> Served | None: ...
 
     def value(self, kind: str, key: str, site: CallSite) -> Served | None: ...
+
+
+def begin_statement(request_id: str) -> bytes:
+    rid = uuid.UUID(request_id)  # only a real UUID ever reaches the SQL text
+    return load("execution").begin.replace("{request_id}", str(rid)).encode()
 
 
 class Execution:
@@ -82,10 +89,19 @@ class Execution:
         if self.conn is None:
             await self.runtime.ensure_pool()
             try:
-                self.conn = await self.runtime.pool.getconn(timeout=self.runtime.pool_timeout)
+                conn = await self.runtime.pool.getconn(timeout=self.runtime.pool_timeout)
             except PoolTimeout as exc:
                 raise Overloaded("every database connection is busy",
                                  hint="raise [database] pool_size or lower the load") from exc
+            # The transaction and the request GUC the capture triggers read, in one round
+            # trip (a simple query; the id is a UUID Flux made, so the literal is safe).
+            try:
+                await conn.execute(begin_statement(self.request_id))
+            except BaseException:
+                await self.runtime.pool.putconn(conn)
+                raise
+            self.request_guc_set = True
+            self.conn = conn
         return self.conn
 
     def broken(self, conn: AsyncConnection[Any]) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import psycopg
 from psycopg import pq
 
@@ -118,9 +119,13 @@ class FunctionTimeout(TimeoutError):
 def _json_output(result: Any) -> Any:
     value = plain(result)
     try:
-        json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"the function returned a value JSON cannot encode: {exc}") from exc
+        orjson.dumps(value)  # fast path; it refuses a few things json accepts (huge ints)
+    except (TypeError, orjson.JSONEncodeError):
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"the function returned a value JSON cannot encode: {exc}"
+                            ) from exc
     return value
 
 

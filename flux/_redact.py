@@ -145,7 +145,11 @@ class RedactionPolicy:
         turned into the text ``json.dumps(default=str)`` would store, so that what is checked
         here is exactly what reaches the store.
         """
-        return self.cap(self._scrub(self.redact_body(body), _secret_pattern(secrets)))
+        pattern = _secret_pattern(secrets)
+        redacted = self.redact_body(body)
+        if pattern is None and _plain_json(redacted):
+            return self.cap(redacted)  # nothing to scrub, nothing to convert
+        return self.cap(self._scrub(redacted, pattern))
 
     def _sensitive(self, key: Any) -> bool:
         return isinstance(key, str) and key.lower() in self.fields
@@ -185,6 +189,20 @@ class RedactionPolicy:
         elif not isinstance(value, str):
             value = str(value)
         return value if pattern is None else pattern.sub(self._mark_match, value)
+
+
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is made only of JSON's own types with string keys (then scrubbing
+    without secrets would change nothing)."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return True
+    if depth > 64:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_json(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain_json(v, depth + 1) for v in value)
+    return False
 
 
 def load_policy(state_dir: Path, config: Mapping[str, Any], *, keep_key: bool = True

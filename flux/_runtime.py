@@ -73,7 +73,7 @@ class Runtime:
                 self.conninfo = self.conninfo()
             self._pool = AsyncConnectionPool(
                 self.conninfo, min_size=min(4, self._pool_size), max_size=self._pool_size,
-                open=False, kwargs={"autocommit": False}, name="flux")
+                open=False, kwargs={"autocommit": True}, name="flux")  # BEGIN is ours
         return self._pool
 
     async def ensure_pool(self) -> AsyncConnectionPool:

@@ -1,5 +1,9 @@
 -- The executor's statements around each execution (flux/_ctx_db.py, flux/_execution.py).
 
+-- name: begin
+-- Sent as a simple query: {request_id} is replaced by a UUID the executor generated.
+BEGIN; SELECT set_config('flux.request_id', '{request_id}', true);
+
 -- name: set_request
 SELECT set_config('flux.request_id', %(request_id)s, true);
 
