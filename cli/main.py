@@ -9,6 +9,7 @@ import sys
 import typer
 
 from cli import bisect, db, incident, inspect, record, serve, testgen
+from cli import queue as queue_cli  # flux queue …, flux worker
 from cli._output import print_error
 from flux import FluxError
 
@@ -35,6 +36,8 @@ app.add_typer(inspect.state_app, name="state")
 app.add_typer(bisect.app, name="bug")
 app.add_typer(testgen.app, name="test")
 app.command(help=inspect.TRACE_HELP)(inspect.trace)
+app.add_typer(queue_cli.app, name="queue")
+app.command()(queue_cli.worker)
 
 
 def main() -> None:

@@ -69,6 +69,7 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
     target, schema = prepared or await asyncio.to_thread(prepare_database, project)
     runtime = Runtime(project, target.conninfo, echo=events.log)
     runner: web.AppRunner | None = None
+    jobs = None  # the queue worker and cron (flux/_worker.py)
     try:
         load_errors = await runtime.start()
         runner = web.AppRunner(make_app(runtime, observer=events.request),
@@ -89,6 +90,9 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
             functions=sorted((s.route, s.name) for s in runtime.registry.by_name.values()),
             load_errors=load_errors, schema=schema,
             data_dir=str(target.embedded.data_dir) if target.embedded else None))
+        from flux._worker import start_jobs
+
+        jobs = await start_jobs(runtime)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -101,6 +105,8 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
     finally:
+        if jobs is not None:
+            await jobs.stop()  # finish the jobs in flight, while the pool is still open
         if runner is not None:
             await runner.cleanup()  # stops accepting, lets requests in flight finish
         await runtime.close()

@@ -1,0 +1,107 @@
+-- The queue worker, the cron scheduler and `flux queue` (flux/_worker.py, flux/_cron.py,
+-- flux/_queue_admin.py).
+
+-- name: claim
+-- One job for this worker: first a job whose lease ran out (its worker died), else the
+-- oldest due queued job. Both skip rows another worker holds, and the claim (running,
+-- lease, attempt + 1, the attempt's request id) commits before the job runs.
+WITH expired AS (
+    SELECT id FROM flux.jobs
+    WHERE status = 'running' AND locked_until < now()
+    ORDER BY locked_until
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), ready AS (
+    SELECT id FROM flux.jobs
+    WHERE status = 'queued' AND run_at <= now()
+    ORDER BY run_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), pick AS (
+    (SELECT id FROM expired UNION ALL SELECT id FROM ready) LIMIT 1
+), claimed AS (
+    UPDATE flux.jobs j
+    SET status = 'running', attempts = j.attempts + 1,
+        locked_until = now() + %(lease)s, locked_by = %(worker)s,
+        last_request_id = %(request_id)s, updated_at = now()
+    FROM pick
+    WHERE j.id = pick.id
+    RETURNING j.id, j.function, j.payload, j.kind, j.attempts, j.max_attempts, j.parent_id
+), attempt AS (
+    INSERT INTO flux.job_attempts (job_id, attempt, request_id, worker)
+    SELECT id, attempts, %(request_id)s, %(worker)s FROM claimed
+)
+SELECT id, function, payload, kind, attempts, max_attempts, parent_id FROM claimed;
+
+-- name: mark_done
+UPDATE flux.jobs
+SET status = 'done', locked_until = NULL, locked_by = NULL, last_error = NULL,
+    updated_at = now()
+WHERE id = %(id)s AND last_request_id = %(request_id)s;
+
+-- name: mark_retry
+UPDATE flux.jobs
+SET status = 'queued', run_at = now() + %(backoff)s, locked_until = NULL, locked_by = NULL,
+    last_error = %(error)s, updated_at = now()
+WHERE id = %(id)s AND last_request_id = %(request_id)s;
+
+-- name: mark_dead
+UPDATE flux.jobs
+SET status = 'dead', locked_until = NULL, locked_by = NULL, last_error = %(error)s,
+    updated_at = now()
+WHERE id = %(id)s AND last_request_id = %(request_id)s;
+
+-- name: insert_tick
+-- The tick row and its job in one statement: only the process whose insert wins the
+-- primary key gets a row back, and only it has enqueued the job.
+WITH tick AS (
+    INSERT INTO flux.cron_ticks (function, tick_at, job_id)
+    VALUES (%(function)s, %(tick_at)s, %(job_id)s)
+    ON CONFLICT (function, tick_at) DO NOTHING
+    RETURNING job_id
+)
+INSERT INTO flux.jobs (id, function, payload, kind, max_attempts, run_at)
+SELECT job_id, %(function)s, %(payload)s, 'cron', %(max_attempts)s, %(tick_at)s FROM tick
+RETURNING id;
+
+-- name: list_jobs
+SELECT id, function, kind, status, attempts, max_attempts, run_at, locked_until, locked_by,
+       idempotency_key, parent_id, last_request_id, last_error, created_at, updated_at
+FROM flux.jobs
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(function)s::text IS NULL OR function = %(function)s)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: jobs_in_range
+SELECT id FROM flux.jobs WHERE id BETWEEN %(low)s AND %(high)s ORDER BY id LIMIT 11;
+
+-- name: job
+SELECT id, function, kind, status, attempts, max_attempts, run_at, locked_until, locked_by,
+       idempotency_key, parent_id, last_request_id, last_error, payload, created_at,
+       updated_at
+FROM flux.jobs
+WHERE id = %(id)s;
+
+-- name: job_attempts
+-- Every attempt of a job with the execution it was recorded as; an attempt whose worker
+-- died before recording anything has no execution (status is NULL).
+SELECT a.attempt, a.request_id, a.worker, a.claimed_at, r.kind, r.status, r.http_status,
+       r.started_at, r.duration_ms, r.error ->> 'message' AS error_message
+FROM flux.job_attempts a
+LEFT JOIN flux.trace_requests r ON r.request_id = a.request_id
+WHERE a.job_id = %(id)s
+ORDER BY a.claimed_at, a.request_id;
+
+-- name: parent
+SELECT request_id, kind, function, method, route, status, http_status, started_at
+FROM flux.trace_requests
+WHERE request_id = %(request_id)s;
+
+-- name: retry_job
+-- A dead job, or a failed one waiting for its next attempt, queued to run now afresh.
+UPDATE flux.jobs
+SET status = 'queued', attempts = 0, run_at = now(), locked_until = NULL, locked_by = NULL,
+    updated_at = now()
+WHERE id = %(id)s AND (status = 'dead' OR (status = 'queued' AND last_error IS NOT NULL))
+RETURNING id;

@@ -1,0 +1,195 @@
+"""The queue worker: retries with backoff, the dead state, transactional pushes,
+idempotency keys, the visibility timeout, and many workers sharing one table."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import uuid
+
+import psycopg
+
+from flux._queue_admin import show_job
+from flux._worker import Background, Worker, backoff
+from tests.fixtures.projects import run_flux
+from tests.jobs.conftest import FAST, next_attempt, query, runtime_for
+
+
+def test_backoff_doubles_with_bounded_jitter() -> None:
+    assert backoff(1, 1.0, 600, rand=lambda: 0.5) == 1.0
+    assert backoff(3, 1.0, 600, rand=lambda: 0.5) == 4.0
+    assert backoff(30, 1.0, 600, rand=lambda: 0.5) == 600
+    low = backoff(1, 1.0, 600, rand=lambda: 0.0)
+    high = backoff(1, 1.0, 600, rand=lambda: 0.999)
+    assert 0.75 <= low <= high <= 1.25
+
+
+def _executions(db: str, parent: str) -> list[dict]:
+    return query(db, "SELECT request_id, kind, function, status, started_at, duration_ms "
+                     "FROM flux.trace_requests WHERE parent_id = %s ORDER BY request_id",
+                 [parent])
+
+
+async def test_job_that_fails_twice_succeeds_on_third_attempt_with_backoff(shop) -> None:
+    worker = Worker(shop.runtime, FAST)
+    shop.provider.mode = "error"
+    status, _, request_id = await shop.post("signup", {"email": "ada@example.com"})
+    assert status == 200
+    assert await next_attempt(worker) == "queued"
+    assert await next_attempt(worker) == "queued"
+    shop.provider.mode = "ok"
+    assert await next_attempt(worker) == "done"
+
+    runs = _executions(shop.db, request_id)
+    assert [(r["kind"], r["function"], r["status"]) for r in runs] == [
+        ("job", "send_welcome_email", "error"), ("job", "send_welcome_email", "error"),
+        ("job", "send_welcome_email", "ok")]
+    [job] = query(shop.db, "SELECT * FROM flux.jobs WHERE parent_id = %s", [request_id])
+    assert (job["status"], job["attempts"], job["max_attempts"]) == ("done", 3, 4)
+    assert job["last_request_id"] == runs[-1]["request_id"]
+    claims = query(shop.db, "SELECT attempt, request_id, claimed_at FROM flux.job_attempts "
+                            "WHERE job_id = %s ORDER BY attempt", [job["id"]])
+    assert [c["request_id"] for c in claims] == [r["request_id"] for r in runs]
+    # Each attempt waits its backoff after the previous one ended: 0.2 s then 0.4 s, ±25 %.
+    for expected, previous, claim in zip((0.2, 0.4), runs[:2], claims[1:], strict=True):
+        ended = previous["started_at"] + dt.timedelta(milliseconds=previous["duration_ms"])
+        gap = (claim["claimed_at"] - ended).total_seconds()
+        assert expected * 0.75 - 0.02 <= gap <= expected * 1.25 + 1.0, (expected, gap)
+
+
+async def test_job_that_always_fails_ends_dead_and_why_leads_to_the_request(shop) -> None:
+    worker = Worker(shop.runtime, FAST)
+    shop.provider.mode = "error"
+    _, _, request_id = await shop.post("signup", {"email": "bob@example.com"})
+    statuses = [await next_attempt(worker) for _ in range(4)]  # retries=3: four attempts
+    assert statuses == ["queued", "queued", "queued", "dead"]
+    [job] = query(shop.db, "SELECT * FROM flux.jobs WHERE parent_id = %s", [request_id])
+    assert job["status"] == "dead" and job["last_error"]["message"]
+    last = str(job["last_request_id"])
+    env = {"DATABASE_URL": shop.db}
+
+    why = run_flux(["why", "--json", last], shop.root, env=env)
+    assert why.returncode == 0, why.stderr
+    document = json.loads(why.stdout)
+    assert document["parent_id"] == request_id
+    assert document["status"] == "error"
+
+    show = run_flux(["queue", "show", "--json", str(job["id"])[:20]], shop.root, env=env)
+    assert show.returncode == 0, show.stderr
+    shown = json.loads(show.stdout)
+    assert shown["parent"]["request_id"] == request_id
+    assert [e["status"] for e in shown["executions"]] == ["error"] * 4
+    assert shown["executions"][-1]["request_id"] == last
+
+    dead = run_flux(["queue", "dead", "--json"], shop.root, env=env)
+    assert [j["id"] for j in json.loads(dead.stdout)["jobs"]] == [str(job["id"])]
+    retry = run_flux(["queue", "retry", "--json", str(job["id"])], shop.root, env=env)
+    assert retry.returncode == 0, retry.stderr
+    assert (json.loads(retry.stdout)["status"], json.loads(retry.stdout)["attempts"]) == \
+        ("queued", 0)
+    shop.provider.mode = "ok"
+    assert await next_attempt(worker) == "done"
+    again = run_flux(["queue", "retry", str(job["id"])], shop.root, env=env)
+    assert again.returncode == 1 and "only a dead or failed job" in again.stderr
+
+
+async def test_a_failing_request_leaves_no_job_and_a_committed_one_does(jobs_app) -> None:
+    status, _, failed = await jobs_app.post("enqueue", {"payload": {"n": 1}, "fail": True})
+    assert status == 500
+    assert jobs_app.record(failed)["status"] == "error"
+    assert query(jobs_app.db, "SELECT id FROM flux.jobs") == []
+    assert query(jobs_app.db, "SELECT id FROM notes") == []
+    status, body, ok = await jobs_app.post("enqueue", {"payload": {"n": 2}})
+    assert status == 200
+    [job] = query(jobs_app.db, "SELECT id, parent_id, payload FROM flux.jobs")
+    assert (str(job["id"]), str(job["parent_id"]), job["payload"]) == (body["job_id"], ok, {"n": 2})
+
+
+async def test_a_second_push_with_the_same_idempotency_key_is_a_no_op(jobs_app) -> None:
+    _, first, _ = await jobs_app.post("enqueue", {"payload": {"n": 1}, "key": "k1"})
+    _, second, _ = await jobs_app.post("enqueue", {"payload": {"n": 2}, "key": "k1"})
+    assert first["job_id"] == second["job_id"]
+    assert [r["payload"] for r in query(jobs_app.db, "SELECT payload FROM flux.jobs")] == \
+        [{"n": 1}]
+
+
+async def test_a_delayed_job_waits_for_its_time(jobs_app) -> None:
+    worker = Worker(jobs_app.runtime, FAST)
+    await jobs_app.post("enqueue", {"payload": {}, "delay": "0.5s"})
+    assert await worker.claim() is None
+    assert await next_attempt(worker) == "done"
+
+
+async def test_a_job_held_by_a_crashed_worker_runs_again_after_its_lease(jobs_app) -> None:
+    worker = Worker(jobs_app.runtime, FAST)
+    _, body, request_id = await jobs_app.post("enqueue", {"payload": {"n": 1}})
+    job_id = body["job_id"]
+    lost = str(uuid.uuid4())
+    # A worker claimed it, then died: running, one attempt spent, lease still valid.
+    query(jobs_app.db, "UPDATE flux.jobs SET status = 'running', attempts = 1, "
+                       "locked_by = 'crashed', locked_until = now() + interval '1 hour', "
+                       "last_request_id = %s WHERE id = %s", [lost, job_id])
+    query(jobs_app.db, "INSERT INTO flux.job_attempts (job_id, attempt, request_id, worker) "
+                       "VALUES (%s, 1, %s, 'crashed')", [job_id, lost])
+    assert await worker.claim() is None  # the lease holds
+    query(jobs_app.db, "UPDATE flux.jobs SET locked_until = now() - interval '1 second' "
+                       "WHERE id = %s", [job_id])
+    assert await next_attempt(worker) == "done"
+    [job] = query(jobs_app.db, "SELECT status, attempts FROM flux.jobs WHERE id = %s", [job_id])
+    assert (job["status"], job["attempts"]) == ("done", 2)
+    runs = _executions(jobs_app.db, request_id)
+    assert [(r["kind"], r["status"]) for r in runs] == [("job", "ok")]
+    with psycopg.connect(jobs_app.db, autocommit=True) as conn:
+        shown = show_job(conn, job_id)
+    assert [(e["attempt"], e["status"]) for e in shown["executions"]] == [(1, None), (2, "ok")]
+
+
+async def test_a_job_of_an_unknown_function_is_dead_at_once(jobs_app) -> None:
+    worker = Worker(jobs_app.runtime, FAST)
+    query(jobs_app.db, "INSERT INTO flux.jobs (id, function, max_attempts) "
+                       "VALUES (%s, 'nowhere', 3)", [str(uuid.uuid4())])
+    assert await next_attempt(worker) == "dead"
+    [job] = query(jobs_app.db, "SELECT last_error FROM flux.jobs")
+    assert "no function named 'nowhere'" in job["last_error"]["message"]
+
+
+async def test_two_workers_on_one_database_run_each_job_exactly_once(jobs_app) -> None:
+    n = 200
+    query(jobs_app.db, "INSERT INTO flux.jobs (id, function, payload) "
+                       "SELECT gen_random_uuid(), 'noop', jsonb_build_object('i', i) "
+                       "FROM generate_series(1, %s) AS i", [n])
+    async with runtime_for(jobs_app.root, jobs_app.db) as other:
+        workers = [Worker(jobs_app.runtime, FAST, name="a"), Worker(other, FAST, name="b")]
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        try:
+            async with asyncio.timeout(40):
+                while query(jobs_app.db, "SELECT count(*) AS n FROM flux.jobs "
+                                         "WHERE status = 'done'")[0]["n"] < n:
+                    await asyncio.sleep(0.1)
+        finally:
+            for w in workers:
+                w.stop()
+            await asyncio.gather(*tasks)
+    per_job = query(jobs_app.db, """
+        SELECT j.id, count(r.request_id) AS runs, min(a.worker) AS worker
+        FROM flux.jobs j
+        JOIN flux.job_attempts a ON a.job_id = j.id
+        LEFT JOIN flux.trace_requests r ON r.request_id = a.request_id AND r.kind = 'job'
+        GROUP BY j.id""")
+    assert len(per_job) == n
+    assert all(r["runs"] == 1 for r in per_job)
+    assert query(jobs_app.db, "SELECT count(*) AS n FROM flux.trace_requests "
+                              "WHERE kind = 'job'")[0]["n"] == n
+    assert {r["worker"] for r in per_job} == {"a", "b"}  # both took a share
+
+
+async def test_the_background_worker_of_a_serving_process_runs_pushed_jobs(jobs_app) -> None:
+    jobs = Background(jobs_app.runtime, FAST).start()
+    try:
+        await jobs_app.post("enqueue", {"payload": {"n": 1}})
+        async with asyncio.timeout(10):
+            while query(jobs_app.db, "SELECT status FROM flux.jobs")[0]["status"] != "done":
+                await asyncio.sleep(0.05)
+    finally:
+        await jobs.stop()
