@@ -139,3 +139,27 @@ async def test_admin_api_resumes_and_guards_access(shop: Shop, monkeypatch) -> N
     assert shop.provider.charges == 1 and order_states(shop) == [("paid", "ch_1")]
     async with shop.client.post(url, headers={"Authorization": "Bearer s3cret-token"}) as r:
         assert r.status == 409 and "already resumed" in (await r.json())["error"]["message"]
+
+
+async def test_resume_works_for_a_job_execution(shop: Shop) -> None:
+    from flux._worker import Worker
+
+    _, _, signup = await shop.post("signup", {"email": "job@example.com"})
+    shop.provider.mode = "error"  # the mail provider fails: the job's first attempt fails
+    assert await Worker(shop.runtime).drain() == 1
+    with psycopg.connect(shop.db) as conn:
+        job_run, parent = conn.execute(
+            "SELECT request_id::text, parent_id::text FROM flux.trace_requests "
+            "WHERE kind = 'job' AND status = 'error'").fetchone()
+    assert parent == signup and shop.provider.emails == 0
+    shop.provider.mode = "ok"
+    code, result, stderr = await asyncio.to_thread(resume, shop, job_run)
+    assert code == 0, stderr
+    [sent] = result["sent"]
+    assert sent["url"].endswith("/v1/emails") and sent["idempotency_key"] == f"{job_run}-1"
+    assert result["output"] == {"sent_to": "job@example.com"}
+    assert shop.provider.emails == 1
+    with psycopg.connect(shop.db) as conn:
+        assert conn.execute("SELECT parent_id::text FROM flux.trace_requests "
+                            "WHERE request_id = %s", [result["request_id"]]).fetchone() == (
+            signup,)
