@@ -190,13 +190,14 @@ def trace(args: list[str] = TRACE_ARGS, as_json: bool = JSON) -> None:
 def show_trace(request_id: str, as_json: bool) -> None:
     """The span tree of one execution, with latencies and errors."""
     from flux._inspectdb import reader
-    from flux._lookup import fetch_record
+    from flux._lookup import fetch_record, handoffs
     from flux._trace import stats, trace_json, tree, walk
 
     with reader(load()) as conn:
         record = fetch_record(conn, request_id)
+        handoff = handoffs(conn, record)
     if as_json:
-        print_json(trace_json(record))
+        print_json(trace_json(record, handoff))
         return
     status = record["http_status"]
     colour = "green" if record["status"] == "ok" else "red"
@@ -226,7 +227,23 @@ def show_trace(request_id: str, as_json: bool) -> None:
     out.print(grid)
     facts = stats(record["spans"])
     out.print(f"\n  ── Spans: {facts['spans']}  ·  Errors: {facts['errors']}  ·  "
-              f"DB writes: {facts['db_writes']}\n")
+              f"DB writes: {facts['db_writes']}")
+    _render_handoff(handoff)
+    out.print("")
+
+
+def _render_handoff(handoff: dict[str, Any]) -> None:
+    parent = handoff.get("parent")
+    if parent:
+        what = f"{parent.get('function') or ''} {parent.get('method') or ''} " \
+               f"/{parent.get('route') or ''}".strip()
+        out.print(f"  ── Enqueued by {short(parent['request_id'])}  [dim]{escape(what)}[/]")
+    for job in handoff.get("jobs") or []:
+        colour = {"done": "green", "dead": "red"}.get(job["status"], "yellow")
+        last = f" · last run {short(job['last_request_id'])}" if job["last_request_id"] else ""
+        error = f" · {escape(_show(job['last_error']))}" if job["last_error"] else ""
+        out.print(f"  ── Job {escape(job['function'])} [{colour}]{job['status']}[/] after "
+                  f"{job['attempts']}/{job['max_attempts']} attempt(s){last}{error}")
 
 
 def trace_diff(a: str, b: str, as_json: bool) -> None:
@@ -337,6 +354,8 @@ def _render_why(r: dict[str, Any]) -> None:
     else:
         row("SIMILAR", "[dim]first time seen[/]")
     row("SUGGESTION", f"[green]→[/] {escape(r['suggestion'])}")
+    if r.get("handoff"):
+        _render_handoff(r["handoff"])
     out.print("\n  [bold]Spans[/]")
     failing = (cause.get("span") or {}).get("id")
     for prefix, span, _own in walk(tree(r["spans"])):

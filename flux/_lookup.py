@@ -93,3 +93,18 @@ def pin_record(conn: psycopg.Connection[Any], prefix: str) -> str:
     request_id = resolve_id(conn, prefix)
     conn.execute(load("inspect").pin, {"request_id": request_id})
     return request_id
+
+
+def handoffs(conn: psycopg.Connection[Any], record: dict[str, Any]) -> dict[str, Any]:
+    """Both directions of a queue hand-off: the jobs this execution enqueued (and their
+    fate), and the execution that enqueued this one."""
+    from flux._jsoncodec import plain
+
+    q = load("inspect")
+    with conn.cursor(row_factory=dict_row) as cur:
+        jobs = cur.execute(q.jobs_enqueued, {"request_id": record["request_id"]}).fetchall()
+        parent = None
+        if record.get("parent_id"):
+            parent = cur.execute(q.parent, {"request_id": record["parent_id"]}).fetchone()
+    return plain({"jobs": jobs, "parent": parent or (
+        {"request_id": record["parent_id"]} if record.get("parent_id") else None)})

@@ -57,7 +57,7 @@ def stats(spans: list[dict[str, Any]]) -> dict[str, int]:
     }
 
 
-def trace_json(record: dict[str, Any], jobs: list[dict[str, Any]] | None = None
+def trace_json(record: dict[str, Any], handoff: dict[str, Any] | None = None
                ) -> dict[str, Any]:
     """The facts ``flux trace --json`` prints."""
 
@@ -75,5 +75,6 @@ def trace_json(record: dict[str, Any], jobs: list[dict[str, Any]] | None = None
         "code_sha": record.get("code_sha"), "parent_id": record.get("parent_id"),
         "stats": stats(record["spans"]),
         "spans": [node_json(n) for n in tree(record["spans"])],
-        "jobs": jobs or [],
+        "jobs": (handoff or {}).get("jobs", []),
+        "parent": (handoff or {}).get("parent"),
     }

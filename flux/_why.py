@@ -17,7 +17,7 @@ from flux._classify import RootCause, classify, dependency_key
 from flux._diff import departure
 from flux._errors import ConfigError
 from flux._jsoncodec import plain
-from flux._lookup import fetch_record
+from flux._lookup import fetch_record, handoffs
 from flux._queries import load
 from flux._signature import features, signature_text, vector
 
@@ -150,5 +150,6 @@ def explain_failure(conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any
         "similar_summary": {k: v for k, v in alike.items() if k != "nearest"},
         "suggestion": cause.suggestion,
         "parent_id": record.get("parent_id"),
+        "handoff": handoffs(conn, record),
         "spans": record["spans"],
     })

@@ -149,3 +149,16 @@ WHERE function = %(function)s AND status = 'ok' AND kind <> 'replay'
   AND started_at < %(before)s
 ORDER BY started_at DESC
 LIMIT 1;
+
+-- name: jobs_enqueued
+-- The jobs an execution pushed, and what became of them.
+SELECT id::text, function, status, attempts, max_attempts, last_request_id::text,
+       last_error ->> 'message' AS last_error, run_at
+FROM flux.jobs
+WHERE parent_id = %(request_id)s
+ORDER BY created_at, id;
+
+-- name: parent
+SELECT request_id::text, kind, function, method, route, status, http_status, started_at
+FROM flux.trace_requests
+WHERE request_id = %(request_id)s;

@@ -193,3 +193,30 @@ async def test_the_background_worker_of_a_serving_process_runs_pushed_jobs(jobs_
                 await asyncio.sleep(0.05)
     finally:
         await jobs.stop()
+
+
+async def test_trace_and_why_show_the_hand_off_both_ways(shop) -> None:
+    """The request lists the jobs it enqueued and their fate; a job names its parent."""
+    import json
+
+    import psycopg
+
+    from flux._worker import Worker
+    from tests.fixtures.projects import run_flux
+
+    _, _, signup = await shop.post("signup", {"email": "handoff@example.com"})
+    shop.provider.mode = "error"
+    await Worker(shop.runtime).drain()
+    with psycopg.connect(shop.db) as conn:
+        (job_run,) = conn.execute("SELECT request_id::text FROM flux.trace_requests "
+                                  "WHERE kind = 'job'").fetchone()
+    env = {"DATABASE_URL": shop.db}
+    trace = json.loads(run_flux(["trace", signup[:18], "--json"], shop.root, env=env).stdout)
+    [job] = trace["jobs"]
+    assert job["function"] == "send_welcome_email" and job["last_request_id"] == job_run
+    assert job["status"] == "queued" and job["attempts"] == 1  # it will be retried
+    why = json.loads(run_flux(["why", job_run[:18], "--json"], shop.root, env=env).stdout)
+    assert why["parent_id"] == signup
+    assert why["handoff"]["parent"]["function"] == "signup"
+    text = run_flux(["why", job_run[:18]], shop.root, env=env).stdout
+    assert f"Enqueued by {signup[:18]}" in text
