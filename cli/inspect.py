@@ -181,7 +181,8 @@ def trace(args: list[str] = TRACE_ARGS, as_json: bool = JSON) -> None:
         trace_diff(args[1], args[2], as_json)
         return
     if args[0] == "debug":
-        raise ConfigError("flux trace debug is not built yet (issue 7)")
+        from cli.tui import debug
+        return debug(args[1:])
     if len(args) != 1:
         raise ConfigError("flux trace takes one execution id")
     show_trace(args[0], as_json)
