@@ -56,6 +56,10 @@ def function(handler: Callable[..., Any] | None = None, /, *, name: str | None =
             raise ConfigError(f"{fn.__name__}: timeout must be positive, not {timeout!r}")
         if retries < 0:
             raise ConfigError(f"{fn.__name__}: retries must be 0 or more, not {retries!r}")
+        if cron is not None:
+            from flux._cron import validate  # croniter, only for functions that use cron
+
+            validate(cron)
         code = getattr(fn, "__code__", None)
         spec = FunctionSpec(
             name=name or fn.__name__,

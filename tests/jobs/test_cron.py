@@ -51,3 +51,15 @@ async def test_each_tick_runs_once_across_two_schedulers(jobs_app) -> None:
                               "FROM flux.trace_requests ORDER BY request_id")
     assert {(r["kind"], r["function"], r["status"]) for r in runs} == {("cron", "tick", "ok")}
     assert len(runs) == 6
+
+
+def test_a_bad_cron_expression_is_a_load_error_naming_the_line(tmp_path) -> None:
+    from flux._loader import load_file
+
+    module = tmp_path / "bad_cron.py"
+    module.write_text("from flux import function\n\n\n@function(cron='every tuesday')\n"
+                      "async def bad_cron(ctx, input):\n    return None\n")
+    loaded = load_file(module)
+    assert loaded.spec is None and loaded.error is not None
+    assert "invalid cron expression 'every tuesday'" in loaded.error.message
+    assert "line 4" in loaded.error.message

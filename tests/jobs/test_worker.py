@@ -220,3 +220,26 @@ async def test_trace_and_why_show_the_hand_off_both_ways(shop) -> None:
     assert why["handoff"]["parent"]["function"] == "signup"
     text = run_flux(["why", job_run[:18]], shop.root, env=env).stdout
     assert f"Enqueued by {signup[:18]}" in text
+
+
+async def test_a_job_execution_replays_from_its_tape(shop) -> None:
+    import json
+
+    import psycopg
+
+    from flux._worker import Worker
+    from tests.fixtures.projects import run_flux
+
+    await shop.post("signup", {"email": "replayjob@example.com"})
+    await Worker(shop.runtime).drain()
+    with psycopg.connect(shop.db) as conn:
+        (job_run,) = conn.execute("SELECT request_id::text FROM flux.trace_requests "
+                                  "WHERE kind = 'job'").fetchone()
+    emails = shop.provider.emails
+    result = run_flux(["replay", job_run[:18], "--expect", "same", "--json"], shop.root,
+                      env={"DATABASE_URL": shop.db})
+    assert result.returncode == 0, result.stdout + result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["passed"] and facts["replayed"]["output"] == {
+        "sent_to": "replayjob@example.com"}
+    assert shop.provider.emails == emails  # the email was not sent again
