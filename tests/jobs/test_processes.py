@@ -54,9 +54,10 @@ def test_two_serve_processes_run_each_job_and_each_tick_once(db, tmp_path, flux_
     for server in servers:
         server.wait_for("ready")
     with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("INSERT INTO flux.jobs (id, function, payload) "
-                     "SELECT gen_random_uuid(), 'noop', jsonb_build_object('i', g) "
-                     "FROM generate_series(1, 500) g")
+        # Due in two seconds: both servers' workers are polling by then, and compete.
+        conn.execute("INSERT INTO flux.jobs (id, function, payload, run_at) "
+                     "SELECT gen_random_uuid(), 'noop', jsonb_build_object('i', g), "
+                     "now() + interval '2 seconds' FROM generate_series(1, 500) g")
     wait_until(lambda: scalar(db, "SELECT count(*) FROM flux.jobs WHERE function = 'noop' "
                                   "AND status = 'done'") == 500, 90, "500 jobs done")
     assert scalar(db, "SELECT count(*) FROM flux.trace_requests t JOIN flux.jobs j "
