@@ -41,12 +41,9 @@ import math
 import os
 import random
 import re
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -55,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from _children import scratch_dir
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -964,9 +962,6 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminated(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # runs the clean-up below, as Ctrl-C does
-
 
 @contextlib.contextmanager
 def private_server(tmp: Path) -> Iterator[str]:
@@ -985,22 +980,17 @@ def private_server(tmp: Path) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    signal.signal(signal.SIGTERM, _terminated)
     flux_bin = Path(sys.executable).parent / "flux"
     if not flux_bin.exists():
         print(f"no flux command next to {sys.executable}: run with the venv's python",
               file=sys.stderr)
         return 1
-    tmp = Path(tempfile.mkdtemp(prefix="flux-bench-inspect-", dir="/tmp"))
-    tmp.chmod(0o755)  # as root, the server runs as an unprivileged user that must reach it
     try:
-        with private_server(tmp) as conninfo:
+        with scratch_dir("flux-bench-inspect-") as tmp, private_server(tmp) as conninfo:
             return _bench(args, tmp, conninfo, flux_bin)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _bench(args: argparse.Namespace, tmp: Path, conninfo: str, flux_bin: Path) -> int:

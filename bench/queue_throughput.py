@@ -43,7 +43,6 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -52,7 +51,7 @@ from typing import Any
 
 import psutil
 import psycopg
-from _children import Child, spawn, stop
+from _children import Child, scratch_dir, spawn, stop
 
 from flux._database import ensure_database
 from flux._embedded import EmbeddedServer
@@ -86,15 +85,6 @@ SPAN_SQL = {
 
 
 # -- the workers, each in a child process -----------------------------------------------
-
-def _child_main(role: str, options: dict[str, Any], pipe: Connection) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops us
-    try:
-        asyncio.run(_work(role, options, pipe))
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            pipe.send(("error", f"{type(exc).__name__}: {exc}"))
-        raise
 
 
 async def _work(role: str, options: dict[str, Any], pipe: Connection) -> None:
@@ -264,7 +254,7 @@ def _run(side: str, processes: int, conninfo: str, postmaster: int, args: argpar
                                        "concurrency": args.concurrency,
                                        "project": str(project),
                                        "profile": profile if number == 0 else None}
-            children.append(spawn(_child_main, f"{side}{processes}-{number}", options))
+            children.append(spawn(_work, f"{side}{processes}-{number}", options))
         workers = [psutil.Process(c.process.pid) for c in children if c.process.pid]
         db = _db_processes(postmaster)
         with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -331,43 +321,37 @@ def _copy_app(root: Path, concurrency: int) -> Path:
     return root
 
 
-def _terminated(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # runs the clean-up below, as Ctrl-C does
-
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    signal.signal(signal.SIGTERM, _terminated)
-    tmp = Path(tempfile.mkdtemp(prefix="flux-bench-", dir="/tmp"))
-    tmp.chmod(0o755)  # as root, the server runs as an unprivileged user that must reach it
-    server: EmbeddedServer | None = None
-    runs: list[Run] = []
-    try:
-        print(f"{args.jobs} no-op jobs per run, concurrency {args.concurrency} per process, "
-              f"poll interval {POLL_INTERVAL:g} s, {args.rounds} round(s)", flush=True)
-        project = _copy_app(tmp / "app", args.concurrency)
-        server = EmbeddedServer(project / ".flux")
-        info, _ = server.start()
-        ensure_database(info.conninfo("postgres"), DB)
-        conninfo = info.conninfo(DB)
-        migrate(conninfo)
-        apply_schema(conninfo, parse(project).schema_dir)
-        for number in range(args.rounds):
-            for processes in (1, 2):
-                for side in ("bare", "flux"):
-                    profile = (args.profile if side == "flux" and processes == 1
-                               and number == 0 else None)
-                    run = _run(side, processes, conninfo, info.pid, args, project, profile)
-                    runs.append(run)
-                    print(_line(run), flush=True)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if server is not None:
-            with contextlib.suppress(Exception):
-                server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with scratch_dir("flux-bench-") as tmp:
+        server: EmbeddedServer | None = None
+        runs: list[Run] = []
+        try:
+            print(f"{args.jobs} no-op jobs per run, concurrency {args.concurrency} per process, "
+                  f"poll interval {POLL_INTERVAL:g} s, {args.rounds} round(s)", flush=True)
+            project = _copy_app(tmp / "app", args.concurrency)
+            server = EmbeddedServer(project / ".flux")
+            info, _ = server.start()
+            ensure_database(info.conninfo("postgres"), DB)
+            conninfo = info.conninfo(DB)
+            migrate(conninfo)
+            apply_schema(conninfo, parse(project).schema_dir)
+            for number in range(args.rounds):
+                for processes in (1, 2):
+                    for side in ("bare", "flux"):
+                        profile = (args.profile if side == "flux" and processes == 1
+                                   and number == 0 else None)
+                        run = _run(side, processes, conninfo, info.pid, args, project, profile)
+                        runs.append(run)
+                        print(_line(run), flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        finally:
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    server.stop()
 
     def rate(side: str, processes: int) -> float:
         return statistics.median(r.rate for r in runs

@@ -32,11 +32,9 @@ import contextlib
 import cProfile
 import json
 import math
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -48,7 +46,7 @@ from typing import Any
 import aiohttp
 import psutil
 import psycopg
-from _children import Child, spawn, stop
+from _children import Child, scratch_dir, spawn, stop
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
@@ -164,15 +162,6 @@ async def _recorded_app(options: dict[str, Any]) -> tuple[web.Application, Clean
 
 BUILDERS = {"stub": _stub_app, "plain": _plain_app, "recorded": _recorded_app}
 
-
-def _child_main(role: str, options: dict[str, Any], pipe: Connection) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops us
-    try:
-        asyncio.run(_serve(role, options, pipe))
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            pipe.send(("error", f"{type(exc).__name__}: {exc}"))
-        raise
 
 
 async def _serve(role: str, options: dict[str, Any], pipe: Connection) -> None:
@@ -424,59 +413,53 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminated(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # runs the clean-up below, as Ctrl-C does
-
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    signal.signal(signal.SIGTERM, _terminated)
-    tmp = Path(tempfile.mkdtemp(prefix="flux-bench-", dir="/tmp"))
-    tmp.chmod(0o755)  # as root, the server runs as an unprivileged user that must reach it
-    server: EmbeddedServer | None = None
-    children: list[Child] = []
-    try:
-        print(f"concurrency {args.concurrency}, {args.rounds} rounds of {args.seconds:g} s "
-              f"per side after {args.warmup:g} s of warm-up, pool size {POOL_SIZE}", flush=True)
-        stub = spawn(_child_main, "stub", {})
-        children.append(stub)
-        stub_url = f"http://127.0.0.1:{stub.port}/stub"
-        project = _write_project(tmp / "project", stub_url)
-        server = EmbeddedServer(project / ".flux")
-        info, _ = server.start()
-        flux_db, plain_db = _prepare_databases(info, project)
-        triggers = (_triggers(flux_db), _triggers(plain_db))
-        if triggers[0] == 0 or triggers[1] != 0:
-            raise RuntimeError(f"capture triggers on items: flux {triggers[0]}, "
-                               f"plain {triggers[1]} (want some and none)")
-        traces_before = _count(flux_db, TRACES_SQL)
-        mutations_before = _count(flux_db, MUTATIONS_SQL)
-        children.append(spawn(_child_main, "plain", {"conninfo": plain_db, "stub_url": stub_url}))
-        children.append(spawn(_child_main, "recorded", {
-            "conninfo": flux_db, "project": str(project), "profile": args.profile}))
-        urls = {c.role: f"http://127.0.0.1:{c.port}/{ROUTE}" for c in children[1:]}
-        meter = CpuMeter({c.role: int(c.process.pid or 0) for c in children[1:]}, info.pid)
+    with scratch_dir("flux-bench-") as tmp:
+        server: EmbeddedServer | None = None
+        children: list[Child] = []
+        try:
+            print(f"concurrency {args.concurrency}, {args.rounds} rounds of {args.seconds:g} s "
+                  f"per side after {args.warmup:g} s of warm-up, pool size {POOL_SIZE}", flush=True)
+            stub = spawn(_serve, "stub", {})
+            children.append(stub)
+            stub_url = f"http://127.0.0.1:{stub.port}/stub"
+            project = _write_project(tmp / "project", stub_url)
+            server = EmbeddedServer(project / ".flux")
+            info, _ = server.start()
+            flux_db, plain_db = _prepare_databases(info, project)
+            triggers = (_triggers(flux_db), _triggers(plain_db))
+            if triggers[0] == 0 or triggers[1] != 0:
+                raise RuntimeError(f"capture triggers on items: flux {triggers[0]}, "
+                                   f"plain {triggers[1]} (want some and none)")
+            traces_before = _count(flux_db, TRACES_SQL)
+            mutations_before = _count(flux_db, MUTATIONS_SQL)
+            children.append(spawn(_serve, "plain", {"conninfo": plain_db, "stub_url": stub_url}))
+            children.append(spawn(_serve, "recorded", {
+                "conninfo": flux_db, "project": str(project), "profile": args.profile}))
+            urls = {c.role: f"http://127.0.0.1:{c.port}/{ROUTE}" for c in children[1:]}
+            meter = CpuMeter({c.role: int(c.process.pid or 0) for c in children[1:]}, info.pid)
 
-        rounds, warmups = asyncio.run(_drive(urls, meter, args))
+            rounds, warmups = asyncio.run(_drive(urls, meter, args))
 
-        plain, recorded = _summarise("plain", rounds), _summarise("recorded", rounds)
-        served = recorded.requests + warmups["recorded"].ok
-        executions = sum(r.answered for r in (*rounds, warmups["recorded"])
-                         if r.side == "recorded")
-        traces = _count(flux_db, TRACES_SQL) - traces_before
-        mutations = _count(flux_db, MUTATIONS_SQL) - mutations_before
-        plain_rows = _count(plain_db, "SELECT count(*) FROM items") - SEED_ROWS
-        plain_served = plain.requests + warmups["plain"].ok
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        for child in reversed(children):
-            stop(child)
-        if server is not None:
-            with contextlib.suppress(Exception):
-                server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+            plain, recorded = _summarise("plain", rounds), _summarise("recorded", rounds)
+            served = recorded.requests + warmups["recorded"].ok
+            executions = sum(r.answered for r in (*rounds, warmups["recorded"])
+                             if r.side == "recorded")
+            traces = _count(flux_db, TRACES_SQL) - traces_before
+            mutations = _count(flux_db, MUTATIONS_SQL) - mutations_before
+            plain_rows = _count(plain_db, "SELECT count(*) FROM items") - SEED_ROWS
+            plain_served = plain.requests + warmups["plain"].ok
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        finally:
+            for child in reversed(children):
+                stop(child)
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    server.stop()
 
     print()
     print(f"{'side':<9} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "

@@ -47,7 +47,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -59,7 +58,7 @@ from typing import Any
 import aiohttp
 import psutil
 import psycopg
-from _children import Child, spawn, stop
+from _children import Child, scratch_dir, spawn, stop
 from aiohttp import web
 
 from flux._database import ensure_database
@@ -89,15 +88,6 @@ ORIGINALS_SQL = ("SELECT status, count(*) FROM flux.trace_requests "
 
 
 # -- the provider and the shop, each in a child process ------------------------------------
-
-def _child_main(role: str, options: dict[str, Any], pipe: Connection) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops us
-    try:
-        asyncio.run(_serve(role, options, pipe))
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            pipe.send(("error", f"{type(exc).__name__}: {exc}"))
-        raise
 
 
 async def _serve(role: str, options: dict[str, Any], pipe: Connection) -> None:
@@ -383,9 +373,6 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminated(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # runs the clean-up below, as Ctrl-C does
-
 
 def _line(phase: Phase) -> str:
     return (f"{phase.name:<19} {phase.executions:>6} {phase.elapsed:>8.2f} {phase.rate:>8.1f}"
@@ -395,71 +382,68 @@ def _line(phase: Phase) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    signal.signal(signal.SIGTERM, _terminated)
     os.environ[SECRET_ENV] = SECRET  # the children inherit it; checkout needs the secret
-    tmp = Path(tempfile.mkdtemp(prefix="flux-bench-replay-", dir="/tmp"))
-    tmp.chmod(0o755)  # as root, the server runs as an unprivileged user that must reach it
-    server: EmbeddedServer | None = None
-    children: list[Child] = []
-    shop: Child | None = None
-    try:
-        print(f"{args.executions} checkout executions served at concurrency "
-              f"{args.concurrency} (pool size {POOL_SIZE}), {BROKEN} in every {BLOCK} with "
-              f"the provider in shape_change mode; replayed at concurrency "
-              f"{args.replay_concurrency}", flush=True)
-        provider = spawn(_child_main, "provider", {})
-        children.append(provider)
-        provider_url = f"http://127.0.0.1:{provider.port}"
-        project = _copy_shop(tmp / "shop", provider_url)
-        server = EmbeddedServer(tmp / "pg")
-        info, _ = server.start()
-        conninfo = _prepare_database(info, project)
-        meter = CpuMeter(info.pid)
+    with scratch_dir("flux-bench-replay-") as tmp:
+        server: EmbeddedServer | None = None
+        children: list[Child] = []
+        shop: Child | None = None
+        try:
+            print(f"{args.executions} checkout executions served at concurrency "
+                  f"{args.concurrency} (pool size {POOL_SIZE}), {BROKEN} in every {BLOCK} with "
+                  f"the provider in shape_change mode; replayed at concurrency "
+                  f"{args.replay_concurrency}", flush=True)
+            provider = spawn(_serve, "provider", {})
+            children.append(provider)
+            provider_url = f"http://127.0.0.1:{provider.port}"
+            project = _copy_shop(tmp / "shop", provider_url)
+            server = EmbeddedServer(tmp / "pg")
+            info, _ = server.start()
+            conninfo = _prepare_database(info, project)
+            meter = CpuMeter(info.pid)
 
-        shop = spawn(_child_main, "shop", {"conninfo": conninfo, "project": str(project)})
-        children.append(shop)
-        shop_process = psutil.Process(shop.process.pid)
-        original = asyncio.run(_record_incident(f"http://127.0.0.1:{shop.port}",
-                                                provider_url, args,
-                                                lambda: meter.sample(shop_process)))
-        stop(shop)
-        print(f"served {original.phase.executions} in "
-              f"{original.phase.elapsed:.2f} s: {original.phase.rate:.1f} req/s, "
-              f"{original.phase.ok} × 200, {original.phase.failing} other "
-              f"({dict(sorted(original.statuses.items()))}), "
-              f"{original.unanswered} unanswered", flush=True)
+            shop = spawn(_serve, "shop", {"conninfo": conninfo, "project": str(project)})
+            children.append(shop)
+            shop_process = psutil.Process(shop.process.pid)
+            original = asyncio.run(_record_incident(f"http://127.0.0.1:{shop.port}",
+                                                    provider_url, args,
+                                                    lambda: meter.sample(shop_process)))
+            stop(shop)
+            print(f"served {original.phase.executions} in "
+                  f"{original.phase.elapsed:.2f} s: {original.phase.rate:.1f} req/s, "
+                  f"{original.phase.ok} × 200, {original.phase.failing} other "
+                  f"({dict(sorted(original.statuses.items()))}), "
+                  f"{original.unanswered} unanswered", flush=True)
 
-        recorded = _original_statuses(conninfo, original.ids)
-        started = time.perf_counter()
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            chosen = select(conn, ids=original.ids, function="checkout")
-        select_s = time.perf_counter() - started
-        print(f"selected {len(chosen)} executions with select(ids=…) in {select_s:.2f} s; "
-              f"recorded as {dict(sorted(recorded.items()))}", flush=True)
+            recorded = _original_statuses(conninfo, original.ids)
+            started = time.perf_counter()
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                chosen = select(conn, ids=original.ids, function="checkout")
+            select_s = time.perf_counter() - started
+            print(f"selected {len(chosen)} executions with select(ids=…) in {select_s:.2f} s; "
+                  f"recorded as {dict(sorted(recorded.items()))}", flush=True)
 
-        charges = [_charges_now(provider_url)]
-        replays_before = _scalar(conninfo, REPLAYS_SQL, [chosen])
-        runs: list[Replay] = []
-        stored: list[int] = []
-        for name, mode in (("replay --db tape", "tape"), ("replay --db live", "live")):
-            run = _replay(name, mode, project, conninfo, chosen, meter, args)
-            runs.append(run)
-            charges.append(_charges_now(provider_url))
-            stored.append(_scalar(conninfo, REPLAYS_SQL, [chosen]) - replays_before)
-            print(f"{name}: {run.phase.executions} in {run.phase.elapsed:.2f} s "
-                  f"({run.phase.rate:.1f}/s; first result after {run.first:.2f} s, "
-                  f"{_steady(run):.1f}/s from first to last), {run.phase.ok} passing, "
-                  f"{run.phase.failing} failing", flush=True)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        for child in reversed(children):
-            stop(child)
-        if server is not None:
-            with contextlib.suppress(Exception):
-                server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+            charges = [_charges_now(provider_url)]
+            replays_before = _scalar(conninfo, REPLAYS_SQL, [chosen])
+            runs: list[Replay] = []
+            stored: list[int] = []
+            for name, mode in (("replay --db tape", "tape"), ("replay --db live", "live")):
+                run = _replay(name, mode, project, conninfo, chosen, meter, args)
+                runs.append(run)
+                charges.append(_charges_now(provider_url))
+                stored.append(_scalar(conninfo, REPLAYS_SQL, [chosen]) - replays_before)
+                print(f"{name}: {run.phase.executions} in {run.phase.elapsed:.2f} s "
+                      f"({run.phase.rate:.1f}/s; first result after {run.first:.2f} s, "
+                      f"{_steady(run):.1f}/s from first to last), {run.phase.ok} passing, "
+                      f"{run.phase.failing} failing", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        finally:
+            for child in reversed(children):
+                stop(child)
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    server.stop()
 
     tape, live = runs
     phases = [original.phase, tape.phase, live.phase]
