@@ -54,6 +54,17 @@ class Response:
         return self
 
 
+def suppressed_response(stubs: dict[str, Any], url: str) -> tuple[Response, bool]:
+    """The answer to an HTTP call that must not be sent (a dry run, a replay past the end of
+    its tape): the first ``[replay.stubs]`` entry whose pattern is in the URL, else an empty
+    200. Either is marked ``x-flux-suppressed: true``. Returns (response, from a stub)."""
+    stub = next((v for pattern, v in stubs.items() if pattern in url), None)
+    status = int(stub.get("status", 200)) if isinstance(stub, dict) else 200
+    content = jsonlib.dumps(stub.get("body", {}) if isinstance(stub, dict) else {}).encode()
+    return Response(status=status, headers={"x-flux-suppressed": "true"}, content=content,
+                    url=url, suppressed=True), stub is not None
+
+
 class Http:
     """The ``ctx.http`` door."""
 

@@ -20,7 +20,7 @@ import psycopg
 from pglast import prettify
 from pglast.parser import ParseError
 
-from flux._ctx_http import Response
+from flux._ctx_http import suppressed_response
 from flux._errors import ConfigError, FluxError, NotFound
 from flux._execution import Served
 from flux._executor import Invocation, execute
@@ -100,13 +100,10 @@ class _Capture:
 
     async def http(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
                    span: Span, site: CallSite) -> Served | None:
-        stub = next((v for pattern, v in self.stubs.items() if pattern in url), None)
-        status = int(stub.get("status", 200)) if isinstance(stub, dict) else 200
-        content = json.dumps(stub.get("body", {}) if isinstance(stub, dict) else {}).encode()
+        response, stubbed = suppressed_response(self.stubs, url)
         self.calls.append({"method": method, "url": url, "file": site.file, "line": site.line,
-                          "answered": status, "stub": stub is not None})
-        return Served(Response(status=status, headers={"x-flux-suppressed": "true"},
-                               content=content, url=url, suppressed=True))
+                          "answered": response.status, "stub": stubbed})
+        return Served(response)
 
     def value(self, kind: str, key: str, site: CallSite) -> Served | None:
         return None
@@ -186,8 +183,7 @@ async def _dry_run(project: Project, conninfo: str, function: str, payload: Any
             known = ", ".join(sorted(runtime.registry.by_name)) or "none"
             raise NotFound(f"no function named {function!r} (functions: {known})")
         policy = policy_for(project, function)
-        stubs = project.raw.get("replay", {}).get("stubs", {})
-        capture = _Capture(policy=policy, stubs=stubs if isinstance(stubs, dict) else {})
+        capture = _Capture(policy=policy, stubs=project.replay_stubs)
         outcome = await execute(runtime, Invocation(
             request_id=str(new_request_id()), spec=spec, input=payload, kind="replay",
             route=spec.route, headers={"x-flux-dry-run": "true"}), replay=capture,

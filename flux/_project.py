@@ -48,6 +48,12 @@ class Project:
     def schema_dir(self) -> Path:
         return self.root / "schema"
 
+    @property
+    def replay_stubs(self) -> dict[str, Any]:
+        """``[replay.stubs]``: URL pattern → canned answer for calls that are never sent."""
+        stubs = self.raw.get("replay", {}).get("stubs", {})
+        return stubs if isinstance(stubs, dict) else {}
+
 
 def find_root(start: Path | None = None) -> Path | None:
     """The nearest directory from ``start`` upward holding a flux.toml, or None."""

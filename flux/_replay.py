@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from flux._ctx_db import shape
-from flux._ctx_http import Response
+from flux._ctx_http import Response, suppressed_response
 from flux._errors import FluxError, HttpConnectionError, HttpTimeout, NotFound
 from flux._execution import Served
 from flux._executor import Invocation, Outcome, execute
@@ -78,16 +78,13 @@ class TapeReplay:
         entry = self.tape.take(call).entry
         record = {"method": method, "url": url, "file": site.file, "line": site.line}
         if entry is None:
-            stub = next((v for pattern, v in self.stubs.items() if pattern in url), None)
-            status = int(stub.get("status", 200)) if isinstance(stub, dict) else 200
-            content = json.dumps(stub.get("body", {}) if isinstance(stub, dict) else {})
+            response, stubbed = suppressed_response(self.stubs, url)
             self.beyond.append({"kind": "http", "call": call.describe, "file": site.file,
                                 "line": site.line,
-                                "handled": f"not sent; answered {status} by "
-                                           + ("a stub" if stub else "a synthetic response")})
-            self.suppressed.append({**record, "answered": status, "from": "stub"})
-            return Served(Response(status=status, headers={"x-flux-suppressed": "true"},
-                                   content=content.encode(), url=url, suppressed=True))
+                                "handled": f"not sent; answered {response.status} by "
+                                           + ("a stub" if stubbed else "a synthetic response")})
+            self.suppressed.append({**record, "answered": response.status, "from": "stub"})
+            return Served(response)
         value = entry.get("value") or {}
         error = value.get("error")
         self.suppressed.append({**record, "answered": value.get("status") or
@@ -170,9 +167,8 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
         raise NotFound(f"no function named {function!r} in {runtime.functions_dir}",
                        hint="replay runs today's code: is this the right project?")
     request = record.get("request") or {}
-    stubs = runtime.project.raw.get("replay", {}).get("stubs", {})
     source = TapeReplay(Tape.of(record, loose_db=db_mode == "live"), db_mode=db_mode,
-                        stubs=stubs if isinstance(stubs, dict) else {})
+                        stubs=runtime.project.replay_stubs)
     headers = {**(request.get("headers") or {}), REPLAY_HEADER: "true"}
     invocation = Invocation(
         request_id=str(new_request_id()), spec=spec, input=decode(request.get("body")),
