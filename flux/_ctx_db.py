@@ -1,8 +1,9 @@
 """``ctx.db``: SQL inside the execution's one transaction, every statement recorded.
 
-A statement that can write travels in one pipeline round trip with the ``flux.span_id`` GUC
-set before it, so the capture triggers see the span that issued each change. Once the
-execution has written something, each later statement is also guarded by a ``SAVEPOINT``:
+Each statement is sent prefixed with a ``/*flux:<span id>*/`` comment, which the capture
+trigger reads through ``current_query()``: every change is stamped with the span that issued
+it at no extra round trip. Once the execution has written something, each later statement is
+guarded by a ``SAVEPOINT``:
 if it fails, the transaction is rolled back to just before it, so the executor can still
 read the mutations the earlier statements made (to store them marked rolled back) before it
 rolls the whole transaction back. As with plain PostgreSQL, after a failed statement the
@@ -83,9 +84,8 @@ class Database:
         ex = self._ex
         q = load("execution")
         info = sql_info(query)
-        # Only a statement that can write needs the span GUC (the capture trigger reads it),
-        # and only once the execution has written something is there an attempt to salvage
-        # if this statement fails: then, and only then, a savepoint guards it.
+        # Once the execution has written something there is an attempt to salvage if a
+        # statement fails: then, and only then, a savepoint guards each statement.
         writes = info.verb not in ("select",) or bool(info.written)
         protect = ex.has_written
         async with ex.db_lock:
@@ -99,15 +99,10 @@ class Database:
                 # Plain round trips, not a pipeline: on loopback a round trip costs less
                 # than psycopg's pipeline machinery does in Python (measured in bench/).
                 if protect:
-                    await conn.execute(q.savepoint)
-                if writes:
-                    await conn.execute(q.set_request_and_span if not ex.request_guc_set
-                                       else q.set_span,
-                                       {"request_id": ex.request_id, "span_id": span_id})
-                    ex.request_guc_set = True
-                await cur.execute(query, params)  # type: ignore[arg-type]
-                if protect:
-                    await conn.execute(q.release)
+                    # The previous statement's savepoint is released here, not after it.
+                    await conn.execute(q.savepoint_next if ex.savepoint_open else q.savepoint)
+                    ex.savepoint_open = True
+                await cur.execute(tagged(query, span_id), params)  # type: ignore[arg-type]
             except psycopg.Error as exc:
                 ex.db_failed = type(exc).__name__
                 if protect and not ex.broken(conn):
@@ -123,6 +118,13 @@ class Database:
             rows = await cur.fetchall() if cur.description else None
             columns = [c.name for c in cur.description] if cur.description else None
             return rows, cur.rowcount, columns
+
+
+def tagged(query: str, span_id: str) -> str:
+    """The statement as sent: prefixed with the comment the capture trigger reads its span
+    from (sql/0007). Span ids are positional (``s4``), so one code path sends one text and
+    psycopg's prepared statements still apply."""
+    return f"/*flux:{span_id}*/ {query}"
 
 
 def shape(mode: str, rows: list[dict[str, Any]] | None, rowcount: int) -> Any:

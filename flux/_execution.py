@@ -64,7 +64,7 @@ class Execution:
         self.request_id = recorder.request_id
         self.replay = replay
         self.conn: AsyncConnection[Any] | None = None
-        self.request_guc_set = False
+        self.savepoint_open = False  # released lazily, before the next statement
         self.has_written = False  # a statement that can write has succeeded
         self.db_failed: str | None = None  # the error that aborted the transaction
         self.cancelled = False
@@ -100,7 +100,6 @@ class Execution:
             except BaseException:
                 await self.runtime.pool.putconn(conn)
                 raise
-            self.request_guc_set = True
             self.conn = conn
         return self.conn
 

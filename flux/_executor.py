@@ -31,6 +31,7 @@ from flux._record import (
     describe_error,
     failure_signature,
     store,
+    store_and_commit,
 )
 from flux._recorder import CallSite, Recorder
 
@@ -167,8 +168,7 @@ async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool,
     try:
         if conn is not None:
             async with ex.db_lock:
-                await store(conn, record)
-                await conn.commit()
+                await store_and_commit(conn, record)
         else:
             await ex.runtime.store_record(record)
     except psycopg.Error as exc:
@@ -198,6 +198,8 @@ async def _fail(ex: Execution, inv: Invocation, failure: BaseException, persist:
         return Outcome(inv.request_id, "error", http_status, body, error, record)
     try:
         if conn is not None and not conn.closed:
+            if conn.info.transaction_status == pq.TransactionStatus.INERROR:
+                await conn.rollback()  # the record's own INSERT failed before its COMMIT
             async with conn.transaction():
                 await store(conn, record)
         else:

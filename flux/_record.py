@@ -145,6 +145,19 @@ async def store(conn: AsyncConnection[Any], record: ExecutionRecord) -> None:
                 for m in record.mutations])
 
 
+async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord) -> None:
+    """Store a committing execution's record and commit its transaction. A plain record
+    goes with the COMMIT in one simple query (client-side binding, psycopg's quoting), so
+    recording costs no round trip of its own; if the INSERT fails the COMMIT is not run."""
+    q = load("execution")
+    if record.signature is None and not record.mutations:
+        async with psycopg.AsyncClientCursor(conn) as cur:
+            await cur.execute(f"{q.insert_record}; {q.commit}", record.params())
+        return
+    await store(conn, record)
+    await conn.commit()
+
+
 async def attempted_mutations(conn: AsyncConnection[Any], request_id: str
                               ) -> list[dict[str, Any]]:
     """The changes this execution's transaction made so far (read before the rollback)."""

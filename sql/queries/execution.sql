@@ -4,17 +4,14 @@
 -- Sent as a simple query: {request_id} is replaced by a UUID the executor generated.
 BEGIN; SELECT set_config('flux.request_id', '{request_id}', true);
 
--- name: set_request
-SELECT set_config('flux.request_id', %(request_id)s, true);
-
--- name: set_span
-SELECT set_config('flux.span_id', %(span_id)s, true);
-
 -- name: savepoint
+-- Guards a statement once the execution has written something (flux/_ctx_db.py).
 SAVEPOINT flux_stmt;
 
--- name: release
-RELEASE SAVEPOINT flux_stmt;
+-- name: savepoint_next
+-- The previous statement's savepoint is released only now, in the same round trip as the
+-- next one (COMMIT releases the last).
+RELEASE SAVEPOINT flux_stmt; SAVEPOINT flux_stmt;
 
 -- name: rollback_to
 ROLLBACK TO SAVEPOINT flux_stmt;
@@ -48,6 +45,11 @@ VALUES (
     %(spans)s, %(tape)s, %(logs)s, %(code_sha)s, %(code_dirty)s, %(tenant)s, %(parent_id)s,
     %(replay_of)s, %(resumed_from)s);
 
+-- name: commit
+-- Sent after insert_record in the same simple query (flux/_record.py store_and_commit): a
+-- committing execution's record and its COMMIT cost one round trip.
+COMMIT;
+
 -- name: push_job
 INSERT INTO flux.jobs (id, function, payload, max_attempts, run_at, idempotency_key, parent_id)
 VALUES (%(id)s, %(function)s, %(payload)s, %(max_attempts)s, now() + %(delay)s,
@@ -58,6 +60,3 @@ RETURNING id;
 -- name: existing_job
 SELECT id FROM flux.jobs WHERE function = %(function)s AND idempotency_key = %(idempotency_key)s;
 
--- name: set_request_and_span
-SELECT set_config('flux.request_id', %(request_id)s, true),
-       set_config('flux.span_id', %(span_id)s, true);
