@@ -115,6 +115,10 @@ class Database:
                 raise
             if writes:
                 ex.has_written = True
+                # For WAL capture: which statement made which changes (sql/0008).
+                kind = "truncate" if info.span_name.lower().startswith("truncate") else info.verb
+                ex.statements.append([span_id, cur.rowcount,
+                                      list(info.written or info.tables), kind])
             rows = await cur.fetchall() if cur.description else None
             columns = [c.name for c in cur.description] if cur.description else None
             return rows, cur.rowcount, columns

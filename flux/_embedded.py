@@ -196,6 +196,9 @@ class EmbeddedServer:
                 "-c", "wal_level=logical",
                 "-c", "max_wal_senders=10",
                 "-c", "max_replication_slots=10",
+                # WAL capture: a consumer down for long costs at most this much disk; past
+                # it the slot is invalidated (flux db status says so) — not a full disk.
+                "-c", "max_slot_wal_keep_size=2GB",
                 "-c", "max_connections=200",
                 "-c", "fsync=on",
             ]

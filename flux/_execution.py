@@ -65,6 +65,8 @@ class Execution:
         self.replay = replay
         self.conn: AsyncConnection[Any] | None = None
         self.savepoint_open = False  # released lazily, before the next statement
+        # [span id, row count, tables, verb] of each statement that wrote, in order
+        self.statements: list[list[Any]] = []
         self.has_written = False  # a statement that can write has succeeded
         self.db_failed: str | None = None  # the error that aborted the transaction
         self.cancelled = False

@@ -168,7 +168,7 @@ async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool,
     try:
         if conn is not None:
             async with ex.db_lock:
-                await store_and_commit(conn, record)
+                await store_and_commit(conn, record, ex.statements)
         else:
             await ex.runtime.store_record(record)
     except psycopg.Error as exc:

@@ -145,15 +145,20 @@ async def store(conn: AsyncConnection[Any], record: ExecutionRecord) -> None:
                 for m in record.mutations])
 
 
-async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord) -> None:
-    """Store a committing execution's record and commit its transaction. A plain record
-    goes with the COMMIT in one simple query (client-side binding, psycopg's quoting), so
-    recording costs no round trip of its own; if the INSERT fails the COMMIT is not run."""
+async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
+                           statements: list[list[Any]]) -> None:
+    """Store a committing execution's record and commit its transaction, in one round trip:
+    ``end_execution`` (WAL capture's stamp), the INSERT and the COMMIT as one simple query
+    (client-side binding, psycopg's quoting); if a statement fails the COMMIT does not run.
+    A failed execution's record (with a signature or salvaged mutations) is stored by
+    ``store`` instead."""
     q = load("execution")
+    params = {**record.params(), "statements": _jsonb(statements)}
     if record.signature is None and not record.mutations:
         async with psycopg.AsyncClientCursor(conn) as cur:
-            await cur.execute(f"{q.insert_record}; {q.commit}", record.params())
+            await cur.execute(f"{q.end_execution}; {q.insert_record}; {q.commit}", params)
         return
+    await conn.execute(q.end_execution, params)
     await store(conn, record)
     await conn.commit()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 
+from flux._capture import ensure_mode
 from flux._database import connect, first_line
 from flux._errors import MigrationError
 from flux._migrate import LOCK_KEY
@@ -28,7 +29,6 @@ def apply_schema(conninfo: str, schema_dir: Path, *, capture: str = "trigger") -
     with connect(conninfo) as conn:
         with conn.transaction():
             conn.execute(q.lock, {"key": LOCK_KEY})
-            conn.execute(q.set_capture, {"mode": capture})
             done = dict(conn.execute(q.applied).fetchall())
         for path in sorted(schema_dir.glob("*.sql")) if schema_dir.is_dir() else []:
             text = path.read_text(encoding="utf-8")
@@ -46,11 +46,13 @@ def apply_schema(conninfo: str, schema_dir: Path, *, capture: str = "trigger") -
                     hint="fix the file and save it again; nothing of it was applied",
                 ) from exc
             applied.append(path.name)
-        captured = 0
-        if capture == "trigger":
-            with conn.transaction():
-                row = conn.execute(q.install_capture_all).fetchone()
-                captured = int(row[0]) if row else 0
+    # The mode of flux.toml, switched to cleanly if the database is in the other one
+    # (flux/_capture.py), then capture on every table that lacks it.
+    ensure_mode(conninfo, capture)
+    with connect(conninfo) as conn, conn.transaction():
+        conn.execute(q.lock, {"key": LOCK_KEY})
+        row = conn.execute(q.install_capture_all).fetchone()
+        captured = int(row[0]) if row else 0
     return SchemaResult(applied=applied, captured=captured)
 
 

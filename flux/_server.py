@@ -70,6 +70,7 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
     runtime = Runtime(project, target.conninfo, echo=events.log)
     runner: web.AppRunner | None = None
     jobs = None  # the queue worker and cron (flux/_worker.py)
+    capture = None  # the WAL capture consumer (flux/_capture.py), in WAL mode
     try:
         load_errors = await runtime.start()
         runner = web.AppRunner(make_app(runtime, observer=events.request),
@@ -93,6 +94,10 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
         from flux._worker import start_jobs
 
         jobs = await start_jobs(runtime)
+        if project.capture == "wal":
+            from flux._capture import Background as CaptureConsumer
+
+            capture = CaptureConsumer(target.conninfo).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -110,6 +115,8 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
         if runner is not None:
             await runner.cleanup()  # stops accepting, lets requests in flight finish
         await runtime.close()
+        if capture is not None:
+            await asyncio.to_thread(capture.stop)  # after the last request's commit
         if stop_embedded and target.started and target.embedded is not None:
             await asyncio.to_thread(target.embedded.stop)
 

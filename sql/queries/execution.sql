@@ -45,6 +45,11 @@ VALUES (
     %(spans)s, %(tape)s, %(logs)s, %(code_sha)s, %(code_dirty)s, %(tenant)s, %(parent_id)s,
     %(replay_of)s, %(resumed_from)s);
 
+-- name: end_execution
+-- First in the commit round trip: in WAL capture mode, tells the consumer which request and
+-- which statements made this transaction's changes (sql/0008).
+SELECT flux.end_execution(%(request_id)s, %(statements)s);
+
 -- name: commit
 -- Sent after insert_record in the same simple query (flux/_record.py store_and_commit): a
 -- committing execution's record and its COMMIT cost one round trip.

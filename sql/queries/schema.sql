@@ -7,10 +7,6 @@ SELECT file, checksum FROM flux.app_schema;
 INSERT INTO flux.app_schema (file, checksum) VALUES (%(file)s, %(checksum)s)
 ON CONFLICT (file) DO UPDATE SET checksum = excluded.checksum, applied_at = now();
 
--- name: set_capture
-INSERT INTO flux.settings (key, value) VALUES ('capture', %(mode)s)
-ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-
 -- name: install_capture_all
 SELECT flux.install_capture_all();
 

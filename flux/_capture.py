@@ -1,0 +1,540 @@
+"""WAL capture: the consumer that reads the ``flux_capture`` slot and writes every change
+into ``flux.state_mutations``, and the switch between trigger and WAL capture.
+
+The consumer reads through the SQL interface — ``pg_logical_slot_peek_binary_changes``,
+then ``pg_replication_slot_advance`` — so that the slot moves only after the changes are
+stored: it peeks whole transactions, decodes them (flux/_pgoutput.py), stamps each change
+with the request, span and actor the transaction's logical messages carry (sql/0008),
+inserts them in one transaction keyed by (commit LSN, position), commits, and only then
+advances the slot. A crash before the commit leaves the slot where it was, so the batch
+is read again; a crash after the commit but before the advance reads it again too, and the
+key makes the second insert a no-op. Nothing is lost, nothing is doubled.
+
+One consumer runs at a time per database: the one holding a session advisory lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+
+from flux._database import connect
+from flux._errors import DatabaseError, FluxError
+from flux._pgjson import TypeCatalog
+from flux._pgoutput import (
+    UNCHANGED,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Message,
+    Relation,
+    Row,
+    Truncate,
+    Type,
+    Update,
+    decode,
+    format_lsn,
+    parse_lsn,
+)
+from flux._queries import load
+
+log = logging.getLogger("flux.capture")
+
+SLOT = "flux_capture"
+PUBLICATION = "flux_capture"
+CONSUMER_LOCK = 0x464C5558_00000008  # "FLUX", 8: one consumer per database
+BATCH_CHANGES = 5000
+POLL_SECONDS = 0.2
+UNCHANGED_TOAST = "[unchanged TOAST value: not in the WAL]"
+LAG_WARN_BYTES = 256 * 1024 * 1024
+LAG_WARN_SECONDS = 60.0
+
+
+class CaptureError(FluxError):
+    """WAL capture cannot go on as asked."""
+
+    code = "capture"
+
+
+@dataclass
+class _Change:
+    relation: Relation
+    op: str
+    old: Row | None
+    new: Row | None
+    actor: dict[str, Any] | None  # the last 'flux.actor' message before it, if any
+
+
+@dataclass
+class _Transaction:
+    begin: Begin
+    request: dict[str, Any] | None = None
+    switch: str | None = None
+    actor: dict[str, Any] | None = None
+    changes: list[_Change] = field(default_factory=list)
+    truncated: list[tuple[Relation, dict[str, Any] | None]] = field(default_factory=list)
+
+
+@dataclass
+class StepResult:
+    transactions: int = 0
+    applied: int = 0  # rows inserted into flux.state_mutations (a re-read batch: 0)
+    caught_up: bool = False
+    finished: bool = False  # the switch back to triggers was applied: the slot is gone
+
+
+class Consumer:
+    """Reads the slot and stores its changes. ``step`` does one peek → apply → advance."""
+
+    def __init__(self, conninfo: str | Callable[[], str], *, slot: str = SLOT,
+                 publication: str = PUBLICATION, batch: int = BATCH_CHANGES) -> None:
+        self._conninfo = conninfo
+        self.slot = slot
+        self.publication = publication
+        self.batch = batch
+        self.types = TypeCatalog()
+        self.relations: dict[int, Relation] = {}
+        self._keys: dict[int, list[str]] = {}
+        self._last_progress = 0.0
+
+    # -- one step ------------------------------------------------------------------------
+
+    def step(self, conn: psycopg.Connection[Any]) -> StepResult:
+        q = load("capture")
+        state = conn.execute(q.state, {"slot": self.slot}).fetchone()
+        if state is None:
+            raise CaptureError("WAL capture is not set up in this database",
+                               hint="run `flux capture switch wal`")
+        wal_from = parse_lsn(state[0]) if state[0] else None
+        wal_until = parse_lsn(state[1]) if state[1] else None
+        if not self.types_loaded:
+            self._load_types(conn)
+        upto = conn.execute(q.current_lsn).fetchone()[0]  # type: ignore[index]
+        rows = conn.execute(q.peek, {"slot": self.slot, "upto_lsn": upto,
+                                     "upto_changes": self.batch,
+                                     "publication": self.publication}).fetchall()
+        transactions, end_lsn = self._assemble(conn, [bytes(r[0]) for r in rows])
+        complete = len(rows) < self.batch  # else the peek stopped early: more to read
+        result = StepResult(transactions=len(transactions), caught_up=complete)
+        records: list[dict[str, Any]] = []
+        last_commit: dt.datetime | None = None
+        for txn, commit in transactions:
+            lsn = commit.commit_lsn
+            if wal_from is None:
+                if txn.switch == "wal":
+                    wal_from = lsn  # before it, triggers captured every change
+                continue
+            if wal_until is not None and lsn > wal_until:
+                continue  # after the switch back: triggers capture these
+            if txn.switch == "trigger":
+                wal_until = lsn
+            records.extend(self._records(txn, lsn))
+            last_commit = commit.commit_time
+        with conn.transaction():
+            if records:
+                cur = conn.execute(q.apply, {"changes": orjson.dumps(records).decode()})
+                result.applied = max(cur.rowcount, 0)
+            now = time.monotonic()
+            if records or transactions or now - self._last_progress > 5.0:
+                conn.execute(q.save_progress, {
+                    "slot": self.slot,
+                    "wal_from": format_lsn(wal_from) if wal_from is not None else None,
+                    "wal_until": format_lsn(wal_until) if wal_until is not None else None,
+                    "applied_lsn": format_lsn(end_lsn) if end_lsn else None,
+                    "applied_commit": last_commit, "changes": result.applied,
+                    "caught_up": complete})
+                self._last_progress = now
+        # Only now, with the changes committed, may the slot forget them.
+        target = upto if complete else (format_lsn(end_lsn) if end_lsn else None)
+        if target is not None:
+            conn.execute(q.advance, {"slot": self.slot, "lsn": target})
+        if wal_until is not None and complete:
+            conn.execute(q.drop_slot, {"slot": self.slot})
+            result.finished = True
+        return result
+
+    @property
+    def types_loaded(self) -> bool:
+        return 16 in self.types
+
+    def _load_types(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.cursor(row_factory=dict_row) as cur:
+            self.types.load(list(cur.execute(load("capture").types)))
+
+    # -- decoding ------------------------------------------------------------------------
+
+    def _assemble(self, conn: psycopg.Connection[Any], messages: list[bytes]
+                  ) -> tuple[list[tuple[_Transaction, Commit]], int | None]:
+        """Whole transactions from the peeked messages, and the end LSN of the last."""
+        done: list[tuple[_Transaction, Commit]] = []
+        txn: _Transaction | None = None
+        end_lsn: int | None = None
+        for data in messages:
+            m = decode(data)
+            if isinstance(m, Begin):
+                txn = _Transaction(m)
+            elif isinstance(m, Relation):
+                self.relations[m.oid] = m
+                self._keys.pop(m.oid, None)
+                if any(c.type_oid not in self.types for c in m.columns):
+                    self._load_types(conn)
+            elif isinstance(m, Type):
+                if m.oid not in self.types:
+                    self._load_types(conn)
+            elif isinstance(m, Message):
+                if txn is None or not m.transactional:
+                    continue
+                if m.prefix == "flux":
+                    txn.request = orjson.loads(m.content)
+                elif m.prefix == "flux.actor":
+                    txn.actor = orjson.loads(m.content)
+                elif m.prefix == "flux.switch":
+                    txn.switch = m.content.decode()
+            elif isinstance(m, Insert | Update | Delete):
+                assert txn is not None, "a change outside a transaction"
+                relation = self.relations[m.relation_oid]
+                if isinstance(m, Insert):
+                    txn.changes.append(_Change(relation, "INSERT", None, m.new, txn.actor))
+                elif isinstance(m, Update):
+                    txn.changes.append(_Change(relation, "UPDATE", m.old, m.new, txn.actor))
+                else:
+                    txn.changes.append(_Change(relation, "DELETE", m.old, None, txn.actor))
+            elif isinstance(m, Truncate):
+                assert txn is not None, "a change outside a transaction"
+                for oid in m.relation_oids:
+                    txn.changes.append(_Change(self.relations[oid], "TRUNCATE", None, None,
+                                               txn.actor))
+            elif isinstance(m, Commit):
+                if txn is not None:
+                    done.append((txn, m))
+                end_lsn = m.end_lsn
+                txn = None
+        return done, end_lsn
+
+    def _records(self, txn: _Transaction, commit_lsn: int) -> list[dict[str, Any]]:
+        request = txn.request or {}
+        spans = _assign_spans(txn.changes, request.get("statements") or [])
+        committed = txn.begin.commit_time.isoformat()
+        lsn = format_lsn(commit_lsn)
+        out = []
+        for seq, (change, span_id) in enumerate(zip(txn.changes, spans, strict=True), 1):
+            rel = change.relation
+            old = self._image(rel, change.old) if change.old is not None else None
+            new = self._image(rel, change.new, old) if change.new is not None else None
+            who = request if txn.request is not None else (change.actor or {})
+            out.append({
+                "table_oid": rel.oid, "table_schema": rel.namespace or "pg_catalog",
+                "table_name": rel.name,
+                "pk": None if change.op == "TRUNCATE" else self._key(rel, new or old or {}),
+                "op": change.op, "old": old, "new": new,
+                "request_id": request.get("request_id"), "span_id": span_id,
+                "actor": who.get("actor"), "application_name": who.get("application_name"),
+                "txid": txn.begin.xid, "committed_at": committed, "lsn": lsn,
+                "lsn_seq": seq,
+            })
+        return out
+
+    def _image(self, rel: Relation, row: Row, old: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+        image: dict[str, Any] = {}
+        for column, raw in zip(rel.columns, row, strict=False):
+            if raw is None:
+                image[column.name] = None
+            elif raw is UNCHANGED:
+                # REPLICA IDENTITY FULL sends the old row whole: the value is there.
+                image[column.name] = (old or {}).get(column.name, UNCHANGED_TOAST)
+            else:
+                image[column.name] = self.types.value(column.type_oid, raw)  # type: ignore[arg-type]
+        return image
+
+    def _key(self, rel: Relation, image: dict[str, Any]) -> dict[str, Any]:
+        columns = self._keys.get(rel.oid)
+        if columns is None:
+            columns = self._primary_key(rel)
+            self._keys[rel.oid] = columns
+        if not columns:
+            return image  # no primary key: the whole row is its identity, as with triggers
+        return {c: image.get(c) for c in columns}
+
+    def _primary_key(self, rel: Relation) -> list[str]:
+        try:
+            with connect(self.conninfo(), autocommit=True) as conn:
+                row = conn.execute(load("capture").primary_key, {"oid": rel.oid}).fetchone()
+        except psycopg.Error:  # the table is gone since: its key is unknowable
+            return []
+        return list(row[0] or []) if row else []
+
+    def conninfo(self) -> str:
+        return self._conninfo() if callable(self._conninfo) else self._conninfo
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, poll: float = POLL_SECONDS,
+            on_error: Callable[[BaseException], None] | None = None) -> None:
+        """Consume until ``stop`` is set (or the switch back to triggers is applied), as the
+        elected consumer; wait for the election while another consumer runs."""
+        while not stop.is_set():
+            try:
+                with connect(self.conninfo(), autocommit=True) as conn:
+                    if not _elected(conn):
+                        stop.wait(2.0)
+                        continue
+                    while not stop.is_set():
+                        result = self.step(conn)
+                        if result.finished:
+                            return
+                        if result.caught_up:
+                            stop.wait(poll)
+            except CaptureError:
+                raise
+            except (psycopg.Error, OSError, DatabaseError) as exc:  # the server restarted
+                if on_error is not None:
+                    on_error(exc)
+                log.warning("capture consumer: %s; retrying", exc)
+                stop.wait(1.0)
+
+    def drain(self, conn: psycopg.Connection[Any]) -> StepResult:
+        """Apply everything written so far (the caller holds the election)."""
+        total = StepResult()
+        while True:
+            result = self.step(conn)
+            total.transactions += result.transactions
+            total.applied += result.applied
+            if result.finished or result.caught_up:
+                total.caught_up, total.finished = result.caught_up, result.finished
+                return total
+
+
+def wait_caught_up(conninfo: str, timeout: float = 30.0) -> None:
+    """Return once the consumer has stored every change committed before this call."""
+    q = load("capture")
+    with connect(conninfo, autocommit=True) as conn:
+        target = conn.execute(q.current_lsn).fetchone()[0]  # type: ignore[index]
+        deadline = time.monotonic() + timeout
+        while True:
+            row = conn.execute(q.caught_up, {"lsn": target, "slot": SLOT}).fetchone()
+            if row and row[0]:
+                return
+            if time.monotonic() > deadline:
+                raise CaptureError(f"the capture consumer did not catch up within {timeout:g}s")
+            time.sleep(0.05)
+
+
+def _elected(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(load("capture").consumer_lock, {"key": CONSUMER_LOCK}).fetchone()
+    return bool(row and row[0])
+
+
+def _assign_spans(changes: list[_Change], statements: list[Any]) -> list[str | None]:
+    """The span of each change, from the statements that wrote, in order: a statement
+    takes as many changes of its tables as it reported rows; a change no statement claims
+    (one a user trigger made) belongs to the statement before it."""
+    pending = deque(_Statement(*s) for s in statements)
+    out: list[str | None] = []
+    last: str | None = None
+    for change in changes:
+        name = change.relation.name.lower()
+        if change.op == "TRUNCATE":
+            claim = next((s for s in pending if s.rows <= 0 and s.touches(name)), None)
+            if claim is not None:
+                pending.remove(claim)
+                last = claim.span_id
+            out.append(last)
+            continue
+        while pending and pending[0].rows <= 0 and pending[0].kind != "truncate":
+            pending.popleft()
+        head = pending[0] if pending else None
+        if head is not None and head.rows > 0 and head.touches(name):
+            head.rows -= 1
+            last = head.span_id
+            if head.rows == 0:
+                pending.popleft()
+        out.append(last)
+    return out
+
+
+class _Statement:
+    __slots__ = ("kind", "rows", "span_id", "tables")
+
+    def __init__(self, span_id: str, rows: int, tables: list[str], kind: str = "") -> None:
+        self.span_id = span_id
+        self.rows = rows
+        self.tables = {t.lower().rsplit(".", 1)[-1] for t in tables}
+        self.kind = kind
+
+    def touches(self, table: str) -> bool:
+        return not self.tables or table in self.tables
+
+
+# -- the switch and the status -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptureStatus:
+    mode: str
+    slot: dict[str, Any] | None
+    lag_bytes: int | None
+    lag_seconds: float | None
+    applied_changes: int
+    warnings: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "slot": self.slot, "lag_bytes": self.lag_bytes,
+                "lag_seconds": self.lag_seconds, "applied_changes": self.applied_changes,
+                "warnings": self.warnings}
+
+
+def mode(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute(load("capture").mode).fetchone()
+    return str(row[0]) if row else "trigger"
+
+
+def status(conn: psycopg.Connection[Any]) -> CaptureStatus:
+    q = load("capture")
+    current = mode(conn)
+    with conn.cursor(row_factory=dict_row) as cur:
+        slot = cur.execute(q.slot, {"slot": SLOT}).fetchone()
+        state = cur.execute(q.state, {"slot": SLOT}).fetchone()
+    warnings: list[str] = []
+    lag_bytes = int(slot["lag_bytes"]) if slot and slot["lag_bytes"] is not None else None
+    lag_seconds: float | None = None
+    if state is not None and slot is not None:
+        if lag_bytes is not None and lag_bytes > 1024 * 1024 and state["caught_up_at"]:
+            lag_seconds = (state["now"] - state["caught_up_at"]).total_seconds()
+        else:
+            lag_seconds = 0.0
+    if current == "wal":
+        if slot is None:
+            warnings.append("capture is \"wal\" but the slot flux_capture is missing: changes "
+                            "are not being captured; run `flux capture switch wal`")
+        elif slot["wal_status"] == "lost":
+            warnings.append("the slot flux_capture was invalidated (the consumer was down "
+                            "longer than max_slot_wal_keep_size allows): changes since are "
+                            "lost to history; run `flux capture switch trigger` then "
+                            "`flux capture switch wal` to start again")
+        else:
+            if lag_bytes is not None and lag_bytes > LAG_WARN_BYTES:
+                warnings.append(f"the consumer is {lag_bytes / 1048576:.0f} MiB behind: is "
+                                "`flux serve` (or `flux capture run`) running?")
+            if lag_seconds is not None and lag_seconds > LAG_WARN_SECONDS:
+                warnings.append(f"the consumer last caught up {lag_seconds:.0f} s ago")
+            if slot["safe_wal_size"] is None:
+                warnings.append("max_slot_wal_keep_size is unlimited: if the consumer stays "
+                                "down, the server keeps WAL until its disk is full")
+    slot_info = None
+    if slot is not None:
+        slot_info = {"name": slot["slot_name"], "confirmed_lsn": slot["confirmed_lsn"],
+                     "wal_status": slot["wal_status"], "active": slot["active"],
+                     "safe_wal_size": slot["safe_wal_size"]}
+    return CaptureStatus(current, slot_info, lag_bytes, lag_seconds,
+                         int(state["applied_changes"]) if state else 0, warnings)
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    previous: str
+    mode: str
+    tables: int
+    applied: int  # changes the switch back applied from the slot before dropping it
+
+
+def switch(conninfo: str, to: str, *, wait: float = 60.0) -> SwitchResult:
+    """Move between trigger and WAL capture without losing or doubling a change."""
+    if to not in ("trigger", "wal"):
+        raise CaptureError(f'capture mode must be "trigger" or "wal", not {to!r}')
+    q = load("capture")
+    with connect(conninfo, autocommit=True) as conn:
+        previous = mode(conn)
+        if previous == to:
+            return SwitchResult(previous, to, 0, 0)
+        if to == "wal":
+            level = conn.execute(q.wal_level).fetchone()
+            if level is None or level[0] != "logical":
+                raise CaptureError(
+                    f"WAL capture needs wal_level = logical; this server has {level and level[0]}",
+                    hint="set wal_level = logical in postgresql.conf and restart the server")
+            conn.execute(q.drop_slot, {"slot": SLOT})  # a leftover of an interrupted switch
+            conn.execute(q.create_slot, {"slot": SLOT})
+            conn.execute(q.reset_state, {"slot": SLOT})
+            try:
+                with conn.transaction():
+                    tables = int(conn.execute(q.switch, {"mode": "wal"}).fetchone()[0])  # type: ignore[index]
+            except BaseException:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(q.drop_slot, {"slot": SLOT})
+                raise
+            return SwitchResult(previous, to, tables, 0)
+        with conn.transaction():
+            tables = int(conn.execute(q.switch, {"mode": "trigger"}).fetchone()[0])  # type: ignore[index]
+        applied = _finish_wal(conn, conninfo, wait)
+        return SwitchResult(previous, to, tables, applied)
+
+
+def _finish_wal(conn: psycopg.Connection[Any], conninfo: str, wait: float) -> int:
+    """After the switch back to triggers: apply what the slot holds up to the switch, then
+    drop it — here if no consumer runs, else wait for the running one to do it."""
+    q = load("capture")
+    if conn.execute(q.slot, {"slot": SLOT}).fetchone() is None:
+        return 0
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if _elected(conn):
+            try:
+                return Consumer(conninfo).drain(conn).applied
+            finally:
+                conn.execute(q.consumer_unlock, {"key": CONSUMER_LOCK})
+        if conn.execute(q.slot, {"slot": SLOT}).fetchone() is None:
+            return 0  # the running consumer applied it and dropped the slot
+        time.sleep(0.2)
+    raise CaptureError("the running capture consumer did not finish the switch in time",
+                       hint="check `flux db status`; the switch completes when it catches up")
+
+
+def ensure_mode(conninfo: str, wanted: str) -> SwitchResult | None:
+    """Bring the database to the project's capture mode (flux.toml) at start."""
+    with connect(conninfo, autocommit=True) as conn:
+        current = mode(conn)
+        slot = conn.execute(load("capture").slot, {"slot": SLOT}).fetchone()
+    if current == wanted and (wanted == "trigger" or slot is not None):
+        return None
+    if current == wanted:  # "wal" without its slot: set it up again
+        with connect(conninfo, autocommit=True) as conn, conn.transaction():
+            conn.execute(load("capture").switch, {"mode": "trigger"})
+    return switch(conninfo, wanted)
+
+
+class Background:
+    """The consumer in a thread of a serving process (flux dev / flux serve)."""
+
+    def __init__(self, conninfo: str | Callable[[], str]) -> None:
+        self._stop = threading.Event()
+        self._consumer = Consumer(conninfo)
+        self._thread = threading.Thread(target=self._run, name="flux-capture", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> Background:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self._consumer.run(self._stop)
+        except CaptureError as exc:
+            self.error = exc
+            log.error("capture consumer stopped: %s", exc)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)

@@ -1,0 +1,96 @@
+-- WAL capture (flux/_capture.py): the slot, the switch between modes, and the consumer.
+
+-- name: mode
+SELECT coalesce(flux.setting('capture'), 'trigger');
+
+-- name: slot
+SELECT slot_name, plugin, confirmed_flush_lsn::text AS confirmed_lsn, wal_status,
+       safe_wal_size, active,
+       (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint AS lag_bytes
+FROM pg_replication_slots WHERE slot_name = %(slot)s AND database = current_database();
+
+-- name: wal_level
+SHOW wal_level;
+
+-- name: create_slot
+SELECT lsn::text FROM pg_create_logical_replication_slot(%(slot)s, 'pgoutput');
+
+-- name: drop_slot
+SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+WHERE slot_name = %(slot)s AND database = current_database();
+
+-- name: reset_state
+INSERT INTO flux.capture_state (slot) VALUES (%(slot)s)
+ON CONFLICT (slot) DO UPDATE SET wal_from = NULL, wal_until = NULL, applied_lsn = NULL,
+    applied_commit = NULL, applied_changes = 0, caught_up_at = NULL, created_at = now();
+
+-- name: state
+SELECT wal_from::text, wal_until::text, applied_lsn::text, applied_commit, applied_changes,
+       caught_up_at, now() AS now
+FROM flux.capture_state WHERE slot = %(slot)s;
+
+-- name: switch
+SELECT flux.switch_capture(%(mode)s);
+
+-- name: consumer_lock
+SELECT pg_try_advisory_lock(%(key)s);
+
+-- name: consumer_unlock
+SELECT pg_advisory_unlock(%(key)s);
+
+-- name: current_lsn
+SELECT pg_current_wal_lsn()::text;
+
+-- name: peek
+SELECT data FROM pg_logical_slot_peek_binary_changes(
+    %(slot)s, %(upto_lsn)s::pg_lsn, %(upto_changes)s,
+    'proto_version', '1', 'publication_names', %(publication)s, 'messages', 'true');
+
+-- name: advance
+SELECT pg_replication_slot_advance(%(slot)s, %(lsn)s::pg_lsn);
+
+-- name: types
+-- What flux/_pgjson.py needs to turn a column's text into to_jsonb's JSON.
+SELECT t.oid, t.typtype, t.typcategory, t.typelem, t.typdelim, t.typbasetype, t.typlen,
+       (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+        WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS field_names,
+       (SELECT array_agg(a.atttypid::bigint ORDER BY a.attnum) FROM pg_attribute a
+        WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS field_types
+FROM pg_type t;
+
+-- name: primary_key
+SELECT flux.primary_key_columns(%(oid)s::oid::regclass);
+
+-- name: apply
+-- One batch of decoded changes; a change already applied (same commit LSN and position)
+-- is skipped, so a batch read again after a crash changes nothing.
+INSERT INTO flux.state_mutations (
+    record_id, table_oid, table_schema, table_name, pk, op, old, new, changed_cols,
+    request_id, span_id, actor, application_name, txid, committed_at, source, lsn, lsn_seq)
+SELECT CASE WHEN c.pk IS NULL THEN NULL
+            ELSE md5(c.table_oid::text || ':' || c.pk::text)::uuid END,
+       c.table_oid, c.table_schema, c.table_name, c.pk, c.op, c.old, c.new,
+       CASE WHEN c.op = 'TRUNCATE' THEN '{}' ELSE flux.changed_columns(c.old, c.new) END,
+       c.request_id, c.span_id, c.actor, c.application_name, c.txid, c.committed_at, 'wal',
+       c.lsn::pg_lsn, c.lsn_seq
+FROM jsonb_to_recordset(%(changes)s::jsonb) AS c(
+    table_oid oid, table_schema text, table_name text, pk jsonb, op text, old jsonb,
+    new jsonb, request_id uuid, span_id text, actor text, application_name text,
+    txid bigint, committed_at timestamptz, lsn text, lsn_seq integer)
+-- A no-op UPDATE: the trigger's WHEN (OLD.* IS DISTINCT FROM NEW.*) skips it too.
+WHERE NOT (c.op = 'UPDATE' AND c.old = c.new)
+ON CONFLICT (lsn, lsn_seq) WHERE source = 'wal' DO NOTHING;
+
+-- name: save_progress
+UPDATE flux.capture_state
+SET wal_from = coalesce(%(wal_from)s::pg_lsn, wal_from),
+    wal_until = coalesce(%(wal_until)s::pg_lsn, wal_until),
+    applied_lsn = coalesce(%(applied_lsn)s::pg_lsn, applied_lsn),
+    applied_commit = coalesce(%(applied_commit)s, applied_commit),
+    applied_changes = applied_changes + %(changes)s,
+    caught_up_at = CASE WHEN %(caught_up)s THEN now() ELSE caught_up_at END
+WHERE slot = %(slot)s;
+
+-- name: caught_up
+SELECT coalesce((SELECT confirmed_flush_lsn >= %(lsn)s::pg_lsn FROM pg_replication_slots
+                 WHERE slot_name = %(slot)s AND database = current_database()), true);
