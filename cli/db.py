@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
 from cli._output import out, print_json
 from flux._project import load
@@ -71,10 +72,28 @@ def status(as_json: bool = JSON) -> None:
         ("database", f"{facts.database} · {_size(facts.database_size)}" if facts.database
          else None),
         ("schema", _schema(facts)),
+        ("capture", _capture(facts.capture)),
     ]
     for label, value in rows:
         if value:
             out.print(f"  [bold]{label:<10}[/] {value}")
+    for warning in (facts.capture or {}).get("warnings", []):
+        out.print(f"  [yellow]![/] {escape(warning)}")
+
+
+def _capture(capture: dict[str, Any] | None) -> str | None:
+    if capture is None:
+        return None
+    if capture["mode"] != "wal":
+        return "trigger (row triggers, in each writing transaction)"
+    slot = capture["slot"]
+    if slot is None:
+        return "wal · [red]no slot[/]"
+    lag = capture["lag_bytes"] or 0
+    seconds = capture["lag_seconds"]
+    return (f"wal · slot {slot['name']} ({slot['wal_status']}) · lag {_size(lag)}"
+            + (f" / {seconds:.0f} s" if seconds else "")
+            + f" · {capture['applied_changes']:,} changes applied")
 
 
 @app.command()

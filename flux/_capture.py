@@ -57,6 +57,7 @@ PUBLICATION = "flux_capture"
 CONSUMER_LOCK = 0x464C5558_00000008  # "FLUX", 8: one consumer per database
 BATCH_CHANGES = 5000
 POLL_SECONDS = 0.2
+IDLE_SECONDS = 1.0
 UNCHANGED_TOAST = "[unchanged TOAST value: not in the WAL]"
 LAG_WARN_BYTES = 256 * 1024 * 1024
 LAG_WARN_SECONDS = 60.0
@@ -93,6 +94,7 @@ class StepResult:
     applied: int = 0  # rows inserted into flux.state_mutations (a re-read batch: 0)
     caught_up: bool = False
     finished: bool = False  # the switch back to triggers was applied: the slot is gone
+    idle: bool = False  # no slot to read (trigger mode)
 
 
 class Consumer:
@@ -114,9 +116,8 @@ class Consumer:
     def step(self, conn: psycopg.Connection[Any]) -> StepResult:
         q = load("capture")
         state = conn.execute(q.state, {"slot": self.slot}).fetchone()
-        if state is None:
-            raise CaptureError("WAL capture is not set up in this database",
-                               hint="run `flux capture switch wal`")
+        if state is None or conn.execute(q.slot, {"slot": self.slot}).fetchone() is None:
+            return StepResult(caught_up=True, idle=True)  # trigger mode: nothing to read
         wal_from = parse_lsn(state[0]) if state[0] else None
         wal_until = parse_lsn(state[1]) if state[1] else None
         if not self.types_loaded:
@@ -282,9 +283,10 @@ class Consumer:
     # -- running -------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, poll: float = POLL_SECONDS,
-            on_error: Callable[[BaseException], None] | None = None) -> None:
-        """Consume until ``stop`` is set (or the switch back to triggers is applied), as the
-        elected consumer; wait for the election while another consumer runs."""
+            on_error: Callable[[BaseException], None] | None = None,
+            on_step: Callable[[StepResult], None] | None = None) -> None:
+        """Consume until ``stop`` is set, as the elected consumer (waiting for the election
+        while another consumer runs); idle while the database is in trigger mode."""
         while not stop.is_set():
             try:
                 with connect(self.conninfo(), autocommit=True) as conn:
@@ -293,9 +295,11 @@ class Consumer:
                         continue
                     while not stop.is_set():
                         result = self.step(conn)
-                        if result.finished:
-                            return
-                        if result.caught_up:
+                        if on_step is not None:
+                            on_step(result)
+                        if result.idle:  # until a switch to WAL capture sets up the slot
+                            stop.wait(IDLE_SECONDS)
+                        elif result.caught_up:
                             stop.wait(poll)
             except CaptureError:
                 raise
@@ -466,8 +470,10 @@ def switch(conninfo: str, to: str, *, wait: float = 60.0) -> SwitchResult:
                     f"WAL capture needs wal_level = logical; this server has {level and level[0]}",
                     hint="set wal_level = logical in postgresql.conf and restart the server")
             conn.execute(q.drop_slot, {"slot": SLOT})  # a leftover of an interrupted switch
-            conn.execute(q.create_slot, {"slot": SLOT})
+            # The state first: a running consumer must never see the new slot beside the
+            # previous switch's bookkeeping (it would apply that switch's end to this slot).
             conn.execute(q.reset_state, {"slot": SLOT})
+            conn.execute(q.create_slot, {"slot": SLOT})
             try:
                 with conn.transaction():
                     tables = int(conn.execute(q.switch, {"mode": "wal"}).fetchone()[0])  # type: ignore[index]
@@ -513,6 +519,21 @@ def ensure_mode(conninfo: str, wanted: str) -> SwitchResult | None:
         with connect(conninfo, autocommit=True) as conn, conn.transaction():
             conn.execute(load("capture").switch, {"mode": "trigger"})
     return switch(conninfo, wanted)
+
+
+def run_until_signal(conninfo: str, on_step: Callable[[StepResult], None],
+                     on_error: Callable[[BaseException], None]) -> None:
+    """``flux capture run``: the consumer in the foreground until SIGINT/SIGTERM."""
+    import signal
+
+    with connect(conninfo, autocommit=True) as conn:
+        if mode(conn) != "wal":
+            raise CaptureError('capture is "trigger" in this database: there is no slot to '
+                               "consume", hint="switch with `flux capture switch wal`")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    Consumer(conninfo).run(stop, on_step=on_step, on_error=on_error)
 
 
 class Background:

@@ -15,6 +15,8 @@ from flux._migrate import Migration, applied_versions, migrate, migrations
 from flux._project import Project, database_url_from_env
 from flux._queries import load
 
+CAPTURE_SCHEMA = 8  # sql/0008_wal_capture.sql
+
 
 @dataclass(frozen=True)
 class DbStatus:
@@ -37,6 +39,7 @@ class DbStatus:
     run_as: str | None = None
     schema_version: int | None = None
     schema_latest: int | None = None
+    capture: dict[str, Any] | None = None  # mode, slot, lag, warnings (flux/_capture.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,8 +125,15 @@ def _server_facts(conninfo: str) -> dict[str, Any]:
     assert row is not None
     version, wal_level, size, database, _user = row
     versions = applied_versions(conninfo)
+    capture = None
+    if versions and max(versions) >= CAPTURE_SCHEMA:
+        from flux._capture import status as capture_status
+
+        with connect(conninfo, autocommit=True) as conn:
+            capture = capture_status(conn).as_json()
     return {"version": version, "wal_level": wal_level, "database": database,
-            "database_size": size, "schema_version": max(versions) if versions else None}
+            "database_size": size, "schema_version": max(versions) if versions else None,
+            "capture": capture}
 
 
 def _tree_size(root: Path) -> int:

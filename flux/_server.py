@@ -94,10 +94,10 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
         from flux._worker import start_jobs
 
         jobs = await start_jobs(runtime)
-        if project.capture == "wal":
-            from flux._capture import Background as CaptureConsumer
+        # Always: idle in trigger mode, it takes over when `flux capture switch wal` runs.
+        from flux._capture import Background as CaptureConsumer
 
-            capture = CaptureConsumer(target.conninfo).start()
+        capture = CaptureConsumer(target.conninfo).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import random
 import shutil
+import signal
+import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +17,7 @@ import orjson
 import psycopg
 
 from flux import _capture
+from tests.fixtures.projects import FLUX
 from tests.fixtures.shop import FakeProvider, Shop, serve_app
 
 LEDGER = Path(__file__).resolve().parents[1] / "fixtures" / "apps" / "ledger"
@@ -21,12 +26,12 @@ COMPARED = ("request_id", "span_id", "table_schema", "table_name", "record_id", 
 
 
 @contextlib.asynccontextmanager
-async def ledger(tmp_path: Path, db: str, provider: FakeProvider, *, both: bool = False
-                 ) -> AsyncIterator[Shop]:
+async def ledger(tmp_path: Path, db: str, provider: FakeProvider, *, both: bool = False,
+                 consume: bool = True) -> AsyncIterator[Shop]:
     root = tmp_path / "ledger"
     shutil.copytree(LEDGER, root)
     (root / "flux.toml").write_text('name = "ledger"\ncapture = "wal"\n')
-    async with serve_app(root, db, provider) as app:
+    async with serve_app(root, db, provider, consume=consume) as app:
         if both:  # triggers back on every table, beside the slot: two captures of one write
             with psycopg.connect(db, autocommit=True) as conn:
                 conn.execute("SELECT flux.install_capture(c.oid::regclass) FROM pg_class c "
@@ -79,3 +84,95 @@ async def test_trigger_and_wal_store_identical_rows(tmp_path: Path, db: str,
     assert by_trigger - by_wal == Counter({r: n for r, n in by_trigger.items()
                                           if b'"rolled_back":true' in r})
     assert by_wal - by_trigger == Counter()
+
+
+async def load_ledger(app: Shop, requests: int, *, accounts: int = 100) -> int:
+    """Open ``accounts`` accounts, then ``requests`` transfers 25 at a time; the number of
+    changes committed."""
+    for i in range(1, accounts + 1):
+        status, body, _ = await app.post("open_account", {"id": i, "owner": f"o{i}"})
+        assert status == 200, body
+
+    async def transfer(n: int) -> None:
+        status, body, _ = await app.post("transfer", {
+            "from": n % accounts + 1, "to": (n * 7 + 1) % accounts + 1, "amount": 0.5,
+            "seq": n})
+        assert status == 200, body
+
+    for start in range(0, requests, 25):
+        await asyncio.gather(*(transfer(n) for n in range(start, min(start + 25, requests))))
+    return accounts + 4 * requests
+
+
+async def test_consumer_killed_at_random_loses_and_doubles_nothing(
+        tmp_path: Path, db: str, provider: FakeProvider) -> None:
+    """`flux capture run` as a real process, SIGKILLed at random moments while load runs
+    and restarted: every change is stored exactly once (the triggers, on beside it, are the
+    ground truth)."""
+    rng = random.Random(8)
+    async with ledger(tmp_path, db, provider, both=True, consume=False) as app:
+        env = {"DATABASE_URL": db}
+        kills = 0
+        stop = asyncio.Event()
+
+        async def chaos() -> None:
+            nonlocal kills
+            while not stop.is_set():
+                proc = await asyncio.create_subprocess_exec(
+                    *FLUX, "capture", "run", cwd=app.root, env={**os.environ, **env},
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                await asyncio.sleep(rng.uniform(0.3, 1.2))
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+                kills += 1
+
+        killer = asyncio.create_task(chaos())
+        expected = await load_ledger(app, 1200)
+        stop.set()
+        await killer
+        assert kills >= 3
+        final = subprocess.Popen([*FLUX, "capture", "run"], cwd=app.root,
+                                 env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+        try:
+            await asyncio.to_thread(_capture.wait_caught_up, db, 60)
+        finally:
+            final.send_signal(signal.SIGINT)
+            assert final.wait(timeout=20) == 0
+        by_trigger, by_wal = rows(db, "trigger"), rows(db, "wal")
+    assert sum(by_wal.values()) == expected
+    assert max(by_wal.values()) == 1
+    assert by_wal == by_trigger
+
+
+async def test_switching_modes_under_load_captures_each_change_once(
+        tmp_path: Path, db: str, provider: FakeProvider) -> None:
+    """trigger → wal → trigger → wal while transfers run: every committed change is stored
+    exactly once, by whichever mode captured its transaction."""
+    root = tmp_path / "ledger"
+    shutil.copytree(LEDGER, root)
+    async with serve_app(root, db, provider) as app:  # starts in trigger mode
+        consumer = _capture.Background(db).start()
+        try:
+            async def switches() -> list[str]:
+                done = []
+                for mode in ("wal", "trigger", "wal"):
+                    await asyncio.sleep(0.8)
+                    result = await asyncio.to_thread(_capture.switch, db, mode)
+                    done.append(f"{result.previous}->{result.mode}")
+                return done
+
+            switching = asyncio.create_task(switches())
+            expected = await load_ledger(app, 1500)
+            assert await switching == ["trigger->wal", "wal->trigger", "trigger->wal"]
+            await asyncio.to_thread(_capture.wait_caught_up, db)
+        finally:
+            await asyncio.to_thread(consumer.stop)
+        with psycopg.connect(db) as conn:
+            by_source = dict(conn.execute(
+                "SELECT source, count(*) FROM flux.state_mutations GROUP BY source").fetchall())
+            per_change = conn.execute(
+                "SELECT max(n) FROM (SELECT count(*) AS n FROM flux.state_mutations "
+                "GROUP BY request_id, span_id, record_id, op) AS c").fetchone()
+    assert by_source.get("trigger", 0) > 0 and by_source.get("wal", 0) > 0, by_source
+    assert by_source["trigger"] + by_source["wal"] == expected
+    assert per_change == (1,)
