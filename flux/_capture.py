@@ -109,6 +109,7 @@ class Consumer:
         self.types = TypeCatalog()
         self.relations: dict[int, Relation] = {}
         self._keys: dict[int, list[str]] = {}
+        self._converters: dict[int, tuple[Relation, list[tuple[str, Any]]]] = {}
         self._last_progress = 0.0
 
     # -- one step ------------------------------------------------------------------------
@@ -184,7 +185,16 @@ class Consumer:
         end_lsn: int | None = None
         for data in messages:
             m = decode(data)
-            if isinstance(m, Begin):
+            if isinstance(m, Insert | Update | Delete):  # most of the stream: first
+                assert txn is not None, "a change outside a transaction"
+                relation = self.relations[m.relation_oid]
+                if isinstance(m, Insert):
+                    txn.changes.append(_Change(relation, "INSERT", None, m.new, txn.actor))
+                elif isinstance(m, Update):
+                    txn.changes.append(_Change(relation, "UPDATE", m.old, m.new, txn.actor))
+                else:
+                    txn.changes.append(_Change(relation, "DELETE", m.old, None, txn.actor))
+            elif isinstance(m, Begin):
                 txn = _Transaction(m)
             elif isinstance(m, Relation):
                 self.relations[m.oid] = m
@@ -203,15 +213,6 @@ class Consumer:
                     txn.actor = orjson.loads(m.content)
                 elif m.prefix == "flux.switch":
                     txn.switch = m.content.decode()
-            elif isinstance(m, Insert | Update | Delete):
-                assert txn is not None, "a change outside a transaction"
-                relation = self.relations[m.relation_oid]
-                if isinstance(m, Insert):
-                    txn.changes.append(_Change(relation, "INSERT", None, m.new, txn.actor))
-                elif isinstance(m, Update):
-                    txn.changes.append(_Change(relation, "UPDATE", m.old, m.new, txn.actor))
-                else:
-                    txn.changes.append(_Change(relation, "DELETE", m.old, None, txn.actor))
             elif isinstance(m, Truncate):
                 assert txn is not None, "a change outside a transaction"
                 for oid in m.relation_oids:
@@ -249,15 +250,20 @@ class Consumer:
 
     def _image(self, rel: Relation, row: Row, old: dict[str, Any] | None = None
                ) -> dict[str, Any]:
+        converters = self._converters.get(rel.oid)
+        if converters is None or converters[0] is not rel:
+            converters = (rel, [(c.name, self.types.converter(c.type_oid))
+                                for c in rel.columns])
+            self._converters[rel.oid] = converters
         image: dict[str, Any] = {}
-        for column, raw in zip(rel.columns, row, strict=False):
+        for (name, convert), raw in zip(converters[1], row, strict=False):
             if raw is None:
-                image[column.name] = None
+                image[name] = None
             elif raw is UNCHANGED:
                 # REPLICA IDENTITY FULL sends the old row whole: the value is there.
-                image[column.name] = (old or {}).get(column.name, UNCHANGED_TOAST)
+                image[name] = (old or {}).get(name, UNCHANGED_TOAST)
             else:
-                image[column.name] = self.types.value(column.type_oid, raw)  # type: ignore[arg-type]
+                image[name] = convert(raw.decode())  # type: ignore[union-attr]
         return image
 
     def _key(self, rel: Relation, image: dict[str, Any]) -> dict[str, Any]:

@@ -84,7 +84,22 @@ class TypeCatalog:
 
     def value(self, oid: int, text: bytes) -> Any:
         """One column's text output as ``to_jsonb`` shows it."""
-        return self._convert(self.get(oid), text.decode())
+        return self.converter(oid)(text.decode())
+
+    def converter(self, oid: int) -> Any:
+        """The conversion of one type's text output, for a column (the hot path: resolved
+        once per relation, not per value)."""
+        t = self.get(oid)
+        kind = t.kind
+        if kind in (STRING, DATE):
+            return _same
+        if kind == NUMBER:
+            return _number
+        if kind == BOOL:
+            return _bool
+        if kind == JSON:
+            return orjson.Fragment
+        return lambda text: self._convert(t, text)
 
     def _convert(self, t: PgType, text: str) -> Any:
         kind = t.kind
@@ -123,6 +138,18 @@ class TypeCatalog:
             return text  # a type changed under us: keep the text rather than guess
         return {name: None if v is None else self._convert(self.get(oid), v)
                 for (name, oid), v in zip(t.fields, values, strict=True)}
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def _number(text: str) -> Any:
+    return text if text in ("NaN", "Infinity", "-Infinity") else orjson.Fragment(text)
+
+
+def _bool(text: str) -> bool:
+    return text == "t"
 
 
 def _xsd(text: str, *, zone: bool) -> str:

@@ -219,11 +219,79 @@ class _Reader:
         return message
 
 
+def _fast_row(buf: bytes, pos: int) -> tuple[Row, int]:
+    """A TupleData at ``pos`` (the hot path: one per change), and the position after it."""
+    (count,) = _I16.unpack_from(buf, pos)
+    pos += 2
+    size = len(buf)
+    values: list[Value] = []
+    append = values.append
+    for _ in range(count):
+        kind = buf[pos]
+        pos += 1
+        if kind == 116 or kind == 98:  # t(ext), b(inary)
+            (n,) = _I32.unpack_from(buf, pos)
+            pos += 4
+            if n < 0 or pos + n > size:
+                raise DecodeError(f"a value of {n} bytes at byte {pos} overruns the message")
+            append(buf[pos:pos + n])
+            pos += n
+        elif kind == 110:  # n(ull)
+            append(None)
+        elif kind == 117:  # u(nchanged TOAST)
+            append(UNCHANGED)
+        else:
+            raise DecodeError(f"unknown column kind {chr(kind)!r} at byte {pos - 1}")
+    return tuple(values), pos
+
+
+def _fast_change(buf: bytes) -> Decoded:
+    """Insert, Update and Delete without the general reader."""
+    kind = buf[0]
+    (oid,) = _U32.unpack_from(buf, 1)
+    tag = buf[5]
+    if kind == 73:  # I
+        if tag != 78:
+            raise DecodeError("Insert without its new row")
+        new, pos = _fast_row(buf, 6)
+        message: Decoded = Insert(oid, new)
+    elif kind == 85:  # U
+        old: Row | None = None
+        old_is_key = False
+        pos = 6
+        if tag in (75, 79):  # K, O
+            old, pos = _fast_row(buf, 6)
+            old_is_key = tag == 75
+            tag = buf[pos]
+            pos += 1
+        if tag != 78:
+            raise DecodeError("Update without its new row")
+        new, pos = _fast_row(buf, pos)
+        message = Update(oid, old, old_is_key, new)
+    else:  # D
+        if tag not in (75, 79):
+            raise DecodeError("Delete without its old row or key")
+        old_row, pos = _fast_row(buf, 6)
+        message = Delete(oid, old_row, tag == 75)
+    if pos != len(buf):
+        raise DecodeError(f"{len(buf) - pos} unexpected bytes after {type(message).__name__}")
+    return message
+
+
 def decode(data: bytes | memoryview) -> Decoded:
     """One pgoutput message."""
     buf = bytes(data)
     if not buf:
         raise DecodeError("empty message")
+    try:
+        if buf[0] in (73, 85, 68):  # I U D: the changes, most of the stream
+            return _fast_change(buf)
+        return _decode(buf)
+    except (struct.error, IndexError) as exc:
+        raise DecodeError(f"{chr(buf[0])!r} message ends early") from exc
+
+
+def _decode(buf: bytes) -> Decoded:
     r = _Reader(buf)
     kind = chr(buf[0])
     if kind == "B":

@@ -1,0 +1,188 @@
+"""What capturing row changes costs the write path: one pgbench workload against three
+databases of one embedded PostgreSQL — no capture, trigger capture, WAL capture — in one run.
+
+Each transaction is what a Flux execution sends: ``BEGIN``, the request GUC, an UPDATE of
+``pgbench_accounts`` and an INSERT into ``pgbench_history`` (pgbench's own tables, scale
+``--scale``), then ``flux.end_execution(…)`` (the WAL stamp, a no-op in the other modes)
+and ``COMMIT``. The same script runs against every database:
+
+- ``none``: the flux schema, no capture on the tables;
+- ``trigger``: ``flux.install_capture_all()`` — row triggers write flux.state_mutations in
+  the writing transaction;
+- ``wal``: ``flux capture switch wal`` — REPLICA IDENTITY FULL, the publication, the slot —
+  with the consumer (flux/_capture.py) running in a child process while the load runs, so
+  its decoding and inserts are paid inside the measurement, as in production.
+
+Rounds alternate none, trigger, wal, … so that machine noise hits all three alike; a mode's
+figure is the median of its rounds' TPS (pgbench's "without initial connection time"). After
+the last round the consumer must catch up, and the WAL database must hold exactly two
+mutations per committed transaction — the run fails otherwise.
+
+    .venv/bin/python bench/capture_overhead.py [--clients 8] [--seconds 8] [--rounds 3]
+
+The last line is ``ratio: <wal TPS / none TPS>`` (target ≥ 0.95; trigger's ratio, target ≥
+0.6, is printed above it). The exit status is 1 only when something was wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from _children import Child, scratch_dir, spawn, stop
+
+from flux import _capture
+from flux._database import ensure_database
+from flux._embedded import EmbeddedServer, install_dir
+from flux._migrate import migrate
+
+MODES = ("none", "trigger", "wal")
+TARGETS = {"trigger": 0.6, "wal": 0.95}
+SCRIPT = """\
+\\set aid random(1, 100000 * :scale)
+\\set delta random(-5000, 5000)
+BEGIN;
+SELECT set_config('flux.request_id', gen_random_uuid()::text, true);
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime)
+    VALUES (1, 1, :aid, :delta, CURRENT_TIMESTAMP);
+SELECT flux.end_execution(current_setting('flux.request_id')::uuid,
+    '[["s3", 1, ["pgbench_accounts"], "update"], ["s4", 1, ["pgbench_history"], "insert"]]');
+END;
+"""
+TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+DONE = re.compile(r"number of transactions actually processed: (\d+)")
+
+
+async def _consumer(role: str, options: dict[str, Any], pipe: Connection) -> None:
+    """The WAL consumer, as `flux serve` runs it (a thread), in a child process."""
+    halt = threading.Event()
+    thread = threading.Thread(target=_capture.Consumer(options["conninfo"]).run, args=(halt,),
+                              daemon=True)
+    thread.start()
+    pipe.send(("ready", 0))
+    while thread.is_alive():
+        await asyncio.sleep(0.5)
+
+
+def _pgbench(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(install_dir() / "bin" / "pgbench"), *args],
+                          capture_output=True, text=True, check=False)
+
+
+def _prepare(conninfo: str, mode: str, scale: int) -> None:
+    init = _pgbench(["-i", "-q", "-s", str(scale), conninfo])
+    if init.returncode != 0:
+        raise RuntimeError(f"pgbench -i failed: {init.stderr.strip()}")
+    migrate(conninfo)
+    if mode == "trigger":
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("SELECT flux.install_capture_all()")
+    elif mode == "wal":
+        _capture.switch(conninfo, "wal")
+
+
+def _round(conninfo: str, script: Path, args: argparse.Namespace) -> tuple[float, int]:
+    done = _pgbench(["-n", "-f", str(script), "-c", str(args.clients), "-j", "2",
+                     "-T", str(args.seconds), "-s", str(args.scale), conninfo])
+    tps, count = TPS.search(done.stdout), DONE.search(done.stdout)
+    if done.returncode != 0 or tps is None or count is None:
+        raise RuntimeError(f"pgbench failed: {done.stderr.strip() or done.stdout.strip()}")
+    return float(tps.group(1)), int(count.group(1))
+
+
+def _lag(conninfo: str) -> int:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint "
+                           "FROM pg_replication_slots WHERE slot_name = 'flux_capture' "
+                           "AND database = current_database()").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8, help="pgbench clients.")
+    parser.add_argument("--seconds", type=int, default=8, help="Each round's length.")
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds per mode.")
+    parser.add_argument("--scale", type=int, default=2, help="pgbench scale factor.")
+    parser.add_argument("--no-consumer", action="store_true",
+                        help="Run the WAL rounds without the consumer; it catches up after "
+                             "(what the write path alone pays).")
+    args = parser.parse_args(argv)
+    with scratch_dir("flux-bench-capture-") as tmp:
+        server = EmbeddedServer(tmp / ".flux")
+        consumer: Child | None = None
+        try:
+            info, _ = server.start()
+            script = tmp / "flux_txn.sql"
+            script.write_text(SCRIPT)
+            conninfo = {}
+            for mode in MODES:
+                ensure_database(info.conninfo("postgres"), f"bench_{mode}")
+                conninfo[mode] = info.conninfo(f"bench_{mode}")
+                _prepare(conninfo[mode], mode, args.scale)
+            if not args.no_consumer:
+                consumer = spawn(_consumer, "consumer", {"conninfo": conninfo["wal"]})
+            else:
+                print("(no consumer during the load: the write path's cost alone)")
+            print(f"pgbench: {args.clients} clients, scale {args.scale}, {args.rounds} round(s) "
+                  f"of {args.seconds} s per mode; the WAL consumer runs in a child process",
+                  flush=True)
+            tps: dict[str, list[float]] = {m: [] for m in MODES}
+            committed = {m: 0 for m in MODES}
+            for number in range(1, args.rounds + 1):
+                for mode in MODES:
+                    value, count = _round(conninfo[mode], script, args)
+                    tps[mode].append(value)
+                    committed[mode] += count
+                    lag = f"  consumer lag {_lag(conninfo[mode]) / 1024:.0f} KiB" \
+                        if mode == "wal" else ""
+                    print(f"round {number}  {mode:<8} {value:9.1f} tps  "
+                          f"{count:7d} txns{lag}", flush=True)
+            started = time.monotonic()
+            if consumer is None:
+                consumer = spawn(_consumer, "consumer", {"conninfo": conninfo["wal"]})
+            _capture.wait_caught_up(conninfo["wal"], timeout=300)
+            caught_up = time.monotonic() - started
+            with psycopg.connect(conninfo["wal"]) as conn:
+                stored = conn.execute("SELECT count(*) FROM flux.state_mutations "
+                                      "WHERE source = 'wal'").fetchone()[0]  # type: ignore[index]
+                # One INSERT per transaction, one UPDATE unless its delta was 0 (a no-op
+                # update, which neither capture stores).
+                expected = conn.execute("SELECT count(*) + count(*) FILTER (WHERE delta <> 0) "
+                                        "FROM pgbench_history").fetchone()[0]  # type: ignore[index]
+        finally:
+            if consumer is not None:
+                stop(consumer)
+            server.stop()
+    medians = {m: statistics.median(v) for m, v in tps.items()}
+    print()
+    print(f"{'mode':<9}{'median tps':>12}{'vs none':>10}{'target':>9}")
+    for mode in MODES:
+        ratio = medians[mode] / medians["none"]
+        target = f"≥ {TARGETS[mode]:g}" if mode in TARGETS else ""
+        verdict = "" if mode not in TARGETS else (" PASS" if ratio >= TARGETS[mode]
+                                                  else " FAIL")
+        print(f"{mode:<9}{medians[mode]:12.1f}{ratio:10.2f}{target:>9}{verdict}")
+    ok = stored == expected
+    print(f"WAL consumer: caught up {caught_up:.1f} s after the load; stored {stored} "
+          f"mutations for {committed['wal']} transactions (expected {expected}, no-op updates "
+          f"excluded: "
+          f"{'ok' if ok else 'MISMATCH'})")
+    print(f"trigger/none: {medians['trigger'] / medians['none']:.2f}")
+    print(f"ratio: {medians['wal'] / medians['none']:.2f}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
