@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from flux._execution import Execution, ReplaySource
 from flux._function import FunctionSpec
 from flux._ids import short
 from flux._jsoncodec import encode, plain
+from flux._queries import load
 from flux._record import (
     ExecutionRecord,
     attempted_mutations,
@@ -221,11 +223,36 @@ async def _salvage(ex: Execution, conn: psycopg.AsyncConnection[Any]) -> list[di
             return mutations
         if state == pq.TransactionStatus.INTRANS:
             mutations = await attempted_mutations(conn, ex.request_id)
+            if not mutations and ex.statements and await _wal_mode(conn):
+                mutations = _statement_summaries(ex)
     with contextlib.suppress(psycopg.Error):
         await conn.rollback()
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         await conn.close()  # unusable: the pool will replace it
     return mutations
+
+
+async def _wal_mode(conn: psycopg.AsyncConnection[Any]) -> bool:
+    row = await (await conn.execute(load("execution").capture_mode)).fetchone()
+    return bool(row and row[0] == "wal")
+
+
+def _statement_summaries(ex: Execution) -> list[dict[str, Any]]:
+    """With WAL capture a rolled-back transaction never reaches the decoder, and no trigger
+    saw its rows: what is left to store is each writing statement — its table, its verb,
+    how many rows — keyed ``{"rows": n}`` instead of a primary key, without row images."""
+    now = dt.datetime.now(dt.UTC)
+    out = []
+    for span_id, rowcount, tables, verb in ex.statements:
+        schema, _, table = (tables[0] if tables else "?").rpartition(".")
+        op = verb.upper() if verb.upper() in ("INSERT", "UPDATE", "DELETE", "TRUNCATE") \
+            else "UPDATE"
+        out.append({"record_id": None, "table_oid": None, "table_schema": schema or "public",
+                    "table_name": table, "pk": {"rows": rowcount}, "op": op, "old": None,
+                    "new": None, "changed_cols": [], "request_id": ex.request_id,
+                    "span_id": span_id, "actor": None, "application_name": None,
+                    "txid": None, "committed_at": now})
+    return out
 
 
 async def _discard(ex: Execution) -> None:

@@ -65,3 +65,6 @@ RETURNING id;
 -- name: existing_job
 SELECT id FROM flux.jobs WHERE function = %(function)s AND idempotency_key = %(idempotency_key)s;
 
+
+-- name: capture_mode
+SELECT coalesce(flux.setting('capture'), 'trigger');
