@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from cli import bisect, db, incident, inspect, record, serve, testgen
+from cli import bisect, check, db, incident, inspect, record, serve, testgen
 from cli import queue as queue_cli  # flux queue …, flux worker
 from cli._output import print_error
 from flux import FluxError
@@ -38,6 +38,7 @@ app.add_typer(testgen.app, name="test")
 app.command(help=inspect.TRACE_HELP)(inspect.trace)
 app.add_typer(queue_cli.app, name="queue")
 app.command()(queue_cli.worker)
+app.command(help=check.CHECK_HELP)(check.check)
 
 
 def main() -> None:
