@@ -25,6 +25,8 @@ def check(paths: list[Path] = typer.Argument(
               help="Files or directories (default: the project's functions/)."),
           as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")
           ) -> None:
+    """Print each finding with the ctx call to use, or the findings as JSON; exit with the
+    result's code (its help is CHECK_HELP)."""
     from flux._check import check_paths
 
     result = check_paths(paths or [])

@@ -214,6 +214,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class CheckResult:
+    """Every finding of a check, in file order, and how many files were read."""
+
     findings: tuple[Finding, ...]
     files_checked: int
 
