@@ -8,9 +8,9 @@ import sys
 
 import typer
 
-from cli import bisect, capture, db, incident, inspect, record, serve, testgen
+from cli import bisect, capture, check, db, incident, inspect, record, serve, testgen
 from cli import queue as queue_cli  # flux queue …, flux worker
-from cli._output import print_error
+from cli._output import out, print_error
 from flux import FluxError
 
 app = typer.Typer(
@@ -21,6 +21,34 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"flux {installed_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version,
+                                          is_eager=True, help="Print the version and exit.")
+             ) -> None:
+    pass
+
+
+def installed_version() -> str:
+    """The installed distribution's version; the package's own when it is run from a source
+    tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("flux-runtime")
+    except PackageNotFoundError:
+        from flux import __version__
+
+        return __version__
+
+
 app.add_typer(db.app, name="db")
 app.command()(serve.init)
 app.command()(serve.dev)
@@ -39,6 +67,7 @@ app.command(help=inspect.TRACE_HELP)(inspect.trace)
 app.add_typer(queue_cli.app, name="queue")
 app.command()(queue_cli.worker)
 app.add_typer(capture.app, name="capture")
+app.command(help=check.CHECK_HELP)(check.check)
 
 
 def main() -> None:
