@@ -632,6 +632,51 @@ INSERT INTO flux.migrations (version, name, checksum) VALUES (7, 'span_from_stat
 --   prefix 'flux.switch' — emitted by the transaction that switches the capture mode, so
 --                          the consumer knows exactly which transactions triggers captured.
 
+-- Dropping a trigger only if it is there: DROP TRIGGER IF EXISTS would greet whoever ran
+-- CREATE TABLE in psql with a NOTICE per missing trigger.
+CREATE FUNCTION flux.drop_trigger_quietly(rel regclass, name text) RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel AND tgname = name) THEN
+        EXECUTE format('DROP TRIGGER %I ON %s', name, rel);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION flux.uninstall_capture(rel regclass) RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM flux.drop_trigger_quietly(rel, 'flux_capture_ins_del');
+    PERFORM flux.drop_trigger_quietly(rel, 'flux_capture_upd');
+    PERFORM flux.drop_trigger_quietly(rel, 'flux_capture_truncate');
+END
+$$;
+
+-- As in 0002, without the notices; still idempotent (re-running picks up a changed key).
+CREATE OR REPLACE FUNCTION flux.install_capture(rel regclass) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    pk_args text := (
+        SELECT coalesce(string_agg(quote_literal(c), ', '), '')
+        FROM unnest(flux.primary_key_columns(rel)) AS c);
+BEGIN
+    IF (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = rel) = 'flux' THEN
+        RAISE EXCEPTION 'flux does not capture its own tables (%)', rel;
+    END IF;
+    PERFORM flux.uninstall_capture(rel);
+    EXECUTE format(
+        'CREATE TRIGGER flux_capture_ins_del AFTER INSERT OR DELETE ON %s '
+        'FOR EACH ROW EXECUTE FUNCTION flux.capture_row(%s)', rel, pk_args);
+    EXECUTE format(
+        'CREATE TRIGGER flux_capture_upd AFTER UPDATE ON %s FOR EACH ROW '
+        'WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION flux.capture_row(%s)',
+        rel, pk_args);
+    EXECUTE format(
+        'CREATE TRIGGER flux_capture_truncate AFTER TRUNCATE ON %s '
+        'FOR EACH STATEMENT EXECUTE FUNCTION flux.capture_truncate()', rel);
+END
+$$;
+
 -- The consumer's bookkeeping: one row per slot.
 CREATE TABLE flux.capture_state (
     slot            text PRIMARY KEY,
@@ -665,7 +710,7 @@ BEGIN
         RAISE EXCEPTION 'flux does not capture its own tables (%)', rel;
     END IF;
     PERFORM flux.uninstall_capture(rel);
-    EXECUTE format('DROP TRIGGER IF EXISTS flux_wal_actor ON %s', rel);
+    PERFORM flux.drop_trigger_quietly(rel, 'flux_wal_actor');
     -- Only for sessions that are not a Flux execution: the WHEN costs Flux's writes one
     -- current_setting() per statement and no PL/pgSQL.
     EXECUTE format(
@@ -686,7 +731,7 @@ $$;
 CREATE FUNCTION flux.uninstall_wal_capture(rel regclass) RETURNS void
     LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS flux_wal_actor ON %s', rel);
+    PERFORM flux.drop_trigger_quietly(rel, 'flux_wal_actor');
     IF EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                WHERE p.pubname = 'flux_capture' AND pr.prrelid = rel) THEN
         EXECUTE format('ALTER PUBLICATION flux_capture DROP TABLE %s', rel);
@@ -797,4 +842,4 @@ BEGIN
     END IF;
 END
 $$;
-INSERT INTO flux.migrations (version, name, checksum) VALUES (8, 'wal_capture', '63f52612700cab20540041b216ab65e185ba7cd704cf65c7862f41c001b442ab');
+INSERT INTO flux.migrations (version, name, checksum) VALUES (8, 'wal_capture', '3c42f232d77b7a71e08003d78b438171449c0d67fa89b465c068b78f342c73f8');
