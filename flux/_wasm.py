@@ -28,7 +28,6 @@ import contextvars
 import functools
 import hashlib
 import math
-import re
 import threading
 import time
 import tomllib
@@ -51,6 +50,7 @@ from flux._wasm_host import (
     unpack,
     write,
 )
+from flux._wasm_source import SourceMap, source_map
 
 if TYPE_CHECKING:
     from flux._context import Context
@@ -71,7 +71,7 @@ class Compiled:
 
     digest: str
     pre: wasmtime.InstancePre
-    func_lines: dict[int, int]  # function index → line of its definition (.wat only)
+    source: SourceMap  # function lines (.wat), local declaration sizes
 
 
 class WasmEngine:
@@ -101,8 +101,13 @@ class WasmEngine:
             if (hit := self._cache.get(digest)) is not None:
                 self._cache.move_to_end(digest)
                 return hit
+        text = None
         try:
-            binary = wasmtime.wat2wasm(data.decode("utf-8")) if path.suffix == ".wat" else data
+            if path.suffix == ".wat":
+                text = data.decode("utf-8")
+                binary = bytes(wasmtime.wat2wasm(text))
+            else:
+                binary = data
             module = wasmtime.Module(self.engine, binary)
         except (wasmtime.WasmtimeError, UnicodeDecodeError) as exc:
             raise WasmError(f"does not compile: {_first_line(exc)}") from exc
@@ -111,8 +116,7 @@ class WasmEngine:
             pre = self.linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:
             raise WasmError(f"cannot be linked: {_first_line(exc)}") from exc
-        lines = func_lines(data.decode("utf-8"), module) if path.suffix == ".wat" else {}
-        compiled = Compiled(digest, pre, lines)
+        compiled = Compiled(digest, pre, source_map(binary, text))
         with self._lock:
             self._cache[digest] = compiled
             while len(self._cache) > CACHE_SIZE:
@@ -161,25 +165,6 @@ def check_abi(module: wasmtime.Module) -> None:
         if imp.module != "flux" or imp.name not in SIGNATURES:
             raise WasmError(f"imports {imp.module}.{imp.name}; a Flux function may import "
                             f"only flux.{{{','.join(SIGNATURES)}}}")
-
-
-_FUNC = re.compile(r"\(\s*func\b")
-
-
-def func_lines(text: str, module: wasmtime.Module) -> dict[int, int]:
-    """Function index → line of its ``(func`` in a .wat text (imported functions come
-    first in the index space), so a trap can name a line as well as an offset."""
-    imported = sum(isinstance(i.type, wasmtime.FuncType) for i in module.imports)
-    lines: dict[int, int] = {}
-    index = imported
-    for number, line in enumerate(text.splitlines(), 1):
-        code = line.split(";;", 1)[0]
-        if "(import" in code or "(type" in code:
-            continue
-        for _ in _FUNC.finditer(code):
-            lines[index] = number
-            index += 1
-    return lines
 
 
 def read_options(path: Path) -> dict[str, Any]:
@@ -294,7 +279,7 @@ class WasmFunction:
         except (wasmtime.Trap, wasmtime.WasmtimeError, WasmError) as exc:
             raise self._failure(call, exc, file) from None
         if call.failure is not None:  # a host import failed and the guest returned anyway
-            raise self._located(call.failure, None, file)
+            raise self._located(call.failure, None, file, from_host=True)
         try:
             return orjson.loads(output) if output else None
         except orjson.JSONDecodeError as exc:
@@ -307,12 +292,12 @@ class WasmFunction:
         failed, ctx.error), a timeout, the memory cap, or the trap itself."""
         trap = exc if isinstance(exc, wasmtime.Trap) else None
         if call.failure is not None:
-            return self._located(call.failure, trap, file)
+            return self._located(call.failure, trap, file, from_host=True)
         if trap is not None and trap.trap_code == wasmtime.TrapCode.INTERRUPT:
             from flux._executor import FunctionTimeout  # the executor imports the loader
 
             return self._located(FunctionTimeout(self.spec), trap, file)
-        where = _where(wasm_frames(trap, self.compiled.func_lines))
+        where = _where(wasm_frames(trap, self.compiled.source.lines))
         reason = _reason(trap) if trap is not None else _first_line(exc)
         size = call.memory.data_len(call.store)
         if size + PAGE > self.memory_cap:
@@ -337,13 +322,19 @@ class WasmFunction:
             error = WasmError(f"{self.name} could not be instantiated: {text}")
         return self._located(error, None, file)
 
-    def _located(self, exc: BaseException, trap: wasmtime.Trap | None,
-                 file: str) -> BaseException:
+    def _located(self, exc: BaseException, trap: wasmtime.Trap | None, file: str, *,
+                 from_host: bool = False) -> BaseException:
         """Say on the exception where in the module it happened, for the record."""
-        frames = wasm_frames(trap, self.compiled.func_lines)
+        frames = wasm_frames(trap, self.compiled.source.lines)
+        if from_host and len(frames) > 1 and \
+                frames[0]["func_offset"] < self.compiled.source.prologue.get(frames[0]["index"], 1):
+            # A failed import stops the guest at its next epoch check. When that is the
+            # entry of a function, that function did not make the call: its caller did.
+            frames = frames[1:]
         top = frames[0] if frames else None
-        exc.flux_site = CallSite(file, top["line"] if top else 0,  # type: ignore[attr-defined]
-                                 top["function"] if top else self.name)
+        exc.flux_site = CallSite(  # type: ignore[attr-defined]
+            file, top["line"] if top else self.compiled.source.handle_line,
+            top["function"] if top else "handle")
         exc.flux_wasm = {  # type: ignore[attr-defined]
             "module": file, "frames": frames,
             "trap": _reason(trap) if trap is not None else None,
