@@ -206,7 +206,8 @@ def load_module(path: Path) -> FunctionSpec:
     handler.spec = FunctionSpec(
         name=name, route=str(options.get("route", name)).strip("/"), handler=handler,
         is_async=True, timeout=float(timeout), retries=retries,
-        cron=None if cron is None else str(cron), file=str(path), line=0, runtime="wasm")
+        cron=None if cron is None else str(cron), file=str(path),
+        line=compiled.source.handle_line, runtime="wasm")
     return handler.spec
 
 

@@ -72,7 +72,7 @@ def test_load_all_serves_python_and_wasm_side_by_side(tmp_path: Path) -> None:
     errors = load_all(functions, registry)
     assert sorted(registry.by_name) == ["divide", "echo", "hi", "spin"]
     assert {s.runtime for s in registry.by_name.values()} == {"python", "wasm"}
-    assert registry.by_name["spin"].timeout == 1.0
+    assert registry.by_name["spin"].timeout == 3.0
     assert [e.file.name for e in errors] == ["echo.wat"] or \
         [e.file.name for e in errors] == ["echo.wasm"]
 

@@ -174,16 +174,16 @@ async def test_runaway_loop_times_out_while_other_requests_are_served(wasm_shop:
         [shop.post("quote", {"user_id": user_id, "amount_cents": 100 + i}) for i in range(12)]
         + [shop.post("echo", {"i": i}) for i in range(6)]
         + [shop.post("signup", {"email": f"u{i}@example.com"}) for i in range(6)]))
-    served_during = time.monotonic() - started
+    # All answered while the loops still spin (each burns a core until its 3 s timeout).
+    assert not any(spin.done() for spin in spins)
     assert [status for status, _, _ in others] == [200] * len(others)
-    assert served_during < 1.0  # all answered while the loops were still spinning
     for status, body, rid in await asyncio.gather(*spins):
         assert status == 504 and body["error"]["code"] == "timeout"
         record = shop.record(rid)
         assert record["status"] == "error" and record["http_status"] == 504
         assert record["error"]["type"] == "FunctionTimeout"
         assert "spin" in record["error"]["message"]
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 8
     status, body, _ = await shop.post("echo", {"after": True})  # the threads came back
     assert status == 200 and body == {"echo": {"after": True}}
 

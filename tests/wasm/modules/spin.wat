@@ -1,4 +1,4 @@
-;; A runaway guest: handle never returns. spin.toml gives it a 1 s timeout.
+;; A runaway guest: handle never returns. spin.toml gives it a 3 s timeout.
 (module
   (memory (export "memory") 1)
   (func (export "alloc") (param i32) (result i32) (i32.const 1024))
