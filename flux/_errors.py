@@ -13,7 +13,10 @@
     │   ├── HttpConnectionError   http_connection   could not connect / connection dropped
     │   └── HttpStatusError       http_status       raise_for_status() on a 4xx/5xx answer
     ├── Overloaded                overloaded  the runtime sheds load (pool exhausted, queue full)
-    └── ResumeRefused             resume_refused  a resume that would be unsafe or is a repeat
+    ├── ResumeRefused             resume_refused  a resume that would be unsafe or is a repeat
+    └── WasmError                 wasm        a WebAssembly function broke the ABI or its limits
+        ├── WasmTrap              wasm_trap     the guest trapped (unreachable, out of bounds…)
+        └── WasmMemoryLimit       wasm_memory   the guest needed more memory than its cap
 
 Each class carries a stable machine ``code`` that ``--json`` output and the admin API report.
 The CLI turns any FluxError into its message on one line and a non-zero exit; only a bug
@@ -119,3 +122,24 @@ class ResumeRefused(FluxError):
                  details: dict[str, object] | None = None) -> None:
         super().__init__(message, hint=hint)
         self.details = details or {}
+
+
+class WasmError(FluxError):
+    """A WebAssembly function failed in a way only Wasm can: a module that breaks the ABI
+    (missing export, bad pointer, output that is not JSON), or an instance that could not
+    be made. ``site`` and ``stack`` say where in the module, for the record."""
+
+    code = "wasm"
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 details: dict[str, object] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.details = details or {}
+
+
+class WasmTrap(WasmError):
+    code = "wasm_trap"
+
+
+class WasmMemoryLimit(WasmError):
+    code = "wasm_memory"

@@ -1,6 +1,7 @@
-"""Loading the functions of a project from ``functions/*.py``, and reloading one on change.
+"""Loading the functions of a project from ``functions/``, and reloading one on change.
 
-Each module holds one ``@function`` handler. A module that fails to import does not stop
+Each Python module holds one ``@function`` handler; each ``.wasm`` or ``.wat`` module is one
+function named after its file (flux/_wasm.py). A module that fails to load does not stop
 the others: its error is reported with file and line, and the previous version (if any)
 keeps serving until the file is fixed.
 """
@@ -18,6 +19,8 @@ from types import ModuleType
 from flux._function import FunctionSpec, spec_of
 
 MODULE_PREFIX = "flux_fn"
+WASM_SUFFIXES = (".wasm", ".wat")
+SUFFIXES = (".py", *WASM_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class Loaded:
 def load_file(path: Path) -> Loaded:
     """Import (or re-import) one module and find its single @function handler."""
     started = time.perf_counter()
+    if path.suffix in WASM_SUFFIXES:
+        return _load_wasm(path, started)
     name = f"{MODULE_PREFIX}_{path.stem}"
     try:
         module = _import(name, path)
@@ -89,8 +94,8 @@ def load_all(functions_dir: Path, registry: Registry) -> list[LoadError]:
         sys.path.insert(0, str(functions_dir))  # so functions can import their helpers
     errors = []
     seen: dict[str, Path] = {}
-    for path in sorted(functions_dir.glob("*.py")):
-        if path.name.startswith("_"):
+    for path in sorted(functions_dir.iterdir() if functions_dir.is_dir() else ()):
+        if path.suffix not in SUFFIXES or path.name.startswith(("_", ".")):
             continue
         loaded = load_file(path)
         if loaded.error:
@@ -103,6 +108,33 @@ def load_all(functions_dir: Path, registry: Registry) -> list[LoadError]:
             seen[loaded.spec.route] = path
             registry.put(path, loaded.spec)
     return errors
+
+
+def function_file(changed: Path) -> Path | None:
+    """The function file to reload when ``changed`` changed: itself for a module, the
+    module beside it for a Wasm function's sidecar ``<name>.toml``; None otherwise."""
+    if changed.name.startswith(("_", ".")):
+        return None
+    if changed.suffix in SUFFIXES:
+        return changed
+    if changed.suffix == ".toml":
+        for suffix in WASM_SUFFIXES:
+            if (module := changed.with_suffix(suffix)).exists():
+                return module
+    return None
+
+
+def _load_wasm(path: Path, started: float) -> Loaded:
+    from flux._errors import FluxError
+    from flux._wasm import load_module  # wasmtime, only for projects with Wasm functions
+
+    try:
+        spec = load_module(path)
+    except FluxError as exc:
+        return _failed(path, exc.message, started)
+    except OSError as exc:
+        return _failed(path, f"cannot read {path.name}: {exc.strerror}", started)
+    return Loaded(spec=spec, error=None, millis=(time.perf_counter() - started) * 1000)
 
 
 def _import(name: str, path: Path) -> ModuleType:

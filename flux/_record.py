@@ -18,7 +18,13 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from flux._ctx_db import db_error
-from flux._errors import FunctionError, HttpError, HttpStatusError, Overloaded
+from flux._errors import (
+    FunctionError,
+    HttpError,
+    HttpStatusError,
+    Overloaded,
+    WasmError,
+)
 from flux._queries import load
 from flux._recorder import Recorder
 
@@ -101,7 +107,8 @@ def failure_signature(record: ExecutionRecord) -> dict[str, Any] | None:
 def describe_error(exc: BaseException, recorder: Recorder, scrub: Any) -> dict[str, Any]:
     """The structured error of a failed execution: type, message, codes, the user's
     file:line, the failing span and a scrubbed stack."""
-    site = recorder.site_of_traceback(exc.__traceback__)
+    # Code without Python frames (a Wasm guest) says where it failed on the exception.
+    site = getattr(exc, "flux_site", None) or recorder.site_of_traceback(exc.__traceback__)
     error: dict[str, Any] = {
         "type": type(exc).__name__,
         "message": scrub(str(exc) or type(exc).__name__),
@@ -117,12 +124,18 @@ def describe_error(exc: BaseException, recorder: Recorder, scrub: Any) -> dict[s
         error.update({k: v for k, v in db_error(exc).items() if k not in ("type", "message")})
         if error.get("detail"):
             error["detail"] = scrub(error["detail"])
-    elif isinstance(exc, Overloaded):
+    elif isinstance(exc, Overloaded | WasmError):
         error["code"] = exc.code
     failing = [s for s in recorder.spans if s.status == "error"
                and s.kind not in ("gateway", "function")]
     if failing:
         error["span_id"] = failing[-1].id
+    wasm = getattr(exc, "flux_wasm", None)
+    if wasm:
+        error["wasm"] = wasm  # the guest's frames: function names and offsets
+        error["stack"] = [{"file": site.file, "line": site.line, "function": f["function"],
+                           "code": f"offset {f['offset']:#x}"} for f in wasm["frames"]][:20]
+        return error
     error["stack"] = [
         {"file": recorder.relative(f.filename), "line": f.lineno, "function": f.name,
          "code": scrub(f.line or "")}

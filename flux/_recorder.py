@@ -23,6 +23,8 @@ from typing import Any
 _FLUX_DIR = str(Path(__file__).resolve().parent)
 _current_span: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "flux_current_span", default=None)
+_site_override: contextvars.ContextVar[CallSite | None] = contextvars.ContextVar(
+    "flux_site_override", default=None)
 
 
 @dataclass
@@ -139,9 +141,22 @@ class Recorder:
 
     # -- call sites ----------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def calls_from(self, site: CallSite) -> Iterator[None]:
+        """Attribute the ctx calls made inside to ``site``. A Wasm guest calling its host
+        imports has no Python frame in ``functions/`` for ``call_site`` to find."""
+        token = _site_override.set(site)
+        try:
+            yield
+        finally:
+            _site_override.reset(token)
+
     def call_site(self, depth: int = 1) -> CallSite:
         """The user's line that made the current ctx call: the innermost frame in
         ``functions/``, else the innermost frame outside Flux itself."""
+        override = _site_override.get()
+        if override is not None:
+            return override
         frame: FrameType | None = sys._getframe(depth)
         fallback: FrameType | None = None
         while frame is not None:

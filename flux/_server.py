@@ -22,7 +22,7 @@ from aiohttp import web
 from flux._database import Target, resolve
 from flux._errors import ConfigError, FluxError
 from flux._gateway import Observer, make_app
-from flux._loader import LoadError
+from flux._loader import LoadError, function_file
 from flux._migrate import migrate
 from flux._project import Project
 from flux._runtime import LogEcho, Runtime
@@ -122,18 +122,20 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
 
 
 async def _watch(runtime: Runtime, events: ServeEvents, stop: asyncio.Event) -> None:
-    """Reload a function module when its file changes."""
+    """Reload a function when its file (or a Wasm function's sidecar .toml) changes."""
     from watchfiles import Change, awatch
 
     directory = runtime.functions_dir
     if not directory.is_dir():
         return
     async for changes in awatch(directory, stop_event=stop, debounce=50, step=20):
+        reloaded: set[Path] = set()
         for change, name in sorted(changes, key=lambda c: c[1]):
-            path = Path(name)
-            if path.suffix != ".py" or path.name.startswith((".", "_")):
-                continue
-            if change == Change.deleted:
+            path = function_file(Path(name))
+            if path is None or path in reloaded:
+                continue  # not a function, or already reloaded (a module and its sidecar)
+            reloaded.add(path)
+            if change == Change.deleted and path == Path(name):
                 dropped = runtime.registry.drop(path)
                 events.reloaded(dropped, 0.0, None, path)
                 continue

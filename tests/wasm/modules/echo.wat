@@ -1,0 +1,18 @@
+;; The smallest Flux function: answers {"echo": <its input>}.
+(module
+  (memory (export "memory") 1)
+  (global $top (mut i32) (i32.const 1024))
+  (data (i32.const 16) "{\"echo\":")
+  (func $alloc (export "alloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $top))
+    (global.set $top (i32.add (local.get $p) (local.get $n)))
+    (local.get $p))
+  (func (export "handle") (param $in i32) (param $len i32) (result i64)
+    (local $out i32)
+    (local.set $out (call $alloc (i32.add (local.get $len) (i32.const 9))))
+    (memory.copy (local.get $out) (i32.const 16) (i32.const 8))
+    (memory.copy (i32.add (local.get $out) (i32.const 8)) (local.get $in) (local.get $len))
+    (i32.store8 (i32.add (local.get $out) (i32.add (local.get $len) (i32.const 8))) (i32.const 125))
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $out)) (i64.const 32))
+            (i64.extend_i32_u (i32.add (local.get $len) (i32.const 9))))))
