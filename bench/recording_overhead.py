@@ -31,14 +31,11 @@ import asyncio
 import contextlib
 import cProfile
 import json
-import math
 import signal
 import statistics
 import sys
-import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -47,6 +44,7 @@ import aiohttp
 import psutil
 import psycopg
 from _children import Child, scratch_dir, spawn, stop
+from _load import Round, closed_loop, cpu_seconds, percentile_ms
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
@@ -223,38 +221,6 @@ def _count(conninfo: str, query: str) -> int:
 
 # -- the load -----------------------------------------------------------------------------
 
-@dataclass
-class Round:
-    side: str
-    elapsed: float
-    latencies: list[float] = field(default_factory=list)  # seconds, 200s only
-    statuses: Counter[int] = field(default_factory=Counter)
-    failures: int = 0  # no HTTP answer at all
-    sample: str = ""  # the first bad answer or error, to show
-    app_cpu: float = 0.0  # CPU seconds the side's server process used in the round
-    db_cpu: float = 0.0  # CPU seconds all PostgreSQL processes used in the round
-
-    @property
-    def ok(self) -> int:
-        return len(self.latencies)
-
-    @property
-    def answered(self) -> int:
-        return sum(self.statuses.values())
-
-    @property
-    def bad(self) -> int:
-        return self.answered - self.ok + self.failures
-
-    @property
-    def throughput(self) -> float:
-        return self.ok / self.elapsed if self.elapsed > 0 else 0.0
-
-    def per_request(self, seconds: float) -> float:
-        """CPU milliseconds per 200 answer."""
-        return seconds / self.ok * 1000 if self.ok else math.nan
-
-
 class CpuMeter:
     """CPU time used so far by each server process and by PostgreSQL, so a round can say
     what one request cost on each side — steadier than throughput on a busy machine."""
@@ -264,12 +230,12 @@ class CpuMeter:
         self.postmaster = psutil.Process(postmaster)
 
     def sample(self) -> tuple[dict[str, float], dict[int, float]]:
-        apps = {side: _cpu(process) for side, process in self.servers.items()}
+        apps = {side: cpu_seconds(process) for side, process in self.servers.items()}
         db: dict[int, float] = {}
         with contextlib.suppress(psutil.Error):
             for process in (self.postmaster, *self.postmaster.children(recursive=True)):
                 with contextlib.suppress(psutil.Error):
-                    db[process.pid] = _cpu(process)
+                    db[process.pid] = cpu_seconds(process)
         return apps, db
 
     @staticmethod
@@ -280,46 +246,6 @@ class CpuMeter:
         result.db_cpu = sum(t - before[1].get(pid, 0.0) for pid, t in after[1].items())
 
 
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
-
-
-async def _load(session: aiohttp.ClientSession, side: str, url: str, concurrency: int,
-                seconds: float) -> Round:
-    """``concurrency`` clients, each sending its next request as soon as it has an answer,
-    until ``seconds`` have passed; requests in flight then are finished and counted."""
-    result = Round(side, 0.0)
-    headers = {"Content-Type": "application/json"}
-    start = time.perf_counter()
-    deadline = start + seconds
-
-    async def client() -> None:
-        while time.perf_counter() < deadline:
-            sent = time.perf_counter()
-            try:
-                async with session.post(url, data=REQUEST_BODY, headers=headers) as response:
-                    body = await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                result.failures += 1
-                result.sample = result.sample or f"{type(exc).__name__}: {exc}"
-                if result.failures > 100:
-                    raise RuntimeError(f"{side}: the server stopped answering "
-                                       f"({result.sample})") from exc
-                await asyncio.sleep(0.01)
-                continue
-            result.statuses[status] += 1
-            if status == 200:
-                result.latencies.append(time.perf_counter() - sent)
-            elif not result.sample:
-                result.sample = f"{status}: {body[:300].decode('utf-8', 'replace')}"
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    result.elapsed = time.perf_counter() - start
-    return result
-
-
 async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
                  ) -> tuple[list[Round], dict[str, Round]]:
     connector = aiohttp.TCPConnector(limit=0)
@@ -328,13 +254,14 @@ async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
     rounds: list[Round] = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         for side in ("plain", "recorded"):
-            warmups[side] = await _load(session, side, urls[side], args.concurrency,
-                                        args.warmup)
+            warmups[side] = await closed_loop(session, side, urls[side], REQUEST_BODY,
+                                              args.concurrency, args.warmup)
             _progress(f"warm-up   {_round_line(warmups[side])}")
         for number in range(1, args.rounds + 1):
             for side in ("plain", "recorded"):
                 before = meter.sample()
-                result = await _load(session, side, urls[side], args.concurrency, args.seconds)
+                result = await closed_loop(session, side, urls[side], REQUEST_BODY,
+                                           args.concurrency, args.seconds)
                 meter.charge(result, before, meter.sample())
                 rounds.append(result)
                 _progress(f"round {number:<3} {_round_line(result)}")
@@ -343,18 +270,10 @@ async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
 
 # -- the report ---------------------------------------------------------------------------
 
-def _percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile, in milliseconds."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
-
-
 def _round_line(r: Round) -> str:
     line = (f"{r.side:<9} {r.ok:>6} req {r.throughput:>7.1f} req/s  "
-            f"p50 {_percentile(r.latencies, 0.50):>5.1f} ms  "
-            f"p99 {_percentile(r.latencies, 0.99):>5.1f} ms  non-200 {r.bad}")
+            f"p50 {percentile_ms(r.latencies, 0.50):>5.1f} ms  "
+            f"p99 {percentile_ms(r.latencies, 0.99):>5.1f} ms  non-200 {r.bad}")
     if r.app_cpu:
         line += (f"  cpu/req app {r.per_request(r.app_cpu):.2f} ms"
                  f" db {r.per_request(r.db_cpu):.2f} ms")
@@ -383,7 +302,7 @@ def _summarise(name: str, rounds: list[Round]) -> Side:
     latencies = [t for r in mine for t in r.latencies]
     return Side(name=name, requests=sum(r.ok for r in mine),
                 throughput=statistics.median(r.throughput for r in mine),
-                p50=_percentile(latencies, 0.50), p99=_percentile(latencies, 0.99),
+                p50=percentile_ms(latencies, 0.50), p99=percentile_ms(latencies, 0.99),
                 bad=sum(r.bad for r in mine),
                 sample=next((r.sample for r in mine if r.sample), ""),
                 app_cpu=statistics.median(r.per_request(r.app_cpu) for r in mine),

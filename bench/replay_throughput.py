@@ -59,6 +59,7 @@ import aiohttp
 import psutil
 import psycopg
 from _children import Child, scratch_dir, spawn, stop
+from _load import cpu_seconds
 from aiohttp import web
 
 from flux._database import ensure_database
@@ -174,18 +175,13 @@ class CpuMeter:
         db = times.user + times.system + times.children_user + times.children_system
         for process in self.postmaster.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                db += _cpu(process)
-        return _cpu(app), db
+                db += cpu_seconds(process)
+        return cpu_seconds(app), db
 
     @staticmethod
     def used(before: tuple[float, float], after: tuple[float, float]) -> tuple[float, float]:
         """(app, db) CPU seconds between two samples."""
         return after[0] - before[0], after[1] - before[1]
-
-
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
 
 
 # -- the original traffic --------------------------------------------------------------------

@@ -25,13 +25,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import signal
 import statistics
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,7 @@ import aiohttp
 import psutil
 import psycopg
 from _children import Child, scratch_dir, spawn, stop
+from _load import Round, closed_loop, cpu_seconds, percentile_ms
 from aiohttp import web
 
 from flux._database import ensure_database
@@ -56,6 +54,7 @@ SIDES = {"python": "quote_py", "wasm": "quote"}  # side → route
 DATABASE = "bench_wasm"
 POOL_SIZE = 20
 REQUEST = {"user_id": 1, "amount_cents": 2000}
+BODY = json.dumps(REQUEST).encode()
 
 SCHEMA_SQL = """\
 CREATE TABLE users (
@@ -139,53 +138,6 @@ def _count(conninfo: str, query: str) -> int:
 
 # -- the load -------------------------------------------------------------------------------
 
-@dataclass
-class Round:
-    side: str
-    elapsed: float = 0.0
-    latencies: list[float] = field(default_factory=list)  # seconds, 200s only
-    bad: int = 0
-    sample: str = ""
-    cpu: float = 0.0  # CPU seconds of the side's server process in the round
-
-    @property
-    def throughput(self) -> float:
-        return len(self.latencies) / self.elapsed if self.elapsed > 0 else 0.0
-
-
-async def _load(session: aiohttp.ClientSession, side: str, url: str, concurrency: int,
-                seconds: float) -> Round:
-    """``concurrency`` clients, each sending its next request when it has an answer."""
-    result = Round(side)
-    body = json.dumps(REQUEST).encode()
-    start = time.perf_counter()
-    deadline = start + seconds
-
-    async def client() -> None:
-        while time.perf_counter() < deadline:
-            sent = time.perf_counter()
-            try:
-                async with session.post(url, data=body) as response:
-                    answer = await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                result.bad += 1
-                result.sample = result.sample or f"{type(exc).__name__}: {exc}"
-                if result.bad > 100:
-                    raise RuntimeError(f"{side}: the server stopped answering") from exc
-                await asyncio.sleep(0.01)
-                continue
-            if status == 200:
-                result.latencies.append(time.perf_counter() - sent)
-            else:
-                result.bad += 1
-                result.sample = result.sample or f"{status}: {answer[:300]!r}"
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    result.elapsed = time.perf_counter() - start
-    return result
-
-
 async def _same_answers(session: aiohttp.ClientSession, urls: dict[str, str]) -> str | None:
     """Both sides must compute the same quote (the clock and the number aside)."""
     answers = {}
@@ -207,37 +159,27 @@ async def _drive(urls: dict[str, str], pids: dict[str, int], args: argparse.Name
                                      timeout=timeout) as session:
         mismatch = await _same_answers(session, urls)
         for side in SIDES:
-            warmup = await _load(session, side, urls[side], args.concurrency, args.warmup)
+            warmup = await closed_loop(session, side, urls[side], BODY, args.concurrency,
+                                       args.warmup)
             warm += len(warmup.latencies) + warmup.bad
             print(f"warm-up   {_line(warmup)}", flush=True)
         for number in range(1, args.rounds + 1):
             for side in SIDES:
-                before = _cpu(processes[side])
-                result = await _load(session, side, urls[side], args.concurrency, args.seconds)
-                result.cpu = _cpu(processes[side]) - before
+                before = cpu_seconds(processes[side])
+                result = await closed_loop(session, side, urls[side], BODY, args.concurrency,
+                                           args.seconds)
+                result.app_cpu = cpu_seconds(processes[side]) - before
                 rounds.append(result)
                 print(f"round {number:<3} {_line(result)}", flush=True)
     return rounds, warm + 2, mismatch  # + the two answers compared
 
 
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
-
-
 def _line(r: Round) -> str:
     line = (f"{r.side:<7} {len(r.latencies):>6} req {r.throughput:>7.1f} req/s  "
-            f"p50 {_percentile(r.latencies, 0.5):>5.1f} ms  "
-            f"p99 {_percentile(r.latencies, 0.99):>5.1f} ms  non-200 {r.bad}")
-    if r.cpu and r.latencies:
-        line += f"  cpu/req {r.cpu / len(r.latencies) * 1000:.2f} ms"
+            f"p50 {percentile_ms(r.latencies, 0.5):>5.1f} ms  "
+            f"p99 {percentile_ms(r.latencies, 0.99):>5.1f} ms  non-200 {r.bad}")
+    if r.app_cpu and r.latencies:
+        line += f"  cpu/req {r.per_request(r.app_cpu):.2f} ms"
     return line
 
 
@@ -298,11 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         mine = [r for r in rounds if r.side == side]
         latencies = [t for r in mine for t in r.latencies]
         medians[side] = statistics.median(r.throughput for r in mine)
-        cpu = statistics.median(r.cpu / len(r.latencies) * 1000 if r.latencies else math.nan
+        cpu = statistics.median(r.per_request(r.app_cpu)
                                 for r in mine)
         bad += sum(r.bad for r in mine)
         print(f"{side:<7} {len(latencies):>9} {medians[side]:>9.1f} "
-              f"{_percentile(latencies, 0.5):>8.1f} {_percentile(latencies, 0.99):>8.1f} "
+              f"{percentile_ms(latencies, 0.5):>8.1f} {percentile_ms(latencies, 0.99):>8.1f} "
               f"{sum(r.bad for r in mine):>8} {cpu:>6.2f} ms")
         if sample := next((r.sample for r in mine if r.sample), ""):
             print(f"{side}: first bad answer: {sample}")
