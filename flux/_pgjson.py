@@ -190,7 +190,9 @@ def _parse_array(text: str, pos: int, delim: str) -> tuple[list[Any], int]:
             start = pos
             while text[pos] not in (delim, "}"):
                 pos += 1
-            raw = text[start:pos].strip()
+            # array_out quotes any element with PostgreSQL whitespace, so an unquoted
+            # element is taken verbatim (str.strip would also eat U+0085 and friends).
+            raw = text[start:pos]
             items.append(None if raw.upper() == "NULL" else raw)
         if text[pos] == delim:
             pos += 1

@@ -255,3 +255,13 @@ def test_composites_become_objects(catalog_conn: Any) -> None:
     mine = orjson.dumps(catalog.value(oid, text.encode())).decode()
     assert conn.execute("SELECT to_jsonb(ROW(10.50, 'a \"b\", c')::money_pair) = %s::jsonb",
                         [mine]).fetchone()[0], (text, mine)
+
+
+@pytest.mark.parametrize("element", ["\x85", "\u00a0", "\u2003x", "a\u3000", "\x1c"])
+def test_array_elements_keep_whitespace_that_postgres_does_not_quote(
+        catalog_conn: Any, element: str) -> None:
+    # Python calls these whitespace; array_out does not, so they arrive unquoted and must survive.
+    conn, catalog = catalog_conn
+    text, oid = conn.execute("SELECT format('%%s', v), pg_typeof(v)::oid "
+                             "FROM (SELECT %s::text[] AS v) AS x", [[element]]).fetchone()
+    assert catalog.value(oid, text.encode()) == [element]
