@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.rows import dict_row
 
+from flux._execution import begin_statement
 from flux._jsoncodec import encode
 from flux._queries import load
 from flux._recorder import CallSite
@@ -93,16 +94,24 @@ class Database:
                 raise psycopg.errors.InFailedSqlTransaction(
                     "current transaction is aborted: an earlier ctx.db statement of this "
                     f"execution failed ({ex.db_failed})")
-            conn = await ex.connection()
-            cur = conn.cursor(row_factory=dict_row)
+            conn = await ex.checkout()
+            first = not ex.begun
+            cur = (psycopg.AsyncClientCursor(conn, row_factory=dict_row) if first
+                   else conn.cursor(row_factory=dict_row))
             try:
                 # Plain round trips, not a pipeline: on loopback a round trip costs less
                 # than psycopg's pipeline machinery does in Python (measured in bench/).
-                if protect:
-                    # The previous statement's savepoint is released here, not after it.
-                    await conn.execute(q.savepoint_next if ex.savepoint_open else q.savepoint)
-                    ex.savepoint_open = True
-                await cur.execute(tagged(query, span_id), params)  # type: ignore[arg-type]
+                if first:
+                    # BEGIN, the request GUC and the first statement in one simple query
+                    # (psycopg binds the parameters client-side): a round trip saved.
+                    await _first_statement(ex, cur, conn, query, params, span_id)
+                else:
+                    if protect:
+                        # The previous statement's savepoint is released here, not after it.
+                        await conn.execute(q.savepoint_next if ex.savepoint_open
+                                           else q.savepoint)
+                        ex.savepoint_open = True
+                    await cur.execute(tagged(query, span_id), params)  # type: ignore[arg-type]
             except psycopg.Error as exc:
                 ex.db_failed = type(exc).__name__
                 if protect and not ex.broken(conn):
@@ -122,6 +131,23 @@ class Database:
             rows = await cur.fetchall() if cur.description else None
             columns = [c.name for c in cur.description] if cur.description else None
             return rows, cur.rowcount, columns
+
+
+async def _first_statement(ex: Execution, cur: psycopg.AsyncClientCursor[Any],
+                           conn: psycopg.AsyncConnection[Any], query: str, params: Params,
+                           span_id: str) -> None:
+    """Begin the execution's transaction with its first statement; leave ``cur`` on that
+    statement's result. If nothing was sent (say a parameter could not be adapted), the
+    transaction has not begun and the next statement begins it."""
+    try:
+        # The span comment goes first: the capture trigger reads it from the start of
+        # current_query(), which is this whole string (sql/0007).
+        await cur.execute(f"/*flux:{span_id}*/ ".encode()  # type: ignore[arg-type]
+                          + begin_statement(ex.request_id) + b"; " + query.encode(), params)
+    finally:
+        ex.begun = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+    while cur.nextset():
+        pass  # BEGIN and set_config come first; the caller reads the last result
 
 
 def tagged(query: str, span_id: str) -> str:

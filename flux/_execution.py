@@ -50,7 +50,8 @@ class ReplaySource(Protocol):
 
 def begin_statement(request_id: str) -> bytes:
     rid = uuid.UUID(request_id)  # only a real UUID ever reaches the SQL text
-    return load("execution").begin.replace("{request_id}", str(rid)).encode()
+    text = load("execution").begin.replace("{request_id}", str(rid))
+    return "\n".join(line for line in text.splitlines() if not line.startswith("--")).encode()
 
 
 class Execution:
@@ -64,6 +65,7 @@ class Execution:
         self.request_id = recorder.request_id
         self.replay = replay
         self.conn: AsyncConnection[Any] | None = None
+        self.begun = False  # BEGIN and the request GUC have been sent on ``conn``
         self.savepoint_open = False  # released lazily, before the next statement
         # [span id, row count, tables, verb] of each statement that wrote, in order
         self.statements: list[list[Any]] = []
@@ -85,25 +87,31 @@ class Execution:
     def idempotency_key(self, call_seq: int) -> str:
         return f"{self._idempotency_prefix}-{call_seq}"
 
-    async def connection(self) -> AsyncConnection[Any]:
-        """The execution's connection, taken from the pool on first use (its transaction
-        begins with the first statement)."""
+    async def checkout(self) -> AsyncConnection[Any]:
+        """The execution's connection, taken from the pool on first use; its transaction
+        may not have begun yet (``begun``)."""
         if self.conn is None:
             await self.runtime.ensure_pool()
             try:
-                conn = await self.runtime.pool.getconn(timeout=self.runtime.pool_timeout)
+                self.conn = await self.runtime.pool.getconn(timeout=self.runtime.pool_timeout)
             except PoolTimeout as exc:
                 raise Overloaded("every database connection is busy",
                                  hint="raise [database] pool_size or lower the load") from exc
+        return self.conn
+
+    async def connection(self) -> AsyncConnection[Any]:
+        """The execution's connection with its transaction begun."""
+        conn = await self.checkout()
+        if not self.begun:
             # The transaction and the request GUC the capture triggers read, in one round
             # trip (a simple query; the id is a UUID Flux made, so the literal is safe).
             try:
-                await conn.execute(begin_statement(self.request_id))
+                await conn.execute(begin_statement(self.request_id), prepare=False)
             except BaseException:
-                await self.runtime.pool.putconn(conn)
+                await self.release()
                 raise
-            self.conn = conn
-        return self.conn
+            self.begun = True
+        return conn
 
     def broken(self, conn: AsyncConnection[Any]) -> bool:
         return conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.UNKNOWN
@@ -114,6 +122,7 @@ class Execution:
     async def release(self) -> None:
         """Give the connection back to the pool (rolled back if anything is left open)."""
         conn, self.conn = self.conn, None
+        self.begun = False
         if conn is not None:
             await self.runtime.pool.putconn(conn)
 
