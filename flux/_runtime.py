@@ -20,6 +20,7 @@ from flux._redact import RedactionPolicy, load_policy
 
 if TYPE_CHECKING:
     from flux._context import Context
+    from flux._otel import Exporter
 
 DEFAULT_MAX_BODY = 1024 * 1024
 
@@ -51,6 +52,7 @@ class Runtime:
         self._pool: AsyncConnectionPool | None = None
         self.http_session: aiohttp.ClientSession
         self._pool_lock = asyncio.Lock()
+        self.otel: Exporter | None = None  # [otel] endpoint: spans sent over OTLP/HTTP
 
     async def start(self, *, open_pool: bool = True) -> list[LoadError]:
         """Open the pool and the HTTP session, load the functions; returns load errors.
@@ -61,6 +63,9 @@ class Runtime:
         self.http_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True))
         self.refresh_code_version()
+        from flux._otel import exporter_for
+
+        self.otel = exporter_for(self.project)
         return load_all(self.functions_dir, self.registry)
 
     @property
@@ -91,6 +96,9 @@ class Runtime:
             await self.http_session.close()
         if self._pool is not None and not self._pool.closed:
             await self._pool.close()
+        if self.otel is not None:
+            otel, self.otel = self.otel, None
+            await asyncio.to_thread(otel.shutdown)  # sends what is queued, in its thread
 
     def refresh_code_version(self) -> None:
         self.code_version = code_version(self.root)
@@ -113,6 +121,12 @@ class Runtime:
         async with self.pool.connection(timeout=self.pool_timeout) as conn, \
                 conn.transaction():
             await store(conn, record)
+
+    def export_spans(self, record: ExecutionRecord) -> None:
+        """Queue a stored record's spans for OTLP export (with ``[otel]`` configured); never
+        raises, never waits: the SDK's batch thread sends them."""
+        if self.otel is not None:
+            self.otel.export(record)
 
     def echo_log(self, ctx: Context, level: str, message: str, fields: dict[str, Any]) -> None:
         if self._echo is not None:
