@@ -32,7 +32,8 @@ class Runtime:
 
     def __init__(self, project: Project, conninfo: str | Callable[[], str], *,
                  pool_size: int = 20, pool_timeout: float = 10.0,
-                 echo: LogEcho | None = None, keeps_records: bool = True) -> None:
+                 echo: LogEcho | None = None, keeps_records: bool = True,
+                 exports_spans: bool = True) -> None:
         self.project = project
         self.root = project.root
         self.functions_dir = project.functions_dir
@@ -53,6 +54,7 @@ class Runtime:
         self.http_session: aiohttp.ClientSession
         self._pool_lock = asyncio.Lock()
         self.otel: Exporter | None = None  # [otel] endpoint: spans sent over OTLP/HTTP
+        self._exports_spans = exports_spans  # false where nothing is stored (dry runs)
 
     async def start(self, *, open_pool: bool = True) -> list[LoadError]:
         """Open the pool and the HTTP session, load the functions; returns load errors.
@@ -63,9 +65,10 @@ class Runtime:
         self.http_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True))
         self.refresh_code_version()
-        from flux._otel import exporter_for
+        if self._exports_spans:
+            from flux._otel import exporter_for
 
-        self.otel = exporter_for(self.project)
+            self.otel = exporter_for(self.project)
         return load_all(self.functions_dir, self.registry)
 
     @property
