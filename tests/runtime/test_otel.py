@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import json
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -369,3 +371,30 @@ async def test_flux_trace_prints_the_trace_id(traced: Shop) -> None:
     assert (facts["trace_id"], facts["caller_span_id"]) == (CALLER_TRACE, CALLER_SPAN)
     text = run_flux(["trace", rid[:18]], traced.root, env=env).stdout
     assert f"Trace id: {CALLER_TRACE}" in text and CALLER_SPAN in text
+
+
+async def test_flux_serve_sends_what_is_queued_when_it_stops(
+        db: str, provider: FakeProvider, receiver: Receiver, tmp_path: Path,
+        flux_process: Any) -> None:
+    root = copy_project(tmp_path / "shop", provider.url)
+    with_otel(root, receiver.url)
+    toml = root / "flux.toml"  # nothing is sent on a schedule: only the stop can send it
+    toml.write_text(toml.read_text().replace("schedule_delay_ms = 50",
+                                             "schedule_delay_ms = 600000"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve = flux_process(["serve", "--port", str(port), "--host", "127.0.0.1"], root,
+                         env={"DATABASE_URL": db, "SHOP_PAYMENTS_API_KEY": SECRET})
+    await asyncio.to_thread(serve.wait_for, "ready")
+    async with aiohttp.ClientSession() as client, client.post(
+            f"http://127.0.0.1:{port}/signup", json={"email": "s@example.com"},
+            headers={"traceparent": TRACEPARENT}) as response:
+        assert response.status == 200
+        rid = response.headers["x-flux-request-id"]
+    assert not receiver.of(rid)
+    serve.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(serve.wait, 30) == 0
+    got = receiver.of(rid)
+    assert got and {s["trace_id"] for s in got.values()} == {CALLER_TRACE}
+    assert "Traceback" not in serve.output()
