@@ -30,7 +30,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 
 from flux._errors import ConfigError
-from flux._otel import endpoint_of
+from flux._otel import endpoint_of, spans_of
 from flux._project import parse
 from flux._replay import replay
 from flux._tracecontext import span_id
@@ -198,6 +198,9 @@ async def test_spans_arrive_in_the_callers_trace_with_their_tree(
     assert http["attrs"]["url.full"] == f"{traced.provider.url}/v1/charges"
     assert http["attrs"]["http.response.status_code"] == 200
     assert all(s["status"] == PbStatus.STATUS_CODE_UNSET for s in got.values())
+    (name, fields), = function["events"]  # ctx.log.info, on the span it was logged in
+    assert name == "checkout done" and fields["log.level"] == "info"
+    assert fields["charge_id"] == body["charge_id"]
     assert SECRET not in repr(receiver.spans)  # the secret is scrubbed before export too
 
 
@@ -398,3 +401,22 @@ async def test_flux_serve_sends_what_is_queued_when_it_stops(
     got = receiver.of(rid)
     assert got and {s["trace_id"] for s in got.values()} == {CALLER_TRACE}
     assert "Traceback" not in serve.output()
+
+
+def test_spans_of_a_stored_record_keep_its_times_and_tree() -> None:
+    record = json.loads((REPO / "tests/tui/checkout_failed.json").read_text())["record"]
+    rid = record["request_id"]
+    spans = {d.attributes["flux.span.id"]: d for d in spans_of(record)}
+    assert list(spans) == [s["id"] for s in record["spans"]]
+    assert {d.trace_id for d in spans.values()} == {uuid.UUID(rid).hex}  # no caller: its own
+    started = 1768485900 * 10**9  # 2026-01-15T14:05:00Z, to the nanosecond
+    assert (spans["s3"].start_ns, spans["s3"].end_ns) == (started + 143_000,
+                                                          started + 1_683_000)
+    assert spans["s1"].parent_span_id is None and not spans["s1"].remote_parent
+    for s in record["spans"]:
+        if s["parent_id"]:
+            assert spans[s["id"]].parent_span_id == spans[s["parent_id"]].span_id
+    assert [k for k, d in spans.items() if d.error is not None] == ["s1", "s2", "s6"]
+    assert spans["s6"].error == "answered 429" and spans["s6"].kind == "client"
+    assert spans["s6"].attributes["http.response.status_code"] == 429
+    assert spans["s2"].events[-1][0] == "exception"
