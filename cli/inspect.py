@@ -193,6 +193,7 @@ def show_trace(request_id: str, as_json: bool) -> None:
     from flux._inspectdb import reader
     from flux._lookup import fetch_record, handoffs
     from flux._trace import stats, trace_json, tree, walk
+    from flux._tracecontext import of_record
 
     with reader(load()) as conn:
         record = fetch_record(conn, request_id)
@@ -229,6 +230,10 @@ def show_trace(request_id: str, as_json: bool) -> None:
     facts = stats(record["spans"])
     out.print(f"\n  ── Spans: {facts['spans']}  ·  Errors: {facts['errors']}  ·  "
               f"DB writes: {facts['db_writes']}")
+    trace = of_record(record)
+    joined = f"  [dim]joined from caller span {trace.parent_span_id}[/]" \
+        if trace.parent_span_id else ""
+    out.print(f"  ── Trace id: {trace.trace_id}{joined}")
     _render_handoff(handoff)
     out.print("")
 

@@ -22,6 +22,7 @@ from psycopg_pool import PoolTimeout
 from flux._errors import Overloaded
 from flux._queries import load
 from flux._recorder import CallSite, Recorder, Span
+from flux._tracecontext import TraceContext, span_id
 
 if TYPE_CHECKING:
     from flux._redact import RedactionPolicy
@@ -59,10 +60,13 @@ class Execution:
 
     def __init__(self, runtime: Runtime, recorder: Recorder, *,
                  replay: ReplaySource | None = None,
-                 idempotency_prefix: str | None = None) -> None:
+                 idempotency_prefix: str | None = None,
+                 trace: TraceContext | None = None) -> None:
         self.runtime = runtime
         self.recorder = recorder
         self.request_id = recorder.request_id
+        # The caller's trace (a traceparent the gateway accepted), else one of our own.
+        self.trace = trace or TraceContext.start(self.request_id)
         self.replay = replay
         self.conn: AsyncConnection[Any] | None = None
         self.begun = False  # BEGIN and the request GUC have been sent on ``conn``
@@ -86,6 +90,11 @@ class Execution:
 
     def idempotency_key(self, call_seq: int) -> str:
         return f"{self._idempotency_prefix}-{call_seq}"
+
+    def traceparent(self, span: Span) -> str:
+        """The ``traceparent`` an outgoing call made under ``span`` sends: this trace, and
+        the id ``span`` is exported with."""
+        return self.trace.traceparent(span_id(self.request_id, span.id))
 
     async def checkout(self) -> AsyncConnection[Any]:
         """The execution's connection, taken from the pool on first use; its transaction

@@ -36,6 +36,7 @@ from flux._record import (
     store_and_commit,
 )
 from flux._recorder import CallSite, Recorder
+from flux._tracecontext import TraceContext
 
 if TYPE_CHECKING:
     from flux._runtime import Runtime
@@ -57,6 +58,7 @@ class Invocation:
     parent_id: str | None = None
     replay_of: str | None = None
     resumed_from: str | None = None
+    trace: TraceContext | None = None  # the caller's (a traceparent); None: a new trace
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
     spec = inv.spec
     rec = Recorder(inv.request_id, project_root=runtime.root,
                    functions_dir=runtime.functions_dir)
-    ex = Execution(runtime, rec, replay=replay, idempotency_prefix=idempotency_prefix)
+    ex = Execution(runtime, rec, replay=replay, idempotency_prefix=idempotency_prefix,
+                   trace=inv.trace)
     ctx = Context(ex, spec, headers=inv.headers, is_replay=replay is not None)
     output: Any = None
     failure: BaseException | None = None
@@ -110,8 +113,12 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
         except Exception as exc:
             failure = exc
     if failure is None:
-        return await _succeed(ex, inv, output, persist, commit_data)
-    return await _fail(ex, inv, failure, persist)
+        outcome = await _succeed(ex, inv, output, persist, commit_data)
+    else:
+        outcome = await _fail(ex, inv, failure, persist)
+    if persist:  # what is stored is what is exported: a local replay sends nothing
+        runtime.export_spans(outcome.record)
+    return outcome
 
 
 class FunctionTimeout(TimeoutError):
@@ -146,7 +153,8 @@ def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
         http_status=http_status, started_at=rec.started_at, duration_ms=rec.elapsed_ms(),
         request={"method": inv.method, "route": inv.route or inv.spec.route,
                  "headers": ex.policy.redact_headers(inv.headers),
-                 "query": dict(inv.query), "body": ex.prepare_body(encode(inv.input))},
+                 "query": dict(inv.query), "body": ex.prepare_body(encode(inv.input)),
+                 "trace": ex.trace.to_json()},
         response={"status": http_status, "body": ex.prepare_body(body)},
         error=scrub(error, secrets), spans=scrub([s.to_json() for s in rec.spans], secrets),
         tape=scrub(rec.tape, secrets), logs=scrub(rec.logs, secrets),

@@ -22,6 +22,7 @@ from flux._ids import new_request_id
 from flux._record import ExecutionRecord, failure_signature
 from flux._recorder import Span
 from flux._runtime import Runtime, utcnow
+from flux._tracecontext import TraceContext, from_headers
 
 REQUEST_ID_HEADER = "x-flux-request-id"
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
@@ -98,6 +99,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     invocation = Invocation(
         request_id=request_id, spec=spec, input=payload, kind="http", method=request.method,
         route=path, headers=dict(request.headers), query=dict(request.query),
+        trace=from_headers(request.headers),  # a malformed traceparent starts a new trace
     )
     try:
         outcome = await execute(runtime, invocation)
@@ -133,7 +135,9 @@ async def _reject(request: web.Request, status: int, code: str, message: str, *,
         http_status=status, started_at=now, duration_ms=0.0,
         request={"method": request.method, "route": request.path.lstrip("/"),
                  "headers": runtime.policy.redact_headers(request.headers.items()),
-                 "query": dict(request.query), "body": runtime.policy.prepare(body)},
+                 "query": dict(request.query), "body": runtime.policy.prepare(body),
+                 "trace": (from_headers(request.headers)
+                           or TraceContext.start(request_id)).to_json()},
         response={"status": status, "body": answer}, error=error, spans=[span.to_json()],
         tape=[], logs=[], code_sha=runtime.code_version.sha,
         code_dirty=runtime.code_version.dirty, method=request.method,
@@ -144,4 +148,5 @@ async def _reject(request: web.Request, status: int, code: str, message: str, *,
         await runtime.store_record(record)
     except (psycopg.OperationalError, PoolTimeout, OSError):
         return _unavailable(request_id)
+    runtime.export_spans(record)
     return web.json_response(answer, status=status)

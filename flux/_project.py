@@ -26,6 +26,20 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class OtelConfig:
+    """``[otel]`` in flux.toml: send every execution's spans over OTLP/HTTP. Without an
+    ``endpoint`` here, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    (the OpenTelemetry variables) decide; with none of them nothing is sent, and
+    ``endpoint = ""`` turns export off whatever the environment says."""
+
+    endpoint: str | None = None  # the full URL, e.g. http://localhost:4318/v1/traces
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. a collector's API key
+    service_name: str | None = None  # default: the project's name
+    schedule_delay_ms: int = 1000  # how long finished spans wait to be sent in one batch
+    timeout_s: float = 5.0  # one export attempt, retries included
+
+
+@dataclass(frozen=True)
 class Project:
     """A Flux project: its root directory and its parsed configuration."""
 
@@ -34,6 +48,7 @@ class Project:
     port: int = 4000
     capture: str = "trigger"
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    otel: OtelConfig = field(default_factory=OtelConfig)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -103,8 +118,35 @@ def parse(root: Path) -> Project:
         port=port,
         capture=capture,
         database=DatabaseConfig(name=db_name, port=db_port),
+        otel=_otel(path, raw.get("otel", {})),
         raw=raw,
     )
+
+
+def _otel(path: Path, section: Any) -> OtelConfig:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [otel] must be a table")
+    endpoint = section.get("endpoint")
+    if endpoint is not None and endpoint != "" and (
+            not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
+        raise ConfigError(f"{path}: otel.endpoint must be an http:// or https:// URL such as "
+                          f'"http://localhost:4318/v1/traces", not {endpoint!r}')
+    headers = section.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ConfigError(f"{path}: otel.headers must be a table of strings")
+    service = section.get("service_name")
+    if service is not None and not (isinstance(service, str) and service):
+        raise ConfigError(f"{path}: otel.service_name must be a non-empty string")
+    delay = section.get("schedule_delay_ms", 1000)
+    if isinstance(delay, bool) or not isinstance(delay, int) or delay <= 0:
+        raise ConfigError(f"{path}: otel.schedule_delay_ms must be a positive number of "
+                          f"milliseconds, not {delay!r}")
+    timeout = section.get("timeout", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigError(f"{path}: otel.timeout must be a positive number of seconds, "
+                          f"not {timeout!r}")
+    return OtelConfig(endpoint=endpoint, headers={str(k): v for k, v in headers.items()},
+                      service_name=service, schedule_delay_ms=delay, timeout_s=float(timeout))
 
 
 def _int_option(path: Path, key: str, value: Any) -> int:

@@ -227,7 +227,7 @@ def replay_command(project: Any, target: str, *, db_mode: str = "tape",
     async def run() -> dict[str, Any]:
         # The database is resolved (and an embedded one started) only if a call needs it.
         runtime = Runtime(project, lambda: resolve(project, create=False).conninfo,
-                          pool_size=2, keeps_records=False)
+                          pool_size=2, keeps_records=False, exports_spans=False)
         errors = await runtime.start(open_pool=False)
         try:
             if record.get("function") not in runtime.registry.by_name and errors:

@@ -20,6 +20,7 @@ from flux._redact import RedactionPolicy, load_policy
 
 if TYPE_CHECKING:
     from flux._context import Context
+    from flux._otel import Exporter
 
 DEFAULT_MAX_BODY = 1024 * 1024
 
@@ -31,7 +32,8 @@ class Runtime:
 
     def __init__(self, project: Project, conninfo: str | Callable[[], str], *,
                  pool_size: int = 20, pool_timeout: float = 10.0,
-                 echo: LogEcho | None = None, keeps_records: bool = True) -> None:
+                 echo: LogEcho | None = None, keeps_records: bool = True,
+                 exports_spans: bool = True) -> None:
         self.project = project
         self.root = project.root
         self.functions_dir = project.functions_dir
@@ -51,6 +53,8 @@ class Runtime:
         self._pool: AsyncConnectionPool | None = None
         self.http_session: aiohttp.ClientSession
         self._pool_lock = asyncio.Lock()
+        self.otel: Exporter | None = None  # [otel] endpoint: spans sent over OTLP/HTTP
+        self._exports_spans = exports_spans  # false where nothing is stored (dry runs)
 
     async def start(self, *, open_pool: bool = True) -> list[LoadError]:
         """Open the pool and the HTTP session, load the functions; returns load errors.
@@ -61,6 +65,10 @@ class Runtime:
         self.http_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True))
         self.refresh_code_version()
+        if self._exports_spans:
+            from flux._otel import exporter_for
+
+            self.otel = exporter_for(self.project)
         return load_all(self.functions_dir, self.registry)
 
     @property
@@ -91,6 +99,9 @@ class Runtime:
             await self.http_session.close()
         if self._pool is not None and not self._pool.closed:
             await self._pool.close()
+        if self.otel is not None:
+            otel, self.otel = self.otel, None
+            await asyncio.to_thread(otel.shutdown)  # sends what is queued, in its thread
 
     def refresh_code_version(self) -> None:
         self.code_version = code_version(self.root)
@@ -113,6 +124,12 @@ class Runtime:
         async with self.pool.connection(timeout=self.pool_timeout) as conn, \
                 conn.transaction():
             await store(conn, record)
+
+    def export_spans(self, record: ExecutionRecord) -> None:
+        """Queue a stored record's spans for OTLP export (with ``[otel]`` configured); never
+        raises, never waits: the SDK's batch thread sends them."""
+        if self.otel is not None:
+            self.otel.export(record)
 
     def echo_log(self, ctx: Context, level: str, message: str, fields: dict[str, Any]) -> None:
         if self._echo is not None:
