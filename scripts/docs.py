@@ -678,6 +678,9 @@ def main() -> None:
     parser.add_argument("--dump", type=Path, help="also write every captured output, under "
                         "its key, to this file (to see what a page can show)")
     args = parser.parse_args()
+    # SIGTERM (a test's timeout) unwinds like an error: the servers, processes and the
+    # temporary directory of the run are cleaned up on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: stopped by SIGTERM"))
     started = time.monotonic()
     try:
         changed = generate(args.docs.resolve(), args.dump)
