@@ -84,6 +84,11 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
                 raise ConfigError(f"port {port} is already in use",
                                   hint="stop what uses it, or pick another with --port") from exc
             raise FluxError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        # Before "ready": a SIGTERM right after it must stop gracefully, not kill.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "") else host
         events.ready(ServeInfo(
             url=f"http://{shown_host}:{port}", database=target.display,
@@ -98,10 +103,6 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
         from flux._capture import Background as CaptureConsumer
 
         capture = CaptureConsumer(target.conninfo).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         watcher = asyncio.create_task(_watch(runtime, events, stop)) if reload else None
         await stop.wait()
         events.stopping()
