@@ -17,9 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import PoolTimeout
 
-from flux._errors import Overloaded
 from flux._queries import load
 from flux._recorder import CallSite, Recorder, Span
 
@@ -89,20 +87,9 @@ class Execution:
         """The execution's connection, taken from the pool on first use (its transaction
         begins with the first statement)."""
         if self.conn is None:
-            await self.runtime.ensure_pool()
-            try:
-                conn = await self.runtime.pool.getconn(timeout=self.runtime.pool_timeout)
-            except PoolTimeout as exc:
-                raise Overloaded("every database connection is busy",
-                                 hint="raise [database] pool_size or lower the load") from exc
             # The transaction and the request GUC the capture triggers read, in one round
             # trip (a simple query; the id is a UUID Flux made, so the literal is safe).
-            try:
-                await conn.execute(begin_statement(self.request_id))
-            except BaseException:
-                await self.runtime.pool.putconn(conn)
-                raise
-            self.conn = conn
+            self.conn = await self.runtime.begin(begin_statement(self.request_id))
         return self.conn
 
     def broken(self, conn: AsyncConnection[Any]) -> bool:
