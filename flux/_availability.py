@@ -61,6 +61,8 @@ class Availability:
         self.outages = 0
         self._up = asyncio.Event()
         self._up.set()
+        self._known = asyncio.Event()  # set unless a check is under way
+        self._known.set()
         self._probe: asyncio.Task[None] | None = None
         self._waiters: set[asyncio.Timeout] = set()
 
@@ -75,8 +77,17 @@ class Availability:
         if self.state == "up":
             self.state = "checking"
             self._up.clear()
+            self._known.clear()
         self._probe = asyncio.get_running_loop().create_task(self._run(exc),
                                                              name="flux-db-probe")
+
+    async def answers(self) -> bool:
+        """Whether the database answers, as the check under way finds out (its first
+        connection attempt) — at once when no check is under way."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(PROBE_TIMEOUT + 1):
+                await self._known.wait()
+        return self.state == "up"
 
     async def wait_up(self, timeout: float) -> bool:
         """Whether the database is (or comes) up within ``timeout`` seconds."""
@@ -117,10 +128,12 @@ class Availability:
                             time.monotonic() - self.down_since)
             self.state, self.down_since = "up", None
             self._up.set()
+            self._known.set()
             return
 
     def _went_down(self, reason: BaseException) -> None:
         self.state = "down"
+        self._known.set()
         self.down_since = time.monotonic()
         self.outages += 1
         log.warning("the database is unreachable (%s): refusing requests until it is back",

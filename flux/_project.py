@@ -33,7 +33,7 @@ class DatabaseConfig:
 class ServerConfig:
     """``[server]`` in flux.toml."""
 
-    max_inflight: int | None = None  # executions at once per process; None = 2 × pool_size
+    max_inflight: int | None = None  # executions at once per process; None = 5 × pool_size
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ DEFAULT_MAX_BODY = 1024 * 1024
 # the slot go; a later demand grows the pool again with a fresh, immediate attempt.
 RECONNECT_TIMEOUT = 2.0
 UNAVAILABLE = "the database is unavailable"
+INFLIGHT_PER_CONNECTION = 5  # default [server] max_inflight = 5 × [database] pool_size
 
 LogEcho = Callable[[str, str, str, dict[str, Any]], None]
 
@@ -48,9 +49,10 @@ class Runtime:
         self.pool_timeout = db.pool_timeout if pool_timeout is None else pool_timeout
         self.statement_timeout = db.statement_timeout
         pool_size = db.pool_size if pool_size is None else pool_size
-        # Executions in flight at once: one running and one waiting per connection; past
-        # that a request is refused at once (503) instead of queueing without bound.
-        self.max_inflight = project.server.max_inflight or 2 * pool_size
+        # Executions in flight at once. A burst of a few times the pool waits a few
+        # transactions' time for a connection; past this a request is refused at once (503)
+        # instead of queueing without bound behind a stuck store.
+        self.max_inflight = project.server.max_inflight or INFLIGHT_PER_CONNECTION * pool_size
         self.inflight = 0
         self.refused: dict[str, int] = {"overloaded": 0, "unavailable": 0}
         self.availability = Availability(self._probe, self._pool_check)
@@ -137,7 +139,7 @@ class Runtime:
                 if not connection_lost(exc):
                     raise
                 self.availability.lost(exc)
-                if attempt == 1 and await self.availability.wait_up(self.pool_timeout):
+                if attempt == 1 and await self.availability.answers():
                     continue
                 raise DatabaseUnavailable(UNAVAILABLE) from exc
             return conn

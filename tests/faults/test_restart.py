@@ -15,9 +15,11 @@ import pytest
 from flux._capture import wait_caught_up
 from tests.faults.conftest import RestartableServer, fault_shop
 from tests.faults.load import Answer, Load, reconcile, tracebacks
+from tests.fixtures.shop import Shop
 
 pytestmark = pytest.mark.fault
 
+ADMIN_TOKEN = "fault-admin-token"
 JOBS_DONE = "SELECT count(*) FROM flux.jobs WHERE status = 'done'"
 # Every recorded job attempt was claimed: a job's record never appears from nowhere.
 ORPHAN_JOB_RECORDS = """
@@ -39,12 +41,26 @@ def scalar(db: str, query: str) -> int:
     return int(row[0]) if row else 0
 
 
+async def answers_while_down(shop: Shop, request_id: str
+                             ) -> tuple[tuple[int, Any], tuple[int, Any, str]]:
+    """What /health and the admin API say while the database is down."""
+    async with shop.client.get(f"{shop.url}/health") as response:
+        health = response.status, await response.json()
+    async with shop.client.post(f"{shop.url}/_flux/executions/{request_id}/resume",
+                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as response:
+        admin = (response.status, await response.json(content_type=None),
+                 response.headers["x-flux-request-id"])
+    return health, admin
+
+
 @pytest.mark.parametrize(("mode", "capture"), [
     ("fast", "trigger"), ("immediate", "trigger"), ("immediate", "wal")])
 async def test_restart_under_load_answers_503_then_recovers_with_nothing_half_written(
         own_server: RestartableServer, provider: Any, tmp_path: Path, shop_secret: None,
-        caplog: pytest.LogCaptureFixture, mode: str, capture: str) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, mode: str,
+        capture: str) -> None:
     caplog.set_level(logging.WARNING)
+    monkeypatch.setenv("FLUX_ADMIN_TOKEN", ADMIN_TOKEN)
     db = await asyncio.to_thread(own_server.new_database)
     async with fault_shop(db, provider, tmp_path / "shop", capture=capture,
                           jobs=True) as shop, \
@@ -54,6 +70,7 @@ async def test_restart_under_load_answers_503_then_recovers_with_nothing_half_wr
         await asyncio.to_thread(own_server.stop, mode)
         await load.until(lambda: load.count(lambda a: a.code == "unavailable") >= 20,
                          "20 requests refused while the database is down")
+        down = await answers_while_down(shop, load.answers[0].request_id)
         before = len(load.answers)
         await asyncio.to_thread(own_server.start)
         jobs_done = await asyncio.to_thread(scalar, db, JOBS_DONE)
@@ -80,4 +97,8 @@ async def test_restart_under_load_answers_503_then_recovers_with_nothing_half_wr
     assert all(isinstance(a.body, dict) and a.body["request_id"] == a.request_id
                and a.code == "unavailable" for a in refusals)
     assert health["database"] == "up" and health["refused"]["unavailable"] >= 20
+    (health_status, health_down), (admin_status, admin, admin_id) = down
+    assert health_status == 200 and health_down["database"] == "down"
+    assert admin_status == 503 and admin["error"]["code"] == "unavailable"
+    assert admin["request_id"] == admin_id
     assert not tracebacks(caplog.records), tracebacks(caplog.records)
