@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from flux._database import first_line
 from flux._errors import DatabaseUnavailable
 
 log = logging.getLogger("flux.database")
@@ -148,7 +149,3 @@ class Availability:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
 
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0].rstrip(".") if text else type(exc).__name__

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg.types.json import Jsonb
 
-from flux._availability import first_line
+from flux._database import first_line
 from flux._errors import ConfigError, DatabaseError, DatabaseUnavailable, Overloaded
 from flux._ids import new_request_id
 from flux._queries import load

@@ -188,6 +188,8 @@ async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool,
         try:
             return await _fail(ex, inv, exc, persist, transaction_lost=True)
         except psycopg.errors.UniqueViolation:
+            if not connection_lost(exc):
+                raise
             return Outcome(inv.request_id, "ok", 200, output, None, record)
         except Exception as again:
             if connection_lost(exc):

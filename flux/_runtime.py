@@ -207,16 +207,20 @@ class Runtime:
         transaction, failed ones whose connection was lost, and requests rejected before any
         function ran). The execution already ran, so a lost database is waited for up to
         ``pool_timeout``; then DatabaseUnavailable says the record was not stored."""
-        try:
-            async with self.connection(patience=self.pool_timeout) as conn, \
-                    conn.transaction():
-                await store(conn, record)
-        except DatabaseUnavailable:
-            if not await self.availability.wait_up(self.pool_timeout):
-                raise
-            # A connection that went stale while idle, and the server answers again.
-            async with self.connection() as conn, conn.transaction():
-                await store(conn, record)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.pool_timeout
+        for attempt in (1, 2):
+            try:
+                async with self.connection(patience=max(0.0, deadline - loop.time())) as conn, \
+                        conn.transaction():
+                    await store(conn, record)
+                return
+            except DatabaseUnavailable:
+                # Once more if the server answers again (the connection had gone stale
+                # while idle) or comes back before the deadline.
+                if attempt == 2 or not await self.availability.wait_up(
+                        max(0.0, deadline - loop.time())):
+                    raise
 
     def echo_log(self, ctx: Context, level: str, message: str, fields: dict[str, Any]) -> None:
         if self._echo is not None:

@@ -48,8 +48,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from flux._availability import first_line
 from flux._context import parse_delay
+from flux._database import first_line
 from flux._errors import ConfigError, DatabaseError, DatabaseUnavailable, Overloaded
 from flux._ids import new_request_id
 from flux._queries import load
