@@ -122,7 +122,7 @@ def parse(root: Path) -> Project:
             name=db_name, port=db_port,
             pool_size=_count_option(path, "database.pool_size", db.get("pool_size", 20)),
             pool_timeout=_seconds_option(path, "database.pool_timeout",
-                                         db.get("pool_timeout", 5.0)),
+                                         db.get("pool_timeout")) or DatabaseConfig.pool_timeout,
             statement_timeout=_seconds_option(path, "database.statement_timeout",
                                               db.get("statement_timeout"))),
         server=ServerConfig(max_inflight=None if max_inflight is None else
