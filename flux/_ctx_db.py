@@ -94,18 +94,17 @@ class Database:
                 raise psycopg.errors.InFailedSqlTransaction(
                     "current transaction is aborted: an earlier ctx.db statement of this "
                     f"execution failed ({ex.db_failed})")
-            conn = await ex.checkout()
-            first = not ex.begun
-            cur = (psycopg.AsyncClientCursor(conn, row_factory=dict_row) if first
-                   else conn.cursor(row_factory=dict_row))
+            conn = ex.conn
             try:
                 # Plain round trips, not a pipeline: on loopback a round trip costs less
                 # than psycopg's pipeline machinery does in Python (measured in bench/).
-                if first:
+                if conn is None:
                     # BEGIN, the request GUC and the first statement in one simple query
                     # (psycopg binds the parameters client-side): a round trip saved.
-                    await _first_statement(ex, cur, conn, query, params, span_id)
+                    cur = await ex.begin_with(
+                        lambda c: _first_statement(c, ex.request_id, query, params, span_id))
                 else:
+                    cur = conn.cursor(row_factory=dict_row)
                     if protect:
                         # The previous statement's savepoint is released here, not after it.
                         await conn.execute(q.savepoint_next if ex.savepoint_open
@@ -133,21 +132,18 @@ class Database:
             return rows, cur.rowcount, columns
 
 
-async def _first_statement(ex: Execution, cur: psycopg.AsyncClientCursor[Any],
-                           conn: psycopg.AsyncConnection[Any], query: str, params: Params,
-                           span_id: str) -> None:
-    """Begin the execution's transaction with its first statement; leave ``cur`` on that
-    statement's result. If nothing was sent (say a parameter could not be adapted), the
-    transaction has not begun and the next statement begins it."""
-    try:
-        # The span comment goes first: the capture trigger reads it from the start of
-        # current_query(), which is this whole string (sql/0007).
-        await cur.execute(f"/*flux:{span_id}*/ ".encode()  # type: ignore[arg-type]
-                          + begin_statement(ex.request_id) + b"; " + query.encode(), params)
-    finally:
-        ex.begun = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+async def _first_statement(conn: psycopg.AsyncConnection[Any], request_id: str, query: str,
+                           params: Params, span_id: str) -> psycopg.AsyncCursor[Any]:
+    """Begin the execution's transaction with its first statement; return the cursor on
+    that statement's result."""
+    cur = psycopg.AsyncClientCursor(conn, row_factory=dict_row)
+    # The span comment goes first: the capture trigger reads it from the start of
+    # current_query(), which is this whole string (sql/0007).
+    await cur.execute(f"/*flux:{span_id}*/ ".encode()  # type: ignore[arg-type]
+                      + begin_statement(request_id) + b"; " + query.encode(), params)
     while cur.nextset():
         pass  # BEGIN and set_config come first; the caller reads the last result
+    return cur
 
 
 def tagged(query: str, span_id: str) -> str:

@@ -11,15 +11,13 @@ import asyncio
 import concurrent.futures
 import contextvars
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import PoolTimeout
 
-from flux._errors import Overloaded
 from flux._queries import load
 from flux._recorder import CallSite, Recorder, Span
 from flux._tracecontext import TraceContext, span_id
@@ -27,6 +25,8 @@ from flux._tracecontext import TraceContext, span_id
 if TYPE_CHECKING:
     from flux._redact import RedactionPolicy
     from flux._runtime import Runtime
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,6 @@ class Execution:
         self.trace = trace or TraceContext.start(self.request_id)
         self.replay = replay
         self.conn: AsyncConnection[Any] | None = None
-        self.begun = False  # BEGIN and the request GUC have been sent on ``conn``
         self.savepoint_open = False  # released lazily, before the next statement
         # [span id, row count, tables, verb] of each statement that wrote, in order
         self.statements: list[list[Any]] = []
@@ -96,31 +95,27 @@ class Execution:
         the id ``span`` is exported with."""
         return self.trace.traceparent(span_id(self.request_id, span.id))
 
-    async def checkout(self) -> AsyncConnection[Any]:
-        """The execution's connection, taken from the pool on first use; its transaction
-        may not have begun yet (``begun``)."""
-        if self.conn is None:
-            await self.runtime.ensure_pool()
-            try:
-                self.conn = await self.runtime.pool.getconn(timeout=self.runtime.pool_timeout)
-            except PoolTimeout as exc:
-                raise Overloaded("every database connection is busy",
-                                 hint="raise [database] pool_size or lower the load") from exc
-        return self.conn
-
     async def connection(self) -> AsyncConnection[Any]:
-        """The execution's connection with its transaction begun."""
-        conn = await self.checkout()
-        if not self.begun:
+        """The execution's connection, taken from the pool and its transaction begun on
+        first use."""
+        if self.conn is None:
             # The transaction and the request GUC the capture triggers read, in one round
             # trip (a simple query; the id is a UUID Flux made, so the literal is safe).
-            try:
-                await conn.execute(begin_statement(self.request_id), prepare=False)
-            except BaseException:
-                await self.release()
-                raise
-            self.begun = True
-        return conn
+            self.conn = await self.runtime.begin(begin_statement(self.request_id))
+        return self.conn
+
+    async def begin_with(self, first: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Take the connection and begin the transaction with the execution's first
+        statement, in one round trip: ``first`` sends both on the connection it is given.
+        If it fails, the connection goes back to the pool and the transaction has not
+        begun."""
+        results: list[T] = []
+
+        async def run(conn: AsyncConnection[Any]) -> None:
+            results.append(await first(conn))
+
+        self.conn = await self.runtime.begin(run)
+        return results[-1]
 
     def broken(self, conn: AsyncConnection[Any]) -> bool:
         return conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.UNKNOWN
@@ -131,7 +126,6 @@ class Execution:
     async def release(self) -> None:
         """Give the connection back to the pool (rolled back if anything is left open)."""
         conn, self.conn = self.conn, None
-        self.begun = False
         if conn is not None:
             await self.runtime.pool.putconn(conn)
 

@@ -20,8 +20,9 @@ import orjson
 import psycopg
 from psycopg import pq
 
+from flux._availability import connection_lost
 from flux._context import Context, activate
-from flux._errors import FunctionError, Overloaded
+from flux._errors import DatabaseUnavailable, FunctionError, Overloaded
 from flux._execution import Execution, ReplaySource
 from flux._function import FunctionSpec
 from flux._ids import short
@@ -40,6 +41,12 @@ from flux._tracecontext import TraceContext
 
 if TYPE_CHECKING:
     from flux._runtime import Runtime
+
+
+LOST = ("the database connection was lost while the request ran: nothing it wrote was kept, "
+        "so it can be retried")
+IN_DOUBT = ("the database connection was lost during the commit: whether the request's "
+            "changes were stored is unknown until the database is back")
 
 
 @dataclass(frozen=True)
@@ -182,9 +189,20 @@ async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool,
         else:
             await ex.runtime.store_record(record)
     except psycopg.Error as exc:
-        # COMMIT itself failed (a deferred constraint, a serialization failure, a lost
-        # connection): nothing was committed, so this is a failed execution after all.
-        return await _fail(ex, inv, exc, persist, transaction_lost=True)
+        # COMMIT itself failed (a deferred constraint, a serialization failure): nothing was
+        # committed, so this is a failed execution after all — unless the connection died
+        # during that round trip, when the COMMIT may have happened. Storing the failure
+        # record settles it: the request id is its key, so a duplicate means it committed.
+        try:
+            return await _fail(ex, inv, exc, persist, transaction_lost=True)
+        except psycopg.errors.UniqueViolation:
+            if not connection_lost(exc):
+                raise
+            return Outcome(inv.request_id, "ok", 200, output, None, record)
+        except Exception as again:
+            if connection_lost(exc):
+                raise DatabaseUnavailable(IN_DOUBT, in_doubt=True) from again
+            raise
     finally:
         await ex.release()
     return Outcome(inv.request_id, "ok", 200, output, None, record)
@@ -198,6 +216,8 @@ async def _fail(ex: Execution, inv: Invocation, failure: BaseException, persist:
     error["http_status"] = http_status
     mutations: list[dict[str, Any]] = []
     conn = ex.conn
+    if connection_lost(failure):
+        ex.runtime.availability.lost(failure)
     if conn is not None and not transaction_lost:
         mutations = await _salvage(ex, conn)
     record = _record(ex, inv, status="error", http_status=http_status, body=body, error=error)
@@ -229,6 +249,11 @@ async def _salvage(ex: Execution, conn: psycopg.AsyncConnection[Any]) -> list[di
             with contextlib.suppress(psycopg.Error):
                 await conn.rollback()
             return mutations
+        if state == pq.TransactionStatus.INERROR and ex.savepoint_open:
+            # A guarded statement cut short by the function's timeout (psycopg cancelled it
+            # in the server): back to before it, to read what the earlier ones changed.
+            await conn.execute(load("execution").rollback_to)
+            state = conn.info.transaction_status
         if state == pq.TransactionStatus.INTRANS:
             mutations = await attempted_mutations(conn, ex.request_id)
             if not mutations and ex.statements and await _wal_mode(conn):
@@ -283,6 +308,13 @@ def _answer(inv: Invocation, failure: BaseException) -> tuple[int, dict[str, Any
     if isinstance(failure, Overloaded):
         return 503, {"error": {"code": "overloaded", "message": failure.message},
                      "request_id": inv.request_id}
+    if connection_lost(failure):  # rolled back with its connection: safe to retry
+        return 503, {"error": {"code": "unavailable", "message": LOST},
+                     "request_id": inv.request_id}
+    if isinstance(failure, psycopg.errors.QueryCanceled) and "timeout" in str(failure):
+        return 504, {"error": {"code": "timeout",
+                               "message": f"a database statement ran too long: {failure}"},
+                     "request_id": inv.request_id, "hint": hint}
     return 500, {"error": {"code": "internal_error",
                            "message": f"{inv.spec.name} failed: {type(failure).__name__}"},
                  "request_id": inv.request_id, "hint": hint}

@@ -4,6 +4,14 @@
 JSON is a 400, an unknown route a 404, another method a 405, a body over the limit a 413 —
 each answered with one sentence and the request id, and each recorded like any execution.
 Every response carries ``x-flux-request-id``.
+
+Two refusals come before anything runs, each a 503 with ``Retry-After`` and
+``"recorded": false`` in its body (the request is counted in ``/health``, not recorded —
+there is nowhere to record it, or recording it is the load being shed): while the database
+is down (``unavailable``), and while ``[server] max_inflight`` executions are already in
+flight (``overloaded``). An execution that ran but whose record could not be stored is
+answered the same way; one whose connection died during its COMMIT says ``"recorded":
+null``: whether it committed is unknown until the database is back.
 """
 
 from __future__ import annotations
@@ -15,9 +23,9 @@ from typing import Any
 
 import psycopg
 from aiohttp import web
-from psycopg_pool import PoolTimeout
 
-from flux._executor import Invocation, Outcome, execute
+from flux._errors import DatabaseUnavailable, Overloaded
+from flux._executor import IN_DOUBT, Invocation, Outcome, execute
 from flux._ids import new_request_id
 from flux._record import ExecutionRecord, failure_signature
 from flux._recorder import Span
@@ -29,6 +37,10 @@ RUNTIME_KEY = web.AppKey("runtime", Runtime)
 ID_KEY = web.RequestKey("request_id", str)
 Observer = Callable[[str, str, int, float, str | None], None]
 OBSERVER_KEY = web.AppKey("observer", object)
+RETRY_AFTER = "1"  # seconds; an outage or a burst is usually over by then
+NOT_RUN = "the database is unavailable, so the request was not run"
+NOT_STORED = ("the database became unavailable, so the request was not recorded and nothing "
+              "it wrote was kept")
 
 
 def make_app(runtime: Runtime, *, observer: Observer | None = None) -> web.Application:
@@ -63,7 +75,10 @@ async def _request_id_middleware(
 
 async def _health(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    return web.json_response({"status": "ok", "functions": len(runtime.registry.by_name)})
+    return web.json_response({
+        "status": "ok", "functions": len(runtime.registry.by_name),
+        "database": runtime.availability.state, "inflight": runtime.inflight,
+        "max_inflight": runtime.max_inflight, "refused": runtime.refused})
 
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:
@@ -73,7 +88,26 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     if path.startswith("_flux/"):
         from flux._admin import handle
 
-        return await handle(request, runtime, path.removeprefix("_flux/"), request_id)
+        try:
+            return await handle(request, runtime, path.removeprefix("_flux/"), request_id)
+        except (psycopg.OperationalError, DatabaseUnavailable, OSError):
+            return _unavailable(runtime, request_id, NOT_RUN)
+    if runtime.availability.down:
+        return _unavailable(runtime, request_id, NOT_RUN)
+    if runtime.inflight >= runtime.max_inflight:
+        runtime.refused["overloaded"] += 1
+        return _refusal(request_id, "overloaded",
+                        f"{runtime.max_inflight} requests are already in flight, so this one "
+                        "was not run", recorded=False)
+    runtime.inflight += 1
+    try:
+        return await _run(request, runtime, path, request_id)
+    finally:
+        runtime.inflight -= 1
+
+
+async def _run(request: web.Request, runtime: Runtime, path: str, request_id: str
+               ) -> web.StreamResponse:
     spec = runtime.registry.route(path)
     if spec is None:
         return await _reject(request, 404, "not_found", f"no function is routed at /{path}",
@@ -103,20 +137,41 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     )
     try:
         outcome = await execute(runtime, invocation)
-    except (psycopg.OperationalError, PoolTimeout, OSError):
-        return _unavailable(request_id)
+    except (psycopg.Error, DatabaseUnavailable, Overloaded, OSError) as exc:
+        return _unstored(runtime, request_id, exc)
     return _respond(outcome)
 
 
 def _respond(outcome: Outcome) -> web.Response:
-    return web.json_response(outcome.body, status=outcome.http_status)
+    response = web.json_response(outcome.body, status=outcome.http_status)
+    if outcome.http_status == 503:
+        response.headers["Retry-After"] = RETRY_AFTER
+    return response
 
 
-def _unavailable(request_id: str) -> web.Response:
+def _unstored(runtime: Runtime, request_id: str, exc: BaseException) -> web.Response:
+    """The answer to an execution whose record could not be stored. Nothing it wrote was
+    committed (its record goes in the same transaction) — unless its COMMIT is in doubt."""
+    if isinstance(exc, DatabaseUnavailable) and exc.in_doubt:
+        runtime.refused["unavailable"] += 1
+        return _refusal(request_id, "unavailable", IN_DOUBT, recorded=None)
+    if isinstance(exc, Overloaded):
+        runtime.refused["overloaded"] += 1
+        return _refusal(request_id, "overloaded", f"{exc.message}, so the request was not "
+                        "recorded and nothing it wrote was kept", recorded=False)
+    return _unavailable(runtime, request_id, NOT_STORED)
+
+
+def _unavailable(runtime: Runtime, request_id: str, message: str) -> web.Response:
+    runtime.refused["unavailable"] += 1
+    return _refusal(request_id, "unavailable", message, recorded=False)
+
+
+def _refusal(request_id: str, code: str, message: str, *, recorded: bool | None
+             ) -> web.Response:
     return web.json_response(
-        {"error": {"code": "unavailable",
-                   "message": "the database is unavailable, so the request was not run"},
-         "request_id": request_id}, status=503)
+        {"error": {"code": code, "message": message}, "request_id": request_id,
+         "recorded": recorded}, status=503, headers={"Retry-After": RETRY_AFTER})
 
 
 async def _reject(request: web.Request, status: int, code: str, message: str, *,
@@ -146,7 +201,7 @@ async def _reject(request: web.Request, status: int, code: str, message: str, *,
     record.signature = failure_signature(record)
     try:
         await runtime.store_record(record)
-    except (psycopg.OperationalError, PoolTimeout, OSError):
-        return _unavailable(request_id)
+    except (psycopg.Error, DatabaseUnavailable, Overloaded, OSError) as exc:
+        return _unstored(runtime, request_id, exc)
     runtime.export_spans(record)
     return web.json_response(answer, status=status)

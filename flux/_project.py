@@ -7,6 +7,7 @@ A project is the nearest directory upward that holds a ``flux.toml``. Its privat
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,16 @@ class DatabaseConfig:
 
     name: str = "flux"
     port: int | None = None  # TCP port of the embedded server; None = choose a free one
+    pool_size: int = 20  # connections of a serving process's pool
+    pool_timeout: float = 5.0  # seconds an execution waits for a pooled connection
+    statement_timeout: float | None = None  # seconds; PostgreSQL cancels a longer statement
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``[server]`` in flux.toml."""
+
+    max_inflight: int | None = None  # executions at once per process; None = 5 × pool_size
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class Project:
     capture: str = "trigger"
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     otel: OtelConfig = field(default_factory=OtelConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -102,6 +114,9 @@ def parse(root: Path) -> Project:
 
     project = raw.get("project", {})
     db = raw.get("database", {})
+    server = raw.get("server", {})
+    if not isinstance(db, dict) or not isinstance(server, dict):
+        raise ConfigError(f"{path}: [database] and [server] must be tables")
     capture = raw.get("capture", "trigger")
     if capture not in ("trigger", "wal"):
         raise ConfigError(f'{path}: capture must be "trigger" or "wal", not {capture!r}')
@@ -112,12 +127,21 @@ def parse(root: Path) -> Project:
     db_name = str(db.get("name", "flux"))
     if not db_name.replace("_", "").isalnum():
         raise ConfigError(f"{path}: database.name must be letters, digits and _, not {db_name!r}")
+    max_inflight = server.get("max_inflight")
     return Project(
         root=root,
         name=str(raw.get("name", project.get("name", root.name))),
         port=port,
         capture=capture,
-        database=DatabaseConfig(name=db_name, port=db_port),
+        database=DatabaseConfig(
+            name=db_name, port=db_port,
+            pool_size=_count_option(path, "database.pool_size", db.get("pool_size", 20)),
+            pool_timeout=_seconds_option(path, "database.pool_timeout",
+                                         db.get("pool_timeout")) or DatabaseConfig.pool_timeout,
+            statement_timeout=_seconds_option(path, "database.statement_timeout",
+                                              db.get("statement_timeout"))),
+        server=ServerConfig(max_inflight=None if max_inflight is None else
+                            _count_option(path, "server.max_inflight", max_inflight)),
         otel=_otel(path, raw.get("otel", {})),
         raw=raw,
     )
@@ -153,6 +177,33 @@ def _int_option(path: Path, key: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
         raise ConfigError(f"{path}: {key} must be a port number between 1 and 65535, not {value!r}")
     return value
+
+
+def _count_option(path: Path, key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{path}: {key} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
+def _seconds_option(path: Path, key: str, value: Any) -> float | None:
+    """A duration: a number of seconds or ``"500ms"``, ``"30s"``, ``"2m"``; None if unset."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ConfigError(f'{path}: {key} must be a duration such as "500ms", "30s" or '
+                              f"a number of seconds, not {value!r}")
+        seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+    if not seconds > 0:
+        raise ConfigError(f"{path}: {key} must be more than zero, not {value!r}")
+    return seconds
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def database_url_from_env() -> str | None:
