@@ -1070,7 +1070,8 @@ def _bench(args: argparse.Namespace, tmp: Path, conninfo: str, flux_bin: Path) -
           f"   (first {len(e2e_hist)} rows: table lookup, key typing, record id, view)")
     print(f"  {'flux._state.blame() end to end':<34} {percentile(e2e_blame, 0.5):8.2f} "
           f"{percentile(e2e_blame, 0.95):8.2f} {max(e2e_blame):8.2f}")
-    uses = {name: any("state_mutations_record_idx" in line for line in lines)
+    # Partitions' copies of the index are named <partition>_record_id_committed_at_id_idx.
+    uses = {name: any("record_id_committed_at_id_idx" in line for line in lines)
             for name, lines in (("history", history_plan), ("blame", blame_plan))}
     print(f"\n  EXPLAIN (ANALYZE, BUFFERS) blame_row for account {median_row} "
           f"(the median blame of the sample):")
