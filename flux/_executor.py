@@ -176,7 +176,7 @@ async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool,
         not keeps(inv.request_id, ex.runtime.sample_rate)
     record = _record(ex, inv, status="ok", http_status=200, body=output, error=None,
                      outline=outline)
-    if outline and ex.conn is None:  # it wrote nothing: no record at all
+    if outline and ex.conn is None and inv.kind == "http":  # it wrote nothing: no record
         return Outcome(inv.request_id, "ok", 200, output, None, record)
     if not persist or not commit_data:
         mutations = await _salvage(ex, ex.conn) if ex.conn is not None else []

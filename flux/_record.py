@@ -165,11 +165,11 @@ async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
     ``end_execution`` (WAL capture's stamp), the INSERT and the COMMIT as one simple query
     (client-side binding, psycopg's quoting); if a statement fails the COMMIT does not run.
     A failed execution's record (with a signature or salvaged mutations) is stored by
-    ``store`` instead. An outline (``sampled`` false) is stored only if the transaction
-    wrote something (flux/_sampling.py)."""
+    ``store`` instead. An HTTP execution's outline (``sampled`` false) is stored only if
+    the transaction wrote something (flux/_sampling.py)."""
     q = load("execution")
     params = {**record.params(), "statements": _jsonb(statements)}
-    if not record.sampled:
+    if not record.sampled and record.kind == "http":
         async with psycopg.AsyncClientCursor(conn) as cur:
             await cur.execute(f"{q.insert_outline}; {q.end_execution}; {q.commit}", params)
         return

@@ -11,8 +11,10 @@ The rule:
   record, it is stored as an **outline** (``sampled = false``): what ran, when, how long,
   its status, code version and links, and its span tree without attributes (the spans
   give each change its file:line) — no request or response bodies, no tape, no logs. An
-  outline is written only when the transaction wrote something; a sampled-out execution
-  that changed nothing leaves no record at all.
+  HTTP execution's outline is written only when its transaction wrote something; a
+  sampled-out request that changed nothing leaves no record at all. A job or cron attempt
+  always leaves at least its outline: ``flux queue show`` reads an attempt without a
+  record as one whose worker died.
 - Replays, resumes and incident replays are never sampled, and an outline cannot be
   replayed (there is no tape).
 """

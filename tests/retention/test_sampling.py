@@ -98,6 +98,23 @@ async def test_the_decision_is_a_function_of_the_request_id(ledger: Shop) -> Non
     assert orphans(ledger.db) == 0
 
 
+@pytest.mark.parametrize("sample_rate", [0.0])
+async def test_a_sampled_out_job_attempt_keeps_its_outline(ledger: Shop) -> None:
+    """`flux queue show` reads an attempt without a record as one whose worker died."""
+    from flux._worker import Worker
+
+    with psycopg.connect(ledger.db, autocommit=True) as conn:
+        job = conn.execute("INSERT INTO flux.jobs (id, function, payload) VALUES "
+                           "(gen_random_uuid(), 'balance', '{\"account\": \"a\"}') "
+                           "RETURNING id").fetchone()[0]
+    assert await Worker(ledger.runtime).drain() == 1
+    with psycopg.connect(ledger.db) as conn:
+        row = conn.execute("SELECT j.status, t.kind, t.sampled, t.tape FROM flux.jobs j "
+                           "JOIN flux.trace_requests t ON t.request_id = j.last_request_id "
+                           "WHERE j.id = %s", [job]).fetchone()
+    assert row == ("done", "job", False, [])
+
+
 def test_keeps_is_deterministic_and_follows_the_rate() -> None:
     ids = [f"01a1fd3d-4e21-7281-93a0-{i:012x}" for i in range(4000)]
     assert all(keeps(rid, 1.0) for rid in ids) and not any(keeps(rid, 0.0) for rid in ids)
