@@ -77,6 +77,8 @@ async def test_rate_zero_records_every_failure_and_outlines_writes(ledger: Shop)
     assert history.returncode == 0, history.stderr
     [row] = json.loads(history.stdout)["rows"]
     assert row["request_id"] == writes[0] and row["file"] == "functions/post_entry.py"
+    trace = run_flux(["trace", writes[0][:18], "--json"], ledger.root, env=env)
+    assert trace.returncode == 0, trace.stderr
     replay = run_flux(["replay", writes[0][:18]], ledger.root, env=env)
     assert replay.returncode != 0
     assert "was sampled out" in replay.stderr and "Traceback" not in replay.stderr
