@@ -37,6 +37,7 @@ from flux._record import (
     store_and_commit,
 )
 from flux._recorder import CallSite, Recorder
+from flux._sampling import keeps, outline_spans
 from flux._tracecontext import TraceContext
 
 if TYPE_CHECKING:
@@ -147,7 +148,10 @@ def _json_output(result: Any) -> Any:
 
 
 def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
-            body: Any, error: dict[str, Any] | None) -> ExecutionRecord:
+            body: Any, error: dict[str, Any] | None, outline: bool = False
+            ) -> ExecutionRecord:
+    """The execution's record; with ``outline``, the outline of a success that sampling
+    left out (flux/_sampling.py): no bodies, tape or logs, spans without attributes."""
     rec = ex.recorder
     runtime = ex.runtime
     for span in rec.spans:
@@ -155,25 +159,40 @@ def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
     version = runtime.code_version
     scrub = ex.policy.scrub
     secrets = rec.secret_values
+    route = inv.route or inv.spec.route
+    spans = [s.to_json() for s in rec.spans]
+    if outline:
+        request: dict[str, Any] = {"method": inv.method, "route": route}
+        response: dict[str, Any] = {"status": http_status}
+        spans, tape, logs = outline_spans(spans), [], []
+    else:
+        request = {"method": inv.method, "route": route,
+                   "headers": ex.policy.redact_headers(inv.headers),
+                   "query": dict(inv.query), "body": ex.prepare_body(encode(inv.input)),
+                   "trace": ex.trace.to_json()}
+        response = {"status": http_status, "body": ex.prepare_body(body)}
+        tape, logs = scrub(rec.tape, secrets), scrub(rec.logs, secrets)
     return ExecutionRecord(
         request_id=inv.request_id, kind=inv.kind, function=inv.spec.name, status=status,
         http_status=http_status, started_at=rec.started_at, duration_ms=rec.elapsed_ms(),
-        request={"method": inv.method, "route": inv.route or inv.spec.route,
-                 "headers": ex.policy.redact_headers(inv.headers),
-                 "query": dict(inv.query), "body": ex.prepare_body(encode(inv.input)),
-                 "trace": ex.trace.to_json()},
-        response={"status": http_status, "body": ex.prepare_body(body)},
-        error=scrub(error, secrets), spans=scrub([s.to_json() for s in rec.spans], secrets),
-        tape=scrub(rec.tape, secrets), logs=scrub(rec.logs, secrets),
+        request=request, response=response, error=scrub(error, secrets),
+        spans=scrub(spans, secrets), tape=tape, logs=logs,
         code_sha=version.sha, code_dirty=version.dirty, method=inv.method,
-        route=inv.route or inv.spec.route, runtime=inv.spec.runtime, tenant=inv.tenant,
+        route=route, runtime=inv.spec.runtime, tenant=inv.tenant,
         parent_id=inv.parent_id, replay_of=inv.replay_of, resumed_from=inv.resumed_from,
+        sampled=not outline,
     )
 
 
 async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool,
                    commit_data: bool = True) -> Outcome:
-    record = _record(ex, inv, status="ok", http_status=200, body=output, error=None)
+    # Sampling ([record] sample_rate) applies to live executions only, never to replays.
+    outline = ex.replay is None and persist and commit_data and \
+        not keeps(inv.request_id, ex.runtime.sample_rate)
+    record = _record(ex, inv, status="ok", http_status=200, body=output, error=None,
+                     outline=outline)
+    if outline and ex.conn is None and inv.kind == "http":  # it wrote nothing: no record
+        return Outcome(inv.request_id, "ok", 200, output, None, record)
     if not persist or not commit_data:
         mutations = await _salvage(ex, ex.conn) if ex.conn is not None else []
         record.mutations = [{**m, "request_id": inv.request_id} for m in mutations]

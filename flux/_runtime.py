@@ -61,6 +61,7 @@ class Runtime:
         self.registry = Registry()
         record_cfg = project.raw.get("record", {})
         self.max_body = int(record_cfg.get("max_request_bytes", DEFAULT_MAX_BODY))
+        self.sample_rate = project.record.sample_rate  # of successes (flux/_sampling.py)
         self.policy: RedactionPolicy = load_policy(project.state_dir, project.raw,
                                                    keep_key=keeps_records)
         self.secrets_map: dict[str, str] = {

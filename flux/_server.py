@@ -56,9 +56,13 @@ class ServeInfo:
 
 
 def prepare_database(project: Project) -> tuple[Target, SchemaResult]:
-    """Start (if embedded) and migrate the database, apply schema/, install capture."""
+    """Start (if embedded) and migrate the database, make the day partitions ahead, apply
+    schema/, install capture."""
+    from flux._retention import maintain
+
     target = resolve(project, start=True)
     migrate(target.conninfo)
+    maintain(target.conninfo)
     return target, apply_schema(target.conninfo, project.schema_dir, capture=project.capture)
 
 
@@ -71,6 +75,7 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
     runner: web.AppRunner | None = None
     jobs = None  # the queue worker and cron (flux/_worker.py)
     capture = None  # the WAL capture consumer (flux/_capture.py), in WAL mode
+    retention = None  # partitions ahead and gc (flux/_retention.py)
     try:
         load_errors = await runtime.start()
         runner = web.AppRunner(make_app(runtime, observer=events.request),
@@ -103,6 +108,9 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
         from flux._capture import Background as CaptureConsumer
 
         capture = CaptureConsumer(target.conninfo).start()
+        from flux._retention import Background as Retention
+
+        retention = Retention(target.conninfo, project.record.retention).start()
         watcher = asyncio.create_task(_watch(runtime, events, stop)) if reload else None
         await stop.wait()
         events.stopping()
@@ -111,6 +119,8 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
     finally:
+        if retention is not None:
+            await retention.stop()
         if jobs is not None:
             await jobs.stop()  # finish the jobs in flight, while the pool is still open
         if runner is not None:
