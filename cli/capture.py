@@ -23,7 +23,6 @@ def run() -> None:
     from flux._dbadmin import start
 
     target, _ = start(load())
-    out.print(f"[bold]Flux capture[/] · {escape(target.display)} · slot flux_capture")
     last = [0.0]
 
     def step(result: object) -> None:
@@ -38,7 +37,10 @@ def run() -> None:
     def error(exc: BaseException) -> None:
         out.print(f"  [yellow]![/] {escape(str(exc).splitlines()[0])}; retrying")
 
-    run_until_signal(target.conninfo, step, error)
+    def ready() -> None:
+        out.print(f"[bold]Flux capture[/] · {escape(target.display)} · slot flux_capture")
+
+    run_until_signal(target.conninfo, step, error, ready)
     out.print("[dim]stopped[/]")
 
 

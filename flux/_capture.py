@@ -528,17 +528,21 @@ def ensure_mode(conninfo: str, wanted: str) -> SwitchResult | None:
 
 
 def run_until_signal(conninfo: str, on_step: Callable[[StepResult], None],
-                     on_error: Callable[[BaseException], None]) -> None:
-    """``flux capture run``: the consumer in the foreground until SIGINT/SIGTERM."""
+                     on_error: Callable[[BaseException], None],
+                     on_ready: Callable[[], None] = lambda: None) -> None:
+    """``flux capture run``: the consumer in the foreground until SIGINT/SIGTERM. The
+    handlers are in place before ``on_ready`` is called: from then on a signal stops it
+    cleanly."""
     import signal
 
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     with connect(conninfo, autocommit=True) as conn:
         if mode(conn) != "wal":
             raise CaptureError('capture is "trigger" in this database: there is no slot to '
                                "consume", hint="switch with `flux capture switch wal`")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    on_ready()
     Consumer(conninfo).run(stop, on_step=on_step, on_error=on_error)
 
 

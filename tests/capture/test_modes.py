@@ -132,8 +132,12 @@ async def test_consumer_killed_at_random_loses_and_doubles_nothing(
         await killer
         assert kills >= 3
         final = subprocess.Popen([*FLUX, "capture", "run"], cwd=app.root,
-                                 env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+                                 env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
         try:
+            # Its banner comes once its signal handlers are in place.
+            assert final.stdout is not None
+            banner = await asyncio.to_thread(final.stdout.readline)
+            assert "Flux capture" in banner, banner
             await asyncio.to_thread(_capture.wait_caught_up, db, 60)
         finally:
             final.send_signal(signal.SIGINT)
