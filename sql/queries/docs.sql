@@ -5,7 +5,7 @@ SELECT c.oid::regclass::text AS name,
        CASE c.relkind WHEN 'v' THEN 'view' ELSE 'table' END AS kind
 FROM pg_class AS c
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
-WHERE n.nspname = 'flux' AND c.relkind IN ('r', 'p', 'v')
+WHERE n.nspname = 'flux' AND c.relkind IN ('r', 'p', 'v') AND NOT c.relispartition
 ORDER BY c.relname;
 
 -- name: columns
