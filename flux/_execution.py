@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
+from psycopg.abc import AdaptContext
 from psycopg_pool import PoolTimeout
 
 from flux._errors import Overloaded
@@ -48,9 +49,16 @@ class ReplaySource(Protocol):
     def value(self, kind: str, key: str, site: CallSite) -> Served | None: ...
 
 
-def begin_statement(request_id: str) -> bytes:
+def begin_statement(request_id: str, tenant: str | None = None,
+                    context: AdaptContext | None = None) -> bytes:
+    """BEGIN and the execution's GUCs, as one simple query."""
     rid = uuid.UUID(request_id)  # only a real UUID ever reaches the SQL text
-    return load("execution").begin.replace("{request_id}", str(rid)).encode()
+    if tenant is None:
+        return load("execution").begin.replace("{request_id}", str(rid)).encode()
+    # The tenant comes from a request: quoted by psycopg, and put in after the id.
+    literal = sql.Literal(tenant).as_string(context)
+    return load("execution").begin_tenant.replace("{request_id}", str(rid)) \
+        .replace("{tenant}", literal).encode()
 
 
 class Execution:
@@ -58,8 +66,9 @@ class Execution:
 
     def __init__(self, runtime: Runtime, recorder: Recorder, *,
                  replay: ReplaySource | None = None,
-                 idempotency_prefix: str | None = None) -> None:
+                 idempotency_prefix: str | None = None, tenant: str | None = None) -> None:
         self.runtime = runtime
+        self.tenant = tenant
         self.recorder = recorder
         self.request_id = recorder.request_id
         self.replay = replay
@@ -98,7 +107,7 @@ class Execution:
             # The transaction and the request GUC the capture triggers read, in one round
             # trip (a simple query; the id is a UUID Flux made, so the literal is safe).
             try:
-                await conn.execute(begin_statement(self.request_id))
+                await conn.execute(begin_statement(self.request_id, self.tenant, conn))
             except BaseException:
                 await self.runtime.pool.putconn(conn)
                 raise

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from psycopg_pool import AsyncConnectionPool
 
+from flux._access import AdminAccess
 from flux._gitinfo import CodeVersion, code_version
 from flux._loader import LoadError, Registry, load_all, load_file
 from flux._project import Project
 from flux._record import ExecutionRecord, store
 from flux._redact import RedactionPolicy, load_policy
+from flux._tenants import TenantPolicy, load_tenants
 
 if TYPE_CHECKING:
     from flux._context import Context
@@ -31,7 +33,8 @@ class Runtime:
 
     def __init__(self, project: Project, conninfo: str | Callable[[], str], *,
                  pool_size: int = 20, pool_timeout: float = 10.0,
-                 echo: LogEcho | None = None, keeps_records: bool = True) -> None:
+                 echo: LogEcho | None = None, keeps_records: bool = True,
+                 admin: AdminAccess | None = None) -> None:
         self.project = project
         self.root = project.root
         self.functions_dir = project.functions_dir
@@ -45,6 +48,10 @@ class Runtime:
         self.secrets_map: dict[str, str] = {
             str(k): str(v) for k, v in project.raw.get("secrets", {}).items()}
         self.app_config: dict[str, Any] = dict(project.raw.get("app", {}))
+        self.tenants: TenantPolicy = load_tenants(project.root, project.raw)
+        # Who may call /_flux/: `flux dev` and `flux serve` say; otherwise a token from
+        # the environment, and without one the admin API is closed.
+        self.admin: AdminAccess = admin or AdminAccess.for_server(dev=False, host="")
         self.code_version: CodeVersion = CodeVersion(None, False)
         self._echo = echo
         self._pool_size = pool_size
