@@ -74,8 +74,8 @@ class AdminAccess:
     def matches(self, given: str) -> bool:
         """Whether ``given`` is the token: digests of equal length, compared in constant
         time, so the time depends on neither the token nor how much of ``given`` is right."""
-        return self.token_digest is not None and \
-            hmac.compare_digest(digest(given), self.token_digest)
+        return self.token_digest is not None and hmac.compare_digest(digest(given),
+                                                                    self.token_digest)
 
 
 def digest(token: str) -> bytes:

@@ -67,7 +67,7 @@ class ExecutionRecord:
     def params(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id, "kind": self.kind, "function": self.function,
-            "runtime": self.runtime, "method": self.method, "route": self.route,
+            "runtime": self.runtime, "method": _text(self.method), "route": _text(self.route),
             "status": self.status, "http_status": self.http_status,
             "started_at": self.started_at, "duration_ms": self.duration_ms,
             "request": _jsonb(self.request), "response": _jsonb(self.response),
@@ -96,6 +96,11 @@ def _dumps(value: Any) -> bytes:
 
 # \u0000 not preceded by an odd number of backslashes (which would make it literal text)
 _NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _text(value: str | None) -> str | None:
+    """A text column from the request (a route may hold %00): PostgreSQL's text has no NUL."""
+    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
 
 
 def _jsonb(value: Any) -> Jsonb | None:

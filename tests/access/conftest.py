@@ -65,7 +65,7 @@ class Served:
             return error.code, json.loads(error.read()), dict(error.headers)
 
 
-def serve_shop(root: Path, db: str, flux_process: type[FluxProcess], *,
+def serve_project(root: Path, db: str, flux_process: type[FluxProcess], *,
                token: str | None, args: tuple[str, ...] = ("serve",),
                host: str = "127.0.0.1") -> Served:
     port = free_port()
@@ -80,10 +80,13 @@ def serve_shop(root: Path, db: str, flux_process: type[FluxProcess], *,
 @pytest.fixture
 def served(db: str, provider: Any, tmp_path: Path, flux_process: type[FluxProcess]
            ) -> Iterator[Served]:
-    """``flux serve`` of the shop (with tenants from x-tenant-id) and a long admin token."""
+    """``flux serve`` of the shop (tenants from x-tenant-id, no queue worker) and a long
+    admin token."""
     root = with_tenants(copy_project(tmp_path / "shop", provider.url))
+    toml = root / "flux.toml"  # queued jobs stay queued: what is read stays still
+    toml.write_text(toml.read_text() + "\n[queue]\nconcurrency = 0\n")
     token = secrets.token_urlsafe(1500)  # long: a naive comparison would have time to show
-    server = serve_shop(root, db, flux_process, token=token)
+    server = serve_project(root, db, flux_process, token=token)
     yield server
     server.process.signal(signal.SIGTERM)
     server.process.wait(30)

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from flux._access import AdminAccess, is_loopback
-from tests.access.conftest import Served, serve_shop
+from tests.access.conftest import Served, serve_project
 from tests.fixtures.processes import FluxProcess
 from tests.fixtures.shop import copy_project
 
@@ -67,7 +67,7 @@ def test_serve_without_a_token_refuses_every_admin_call(db: str, provider: Any,
                                                         flux_process: type[FluxProcess]
                                                         ) -> None:
     root = copy_project(tmp_path / "shop", provider.url)
-    server = serve_shop(root, db, flux_process, token=None)
+    server = serve_project(root, db, flux_process, token=None)
     server.process.wait_for("admin API /_flux/ closed")
     for token in (None, "anything"):
         status, body, _ = server.call("/_flux/executions", token=token)
@@ -80,14 +80,14 @@ def test_serve_without_a_token_refuses_every_admin_call(db: str, provider: Any,
 def test_dev_on_loopback_is_open_and_dev_on_all_addresses_is_not(
         db: str, provider: Any, tmp_path: Path, flux_process: type[FluxProcess]) -> None:
     root = copy_project(tmp_path / "shop", provider.url)
-    dev = serve_shop(root, db, flux_process, token=None, args=("dev",))
+    dev = serve_project(root, db, flux_process, token=None, args=("dev",))
     dev.process.wait_for("admin API /_flux/ open to this machine")
     status, body, _ = dev.call("/_flux/executions")
     assert status == 200 and body == {"executions": []}
     dev.process.signal(signal.SIGINT)
     assert dev.process.wait(30) == 0
 
-    exposed = serve_shop(root, db, flux_process, token="t0ken-for-dev", args=("dev",),
+    exposed = serve_project(root, db, flux_process, token="t0ken-for-dev", args=("dev",),
                          host="0.0.0.0")
     exposed.process.wait_for("needs Authorization")
     assert exposed.call("/_flux/executions")[0] == 401
