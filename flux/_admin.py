@@ -67,10 +67,10 @@ def _error(request: web.Request, status: int, code: str, message: str,
 
 
 def _status_of(error: FluxError) -> int:
+    """404 unknown, 503 the database, 400 everything else a caller got wrong (ambiguous ids
+    and refused resumes, 409, carry more and are answered before)."""
     if isinstance(error, NotFound):
         return 404
-    if isinstance(error, AmbiguousId | ResumeRefused):
-        return 409
     if isinstance(error, DatabaseError | Overloaded):
         return 503
     return 400
