@@ -53,6 +53,7 @@ from flux._embedded import EmbeddedServer, ServerInfo
 from flux._gateway import make_app
 from flux._migrate import migrate
 from flux._project import parse
+from flux._retention import maintain
 from flux._runtime import Runtime
 from flux._schema import apply_schema
 
@@ -200,6 +201,7 @@ def _prepare_databases(info: ServerInfo, project_root: Path) -> tuple[str, str]:
     ensure_database(admin, PLAIN_DB)
     flux_db, plain_db = info.conninfo(FLUX_DB), info.conninfo(PLAIN_DB)
     migrate(flux_db)
+    maintain(flux_db)  # today's partitions, as flux serve makes them at start
     apply_schema(flux_db, parse(project_root).schema_dir)  # capture goes on items
     with psycopg.connect(plain_db, autocommit=True) as conn:
         conn.execute(TABLE_SQL.encode())

@@ -45,7 +45,8 @@ def _start(plan: dict[str, Any]) -> None:
 
 
 def _tested(step: Any) -> None:
-    why = f"  [dim]{escape(step.reason)}[/]" if step.reason and step.verdict != "good" else ""
+    reason = (step.reason or "").strip().splitlines()[:1]  # a DB error's DETAIL: not here
+    why = f"  [dim]{escape(reason[0])}[/]" if reason and step.verdict != "good" else ""
     out.print(f"  {_MARKS[step.verdict]}  {step.sha[:12]}  {escape(step.subject)}{why}")
 
 

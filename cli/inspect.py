@@ -44,10 +44,11 @@ def ls(function: str = typer.Option(None, "--function", "-f", help="Only this fu
     table.add_column("status", no_wrap=True, justify="right", min_width=6)
     table.add_column("ms", no_wrap=True, justify="right", min_width=5)
     table.add_column("error")
-    room = max(16, out.width - 66)
-    for r in rows:
+    whats = [r["function"] or f"{r['method'] or ''} /{r['route']}" for r in rows]
+    # what the other columns take, the function column as wide as its longest name
+    room = max(16, out.width - 58 - min(24, max(8, *map(len, whats))))
+    for r, what in zip(rows, whats, strict=True):
         colour = "green" if r["status"] == "ok" else "red"
-        what = r["function"] or f"{r['method'] or ''} /{r['route']}"
         error = (r["error_message"] or "").splitlines()[0] if r["error_message"] else ""
         table.add_row(short(r["request_id"]), _local(r["started_at"]), escape(what),
                       f"[{colour}]{r['http_status']}[/]", f"{r['duration_ms']:.0f}",
@@ -216,6 +217,9 @@ def show_trace(request_id: str, as_json: bool) -> None:
     facts = record["stats"]
     out.print(f"\n  ── Spans: {facts['spans']}  ·  Errors: {facts['errors']}  ·  "
               f"DB writes: {facts['db_writes']}")
+    joined = f"  [dim]joined from caller span {record['caller_span_id']}[/]" \
+        if record.get("caller_span_id") else ""
+    out.print(f"  ── Trace id: {record['trace_id']}{joined}")
     _render_handoff({"jobs": record.get("jobs") or [], "parent": record.get("parent")})
     out.print("")
 

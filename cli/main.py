@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from cli import bisect, capture, check, db, incident, inspect, record, serve, testgen
+from cli import bisect, capture, check, db, gc, incident, inspect, record, serve, testgen
 from cli import queue as queue_cli  # flux queue …, flux worker
 from cli._output import out, print_error
 from cli._source import REMOTE_ENV, choose
@@ -76,6 +76,7 @@ app.add_typer(queue_cli.app, name="queue")
 app.command()(queue_cli.worker)
 app.add_typer(capture.app, name="capture")
 app.command(help=check.CHECK_HELP)(check.check)
+app.command(name="gc")(gc.gc)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cli._output import out
+from cli._output import out, print_json
 from cli._source import refuse_remote, source
 from flux._ids import short
 from flux._project import load
@@ -51,13 +51,38 @@ def import_(path: Path = typer.Argument(..., help="A file made by flux record ex
 
 
 @app.command("pin")
-def pin(request_id: str = typer.Argument(..., help="Execution id or a unique prefix.")
+def pin(request_id: str = typer.Argument(..., help="Execution id or a unique prefix."),
+        note: str = typer.Option(None, "--note", help="Why it is kept (shown by --json)."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")
         ) -> None:
-    """Keep an execution past retention (an investigation needs it)."""
+    """Keep an execution past retention (an investigation needs it): flux gc keeps its
+    record and its changes."""
     refuse_remote("record pin")
     from flux._database import connect, resolve
-    from flux._lookup import pin_record
+    from flux._retention import pin as do_pin
 
     with connect(resolve(load(), create=False).conninfo, autocommit=True) as conn:
-        full = pin_record(conn, request_id)
-    out.print(f"[green]✓[/] {short(full)} is pinned")
+        pinned = do_pin(conn, request_id, note)
+    if as_json:
+        print_json(pinned)
+        return
+    out.print(f"[green]✓[/] {short(pinned['request_id'])} is pinned: flux gc keeps it",
+              highlight=False)
+
+
+@app.command("unpin")
+def unpin(request_id: str = typer.Argument(..., help="Execution id or a unique prefix."),
+          as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")
+          ) -> None:
+    """Let retention take a pinned execution again."""
+    refuse_remote("record unpin")
+    from flux._database import connect, resolve
+    from flux._retention import unpin as do_unpin
+
+    with connect(resolve(load(), create=False).conninfo, autocommit=True) as conn:
+        full, was = do_unpin(conn, request_id)
+    if as_json:
+        print_json({"request_id": full, "was_pinned": was})
+        return
+    out.print(f"[green]✓[/] {short(full)} is no longer pinned" if was
+              else f"{short(full)} was not pinned", highlight=False)

@@ -109,7 +109,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                       details=exc.details or None)
     except FluxError as exc:
         return _error(request, _status_of(exc), exc.code, exc.message, exc.hint)
-    except (psycopg.OperationalError, PoolTimeout) as exc:
+    except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
         return _error(request, 503, "unavailable",
                       f"the database is unavailable: {type(exc).__name__}")
 

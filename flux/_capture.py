@@ -29,7 +29,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from flux._database import connect
+from flux._database import connect, first_line
 from flux._errors import DatabaseError, FluxError
 from flux._pgjson import TypeCatalog
 from flux._pgoutput import (
@@ -313,7 +313,7 @@ class Consumer:
             except (psycopg.Error, OSError, DatabaseError) as exc:  # the server restarted
                 if on_error is not None:
                     on_error(exc)
-                log.warning("capture consumer: %s; retrying", exc)
+                log.warning("capture consumer: %s; retrying", first_line(exc))
                 stop.wait(1.0)
 
     def drain(self, conn: psycopg.Connection[Any]) -> StepResult:

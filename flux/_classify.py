@@ -103,6 +103,13 @@ def _classify(f: _Failure, earlier_responses: Mapping[str, Sequence[Any]]) -> Ro
             {"dependency": "postgresql", "code": _text(f.error.get("code")) or "overloaded"},
             "No database connection came free in time: raise [database] pool_size in "
             "flux.toml or lower the load, and look for executions holding a connection long.")
+    if f.type == "DatabaseUnavailable" or (f.type == "OperationalError"
+                                           and not _text(f.error.get("sqlstate"))):
+        return RootCause(
+            "dependency_error", f"the database connection was lost: {f.message}", None,
+            {"dependency": "postgresql", "code": "unavailable"},
+            "PostgreSQL restarted or the network to it failed while the execution ran; "
+            "nothing it wrote was kept, so it can be retried (flux resume).")
     return _payload_shape(f, earlier_responses) or _exception(f, span)
 
 

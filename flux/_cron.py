@@ -25,9 +25,11 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import psycopg
 from psycopg.types.json import Jsonb
 
-from flux._errors import ConfigError
+from flux._database import first_line
+from flux._errors import ConfigError, DatabaseError, DatabaseUnavailable, Overloaded
 from flux._ids import new_request_id
 from flux._queries import load
 
@@ -113,9 +115,7 @@ class Scheduler:
         return enqueued
 
     async def _insert(self, spec: FunctionSpec, tick: dt.datetime) -> str | None:
-        pool = await self.runtime.ensure_pool()
-        async with pool.connection(timeout=self.runtime.pool_timeout) as conn, \
-                conn.transaction():
+        async with self.runtime.connection() as conn, conn.transaction():
             cur = await conn.execute(self._q.insert_tick, {
                 "function": spec.name, "tick_at": tick, "job_id": str(new_request_id()),
                 "payload": Jsonb({"tick_at": tick.isoformat()}),
@@ -138,7 +138,12 @@ class Scheduler:
             now = self.now()
             try:
                 await self.run_pass(now)
-            except Exception:  # the database restarting must not end the scheduler
+            except (DatabaseError, Overloaded, psycopg.OperationalError) as exc:
+                # The database restarting must not end the scheduler; the tick is enqueued
+                # by the next pass (the runtime logs an outage once).
+                if not isinstance(exc, DatabaseUnavailable):
+                    log.warning("cron pass failed: %s", first_line(exc))
+            except Exception:
                 log.exception("cron pass failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._sleep_for(self.now())):

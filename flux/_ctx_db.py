@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.rows import dict_row
 
+from flux._execution import begin_statement
 from flux._jsoncodec import encode
 from flux._queries import load
 from flux._recorder import CallSite
@@ -93,16 +94,24 @@ class Database:
                 raise psycopg.errors.InFailedSqlTransaction(
                     "current transaction is aborted: an earlier ctx.db statement of this "
                     f"execution failed ({ex.db_failed})")
-            conn = await ex.connection()
-            cur = conn.cursor(row_factory=dict_row)
+            conn = ex.conn
             try:
                 # Plain round trips, not a pipeline: on loopback a round trip costs less
                 # than psycopg's pipeline machinery does in Python (measured in bench/).
-                if protect:
-                    # The previous statement's savepoint is released here, not after it.
-                    await conn.execute(q.savepoint_next if ex.savepoint_open else q.savepoint)
-                    ex.savepoint_open = True
-                await cur.execute(tagged(query, span_id), params)  # type: ignore[arg-type]
+                if conn is None:
+                    # BEGIN, the request GUC and the first statement in one simple query
+                    # (psycopg binds the parameters client-side): a round trip saved.
+                    cur = await ex.begin_with(
+                        lambda c: _first_statement(c, ex.request_id, ex.tenant, query, params,
+                                                   span_id))
+                else:
+                    cur = conn.cursor(row_factory=dict_row)
+                    if protect:
+                        # The previous statement's savepoint is released here, not after it.
+                        await conn.execute(q.savepoint_next if ex.savepoint_open
+                                           else q.savepoint)
+                        ex.savepoint_open = True
+                    await cur.execute(tagged(query, span_id), params)  # type: ignore[arg-type]
             except psycopg.Error as exc:
                 ex.db_failed = type(exc).__name__
                 if protect and not ex.broken(conn):
@@ -122,6 +131,24 @@ class Database:
             rows = await cur.fetchall() if cur.description else None
             columns = [c.name for c in cur.description] if cur.description else None
             return rows, cur.rowcount, columns
+
+
+async def _first_statement(conn: psycopg.AsyncConnection[Any], request_id: str,
+                           tenant: str | None, query: str, params: Params, span_id: str
+                           ) -> psycopg.AsyncCursor[Any]:
+    """Begin the execution's transaction with its first statement; return the cursor on
+    that statement's result."""
+    cur = psycopg.AsyncClientCursor(conn, row_factory=dict_row)
+    begin = begin_statement(request_id, tenant, conn)
+    if params is not None:  # the tenant's literal may hold a %, which is not a placeholder
+        begin = begin.replace(b"%", b"%%")
+    # The span comment goes first: the capture trigger reads it from the start of
+    # current_query(), which is this whole string (sql/0007).
+    await cur.execute(f"/*flux:{span_id}*/ ".encode()  # type: ignore[arg-type]
+                      + begin + b"; " + query.encode(), params)
+    while cur.nextset():
+        pass  # BEGIN and set_config come first; the caller reads the last result
+    return cur
 
 
 def tagged(query: str, span_id: str) -> str:

@@ -2,8 +2,9 @@
 
 A POST/PUT/PATCH/DELETE carries ``Idempotency-Key: <request_id>-<call seq>`` unless the
 handler set one, so a provider that honours the header deduplicates a call that is sent
-again (a retry, a resume). Answers are not raised on: check ``response.status`` or call
-``response.raise_for_status()``, as with httpx.
+again (a retry, a resume). Every call carries a W3C ``traceparent`` naming its own span, so
+the callee's spans join the execution's trace. Answers are not raised on: check
+``response.status`` or call ``response.raise_for_status()``, as with httpx.
 """
 
 from __future__ import annotations
@@ -124,6 +125,8 @@ class Http:
         key = f"{method} {shown_url}"
         with rec.span(f"http.{method.lower()} {parts.netloc}{parts.path}", "http", site,
                       attrs) as span:
+            added = _propagate(ex, span, sent_headers)
+            attrs["request"]["headers"].update(added)
             if ex.replay is not None:
                 served = await ex.replay.http(method, url, sent_headers, body, span, site)
                 if served is not None:
@@ -174,6 +177,21 @@ class Http:
             rec.tape_append("http", key, recorded, site=site, span_id=span.id,
                             call_seq=call_seq)
             return response
+
+
+def _propagate(ex: Execution, span: Any, headers: dict[str, str]) -> dict[str, str]:
+    """Add W3C ``traceparent`` (naming this call's span as the parent) and the caller's
+    ``tracestate`` to ``headers``, unless the handler set its own; returns what was added.
+    Tape matching keys HTTP calls by method and URL, so the header never disturbs a
+    replay."""
+    names = {k.lower() for k in headers}
+    if "traceparent" in names:
+        return {}
+    added = {"traceparent": ex.traceparent(span)}
+    if ex.trace.tracestate and "tracestate" not in names:
+        added["tracestate"] = ex.trace.tracestate
+    headers.update(added)
+    return added
 
 
 def _text(body: bytes | None) -> Any:

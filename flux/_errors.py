@@ -6,6 +6,7 @@
     ├── AmbiguousId               ambiguous   an id prefix matches several executions
     ├── DatabaseError             database    PostgreSQL is unreachable or refused something
     │   ├── EmbeddedServerError   embedded    the embedded server cannot start, stop or be reached
+    │   ├── DatabaseUnavailable   unavailable the server is down or the connection to it was lost
     │   └── MigrationError        migration   a migration failed or the schema is ahead of Flux
     ├── FunctionError             function    raised by user code through ctx.error(status, code, …)
     ├── HttpError                 http        an outbound ctx.http call failed
@@ -69,6 +70,19 @@ class DatabaseError(FluxError):
 
 class EmbeddedServerError(DatabaseError):
     code = "embedded"
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached now (restarting, down, the connection lost). With
+    ``in_doubt`` the connection died during an execution's COMMIT, so whether it committed
+    is unknown until the database is back."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, *, hint: str | None = None, in_doubt: bool = False
+                 ) -> None:
+        super().__init__(message, hint=hint)
+        self.in_doubt = in_doubt
 
 
 class MigrationError(DatabaseError):

@@ -11,22 +11,23 @@ import asyncio
 import concurrent.futures
 import contextvars
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.abc import AdaptContext
-from psycopg_pool import PoolTimeout
 
-from flux._errors import Overloaded
 from flux._queries import load
 from flux._recorder import CallSite, Recorder, Span
+from flux._tracecontext import TraceContext, span_id
 
 if TYPE_CHECKING:
     from flux._redact import RedactionPolicy
     from flux._runtime import Runtime
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,14 @@ def begin_statement(request_id: str, tenant: str | None = None,
                     context: AdaptContext | None = None) -> bytes:
     """BEGIN and the execution's GUCs, as one simple query."""
     rid = uuid.UUID(request_id)  # only a real UUID ever reaches the SQL text
-    if tenant is None:
-        return load("execution").begin.replace("{request_id}", str(rid)).encode()
-    # The tenant comes from a request: quoted by psycopg, and put in after the id.
-    literal = sql.Literal(tenant).as_string(context)
-    return load("execution").begin_tenant.replace("{request_id}", str(rid)) \
-        .replace("{tenant}", literal).encode()
+    q = load("execution")
+    template = q.begin if tenant is None else q.begin_tenant
+    text = "\n".join(line for line in template.splitlines() if not line.startswith("--"))
+    text = text.replace("{request_id}", str(rid))
+    if tenant is not None:
+        # The tenant comes from a request: quoted by psycopg, put in last.
+        text = text.replace("{tenant}", sql.Literal(tenant).as_string(context))
+    return text.encode()
 
 
 class Execution:
@@ -66,11 +69,14 @@ class Execution:
 
     def __init__(self, runtime: Runtime, recorder: Recorder, *,
                  replay: ReplaySource | None = None,
-                 idempotency_prefix: str | None = None, tenant: str | None = None) -> None:
+                 idempotency_prefix: str | None = None,
+                 trace: TraceContext | None = None, tenant: str | None = None) -> None:
         self.runtime = runtime
         self.tenant = tenant
         self.recorder = recorder
         self.request_id = recorder.request_id
+        # The caller's trace (a traceparent the gateway accepted), else one of our own.
+        self.trace = trace or TraceContext.start(self.request_id)
         self.replay = replay
         self.conn: AsyncConnection[Any] | None = None
         self.savepoint_open = False  # released lazily, before the next statement
@@ -94,25 +100,33 @@ class Execution:
     def idempotency_key(self, call_seq: int) -> str:
         return f"{self._idempotency_prefix}-{call_seq}"
 
+    def traceparent(self, span: Span) -> str:
+        """The ``traceparent`` an outgoing call made under ``span`` sends: this trace, and
+        the id ``span`` is exported with."""
+        return self.trace.traceparent(span_id(self.request_id, span.id))
+
     async def connection(self) -> AsyncConnection[Any]:
-        """The execution's connection, taken from the pool on first use (its transaction
-        begins with the first statement)."""
+        """The execution's connection, taken from the pool and its transaction begun on
+        first use."""
         if self.conn is None:
-            await self.runtime.ensure_pool()
-            try:
-                conn = await self.runtime.pool.getconn(timeout=self.runtime.pool_timeout)
-            except PoolTimeout as exc:
-                raise Overloaded("every database connection is busy",
-                                 hint="raise [database] pool_size or lower the load") from exc
             # The transaction and the request GUC the capture triggers read, in one round
             # trip (a simple query; the id is a UUID Flux made, so the literal is safe).
-            try:
-                await conn.execute(begin_statement(self.request_id, self.tenant, conn))
-            except BaseException:
-                await self.runtime.pool.putconn(conn)
-                raise
-            self.conn = conn
+            self.conn = await self.runtime.begin(begin_statement(self.request_id,
+                                                                 self.tenant))
         return self.conn
+
+    async def begin_with(self, first: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Take the connection and begin the transaction with the execution's first
+        statement, in one round trip: ``first`` sends both on the connection it is given.
+        If it fails, the connection goes back to the pool and the transaction has not
+        begun."""
+        results: list[T] = []
+
+        async def run(conn: AsyncConnection[Any]) -> None:
+            results.append(await first(conn))
+
+        self.conn = await self.runtime.begin(run)
+        return results[-1]
 
     def broken(self, conn: AsyncConnection[Any]) -> bool:
         return conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.UNKNOWN

@@ -20,8 +20,9 @@ import orjson
 import psycopg
 from psycopg import pq
 
+from flux._availability import connection_lost
 from flux._context import Context, activate
-from flux._errors import FunctionError, Overloaded
+from flux._errors import DatabaseUnavailable, FunctionError, Overloaded
 from flux._execution import Execution, ReplaySource
 from flux._function import FunctionSpec
 from flux._ids import short
@@ -36,9 +37,17 @@ from flux._record import (
     store_and_commit,
 )
 from flux._recorder import CallSite, Recorder
+from flux._sampling import keeps, outline_spans
+from flux._tracecontext import TraceContext
 
 if TYPE_CHECKING:
     from flux._runtime import Runtime
+
+
+LOST = ("the database connection was lost while the request ran: nothing it wrote was kept, "
+        "so it can be retried")
+IN_DOUBT = ("the database connection was lost during the commit: whether the request's "
+            "changes were stored is unknown until the database is back")
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Invocation:
     parent_id: str | None = None
     replay_of: str | None = None
     resumed_from: str | None = None
+    trace: TraceContext | None = None  # the caller's (a traceparent); None: a new trace
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
     rec = Recorder(inv.request_id, project_root=runtime.root,
                    functions_dir=runtime.functions_dir)
     ex = Execution(runtime, rec, replay=replay, idempotency_prefix=idempotency_prefix,
-                   tenant=inv.tenant)
+                   trace=inv.trace, tenant=inv.tenant)
     ctx = Context(ex, spec, headers=inv.headers, is_replay=replay is not None)
     output: Any = None
     failure: BaseException | None = None
@@ -111,8 +121,12 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
         except Exception as exc:
             failure = exc
     if failure is None:
-        return await _succeed(ex, inv, output, persist, commit_data)
-    return await _fail(ex, inv, failure, persist)
+        outcome = await _succeed(ex, inv, output, persist, commit_data)
+    else:
+        outcome = await _fail(ex, inv, failure, persist)
+    if persist:  # what is stored is what is exported: a local replay sends nothing
+        runtime.export_spans(outcome.record)
+    return outcome
 
 
 class FunctionTimeout(TimeoutError):
@@ -134,7 +148,10 @@ def _json_output(result: Any) -> Any:
 
 
 def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
-            body: Any, error: dict[str, Any] | None) -> ExecutionRecord:
+            body: Any, error: dict[str, Any] | None, outline: bool = False
+            ) -> ExecutionRecord:
+    """The execution's record; with ``outline``, the outline of a success that sampling
+    left out (flux/_sampling.py): no bodies, tape or logs, spans without attributes."""
     rec = ex.recorder
     runtime = ex.runtime
     for span in rec.spans:
@@ -142,24 +159,40 @@ def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
     version = runtime.code_version
     scrub = ex.policy.scrub
     secrets = rec.secret_values
+    route = inv.route or inv.spec.route
+    spans = [s.to_json() for s in rec.spans]
+    if outline:
+        request: dict[str, Any] = {"method": inv.method, "route": route}
+        response: dict[str, Any] = {"status": http_status}
+        spans, tape, logs = outline_spans(spans), [], []
+    else:
+        request = {"method": inv.method, "route": route,
+                   "headers": ex.policy.redact_headers(inv.headers),
+                   "query": dict(inv.query), "body": ex.prepare_body(encode(inv.input)),
+                   "trace": ex.trace.to_json()}
+        response = {"status": http_status, "body": ex.prepare_body(body)}
+        tape, logs = scrub(rec.tape, secrets), scrub(rec.logs, secrets)
     return ExecutionRecord(
         request_id=inv.request_id, kind=inv.kind, function=inv.spec.name, status=status,
         http_status=http_status, started_at=rec.started_at, duration_ms=rec.elapsed_ms(),
-        request={"method": inv.method, "route": inv.route or inv.spec.route,
-                 "headers": ex.policy.redact_headers(inv.headers),
-                 "query": dict(inv.query), "body": ex.prepare_body(encode(inv.input))},
-        response={"status": http_status, "body": ex.prepare_body(body)},
-        error=scrub(error, secrets), spans=scrub([s.to_json() for s in rec.spans], secrets),
-        tape=scrub(rec.tape, secrets), logs=scrub(rec.logs, secrets),
+        request=request, response=response, error=scrub(error, secrets),
+        spans=scrub(spans, secrets), tape=tape, logs=logs,
         code_sha=version.sha, code_dirty=version.dirty, method=inv.method,
-        route=inv.route or inv.spec.route, runtime=inv.spec.runtime, tenant=inv.tenant,
+        route=route, runtime=inv.spec.runtime, tenant=inv.tenant,
         parent_id=inv.parent_id, replay_of=inv.replay_of, resumed_from=inv.resumed_from,
+        sampled=not outline,
     )
 
 
 async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool,
                    commit_data: bool = True) -> Outcome:
-    record = _record(ex, inv, status="ok", http_status=200, body=output, error=None)
+    # Sampling ([record] sample_rate) applies to live executions only, never to replays.
+    outline = ex.replay is None and persist and commit_data and \
+        not keeps(inv.request_id, ex.runtime.sample_rate)
+    record = _record(ex, inv, status="ok", http_status=200, body=output, error=None,
+                     outline=outline)
+    if outline and ex.conn is None and inv.kind == "http":  # it wrote nothing: no record
+        return Outcome(inv.request_id, "ok", 200, output, None, record)
     if not persist or not commit_data:
         mutations = await _salvage(ex, ex.conn) if ex.conn is not None else []
         record.mutations = [{**m, "request_id": inv.request_id} for m in mutations]
@@ -175,9 +208,20 @@ async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool,
         else:
             await ex.runtime.store_record(record)
     except psycopg.Error as exc:
-        # COMMIT itself failed (a deferred constraint, a serialization failure, a lost
-        # connection): nothing was committed, so this is a failed execution after all.
-        return await _fail(ex, inv, exc, persist, transaction_lost=True)
+        # COMMIT itself failed (a deferred constraint, a serialization failure): nothing was
+        # committed, so this is a failed execution after all — unless the connection died
+        # during that round trip, when the COMMIT may have happened. Storing the failure
+        # record settles it: the request id is its key, so a duplicate means it committed.
+        try:
+            return await _fail(ex, inv, exc, persist, transaction_lost=True)
+        except psycopg.errors.UniqueViolation:
+            if not connection_lost(exc):
+                raise
+            return Outcome(inv.request_id, "ok", 200, output, None, record)
+        except Exception as again:
+            if connection_lost(exc):
+                raise DatabaseUnavailable(IN_DOUBT, in_doubt=True) from again
+            raise
     finally:
         await ex.release()
     return Outcome(inv.request_id, "ok", 200, output, None, record)
@@ -191,6 +235,8 @@ async def _fail(ex: Execution, inv: Invocation, failure: BaseException, persist:
     error["http_status"] = http_status
     mutations: list[dict[str, Any]] = []
     conn = ex.conn
+    if connection_lost(failure):
+        ex.runtime.availability.lost(failure)
     if conn is not None and not transaction_lost:
         mutations = await _salvage(ex, conn)
     record = _record(ex, inv, status="error", http_status=http_status, body=body, error=error)
@@ -222,6 +268,11 @@ async def _salvage(ex: Execution, conn: psycopg.AsyncConnection[Any]) -> list[di
             with contextlib.suppress(psycopg.Error):
                 await conn.rollback()
             return mutations
+        if state == pq.TransactionStatus.INERROR and ex.savepoint_open:
+            # A guarded statement cut short by the function's timeout (psycopg cancelled it
+            # in the server): back to before it, to read what the earlier ones changed.
+            await conn.execute(load("execution").rollback_to)
+            state = conn.info.transaction_status
         if state == pq.TransactionStatus.INTRANS:
             mutations = await attempted_mutations(conn, ex.request_id)
             if not mutations and ex.statements and await _wal_mode(conn):
@@ -276,6 +327,13 @@ def _answer(inv: Invocation, failure: BaseException) -> tuple[int, dict[str, Any
     if isinstance(failure, Overloaded):
         return 503, {"error": {"code": "overloaded", "message": failure.message},
                      "request_id": inv.request_id}
+    if connection_lost(failure):  # rolled back with its connection: safe to retry
+        return 503, {"error": {"code": "unavailable", "message": LOST},
+                     "request_id": inv.request_id}
+    if isinstance(failure, psycopg.errors.QueryCanceled) and "timeout" in str(failure):
+        return 504, {"error": {"code": "timeout",
+                               "message": f"a database statement ran too long: {failure}"},
+                     "request_id": inv.request_id, "hint": hint}
     return 500, {"error": {"code": "internal_error",
                            "message": f"{inv.spec.name} failed: {type(failure).__name__}"},
                  "request_id": inv.request_id, "hint": hint}

@@ -175,7 +175,7 @@ async def _dry_run(project: Project, conninfo: str, function: str, payload: Any
                    ) -> dict[str, Any]:
     from flux._runtime import Runtime
 
-    runtime = Runtime(project, conninfo, pool_size=2)
+    runtime = Runtime(project, conninfo, pool_size=2, exports_spans=False)  # stores nothing
     await runtime.start()
     try:
         spec = runtime.registry.by_name.get(function)

@@ -6,6 +6,14 @@ can hold is a 400 (flux/_body.py), an unknown route a 404, another method a 405,
 over the limit a 413, a bad tenant a 400 — each answered with one sentence and the request
 id, and each recorded like any execution. The tenant comes from ``[tenants]``
 (flux/_tenants.py). Every response carries ``x-flux-request-id``.
+
+Two refusals come before anything runs, each a 503 with ``Retry-After`` and
+``"recorded": false`` in its body (the request is counted in ``/health``, not recorded —
+there is nowhere to record it, or recording it is the load being shed): while the database
+is down (``unavailable``), and while ``[server] max_inflight`` executions are already in
+flight (``overloaded``). An execution that ran but whose record could not be stored is
+answered the same way; one whose connection died during its COMMIT says ``"recorded":
+null``: whether it committed is unknown until the database is back.
 """
 
 from __future__ import annotations
@@ -16,21 +24,26 @@ from typing import Any
 
 import psycopg
 from aiohttp import web
-from psycopg_pool import PoolTimeout
 
 from flux._body import BodyError, parse_body, preview
-from flux._executor import Invocation, Outcome, execute
+from flux._errors import DatabaseUnavailable, Overloaded
+from flux._executor import IN_DOUBT, Invocation, Outcome, execute
 from flux._ids import new_request_id
 from flux._record import ExecutionRecord, failure_signature
 from flux._recorder import Span
 from flux._runtime import Runtime, utcnow
 from flux._tenants import TenantRefused
+from flux._tracecontext import TraceContext, from_headers
 
 REQUEST_ID_HEADER = "x-flux-request-id"
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
 ID_KEY = web.RequestKey("request_id", str)
 Observer = Callable[[str, str, int, float, str | None], None]
 OBSERVER_KEY = web.AppKey("observer", object)
+RETRY_AFTER = "1"  # seconds; an outage or a burst is usually over by then
+NOT_RUN = "the database is unavailable, so the request was not run"
+NOT_STORED = ("the database became unavailable, so the request was not recorded and nothing "
+              "it wrote was kept")
 
 
 def make_app(runtime: Runtime, *, observer: Observer | None = None) -> web.Application:
@@ -68,13 +81,32 @@ async def _request_id_middleware(
 
 async def _health(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    return web.json_response({"status": "ok", "functions": len(runtime.registry.by_name)})
+    return web.json_response({
+        "status": "ok", "functions": len(runtime.registry.by_name),
+        "database": runtime.availability.state, "inflight": runtime.inflight,
+        "max_inflight": runtime.max_inflight, "refused": runtime.refused})
 
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
     request_id: str = request[ID_KEY]
     path = request.match_info["path"]
+    if runtime.availability.down:
+        return _unavailable(runtime, request_id, NOT_RUN)
+    if runtime.inflight >= runtime.max_inflight:
+        runtime.refused["overloaded"] += 1
+        return _refusal(request_id, "overloaded",
+                        f"{runtime.max_inflight} requests are already in flight, so this one "
+                        "was not run", recorded=False)
+    runtime.inflight += 1
+    try:
+        return await _run(request, runtime, path, request_id)
+    finally:
+        runtime.inflight -= 1
+
+
+async def _run(request: web.Request, runtime: Runtime, path: str, request_id: str
+               ) -> web.StreamResponse:
     spec = runtime.registry.route(path)
     try:
         tenant = runtime.tenants.resolve(request)
@@ -104,23 +136,45 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     invocation = Invocation(
         request_id=request_id, spec=spec, input=payload, kind="http", method=request.method,
         route=path, headers=dict(request.headers), query=dict(request.query), tenant=tenant,
+        trace=from_headers(request.headers),  # a malformed traceparent starts a new trace
     )
     try:
         outcome = await execute(runtime, invocation)
-    except (psycopg.OperationalError, PoolTimeout, OSError):
-        return _unavailable(request_id)
+    except (psycopg.Error, DatabaseUnavailable, Overloaded, OSError) as exc:
+        return _unstored(runtime, request_id, exc)
     return _respond(outcome)
 
 
 def _respond(outcome: Outcome) -> web.Response:
-    return web.json_response(outcome.body, status=outcome.http_status)
+    response = web.json_response(outcome.body, status=outcome.http_status)
+    if outcome.http_status == 503:
+        response.headers["Retry-After"] = RETRY_AFTER
+    return response
 
 
-def _unavailable(request_id: str) -> web.Response:
+def _unstored(runtime: Runtime, request_id: str, exc: BaseException) -> web.Response:
+    """The answer to an execution whose record could not be stored. Nothing it wrote was
+    committed (its record goes in the same transaction) — unless its COMMIT is in doubt."""
+    if isinstance(exc, DatabaseUnavailable) and exc.in_doubt:
+        runtime.refused["unavailable"] += 1
+        return _refusal(request_id, "unavailable", IN_DOUBT, recorded=None)
+    if isinstance(exc, Overloaded):
+        runtime.refused["overloaded"] += 1
+        return _refusal(request_id, "overloaded", f"{exc.message}, so the request was not "
+                        "recorded and nothing it wrote was kept", recorded=False)
+    return _unavailable(runtime, request_id, NOT_STORED)
+
+
+def _unavailable(runtime: Runtime, request_id: str, message: str) -> web.Response:
+    runtime.refused["unavailable"] += 1
+    return _refusal(request_id, "unavailable", message, recorded=False)
+
+
+def _refusal(request_id: str, code: str, message: str, *, recorded: bool | None
+             ) -> web.Response:
     return web.json_response(
-        {"error": {"code": "unavailable",
-                   "message": "the database is unavailable, so the request was not run"},
-         "request_id": request_id}, status=503)
+        {"error": {"code": code, "message": message}, "request_id": request_id,
+         "recorded": recorded}, status=503, headers={"Retry-After": RETRY_AFTER})
 
 
 async def _reject(request: web.Request, status: int, code: str, message: str, *,
@@ -140,7 +194,9 @@ async def _reject(request: web.Request, status: int, code: str, message: str, *,
         http_status=status, started_at=now, duration_ms=0.0,
         request={"method": request.method, "route": request.path.lstrip("/"),
                  "headers": runtime.policy.redact_headers(request.headers.items()),
-                 "query": dict(request.query), "body": runtime.policy.prepare(body)},
+                 "query": dict(request.query), "body": runtime.policy.prepare(body),
+                 "trace": (from_headers(request.headers)
+                           or TraceContext.start(request_id)).to_json()},
         response={"status": status, "body": answer}, error=error, spans=[span.to_json()],
         tape=[], logs=[], code_sha=runtime.code_version.sha,
         code_dirty=runtime.code_version.dirty, method=request.method,
@@ -149,6 +205,7 @@ async def _reject(request: web.Request, status: int, code: str, message: str, *,
     record.signature = failure_signature(record)
     try:
         await runtime.store_record(record)
-    except (psycopg.OperationalError, PoolTimeout, OSError):
-        return _unavailable(request_id)
+    except (psycopg.Error, DatabaseUnavailable, Overloaded, OSError) as exc:
+        return _unstored(runtime, request_id, exc)
+    runtime.export_spans(record)
     return web.json_response(answer, status=status)

@@ -88,13 +88,6 @@ def _dashed(digits: str) -> str:
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
-def pin_record(conn: psycopg.Connection[Any], prefix: str) -> str:
-    """Mark an execution as kept past retention; returns its full id."""
-    request_id = resolve_id(conn, prefix)
-    conn.execute(load("inspect").pin, {"request_id": request_id})
-    return request_id
-
-
 def handoffs(conn: psycopg.Connection[Any], record: dict[str, Any]) -> dict[str, Any]:
     """Both directions of a queue hand-off: the jobs this execution enqueued (and their
     fate), and the execution that enqueued this one."""

@@ -3,7 +3,9 @@
 A versioned, self-contained JSON file — the execution record (request, response, error,
 spans, tape, logs, code version) and its mutations — so a production failure can be
 replayed on a laptop with no access to production. Redaction is preserved: what was
-redacted in the store stays redacted in the file.
+redacted in the store stays redacted in the file. An imported execution is pinned
+(``flux.pins``, note "imported"): retention goes by an execution's own time, and an imported
+one is usually older than any retention.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ VERSION = 1
 _RECORD_FIELDS = (
     "request_id", "kind", "function", "runtime", "method", "route", "status", "http_status",
     "started_at", "duration_ms", "request", "response", "error", "spans", "tape", "logs",
-    "code_sha", "code_dirty", "tenant", "parent_id", "replay_of", "resumed_from",
+    "code_sha", "code_dirty", "tenant", "parent_id", "replay_of", "resumed_from", "sampled",
 )
 _MUTATION_FIELDS = ("table_schema", "table_name", "pk", "op", "old", "new", "changed_cols",
                     "rolled_back", "span_id", "committed_at", "source")
@@ -79,6 +81,7 @@ def import_record(conn: psycopg.Connection[Any], document: dict[str, Any]) -> bo
     json_fields = ("request", "response", "error", "spans", "tape", "logs")
     params = {k: (Jsonb(record.get(k)) if k in json_fields and record.get(k) is not None
                   else record.get(k)) for k in _RECORD_FIELDS}
+    params["sampled"] = record.get("sampled") is not False  # files made before sampling
     # The executor's insert, made idempotent: importing the same file twice is harmless.
     insert = load("execution").insert_record + \
         "\nON CONFLICT (request_id) DO NOTHING RETURNING request_id"
@@ -86,6 +89,10 @@ def import_record(conn: psycopg.Connection[Any], document: dict[str, Any]) -> bo
         row = conn.execute(insert.encode(), params).fetchone()
         if row is None:
             return False
+        # Imported to be looked at: pinned, so that retention (which goes by the
+        # execution's own time, likely long past) does not take it at the next gc.
+        conn.execute(load("retention").pin, {"request_id": record["request_id"],
+                                             "note": "imported"})
         for m in document.get("mutations") or []:
             conn.execute(q.insert_mutation, {
                 **{k: m.get(k) for k in _MUTATION_FIELDS},

@@ -6,7 +6,9 @@ A project is the nearest directory upward that holds a ``flux.toml``. Its privat
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,39 @@ class DatabaseConfig:
 
     name: str = "flux"
     port: int | None = None  # TCP port of the embedded server; None = choose a free one
+    pool_size: int = 20  # connections of a serving process's pool
+    pool_timeout: float = 5.0  # seconds an execution waits for a pooled connection
+    statement_timeout: float | None = None  # seconds; PostgreSQL cancels a longer statement
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``[server]`` in flux.toml."""
+
+    max_inflight: int | None = None  # executions at once per process; None = 5 × pool_size
+
+
+@dataclass(frozen=True)
+class OtelConfig:
+    """``[otel]`` in flux.toml: send every execution's spans over OTLP/HTTP. Without an
+    ``endpoint`` here, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    (the OpenTelemetry variables) decide; with none of them nothing is sent, and
+    ``endpoint = ""`` turns export off whatever the environment says."""
+
+    endpoint: str | None = None  # the full URL, e.g. http://localhost:4318/v1/traces
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. a collector's API key
+    service_name: str | None = None  # default: the project's name
+    schedule_delay_ms: int = 1000  # how long finished spans wait to be sent in one batch
+    timeout_s: float = 5.0  # one export attempt, retries included
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """``[record]`` in flux.toml, the parts that decide what is kept and for how long
+    (redaction and body caps are read by flux/_redact.py)."""
+
+    retention: dt.timedelta | None = None  # None: records are kept until deleted by hand
+    sample_rate: float = 1.0  # share of successful executions recorded in full
 
 
 @dataclass(frozen=True)
@@ -34,6 +69,9 @@ class Project:
     port: int = 4000
     capture: str = "trigger"
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    otel: OtelConfig = field(default_factory=OtelConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -87,6 +125,9 @@ def parse(root: Path) -> Project:
 
     project = raw.get("project", {})
     db = raw.get("database", {})
+    server = raw.get("server", {})
+    if not isinstance(db, dict) or not isinstance(server, dict):
+        raise ConfigError(f"{path}: [database] and [server] must be tables")
     capture = raw.get("capture", "trigger")
     if capture not in ("trigger", "wal"):
         raise ConfigError(f'{path}: capture must be "trigger" or "wal", not {capture!r}')
@@ -97,20 +138,115 @@ def parse(root: Path) -> Project:
     db_name = str(db.get("name", "flux"))
     if not db_name.replace("_", "").isalnum():
         raise ConfigError(f"{path}: database.name must be letters, digits and _, not {db_name!r}")
+    max_inflight = server.get("max_inflight")
     return Project(
         root=root,
         name=str(raw.get("name", project.get("name", root.name))),
         port=port,
         capture=capture,
-        database=DatabaseConfig(name=db_name, port=db_port),
+        database=DatabaseConfig(
+            name=db_name, port=db_port,
+            pool_size=_count_option(path, "database.pool_size", db.get("pool_size", 20)),
+            pool_timeout=_seconds_option(path, "database.pool_timeout",
+                                         db.get("pool_timeout")) or DatabaseConfig.pool_timeout,
+            statement_timeout=_seconds_option(path, "database.statement_timeout",
+                                              db.get("statement_timeout"))),
+        server=ServerConfig(max_inflight=None if max_inflight is None else
+                            _count_option(path, "server.max_inflight", max_inflight)),
+        otel=_otel(path, raw.get("otel", {})),
+        record=_record_config(path, raw),
         raw=raw,
     )
+
+
+def _otel(path: Path, section: Any) -> OtelConfig:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [otel] must be a table")
+    endpoint = section.get("endpoint")
+    if endpoint is not None and endpoint != "" and (
+            not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
+        raise ConfigError(f"{path}: otel.endpoint must be an http:// or https:// URL such as "
+                          f'"http://localhost:4318/v1/traces", not {endpoint!r}')
+    headers = section.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ConfigError(f"{path}: otel.headers must be a table of strings")
+    service = section.get("service_name")
+    if service is not None and not (isinstance(service, str) and service):
+        raise ConfigError(f"{path}: otel.service_name must be a non-empty string")
+    delay = section.get("schedule_delay_ms", 1000)
+    if isinstance(delay, bool) or not isinstance(delay, int) or delay <= 0:
+        raise ConfigError(f"{path}: otel.schedule_delay_ms must be a positive number of "
+                          f"milliseconds, not {delay!r}")
+    timeout = section.get("timeout", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigError(f"{path}: otel.timeout must be a positive number of seconds, "
+                          f"not {timeout!r}")
+    return OtelConfig(endpoint=endpoint, headers={str(k): v for k, v in headers.items()},
+                      service_name=service, schedule_delay_ms=delay, timeout_s=float(timeout))
 
 
 def _int_option(path: Path, key: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
         raise ConfigError(f"{path}: {key} must be a port number between 1 and 65535, not {value!r}")
     return value
+
+
+def _count_option(path: Path, key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{path}: {key} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
+def _seconds_option(path: Path, key: str, value: Any) -> float | None:
+    """A duration: a number of seconds or ``"500ms"``, ``"30s"``, ``"2m"``; None if unset."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ConfigError(f'{path}: {key} must be a duration such as "500ms", "30s" or '
+                              f"a number of seconds, not {value!r}")
+        seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+    if not seconds > 0:
+        raise ConfigError(f"{path}: {key} must be more than zero, not {value!r}")
+    return seconds
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_RETENTION = re.compile(r"^\s*(\d+)\s*(h|d|w)\s*$")
+_RETENTION_UNITS = {"h": dt.timedelta(hours=1), "d": dt.timedelta(days=1),
+                   "w": dt.timedelta(weeks=1)}
+
+
+def parse_retention(value: Any, where: str = "retention") -> dt.timedelta:
+    """``"14d"``, ``"36h"``, ``"2w"`` → a timedelta of at least an hour, or one sentence."""
+    match = _RETENTION.match(value) if isinstance(value, str) else None
+    if match is None or int(match[1]) == 0:
+        raise ConfigError(f'{where} must be a number of hours, days or weeks such as "14d", '
+                          f'"36h" or "2w", not {value!r}')
+    return int(match[1]) * _RETENTION_UNITS[match[2]]
+
+
+def _record_config(path: Path, raw: dict[str, Any]) -> RecordConfig:
+    """``[record] retention`` and ``[record] sample_rate`` (also spelled
+    ``record_sample_rate`` at the top level, as the issue that asked for it did)."""
+    record = raw.get("record", {})
+    if not isinstance(record, dict):
+        raise ConfigError(f"{path}: [record] must be a table")
+    retention = record.get("retention")
+    if retention is not None:
+        retention = parse_retention(retention, f"{path}: [record] retention")
+    if "sample_rate" in record and "record_sample_rate" in raw:
+        raise ConfigError(f"{path}: set the sample rate once, as [record] sample_rate, not "
+                          "also as record_sample_rate")
+    rate = record.get("sample_rate", raw.get("record_sample_rate", 1.0))
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+        raise ConfigError(f"{path}: [record] sample_rate must be a number from 0 to 1 (the "
+                          f"share of successful executions recorded in full), not {rate!r}")
+    return RecordConfig(retention=retention, sample_rate=float(rate))
 
 
 def database_url_from_env() -> str | None:

@@ -57,6 +57,7 @@ class ExecutionRecord:
     parent_id: str | None = None
     replay_of: str | None = None
     resumed_from: str | None = None
+    sampled: bool = True  # False: an outline of a success that sampling left out
     mutations: list[dict[str, Any]] = field(default_factory=list)
     signature: dict[str, Any] | None = None  # a failure's, for "similar earlier failures"
 
@@ -75,7 +76,7 @@ class ExecutionRecord:
             "tape": _jsonb(self.tape), "logs": _jsonb(self.logs),
             "code_sha": self.code_sha, "code_dirty": self.code_dirty, "tenant": self.tenant,
             "parent_id": self.parent_id, "replay_of": self.replay_of,
-            "resumed_from": self.resumed_from,
+            "resumed_from": self.resumed_from, "sampled": self.sampled,
         }
 
 
@@ -185,9 +186,14 @@ async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
     ``end_execution`` (WAL capture's stamp), the INSERT and the COMMIT as one simple query
     (client-side binding, psycopg's quoting); if a statement fails the COMMIT does not run.
     A failed execution's record (with a signature or salvaged mutations) is stored by
-    ``store`` instead."""
+    ``store`` instead. An HTTP execution's outline (``sampled`` false) is stored only if
+    the transaction wrote something (flux/_sampling.py)."""
     q = load("execution")
     params = {**record.params(), "statements": _jsonb(statements)}
+    if not record.sampled and record.kind == "http":
+        async with psycopg.AsyncClientCursor(conn) as cur:
+            await cur.execute(f"{q.insert_outline}; {q.end_execution}; {q.commit}", params)
+        return
     if record.signature is None and not record.mutations:
         async with psycopg.AsyncClientCursor(conn) as cur:
             await cur.execute(f"{q.end_execution}; {q.insert_record}; {q.commit}", params)

@@ -23,7 +23,7 @@ from flux._ctx_http import Response, suppressed_response
 from flux._errors import FluxError, HttpConnectionError, HttpTimeout, NotFound
 from flux._execution import Served
 from flux._executor import Invocation, Outcome, execute
-from flux._ids import new_request_id
+from flux._ids import new_request_id, short
 from flux._jsoncodec import decode
 from flux._recorder import CallSite, Span
 from flux._sql import tape_key
@@ -161,6 +161,10 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
     """Replay one record against the runtime's (today's) functions."""
     if db_mode not in ("tape", "live"):
         raise ReplayError(f"--db takes tape or live, not {db_mode!r}")
+    if record.get("sampled") is False:
+        raise ReplayError(f"{short(str(record['request_id']))} succeeded and was sampled out "
+                          "([record] sample_rate): only its outline was kept, not its tape, "
+                          "so it cannot be replayed")
     function = record.get("function")
     spec = runtime.registry.by_name.get(function or "")
     if spec is None:
@@ -227,7 +231,7 @@ def replay_command(project: Any, target: str, *, db_mode: str = "tape",
     async def run() -> dict[str, Any]:
         # The database is resolved (and an embedded one started) only if a call needs it.
         runtime = Runtime(project, lambda: resolve(project, create=False).conninfo,
-                          pool_size=2, keeps_records=False)
+                          pool_size=2, keeps_records=False, exports_spans=False)
         errors = await runtime.start(open_pool=False)
         try:
             if record.get("function") not in runtime.registry.by_name and errors:

@@ -18,6 +18,8 @@ capture = "trigger"     # or "wal"
 [record]
 # redact_fields = ["ssn"]          # JSON body keys hidden in every record
 # max_body_bytes = 65536           # bodies over this are stored as a hash and a preview
+# retention = "14d"                # flux gc and flux serve drop older days; pins stay
+# sample_rate = 1.0                # share of successes recorded in full; failures always are
 
 [app]
 # anything here is ctx.config in your functions

@@ -38,6 +38,11 @@ def apply_schema(conninfo: str, schema_dir: Path, *, capture: str = "trigger") -
             try:
                 with conn.transaction():
                     conn.execute(q.lock, {"key": LOCK_KEY})
+                    # Read again under the lock: another process starting at the same
+                    # time may have applied it since (flux serve processes sharing a
+                    # database).
+                    if dict(conn.execute(q.applied).fetchall()).get(path.name) == checksum:
+                        continue
                     conn.execute(text.encode())
                     conn.execute(q.record, {"file": path.name, "checksum": checksum})
             except psycopg.Error as exc:

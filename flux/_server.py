@@ -64,9 +64,13 @@ def _admin_state(access: AdminAccess) -> str:
 
 
 def prepare_database(project: Project) -> tuple[Target, SchemaResult]:
-    """Start (if embedded) and migrate the database, apply schema/, install capture."""
+    """Start (if embedded) and migrate the database, make the day partitions ahead, apply
+    schema/, install capture."""
+    from flux._retention import maintain
+
     target = resolve(project, start=True)
     migrate(target.conninfo)
+    maintain(target.conninfo)
     return target, apply_schema(target.conninfo, project.schema_dir, capture=project.capture)
 
 
@@ -82,6 +86,7 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
     runner: web.AppRunner | None = None
     jobs = None  # the queue worker and cron (flux/_worker.py)
     capture = None  # the WAL capture consumer (flux/_capture.py), in WAL mode
+    retention = None  # partitions ahead and gc (flux/_retention.py)
     try:
         load_errors = await runtime.start()
         runner = web.AppRunner(make_app(runtime, observer=events.request),
@@ -95,6 +100,11 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
                 raise ConfigError(f"port {port} is already in use",
                                   hint="stop what uses it, or pick another with --port") from exc
             raise FluxError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        # Before "ready": a SIGTERM right after it must stop gracefully, not kill.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "") else host
         events.ready(ServeInfo(
             url=f"http://{shown_host}:{port}", database=target.display,
@@ -110,10 +120,9 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
         from flux._capture import Background as CaptureConsumer
 
         capture = CaptureConsumer(target.conninfo).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        from flux._retention import Background as Retention
+
+        retention = Retention(target.conninfo, project.record.retention).start()
         watcher = asyncio.create_task(_watch(runtime, events, stop)) if reload else None
         await stop.wait()
         events.stopping()
@@ -122,6 +131,8 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
     finally:
+        if retention is not None:
+            await retention.stop()
         if jobs is not None:
             await jobs.stop()  # finish the jobs in flight, while the pool is still open
         if runner is not None:

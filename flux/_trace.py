@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from flux._tracecontext import of_record
+
 WRITE_VERBS = frozenset({"insert", "update", "delete", "merge"})
 
 
@@ -85,6 +87,8 @@ def trace_json(record: dict[str, Any], handoff: dict[str, Any] | None = None
         "status": record["status"], "http_status": record["http_status"],
         "duration_ms": record["duration_ms"], "started_at": str(record["started_at"]),
         "code_sha": record.get("code_sha"), "parent_id": record.get("parent_id"),
+        "trace_id": of_record(record).trace_id,
+        "caller_span_id": of_record(record).parent_span_id,
         "stats": stats(record["spans"]),
         "spans": [node_json(n) for n in tree(record["spans"])],
         "jobs": (handoff or {}).get("jobs", []),

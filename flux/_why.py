@@ -150,6 +150,7 @@ def explain_failure(conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any
         "similar_summary": {k: v for k, v in alike.items() if k != "nearest"},
         "suggestion": cause.suggestion,
         "parent_id": record.get("parent_id"),
+        "pinned": record.get("pinned"),  # kept past retention (flux record pin)
         "handoff": handoffs(conn, record),
         "spans": record["spans"],
     })

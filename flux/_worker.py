@@ -44,11 +44,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from flux._context import parse_delay
-from flux._errors import ConfigError
+from flux._database import first_line
+from flux._errors import ConfigError, DatabaseError, DatabaseUnavailable, Overloaded
 from flux._ids import new_request_id
 from flux._queries import load
 
@@ -150,7 +152,13 @@ class Worker:
                     break
                 try:
                     job = await self.claim()
-                except Exception:  # the database restarting must not end the worker
+                except (DatabaseError, Overloaded, psycopg.OperationalError) as exc:
+                    # The database restarting must not end the worker; the runtime logs
+                    # an outage once, so only other refusals are worth a line here.
+                    if not isinstance(exc, DatabaseUnavailable):
+                        log.warning("claiming a job failed: %s", first_line(exc))
+                    job = None
+                except Exception:
                     log.exception("claiming a job failed")
                     job = None
                 if job is None:
@@ -173,6 +181,11 @@ class Worker:
     async def _attempt(self, job: Claimed, slots: asyncio.Semaphore) -> None:
         try:
             await self.run_job(job)
+        except (DatabaseError, Overloaded, psycopg.OperationalError) as exc:
+            # Its execution was not recorded, or the job could not be settled: the job stays
+            # claimed and runs again once its lease runs out (at least once, as always).
+            log.warning("job %s (%s) was left to run again after its lease: %s", job.id,
+                        job.function, first_line(exc))
         except Exception:
             log.exception("job %s (%s) failed outside its execution", job.id, job.function)
         finally:
@@ -185,10 +198,8 @@ class Worker:
 
     async def claim(self) -> Claimed | None:
         """Claim the next due job (or one whose lease ran out), committed before it runs."""
-        pool = await self.runtime.ensure_pool()
         request_id = str(new_request_id())
-        async with pool.connection(timeout=self.runtime.pool_timeout) as conn, \
-                conn.transaction():
+        async with self.runtime.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(self._q.claim, {"lease": self._lease(), "worker": self.name,
                                               "request_id": request_id})
@@ -230,8 +241,7 @@ class Worker:
     async def _settle(self, query: str, job: Claimed, **params: Any) -> None:
         if "error" in params:
             params["error"] = Jsonb(params["error"])
-        pool = await self.runtime.ensure_pool()
-        async with pool.connection(timeout=self.runtime.pool_timeout) as conn, \
+        async with self.runtime.connection(patience=self.runtime.pool_timeout) as conn, \
                 conn.transaction():
             # last_request_id guards against a worker whose lease ran out settling a job
             # another worker has claimed since.

@@ -177,7 +177,7 @@ def variables_read_by_flux() -> set[str]:
     for path in [*(REPO / "flux").glob("*.py"), *(REPO / "cli").glob("*.py")]:
         if path.name == "_check.py":
             continue  # names the variables it forbids functions to read
-        names |= set(re.findall(r"\"((?:FLUX|DATABASE|XDG)_[A-Z_]+)\"", path.read_text()))
+        names |= set(re.findall(r"\"((?:FLUX|DATABASE|XDG|OTEL)_[A-Z_]+)\"", path.read_text()))
     return names
 
 

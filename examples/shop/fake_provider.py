@@ -181,6 +181,7 @@ class FakeProvider:
             "headers": {
                 "Idempotency-Key": key,
                 "Authorization": "Authorization" in request.headers,
+                "traceparent": request.headers.get("traceparent"),
             },
             "json": body,
             "mode": self.mode,

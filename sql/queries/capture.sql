@@ -63,7 +63,9 @@ SELECT flux.primary_key_columns(%(oid)s::oid::regclass);
 
 -- name: apply
 -- One batch of decoded changes; a change already applied (same commit LSN and position)
--- is skipped, so a batch read again after a crash changes nothing.
+-- is skipped, so a batch read again after a crash changes nothing. The key also holds the
+-- commit time, the partition key (sql/0009): read from the same WAL record on every
+-- replay of a transaction, it is the same each time.
 INSERT INTO flux.state_mutations (
     record_id, table_oid, table_schema, table_name, pk, op, old, new, changed_cols,
     request_id, span_id, actor, application_name, txid, committed_at, source, lsn, lsn_seq,
@@ -80,7 +82,7 @@ FROM jsonb_to_recordset(%(changes)s::jsonb) AS c(
     txid bigint, committed_at timestamptz, lsn text, lsn_seq integer, tenant text)
 -- A no-op UPDATE: the trigger's WHEN (OLD.* IS DISTINCT FROM NEW.*) skips it too.
 WHERE NOT (c.op = 'UPDATE' AND c.old = c.new)
-ON CONFLICT (lsn, lsn_seq) WHERE source = 'wal' DO NOTHING;
+ON CONFLICT (lsn, lsn_seq, committed_at) WHERE source = 'wal' DO NOTHING;
 
 -- name: save_progress
 UPDATE flux.capture_state

@@ -28,7 +28,9 @@ ROLLBACK TO SAVEPOINT flux_stmt;
 SELECT record_id, table_oid, table_schema, table_name, pk, op, old, new, changed_cols,
        request_id, span_id, actor, application_name, txid, committed_at, tenant
 FROM flux.state_mutations
-WHERE request_id = %(request_id)s
+-- committed_at: every change this transaction's triggers made carries its start (now()),
+-- which names the one partition to read (sql/0009).
+WHERE request_id = %(request_id)s AND committed_at = now()
 ORDER BY id;
 
 -- name: insert_rolled_back
@@ -45,12 +47,28 @@ VALUES (
 INSERT INTO flux.trace_requests (
     request_id, kind, function, runtime, method, route, status, http_status, started_at,
     duration_ms, request, response, error, spans, tape, logs, code_sha, code_dirty, tenant,
-    parent_id, replay_of, resumed_from)
+    parent_id, replay_of, resumed_from, sampled)
 VALUES (
     %(request_id)s, %(kind)s, %(function)s, %(runtime)s, %(method)s, %(route)s, %(status)s,
     %(http_status)s, %(started_at)s, %(duration_ms)s, %(request)s, %(response)s, %(error)s,
     %(spans)s, %(tape)s, %(logs)s, %(code_sha)s, %(code_dirty)s, %(tenant)s, %(parent_id)s,
-    %(replay_of)s, %(resumed_from)s);
+    %(replay_of)s, %(resumed_from)s, %(sampled)s);
+
+-- name: insert_outline
+-- A successful execution that sampling left out ([record] sample_rate): its outline is
+-- stored only if its transaction wrote something — then PostgreSQL has given it a
+-- transaction id — so every committed change keeps its record, and a read-only execution
+-- leaves none. Sent before end_execution, whose WAL message would itself take an id.
+INSERT INTO flux.trace_requests (
+    request_id, kind, function, runtime, method, route, status, http_status, started_at,
+    duration_ms, request, response, error, spans, tape, logs, code_sha, code_dirty, tenant,
+    parent_id, replay_of, resumed_from, sampled)
+SELECT
+    %(request_id)s, %(kind)s, %(function)s, %(runtime)s, %(method)s, %(route)s, %(status)s,
+    %(http_status)s, %(started_at)s, %(duration_ms)s, %(request)s, %(response)s, %(error)s,
+    %(spans)s, %(tape)s, %(logs)s, %(code_sha)s, %(code_dirty)s, %(tenant)s, %(parent_id)s,
+    %(replay_of)s, %(resumed_from)s, false
+WHERE pg_current_xact_id_if_assigned() IS NOT NULL;
 
 -- name: end_execution
 -- First in the commit round trip: in WAL capture mode, tells the consumer which request and

@@ -17,14 +17,15 @@ WHERE request_id = %(request_id)s
 ORDER BY id;
 
 -- name: last_success
+-- Outlines of sampled-out executions (sampled = false) have no tape to compare with.
 SELECT * FROM flux.trace_requests
-WHERE function = %(function)s AND status = 'ok' AND started_at < %(before)s
+WHERE function = %(function)s AND status = 'ok' AND sampled AND started_at < %(before)s
 ORDER BY started_at DESC
 LIMIT 1;
 
 -- name: recent_success_tapes
 SELECT tape FROM flux.trace_requests
-WHERE function = %(function)s AND status = 'ok' AND started_at < %(before)s
+WHERE function = %(function)s AND status = 'ok' AND sampled AND started_at < %(before)s
 ORDER BY started_at DESC
 LIMIT %(limit)s;
 
@@ -115,14 +116,13 @@ FROM flux.state_mutations
 WHERE request_id = %(request_id)s
 ORDER BY id;
 
--- name: pin
-UPDATE flux.trace_requests SET pinned = true WHERE request_id = %(request_id)s;
-
 -- name: incident
--- The original executions (not replays or resumes) an incident replay re-runs, oldest first.
+-- The original executions (not replays or resumes) an incident replay re-runs, oldest first;
+-- outlines of sampled-out successes have no tape to replay.
 SELECT request_id::text FROM flux.trace_requests
 WHERE kind NOT IN ('replay', 'resume')
   AND function IS NOT NULL
+  AND sampled
   AND (%(ids)s::uuid[] IS NULL OR request_id = ANY(%(ids)s::uuid[]))
   AND (%(function)s::text IS NULL OR function = %(function)s)
   AND (%(status)s::text IS NULL OR status = %(status)s)

@@ -122,6 +122,10 @@ async def test_a_tenant_reader_sees_only_its_tenant(tenant_shop: Shop,
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("SELECT flux.grant_tenant(%s, 'acme')", [acme])
         conn.execute("SELECT flux.grant_tenant(%s, 'globex')", [globex])
+        # one pinned execution of each tenant: a pin shows only with its execution
+        conn.execute("INSERT INTO flux.pins (request_id, note) SELECT DISTINCT ON (tenant) "
+                     "request_id, 'kept for ' || tenant FROM flux.trace_requests "
+                     "WHERE tenant IS NOT NULL ORDER BY tenant, request_id")
 
     everything = tenants_seen(ops_db)  # a reader bound to no tenant: every row
     assert everything["trace_requests"] == {"acme", "globex", None}
@@ -138,8 +142,9 @@ async def test_a_tenant_reader_sees_only_its_tenant(tenant_shop: Shop,
         other = "globex" if tenant == "acme" else "acme"
         narrowed = tenants_seen(reader, setup=f"SET flux.tenant = '{other}'")
         assert all(v in ({"0"}, set()) for v in narrowed.values())
-        # only its own binding is visible
+        # only its own binding and its own pins are visible
         assert rows(reader, "SELECT tenant FROM flux.tenant_roles") == [(tenant,)]
+        assert rows(reader, "SELECT note FROM flux.pins") == [(f"kept for {tenant}",)]
 
     # the CLI reads through the same policies
     from tests.fixtures.projects import run_flux
@@ -162,10 +167,19 @@ async def test_flux_reader_reads_the_flux_schema_and_nothing_else(
             "'flux'::regnamespace AND c.relkind IN ('r', 'p', 'v') AND NOT c.relispartition"
         ).fetchall()]
     assert "flux.state_blame" in relations and "flux.trace_requests" in relations
+        partitions = [r[0] for r in conn.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relnamespace = "
+            "'flux'::regnamespace AND c.relispartition").fetchall()]
+    assert "flux.trace_requests_default" in partitions
     with psycopg.connect(ops_db, autocommit=True) as conn:
         for relation in relations:
             conn.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(
                 sql.Identifier(*relation.split("."))))
+        # A partition read directly would skip its parent's row-level security.
+        for relation in partitions:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(
+                    sql.Identifier(*relation.split("."))))
         for statement in ("SELECT * FROM public.users",
                           "DELETE FROM flux.trace_requests",
                           "UPDATE flux.jobs SET status = 'dead'",
@@ -240,15 +254,16 @@ async def test_the_owner_is_held_to_the_policies_and_views_run_as_the_reader(
         # server, where the role `flux serve` runs as created them).
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA flux TO {}").format(sql.Identifier(owner)))
         for (table,) in conn.execute("SELECT c.oid::regclass::text FROM pg_class c WHERE "
-                                     "c.relnamespace = 'flux'::regnamespace AND c.relkind = 'r'"
-                                     ).fetchall():
+                                     "c.relnamespace = 'flux'::regnamespace AND c.relkind IN "
+                                     "('r', 'p') AND NOT c.relispartition").fetchall():
             conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
                 sql.Identifier(*table.split(".")), sql.Identifier(owner)))
         forced = conn.execute(
             "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c "
             "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant' "
             "WHERE c.relnamespace = 'flux'::regnamespace AND c.relkind IN ('r', 'p') "
-            "AND c.relname <> 'tenant_roles' ORDER BY 1").fetchall()  # the bindings
+            "AND NOT c.relispartition AND c.relname <> 'tenant_roles' "  # the bindings
+            "ORDER BY 1").fetchall()
         invoker = conn.execute(
             "SELECT c.relname, coalesce('security_invoker=true' = ANY (c.reloptions), false) "
             "FROM pg_class c WHERE c.relnamespace = 'flux'::regnamespace AND c.relkind = 'v' "

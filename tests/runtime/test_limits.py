@@ -1,0 +1,58 @@
+"""The limits a serving process keeps, read from flux.toml: ``[database] pool_size``,
+``pool_timeout`` and ``statement_timeout``, ``[server] max_inflight``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flux._errors import ConfigError
+from flux._project import parse
+from flux._runtime import Runtime
+
+
+def project(tmp_path: Path, toml: str) -> Path:
+    (tmp_path / "flux.toml").write_text(f'name = "limits"\n{toml}')
+    return tmp_path
+
+
+def test_defaults_size_the_inflight_limit_to_the_pool(tmp_path: Path) -> None:
+    runtime = Runtime(parse(project(tmp_path, "")), "")
+    assert (runtime.pool_timeout, runtime.statement_timeout, runtime.max_inflight) == \
+        (5.0, None, 100)
+    runtime = Runtime(parse(project(tmp_path, "[database]\npool_size = 8\n")), "")
+    assert runtime.max_inflight == 40
+
+
+def test_limits_are_read_with_their_units(tmp_path: Path) -> None:
+    parsed = parse(project(tmp_path, '[database]\npool_size = 4\npool_timeout = "1500ms"\n'
+                                     'statement_timeout = "2m"\n[server]\nmax_inflight = 9\n'))
+    assert (parsed.database.pool_size, parsed.database.pool_timeout,
+            parsed.database.statement_timeout, parsed.server.max_inflight) == (4, 1.5, 120.0, 9)
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[database]\npool_size = 0\n", "database.pool_size must be a whole number of at least 1"),
+    ('[database]\nstatement_timeout = "soon"\n',
+     'database.statement_timeout must be a duration such as "500ms"'),
+    ("[database]\npool_timeout = 0\n", "database.pool_timeout must be more than zero"),
+    ('[server]\nmax_inflight = "many"\n', "server.max_inflight must be a whole number"),
+    ('server = "fast"\n', "[database] and [server] must be tables"),
+])
+def test_a_bad_limit_is_one_sentence(tmp_path: Path, toml: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse(project(tmp_path, toml))
+
+
+async def test_statement_timeout_reaches_every_pooled_connection(tmp_path: Path, db: str
+                                                                 ) -> None:
+    root = project(tmp_path, '[database]\nstatement_timeout = "750ms"\n')
+    runtime = Runtime(parse(root), f"{db} options='-c lock_timeout=2s'")
+    try:
+        async with runtime.connection() as conn:
+            cur = await conn.execute("SELECT current_setting('statement_timeout'), "
+                                     "current_setting('lock_timeout')")
+            assert await cur.fetchone() == ("750ms", "2s")  # added to the address's options
+    finally:
+        await runtime.close()
