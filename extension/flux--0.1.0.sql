@@ -1303,6 +1303,14 @@ BEGIN
 END
 $$;
 
+-- A pin (0009) shows only to those who see its execution: its note may say why.
+ALTER TABLE flux.pins ENABLE ROW LEVEL SECURITY;
+CREATE POLICY pins_read ON flux.pins FOR SELECT
+    USING (EXISTS (SELECT 1 FROM flux.trace_requests t WHERE t.request_id = pins.request_id));
+CREATE POLICY pins_insert ON flux.pins FOR INSERT WITH CHECK (true);
+CREATE POLICY pins_update ON flux.pins FOR UPDATE USING (true);
+CREATE POLICY pins_delete ON flux.pins FOR DELETE USING (true);
+
 -- Views run with the rights of whoever queries them, so the policies above apply through
 -- state_history and state_blame too (a view otherwise reads with its owner's rights). A
 -- test checks that every view of the schema says so.
@@ -1401,26 +1409,32 @@ END
 $$;
 
 DO $$
+DECLARE
+    rel regclass;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'flux_runtime')
        OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'flux_reader') THEN
         RETURN;
     END IF;
-    -- The runtime: records, mutations, signatures, jobs, capture progress; reads the rest.
-    GRANT USAGE ON SCHEMA flux TO flux_runtime;
-    GRANT SELECT ON ALL TABLES IN SCHEMA flux TO flux_runtime;
-    GRANT INSERT, UPDATE ON flux.trace_requests, flux.jobs, flux.capture_state
+    GRANT USAGE ON SCHEMA flux TO flux_runtime, flux_reader;
+    -- Every table and view of flux, read only, but never a partition: row-level security
+    -- is its parent's, and read directly a partition would show every tenant's rows. No
+    -- default privileges either, for the same reason (flux serve makes a partition a day):
+    -- a table added later is granted by its migration.
+    FOR rel IN SELECT c.oid::regclass FROM pg_class c
+               WHERE c.relnamespace = 'flux'::regnamespace AND c.relkind IN ('r', 'p', 'v')
+                 AND NOT c.relispartition LOOP
+        EXECUTE format('GRANT SELECT ON %s TO flux_runtime, flux_reader', rel);
+    END LOOP;
+    -- The runtime writes records, mutations, signatures, jobs, capture progress and pins.
+    GRANT INSERT, UPDATE ON flux.trace_requests, flux.jobs, flux.capture_state, flux.pins
         TO flux_runtime;
     GRANT INSERT ON flux.state_mutations, flux.failure_signatures, flux.job_attempts,
         flux.cron_ticks TO flux_runtime;
+    GRANT DELETE ON flux.pins TO flux_runtime;
     GRANT USAGE ON ALL SEQUENCES IN SCHEMA flux TO flux_runtime;
     -- The application's tables in public, now and later (schema/*.sql runs after this).
     PERFORM flux.grant_app_schema('public');
-    -- The reader: every table and view of flux, read only. No default privileges on
-    -- purpose: a table added later (a partition above all, which row-level security of its
-    -- parent does not cover when read directly) is opened to readers by its migration.
-    GRANT USAGE ON SCHEMA flux TO flux_reader;
-    GRANT SELECT ON ALL TABLES IN SCHEMA flux TO flux_reader;
 END
 $$;
-INSERT INTO flux.migrations (version, name, checksum) VALUES (10, 'roles_tenants', '9572b4c372c835b98da181174c9b9f6189ac6f238ecbfdee17ab016ed4931225');
+INSERT INTO flux.migrations (version, name, checksum) VALUES (10, 'roles_tenants', '2b731af441ecf85ae9fc5c58f1ced8c8182ed850af4c87ab265baeb40dd1726e');

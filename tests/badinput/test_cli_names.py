@@ -77,8 +77,12 @@ PASSED_ON = {
     ("_migrate.py", "migration.text.encode()"): "a migration file of sql/",
     ("_schema.py", "text.encode()"): "a schema/*.sql file of the project",
     ("_portable.py", "insert.encode()"): "a named query and a constant ON CONFLICT clause",
-    ("_execution.py", "begin_statement(self.request_id, self.tenant, conn)"):
-        "a UUID Flux made and a tenant quoted by sql.Literal",
+    ("_retention.py", "composed"): "a named query with a partition's sql.Identifier",
+    ("_retention.py", "query"): "a named query passed in by its callers",
+    ("_runtime.py", "statement"): "the BEGIN of flux/_execution.py begin_statement",
+    ("_ctx_db.py", "f'/*flux:{span_id}*/ '.encode() + begin + b'; ' + query.encode()"):
+        "BEGIN with a UUID Flux made and the tenant quoted by sql.Literal, then the "
+        "function's own SQL",
 }
 
 
