@@ -5,7 +5,7 @@ SELECT c.oid::regclass::text AS name,
        CASE c.relkind WHEN 'v' THEN 'view' ELSE 'table' END AS kind
 FROM pg_class AS c
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
-WHERE n.nspname = 'flux' AND c.relkind IN ('r', 'p', 'v')
+WHERE n.nspname = 'flux' AND c.relkind IN ('r', 'p', 'v') AND NOT c.relispartition
 ORDER BY c.relname;
 
 -- name: columns
@@ -26,8 +26,8 @@ WHERE conrelid = %(relation)s::regclass AND contype IN ('p', 'u', 'c', 'f')
 ORDER BY contype = 'p' DESC, conname;
 
 -- name: indexes
-SELECT regexp_replace(pg_get_indexdef(i.indexrelid), '^CREATE (UNIQUE )?INDEX \S+ ON \S+ ',
-                      '\1') AS definition
+SELECT regexp_replace(pg_get_indexdef(i.indexrelid),
+                      '^CREATE (UNIQUE )?INDEX \S+ ON (ONLY )?\S+ ', '\1') AS definition
 FROM pg_index AS i
 WHERE i.indrelid = %(relation)s::regclass AND NOT i.indisprimary
 ORDER BY i.indexrelid::regclass::text;
