@@ -14,13 +14,15 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from flux._access import AdminAccess
 from flux._project import parse
 from flux._runtime import Runtime
 from flux._schema import apply_schema
 from flux._worker import Worker
-from tests.access.conftest import with_tenants
+from tests.access.conftest import serve_project, with_tenants
+from tests.fixtures.processes import FluxProcess
 from tests.fixtures.shop import SECRET, Shop, copy_project, serve_app
 
 TENANT_TABLES = ("trace_requests", "state_mutations", "failure_signatures", "jobs")
@@ -276,3 +278,23 @@ async def test_the_owner_is_held_to_the_policies_and_views_run_as_the_reader(
     assert rows(owner_db, "SELECT count(*) FROM flux.trace_requests") == [(9,)]
     assert rows(owner_db, "SELECT DISTINCT tenant FROM flux.trace_requests",
                 setup="SET flux.tenant = 'globex'") == [("globex",)]
+
+
+def test_flux_serve_runs_as_a_runtime_member_once_the_owner_has_migrated(
+        db: str, provider: Any, tmp_path: Path, flux_process: type[FluxProcess],
+        login_role: Callable[..., tuple[str, str]]) -> None:
+    root = with_tenants(copy_project(tmp_path / "shop", provider.url))
+    apply_schema(db, parse(root).schema_dir, capture="trigger")  # the owner's part
+    _, app_db = login_role("app", "flux_runtime")
+    server = serve_project(root, app_db, flux_process, token="t0ken")
+    status, body, headers = server.call("/signup", method="POST",
+                                        body={"email": "rt@acme.test"},
+                                        headers={"x-tenant-id": "acme"})
+    assert status == 200, body
+    status, listed, _ = server.call("/_flux/executions", token="t0ken")
+    assert status == 200 and [e["request_id"] for e in listed["executions"]] == \
+        [headers["x-flux-request-id"]]
+    assert "only the owner of the flux schema may make them" in server.process.output()
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT tenant, actor FROM flux.state_mutations").fetchall() == \
+            [("acme", conninfo_to_dict(app_db)["user"])]
