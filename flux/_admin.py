@@ -67,11 +67,11 @@ def _error(request: web.Request, status: int, code: str, message: str,
 
 
 def _status_of(error: FluxError) -> int:
-    """404 unknown, 503 the database, 400 everything else a caller got wrong (ambiguous ids
-    and refused resumes, 409, carry more and are answered before)."""
+    """404 unknown, 503 overloaded, 400 everything else a caller got wrong (ambiguous ids
+    and refused resumes, 409, and the database, 503, carry more and are answered before)."""
     if isinstance(error, NotFound):
         return 404
-    if isinstance(error, DatabaseError | Overloaded):
+    if isinstance(error, Overloaded):
         return 503
     return 400
 
@@ -87,6 +87,8 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             if refusal.status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="flux admin"'
             return response
+    if _runtime(request).availability.down:
+        return _unavailable(request, "the database is unavailable, so the call was not run")
     if any("\x00" in v for v in (*request.query.values(), *request.match_info.values())):
         return _error(request, 400, "invalid_input", "a parameter holds a NUL character, "
                       "which no id, table, key or filter can contain")
@@ -107,11 +109,21 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ResumeRefused as exc:
         return _error(request, 409, exc.code, exc.message, exc.hint,
                       details=exc.details or None)
+    except DatabaseError as exc:  # unreachable, or lost during the call
+        return _unavailable(request, exc.message)
     except FluxError as exc:
         return _error(request, _status_of(exc), exc.code, exc.message, exc.hint)
     except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
-        return _error(request, 503, "unavailable",
-                      f"the database is unavailable: {type(exc).__name__}")
+        return _unavailable(request, f"the database is unavailable: {type(exc).__name__}")
+
+
+def _unavailable(request: web.Request, message: str) -> web.Response:
+    """A 503 as the gateway gives one while the database is down (flux/_gateway.py)."""
+    from flux._gateway import RETRY_AFTER
+
+    response = _error(request, 503, "unavailable", message)
+    response.headers["Retry-After"] = RETRY_AFTER
+    return response
 
 
 def _runtime(request: web.Request) -> Any:
