@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli._output import out, print_json
+from cli._source import refuse_remote, source
 from flux._ids import short
 from flux._project import load
 
@@ -27,11 +28,7 @@ def ls(function: str = typer.Option(None, "--function", "-f", help="Only this fu
        limit: int = typer.Option(20, "--limit", "-n", help="At most this many."),
        as_json: bool = JSON) -> None:
     """Recent executions, newest first."""
-    from flux._inspectdb import reader
-    from flux._ls import list_executions
-
-    with reader(load()) as conn:
-        rows = list_executions(conn, function=function, status=status, since=since,
+    rows = source().executions(function=function, status=status, since=since,
                                window=window, limit=limit)
     if as_json:
         print_json({"executions": rows})
@@ -97,11 +94,7 @@ def state_history(table: str = typer.Argument(..., help="Table, e.g. users or ap
                   id: str = typer.Option(..., "--id", help="Primary key: 42, a=1,b=2 or JSON."),
                   as_json: bool = JSON) -> None:
     """Every INSERT, UPDATE and DELETE of one row, linked to the request that made it."""
-    from flux._inspectdb import reader
-    from flux._state import history
-
-    with reader(load()) as conn:
-        result = history(conn, table, id)
+    result = source().history(table, id)
     if as_json:
         print_json(result)
         return
@@ -129,11 +122,7 @@ def state_blame(table: str = typer.Argument(..., help="Table, e.g. users."),
                 limit: int = typer.Option(50, "--limit", "-n", help="Rows, without --id."),
                 as_json: bool = JSON) -> None:
     """Which request, function, commit and line wrote each column's current value."""
-    from flux._inspectdb import reader
-    from flux._state import blame
-
-    with reader(load()) as conn:
-        result = blame(conn, table, id, limit=limit)
+    result = source().blame(table, id, limit=limit)
     if as_json:
         print_json(result)
         return
@@ -176,6 +165,8 @@ TRACE_ARGS = typer.Argument(..., metavar="ID | diff A B | debug ID")
 def trace(args: list[str] = TRACE_ARGS, as_json: bool = JSON) -> None:
     from flux._errors import ConfigError
 
+    if args[0] in ("diff", "debug"):
+        refuse_remote(f"trace {args[0]}")
     if args[0] == "diff":
         if len(args) != 3:
             raise ConfigError("flux trace diff takes two execution ids: flux trace diff A B")
@@ -191,16 +182,11 @@ def trace(args: list[str] = TRACE_ARGS, as_json: bool = JSON) -> None:
 
 def show_trace(request_id: str, as_json: bool) -> None:
     """The span tree of one execution, with latencies and errors."""
-    from flux._inspectdb import reader
-    from flux._lookup import fetch_record, handoffs
-    from flux._trace import stats, trace_json, tree, walk
-    from flux._tracecontext import of_record
+    from flux._trace import flatten, tree, walk
 
-    with reader(load()) as conn:
-        record = fetch_record(conn, request_id)
-        handoff = handoffs(conn, record)
+    record = source().trace(request_id)
     if as_json:
-        print_json(trace_json(record, handoff))
+        print_json(record)
         return
     status = record["http_status"]
     colour = "green" if record["status"] == "ok" else "red"
@@ -209,7 +195,7 @@ def show_trace(request_id: str, as_json: bool) -> None:
              f" · [{colour}]{status}[/] · {record['duration_ms']:.0f}ms"
              f" · {escape(record['function'] or '—')}")
     out.print(f"\n  {title}\n")
-    rows = walk(tree(record["spans"]))
+    rows = walk(tree(flatten(record["spans"])))
     widest = max((len(prefix) + len(span["name"]) + 2 for prefix, span, _ in rows), default=10)
     grid = Table(box=None, pad_edge=False, show_header=False, padding=(0, 1))
     grid.add_column("span", no_wrap=True, overflow="ellipsis", min_width=min(widest, 48))
@@ -228,14 +214,13 @@ def show_trace(request_id: str, as_json: bool) -> None:
         grid.add_row(f"  {prefix}{escape(span['name'])}", latency, mark,
                      escape(_fit(where, room, left=True)))
     out.print(grid)
-    facts = stats(record["spans"])
+    facts = record["stats"]
     out.print(f"\n  ── Spans: {facts['spans']}  ·  Errors: {facts['errors']}  ·  "
               f"DB writes: {facts['db_writes']}")
-    trace = of_record(record)
-    joined = f"  [dim]joined from caller span {trace.parent_span_id}[/]" \
-        if trace.parent_span_id else ""
-    out.print(f"  ── Trace id: {trace.trace_id}{joined}")
-    _render_handoff(handoff)
+    joined = f"  [dim]joined from caller span {record['caller_span_id']}[/]" \
+        if record.get("caller_span_id") else ""
+    out.print(f"  ── Trace id: {record['trace_id']}{joined}")
+    _render_handoff({"jobs": record.get("jobs") or [], "parent": record.get("parent")})
     out.print("")
 
 
@@ -300,11 +285,7 @@ def trace_diff(a: str, b: str, as_json: bool) -> None:
 def why(request_id: str = typer.Argument(..., help="Execution id or a unique prefix."),
         as_json: bool = JSON) -> None:
     """The root cause of a failed execution, where it happened, and what to do."""
-    from flux._inspectdb import reader
-    from flux._why import explain_failure
-
-    with reader(load()) as conn:
-        report = explain_failure(conn, request_id)
+    report = source().why(request_id)
     if as_json:
         print_json({k: v for k, v in report.items() if k != "spans"})
         return
@@ -479,10 +460,9 @@ def resume(request_id: str = typer.Argument(..., help="Execution id or a unique 
            as_json: bool = JSON) -> None:
     """Finish a failed execution with today's code, never repeating its outside effects."""
     from flux._errors import ResumeRefused
-    from flux._resume import resume_command
 
     try:
-        result = resume_command(load(), request_id, dry_run=dry_run, strict=strict)
+        result = source().resume(request_id, dry_run=dry_run, strict=strict)
     except ResumeRefused as refused:
         if as_json and refused.details:
             print_json({**refused.details, "status": "refused", "error": refused.message})

@@ -11,6 +11,7 @@ import typer
 from cli import bisect, capture, check, db, gc, incident, inspect, record, serve, testgen
 from cli import queue as queue_cli  # flux queue …, flux worker
 from cli._output import out, print_error
+from cli._source import REMOTE_ENV, choose
 from flux import FluxError
 
 app = typer.Typer(
@@ -30,10 +31,17 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _options(version: bool = typer.Option(False, "--version", callback=_print_version,
-                                          is_eager=True, help="Print the version and exit.")
+def _options(ctx: typer.Context,
+             version: bool = typer.Option(False, "--version", callback=_print_version,
+                                          is_eager=True, help="Print the version and exit."),
+             remote: str = typer.Option(
+                 None, "--remote", envvar=REMOTE_ENV, metavar="URL",
+                 help="Ask a running Flux's admin API (token: $FLUX_ADMIN_TOKEN) instead of "
+                      "the database: ls, why, trace, state, resume, record export.")
              ) -> None:
-    pass
+    source = ctx.get_parameter_source("remote")
+    choose(remote, ctx.invoked_subcommand,
+           from_env=source is not None and source.name == "ENVIRONMENT")
 
 
 def installed_version() -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from cli._output import out, print_json
+from cli._source import refuse_remote, source
 from flux._ids import short
 from flux._project import load
 
@@ -20,11 +21,7 @@ def export(request_id: str = typer.Argument(..., help="Execution id or a unique 
            output: Path = typer.Option(None, "--output", "-o", help="File (default: stdout).")
            ) -> None:
     """Write one execution — record, tape, spans, mutations — as a self-contained file."""
-    from flux._inspectdb import reader
-    from flux._portable import export_record
-
-    with reader(load()) as conn:
-        document = export_record(conn, request_id)
+    document = source().record(request_id)
     text = json.dumps(document, indent=1, ensure_ascii=False) + "\n"
     if output is None:
         typer.echo(text, nl=False)
@@ -38,6 +35,7 @@ def export(request_id: str = typer.Argument(..., help="Execution id or a unique 
 def import_(path: Path = typer.Argument(..., help="A file made by flux record export.")
             ) -> None:
     """Store a record file's execution here, so why, trace and replay can read it."""
+    refuse_remote("record import")
     from flux._database import connect, resolve
     from flux._migrate import migrate
     from flux._portable import import_record, read_file
@@ -59,6 +57,7 @@ def pin(request_id: str = typer.Argument(..., help="Execution id or a unique pre
         ) -> None:
     """Keep an execution past retention (an investigation needs it): flux gc keeps its
     record and its changes."""
+    refuse_remote("record pin")
     from flux._database import connect, resolve
     from flux._retention import pin as do_pin
 
@@ -76,6 +75,7 @@ def unpin(request_id: str = typer.Argument(..., help="Execution id or a unique p
           as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")
           ) -> None:
     """Let retention take a pinned execution again."""
+    refuse_remote("record unpin")
     from flux._database import connect, resolve
     from flux._retention import unpin as do_unpin
 

@@ -45,7 +45,7 @@ def dev(port: int = typer.Option(None, "--port", "-p", help="Port (default: flux
     project = load()
     events = _events(project.name, mode="dev")
     asyncio.run(serve(project, host=host, port=port or project.port, reload=True,
-                      events=events))
+                      events=events, dev=True))
     out.print("[dim]stopped[/]")
 
 
@@ -124,6 +124,10 @@ def _events(name: str, *, mode: str) -> ServeEvents:
             out.print(f"  [green]✓[/] schema/{escape(file)} applied")
         if info.schema.captured:
             out.print(f"  [green]✓[/] capture installed on {info.schema.captured} table(s)")
+        admin = {"open": "open to this machine (flux dev on loopback)",
+                 "token": "needs Authorization: Bearer $FLUX_ADMIN_TOKEN",
+                 "closed": "closed (set FLUX_ADMIN_TOKEN to open it)"}[info.admin]
+        out.print(f"  [dim]admin API /_flux/ {admin}[/]")
         out.print(f"\n  {len(info.functions)} function(s)")
         for route, fn in info.functions:
             out.print(f"    POST /{escape(route):<28} {escape(fn)}")

@@ -243,6 +243,7 @@ class Consumer:
                 "op": change.op, "old": old, "new": new,
                 "request_id": request.get("request_id"), "span_id": span_id,
                 "actor": who.get("actor"), "application_name": who.get("application_name"),
+                "tenant": who.get("tenant"),
                 "txid": txn.begin.xid, "committed_at": committed, "lsn": lsn,
                 "lsn_seq": seq,
             })

@@ -102,7 +102,8 @@ class Database:
                     # BEGIN, the request GUC and the first statement in one simple query
                     # (psycopg binds the parameters client-side): a round trip saved.
                     cur = await ex.begin_with(
-                        lambda c: _first_statement(c, ex.request_id, query, params, span_id))
+                        lambda c: _first_statement(c, ex.request_id, ex.tenant, query, params,
+                                                   span_id))
                 else:
                     cur = conn.cursor(row_factory=dict_row)
                     if protect:
@@ -132,15 +133,19 @@ class Database:
             return rows, cur.rowcount, columns
 
 
-async def _first_statement(conn: psycopg.AsyncConnection[Any], request_id: str, query: str,
-                           params: Params, span_id: str) -> psycopg.AsyncCursor[Any]:
+async def _first_statement(conn: psycopg.AsyncConnection[Any], request_id: str,
+                           tenant: str | None, query: str, params: Params, span_id: str
+                           ) -> psycopg.AsyncCursor[Any]:
     """Begin the execution's transaction with its first statement; return the cursor on
     that statement's result."""
     cur = psycopg.AsyncClientCursor(conn, row_factory=dict_row)
+    begin = begin_statement(request_id, tenant, conn)
+    if params is not None:  # the tenant's literal may hold a %, which is not a placeholder
+        begin = begin.replace(b"%", b"%%")
     # The span comment goes first: the capture trigger reads it from the start of
     # current_query(), which is this whole string (sql/0007).
     await cur.execute(f"/*flux:{span_id}*/ ".encode()  # type: ignore[arg-type]
-                      + begin_statement(request_id) + b"; " + query.encode(), params)
+                      + begin + b"; " + query.encode(), params)
     while cur.nextset():
         pass  # BEGIN and set_config come first; the caller reads the last result
     return cur

@@ -14,6 +14,7 @@
     │   ├── HttpConnectionError   http_connection   could not connect / connection dropped
     │   └── HttpStatusError       http_status       raise_for_status() on a 4xx/5xx answer
     ├── Overloaded                overloaded  the runtime sheds load (pool exhausted, queue full)
+    ├── Unauthorized              unauthorized  the admin API refused the token (or has none)
     ├── ResumeRefused             resume_refused  a resume that would be unsafe or is a repeat
     └── WasmError                 wasm        a WebAssembly function broke the ABI or its limits
         ├── WasmTrap              wasm_trap     the guest trapped (unreachable, out of bounds…)
@@ -127,6 +128,10 @@ class HttpStatusError(HttpError):
 
 class Overloaded(FluxError):
     code = "overloaded"
+
+
+class Unauthorized(FluxError):
+    code = "unauthorized"
 
 
 class ResumeRefused(FluxError):

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
+from psycopg.abc import AdaptContext
 
 from flux._queries import load
 from flux._recorder import CallSite, Recorder, Span
@@ -49,10 +50,18 @@ class ReplaySource(Protocol):
     def value(self, kind: str, key: str, site: CallSite) -> Served | None: ...
 
 
-def begin_statement(request_id: str) -> bytes:
+def begin_statement(request_id: str, tenant: str | None = None,
+                    context: AdaptContext | None = None) -> bytes:
+    """BEGIN and the execution's GUCs, as one simple query."""
     rid = uuid.UUID(request_id)  # only a real UUID ever reaches the SQL text
-    text = load("execution").begin.replace("{request_id}", str(rid))
-    return "\n".join(line for line in text.splitlines() if not line.startswith("--")).encode()
+    q = load("execution")
+    template = q.begin if tenant is None else q.begin_tenant
+    text = "\n".join(line for line in template.splitlines() if not line.startswith("--"))
+    text = text.replace("{request_id}", str(rid))
+    if tenant is not None:
+        # The tenant comes from a request: quoted by psycopg, put in last.
+        text = text.replace("{tenant}", sql.Literal(tenant).as_string(context))
+    return text.encode()
 
 
 class Execution:
@@ -61,8 +70,9 @@ class Execution:
     def __init__(self, runtime: Runtime, recorder: Recorder, *,
                  replay: ReplaySource | None = None,
                  idempotency_prefix: str | None = None,
-                 trace: TraceContext | None = None) -> None:
+                 trace: TraceContext | None = None, tenant: str | None = None) -> None:
         self.runtime = runtime
+        self.tenant = tenant
         self.recorder = recorder
         self.request_id = recorder.request_id
         # The caller's trace (a traceparent the gateway accepted), else one of our own.
@@ -101,7 +111,8 @@ class Execution:
         if self.conn is None:
             # The transaction and the request GUC the capture triggers read, in one round
             # trip (a simple query; the id is a UUID Flux made, so the literal is safe).
-            self.conn = await self.runtime.begin(begin_statement(self.request_id))
+            self.conn = await self.runtime.begin(begin_statement(self.request_id,
+                                                                 self.tenant))
         return self.conn
 
     async def begin_with(self, first: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:

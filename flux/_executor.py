@@ -99,7 +99,7 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
     rec = Recorder(inv.request_id, project_root=runtime.root,
                    functions_dir=runtime.functions_dir)
     ex = Execution(runtime, rec, replay=replay, idempotency_prefix=idempotency_prefix,
-                   trace=inv.trace)
+                   trace=inv.trace, tenant=inv.tenant)
     ctx = Context(ex, spec, headers=inv.headers, is_replay=replay is not None)
     output: Any = None
     failure: BaseException | None = None

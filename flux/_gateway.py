@@ -1,9 +1,11 @@
 """The gateway: a thin aiohttp app in front of the executor.
 
-``POST /<route>`` runs a function; ``GET /health`` answers for load balancers. Malformed
-JSON is a 400, an unknown route a 404, another method a 405, a body over the limit a 413 —
-each answered with one sentence and the request id, and each recorded like any execution.
-Every response carries ``x-flux-request-id``.
+``POST /<route>`` runs a function; ``GET /health`` answers for load balancers; the admin API
+is a sub-application under ``/_flux/`` (flux/_admin.py). A body that is not JSON a record
+can hold is a 400 (flux/_body.py), an unknown route a 404, another method a 405, a body
+over the limit a 413, a bad tenant a 400 — each answered with one sentence and the request
+id, and each recorded like any execution. The tenant comes from ``[tenants]``
+(flux/_tenants.py). Every response carries ``x-flux-request-id``.
 
 Two refusals come before anything runs, each a 503 with ``Retry-After`` and
 ``"recorded": false`` in its body (the request is counted in ``/health``, not recorded —
@@ -16,7 +18,6 @@ null``: whether it committed is unknown until the database is back.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,12 +25,14 @@ from typing import Any
 import psycopg
 from aiohttp import web
 
+from flux._body import BodyError, parse_body, preview
 from flux._errors import DatabaseUnavailable, Overloaded
 from flux._executor import IN_DOUBT, Invocation, Outcome, execute
 from flux._ids import new_request_id
 from flux._record import ExecutionRecord, failure_signature
 from flux._recorder import Span
 from flux._runtime import Runtime, utcnow
+from flux._tenants import TenantRefused
 from flux._tracecontext import TraceContext, from_headers
 
 REQUEST_ID_HEADER = "x-flux-request-id"
@@ -50,6 +53,9 @@ def make_app(runtime: Runtime, *, observer: Observer | None = None) -> web.Appli
     app[RUNTIME_KEY] = runtime
     app[OBSERVER_KEY] = observer
     app.router.add_get("/health", _health)
+    from flux._admin import admin_app
+
+    app.add_subapp("/_flux/", admin_app())
     app.router.add_route("*", "/{path:.*}", _dispatch)
     return app
 
@@ -85,13 +91,6 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
     request_id: str = request[ID_KEY]
     path = request.match_info["path"]
-    if path.startswith("_flux/"):
-        from flux._admin import handle
-
-        try:
-            return await handle(request, runtime, path.removeprefix("_flux/"), request_id)
-        except (psycopg.OperationalError, DatabaseUnavailable, OSError):
-            return _unavailable(runtime, request_id, NOT_RUN)
     if runtime.availability.down:
         return _unavailable(runtime, request_id, NOT_RUN)
     if runtime.inflight >= runtime.max_inflight:
@@ -109,13 +108,18 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
 async def _run(request: web.Request, runtime: Runtime, path: str, request_id: str
                ) -> web.StreamResponse:
     spec = runtime.registry.route(path)
+    try:
+        tenant = runtime.tenants.resolve(request)
+    except TenantRefused as refused:
+        return await _reject(request, refused.status, "invalid_tenant", refused.message,
+                             function=spec.name if spec else None)
     if spec is None:
         return await _reject(request, 404, "not_found", f"no function is routed at /{path}",
-                             function=None)
+                             function=None, tenant=tenant)
     if request.method != "POST":
         response = await _reject(request, 405, "method_not_allowed",
                                  f"/{path} takes POST, not {request.method}",
-                                 function=spec.name)
+                                 function=spec.name, tenant=tenant)
         response.headers["Allow"] = "POST"
         return response
     try:
@@ -123,16 +127,15 @@ async def _run(request: web.Request, runtime: Runtime, path: str, request_id: st
     except web.HTTPRequestEntityTooLarge:
         return await _reject(request, 413, "payload_too_large",
                              f"the request body is over the limit of {runtime.max_body} bytes",
-                             function=spec.name)
+                             function=spec.name, tenant=tenant)
     try:
-        payload = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError) as exc:
-        return await _reject(request, 400, "invalid_json",
-                             f"the request body is not valid JSON: {exc}",
-                             function=spec.name, body=raw[:1024].decode("utf-8", "replace"))
+        payload = parse_body(raw)
+    except BodyError as exc:
+        return await _reject(request, 400, "invalid_json", str(exc), function=spec.name,
+                             body=preview(raw), tenant=tenant)
     invocation = Invocation(
         request_id=request_id, spec=spec, input=payload, kind="http", method=request.method,
-        route=path, headers=dict(request.headers), query=dict(request.query),
+        route=path, headers=dict(request.headers), query=dict(request.query), tenant=tenant,
         trace=from_headers(request.headers),  # a malformed traceparent starts a new trace
     )
     try:
@@ -175,7 +178,8 @@ def _refusal(request_id: str, code: str, message: str, *, recorded: bool | None
 
 
 async def _reject(request: web.Request, status: int, code: str, message: str, *,
-                  function: str | None, body: Any = None) -> web.Response:
+                  function: str | None, body: Any = None, tenant: str | None = None
+                  ) -> web.Response:
     """Answer a request that never reached a function, and record it."""
     runtime = request.app[RUNTIME_KEY]
     request_id: str = request[ID_KEY]
@@ -196,7 +200,7 @@ async def _reject(request: web.Request, status: int, code: str, message: str, *,
         response={"status": status, "body": answer}, error=error, spans=[span.to_json()],
         tape=[], logs=[], code_sha=runtime.code_version.sha,
         code_dirty=runtime.code_version.dirty, method=request.method,
-        route=request.path.lstrip("/"),
+        route=request.path.lstrip("/"), tenant=tenant,
     )
     record.signature = failure_signature(record)
     try:

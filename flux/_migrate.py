@@ -58,6 +58,10 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[Migration]:
     applied: list[Migration] = []
     with connect(conninfo, autocommit=True) as conn:
         q = load("migrate")
+        if _up_to_date(conn, wanted):
+            # Nothing to do, and nothing written: a role that may not create anything (a
+            # flux_runtime member, sql/0010) starts against a schema its owner migrated.
+            return applied
         conn.execute(q.lock, {"key": LOCK_KEY})
         try:
             with conn.transaction():
@@ -85,6 +89,15 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[Migration]:
         finally:
             conn.execute(q.unlock, {"key": LOCK_KEY})
     return applied
+
+
+def _up_to_date(conn: psycopg.Connection, wanted: list[Migration]) -> bool:
+    q = load("migrate")
+    row = conn.execute(q.schema_exists).fetchone()
+    if not row or not row[0]:
+        return False
+    done = {version for version, _ in conn.execute(q.applied)}
+    return done == {m.version for m in wanted}
 
 
 def applied_versions(conninfo: str) -> list[int]:

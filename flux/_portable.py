@@ -98,5 +98,5 @@ def import_record(conn: psycopg.Connection[Any], document: dict[str, Any]) -> bo
                 **{k: m.get(k) for k in _MUTATION_FIELDS},
                 **{k: Jsonb(m.get(k)) if m.get(k) is not None else None
                    for k in ("pk", "old", "new")},
-                "request_id": record["request_id"]})
+                "request_id": record["request_id"], "tenant": record.get("tenant")})
     return True

@@ -8,6 +8,8 @@ attempted copied back in, marked ``rolled_back``.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +68,7 @@ class ExecutionRecord:
     def params(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id, "kind": self.kind, "function": self.function,
-            "runtime": self.runtime, "method": self.method, "route": self.route,
+            "runtime": self.runtime, "method": _text(self.method), "route": _text(self.route),
             "status": self.status, "http_status": self.http_status,
             "started_at": self.started_at, "duration_ms": self.duration_ms,
             "request": _jsonb(self.request), "response": _jsonb(self.response),
@@ -80,8 +82,26 @@ class ExecutionRecord:
 
 def _dumps(value: Any) -> bytes:
     """orjson: the record is encoded on every request's path, and this is where the
-    recorder spends its time (several times faster than json.dumps)."""
-    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    recorder spends its time (several times faster than json.dumps). What orjson refuses
+    (integers beyond 64 bits, unpaired surrogates) takes json.dumps, with surrogates
+    replaced; U+0000, which jsonb refuses, becomes U+FFFD. A record is never lost to a
+    value it carries."""
+    try:
+        data = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        data = json.dumps(value, default=str, ensure_ascii=False).encode("utf-8", "replace")
+    if b"\\u0000" in data:
+        data = _NUL_ESCAPE.sub(rb"\1\\ufffd", data)
+    return data
+
+
+# \u0000 not preceded by an odd number of backslashes (which would make it literal text)
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _text(value: str | None) -> str | None:
+    """A text column from the request (a route may hold %00): PostgreSQL's text has no NUL."""
+    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
 
 
 def _jsonb(value: Any) -> Jsonb | None:
@@ -102,7 +122,7 @@ def failure_signature(record: ExecutionRecord) -> dict[str, Any] | None:
         return None
     return {"request_id": record.request_id, "function": record.function, "class": cause.cls,
             "signature": signature_text(feats), "vec": vector(feats),
-            "at": record.started_at}
+            "at": record.started_at, "tenant": record.tenant}
 
 
 def describe_error(exc: BaseException, recorder: Recorder, scrub: Any) -> dict[str, Any]:
@@ -155,7 +175,8 @@ async def store(conn: AsyncConnection[Any], record: ExecutionRecord) -> None:
     if record.mutations:
         async with conn.cursor() as cur:
             await cur.executemany(q.insert_rolled_back, [
-                {**m, "pk": _jsonb(m["pk"]), "old": _jsonb(m["old"]), "new": _jsonb(m["new"])}
+                {**m, "pk": _jsonb(m["pk"]), "old": _jsonb(m["old"]), "new": _jsonb(m["new"]),
+                 "tenant": m.get("tenant", record.tenant)}
                 for m in record.mutations])
 
 

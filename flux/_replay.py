@@ -178,7 +178,7 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
         request_id=str(new_request_id()), spec=spec, input=decode(request.get("body")),
         kind="replay", method=request.get("method"), route=request.get("route"),
         headers=headers, query=request.get("query") or {}, replay_of=str(record["request_id"]),
-        parent_id=record.get("parent_id"),
+        parent_id=record.get("parent_id"), tenant=record.get("tenant"),
     )
     outcome: Outcome = await execute(runtime, invocation, replay=source, persist=persist,
                                      commit_data=False)

@@ -147,7 +147,8 @@ async def _run(runtime: Runtime, record: dict[str, Any], *, rehearsal: bool,
         request_id=request_id, spec=spec, input=decode(request.get("body")), kind="resume",
         method=request.get("method"), route=request.get("route"),
         headers=request.get("headers") or {}, query=request.get("query") or {},
-        parent_id=record.get("parent_id"), resumed_from=str(record["request_id"]))
+        parent_id=record.get("parent_id"), resumed_from=str(record["request_id"]),
+        tenant=record.get("tenant"))
     outcome = await execute(runtime, invocation, replay=source,
                             idempotency_prefix=str(record["request_id"]),
                             persist=not rehearsal, commit_data=not rehearsal)

@@ -14,6 +14,7 @@ import aiohttp
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from flux._access import AdminAccess
 from flux._availability import PROBE_TIMEOUT, Availability, connection_lost
 from flux._errors import DatabaseUnavailable, Overloaded
 from flux._gitinfo import CodeVersion, code_version
@@ -21,6 +22,7 @@ from flux._loader import LoadError, Registry, load_all, load_file
 from flux._project import Project
 from flux._record import ExecutionRecord, store
 from flux._redact import RedactionPolicy, load_policy
+from flux._tenants import TenantPolicy, load_tenants
 
 if TYPE_CHECKING:
     from flux._context import Context
@@ -42,7 +44,7 @@ class Runtime:
     def __init__(self, project: Project, conninfo: str | Callable[[], str], *,
                  pool_size: int | None = None, pool_timeout: float | None = None,
                  echo: LogEcho | None = None, keeps_records: bool = True,
-                 exports_spans: bool = True) -> None:
+                 exports_spans: bool = True, admin: AdminAccess | None = None) -> None:
         self.project = project
         self.root = project.root
         self.functions_dir = project.functions_dir
@@ -67,6 +69,10 @@ class Runtime:
         self.secrets_map: dict[str, str] = {
             str(k): str(v) for k, v in project.raw.get("secrets", {}).items()}
         self.app_config: dict[str, Any] = dict(project.raw.get("app", {}))
+        self.tenants: TenantPolicy = load_tenants(project.root, project.raw)
+        # Who may call /_flux/: `flux dev` and `flux serve` say; otherwise a token from
+        # the environment, and without one the admin API is closed.
+        self.admin: AdminAccess = admin or AdminAccess.for_server(dev=False, host="")
         self.code_version: CodeVersion = CodeVersion(None, False)
         self._echo = echo
         self._pool_size = pool_size

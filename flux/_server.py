@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from flux._access import AdminAccess
 from flux._database import Target, resolve
 from flux._errors import ConfigError, FluxError
 from flux._gateway import Observer, make_app
@@ -53,6 +54,13 @@ class ServeInfo:
     schema: SchemaResult
     data_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    admin: str = "closed"  # open (flux dev on loopback), token, or closed
+
+
+def _admin_state(access: AdminAccess) -> str:
+    if access.open_locally:
+        return "open"
+    return "token" if access.token_digest is not None else "closed"
 
 
 def prepare_database(project: Project) -> tuple[Target, SchemaResult]:
@@ -68,10 +76,13 @@ def prepare_database(project: Project) -> tuple[Target, SchemaResult]:
 
 async def serve(project: Project, *, host: str, port: int, reload: bool,
                 events: ServeEvents, prepared: tuple[Target, SchemaResult] | None = None,
-                reuse_port: bool = False, stop_embedded: bool = True) -> None:
-    """Serve until SIGINT/SIGTERM."""
+                reuse_port: bool = False, stop_embedded: bool = True,
+                dev: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM. ``dev``: started by ``flux dev`` (bound to loopback, its
+    admin API needs no token; flux/_access.py)."""
     target, schema = prepared or await asyncio.to_thread(prepare_database, project)
-    runtime = Runtime(project, target.conninfo, echo=events.log)
+    access = AdminAccess.for_server(dev=dev, host=host)
+    runtime = Runtime(project, target.conninfo, echo=events.log, admin=access)
     runner: web.AppRunner | None = None
     jobs = None  # the queue worker and cron (flux/_worker.py)
     capture = None  # the WAL capture consumer (flux/_capture.py), in WAL mode
@@ -100,7 +111,8 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
             embedded=target.embedded is not None,
             functions=sorted((s.route, s.name) for s in runtime.registry.by_name.values()),
             load_errors=load_errors, schema=schema,
-            data_dir=str(target.embedded.data_dir) if target.embedded else None))
+            data_dir=str(target.embedded.data_dir) if target.embedded else None,
+            admin=_admin_state(access)))
         from flux._worker import start_jobs
 
         jobs = await start_jobs(runtime)

@@ -29,7 +29,10 @@ class Table:
 def find_table(conn: psycopg.Connection[Any], name: str) -> Table:
     try:
         row = conn.execute(load("inspect").table_info, {"table": name}).fetchone()
-    except psycopg.errors.InvalidName as exc:
+    except (psycopg.errors.InvalidName, psycopg.errors.SyntaxError,
+            psycopg.errors.FeatureNotSupported, psycopg.DataError) as exc:
+        # to_regclass answers NULL for most malformed names; a few (a.b.c.d, a NUL, a
+        # name in another database) it refuses outright
         raise NotFound(f"{name!r} is not a valid table name") from exc
     if row is None:
         raise NotFound(f"no table named {name!r}", hint="tables are named like users or "

@@ -59,6 +59,18 @@ def stats(spans: list[dict[str, Any]]) -> dict[str, int]:
     }
 
 
+def flatten(nodes: list[dict[str, Any]], parent_id: str | None = None
+            ) -> list[dict[str, Any]]:
+    """The flat span list (each span with its ``parent_id``) of ``trace_json``'s tree, so a
+    trace read from the admin API is drawn like one read from the database."""
+    spans: list[dict[str, Any]] = []
+    for node in nodes:
+        spans.append({**{k: v for k, v in node.items() if k != "children"},
+                      "parent_id": parent_id})
+        spans.extend(flatten(node.get("children") or [], node.get("id")))
+    return spans
+
+
 def trace_json(record: dict[str, Any], handoff: dict[str, Any] | None = None
                ) -> dict[str, Any]:
     """The facts ``flux trace --json`` prints."""

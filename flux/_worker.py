@@ -117,6 +117,7 @@ class Claimed:
     max_attempts: int
     parent_id: str | None
     request_id: str
+    tenant: str | None = None  # the enqueuing execution's
 
 
 class Worker:
@@ -209,7 +210,7 @@ class Worker:
                        kind=row["kind"], attempt=row["attempts"],
                        max_attempts=row["max_attempts"],
                        parent_id=str(row["parent_id"]) if row["parent_id"] else None,
-                       request_id=request_id)
+                       request_id=request_id, tenant=row["tenant"])
 
     async def run_job(self, job: Claimed) -> str:
         """Run one claimed attempt and settle the job; returns its new status."""
@@ -224,7 +225,7 @@ class Worker:
             return "dead"
         outcome: Outcome = await execute(self.runtime, Invocation(
             request_id=job.request_id, spec=spec, input=job.payload, kind=job.kind,
-            method=None, route=spec.route, parent_id=job.parent_id))
+            method=None, route=spec.route, parent_id=job.parent_id, tenant=job.tenant))
         if outcome.status == "ok":
             await self._settle("mark_done", job)
             return "done"

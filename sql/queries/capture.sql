@@ -68,17 +68,18 @@ SELECT flux.primary_key_columns(%(oid)s::oid::regclass);
 -- replay of a transaction, it is the same each time.
 INSERT INTO flux.state_mutations (
     record_id, table_oid, table_schema, table_name, pk, op, old, new, changed_cols,
-    request_id, span_id, actor, application_name, txid, committed_at, source, lsn, lsn_seq)
+    request_id, span_id, actor, application_name, txid, committed_at, source, lsn, lsn_seq,
+    tenant)
 SELECT CASE WHEN c.pk IS NULL THEN NULL
             ELSE md5(c.table_oid::text || ':' || c.pk::text)::uuid END,
        c.table_oid, c.table_schema, c.table_name, c.pk, c.op, c.old, c.new,
        CASE WHEN c.op = 'TRUNCATE' THEN '{}' ELSE flux.changed_columns(c.old, c.new) END,
        c.request_id, c.span_id, c.actor, c.application_name, c.txid, c.committed_at, 'wal',
-       c.lsn::pg_lsn, c.lsn_seq
+       c.lsn::pg_lsn, c.lsn_seq, c.tenant
 FROM jsonb_to_recordset(%(changes)s::jsonb) AS c(
     table_oid oid, table_schema text, table_name text, pk jsonb, op text, old jsonb,
     new jsonb, request_id uuid, span_id text, actor text, application_name text,
-    txid bigint, committed_at timestamptz, lsn text, lsn_seq integer)
+    txid bigint, committed_at timestamptz, lsn text, lsn_seq integer, tenant text)
 -- A no-op UPDATE: the trigger's WHEN (OLD.* IS DISTINCT FROM NEW.*) skips it too.
 WHERE NOT (c.op = 'UPDATE' AND c.old = c.new)
 ON CONFLICT (lsn, lsn_seq, committed_at) WHERE source = 'wal' DO NOTHING;

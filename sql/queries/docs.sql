@@ -26,8 +26,8 @@ WHERE conrelid = %(relation)s::regclass AND contype IN ('p', 'u', 'c', 'f')
 ORDER BY contype = 'p' DESC, conname;
 
 -- name: indexes
-SELECT regexp_replace(pg_get_indexdef(i.indexrelid), '^CREATE (UNIQUE )?INDEX \S+ ON \S+ ',
-                      '\1') AS definition
+SELECT regexp_replace(pg_get_indexdef(i.indexrelid),
+                      '^CREATE (UNIQUE )?INDEX \S+ ON (ONLY )?\S+ ', '\1') AS definition
 FROM pg_index AS i
 WHERE i.indrelid = %(relation)s::regclass AND NOT i.indisprimary
 ORDER BY i.indexrelid::regclass::text;

@@ -4,6 +4,12 @@
 -- Sent as a simple query: {request_id} is replaced by a UUID the executor generated.
 BEGIN; SELECT set_config('flux.request_id', '{request_id}', true);
 
+-- name: begin_tenant
+-- The same for an execution of a tenant: {tenant} is replaced by the tenant as a literal
+-- quoted by psycopg (sql.Literal). The columns `tenant` default to this GUC (sql/0010).
+BEGIN; SELECT set_config('flux.request_id', '{request_id}', true),
+              set_config('flux.tenant', {tenant}, true);
+
 -- name: savepoint
 -- Guards a statement once the execution has written something (flux/_ctx_db.py).
 SAVEPOINT flux_stmt;
@@ -20,7 +26,7 @@ ROLLBACK TO SAVEPOINT flux_stmt;
 -- The changes a failing execution made before it fails, read inside its transaction
 -- just before the rollback, to be stored again marked rolled_back.
 SELECT record_id, table_oid, table_schema, table_name, pk, op, old, new, changed_cols,
-       request_id, span_id, actor, application_name, txid, committed_at
+       request_id, span_id, actor, application_name, txid, committed_at, tenant
 FROM flux.state_mutations
 -- committed_at: every change this transaction's triggers made carries its start (now()),
 -- which names the one partition to read (sql/0009).
@@ -30,11 +36,12 @@ ORDER BY id;
 -- name: insert_rolled_back
 INSERT INTO flux.state_mutations (
     record_id, table_oid, table_schema, table_name, pk, op, old, new, changed_cols,
-    request_id, span_id, actor, application_name, txid, committed_at, source, rolled_back)
+    request_id, span_id, actor, application_name, txid, committed_at, source, rolled_back,
+    tenant)
 VALUES (
     %(record_id)s, %(table_oid)s, %(table_schema)s, %(table_name)s, %(pk)s, %(op)s, %(old)s,
     %(new)s, %(changed_cols)s, %(request_id)s, %(span_id)s, %(actor)s, %(application_name)s,
-    %(txid)s, %(committed_at)s, 'executor', true);
+    %(txid)s, %(committed_at)s, 'executor', true, %(tenant)s);
 
 -- name: insert_record
 INSERT INTO flux.trace_requests (

@@ -55,8 +55,8 @@ FROM flux.failure_signatures
 WHERE signature = %(signature)s AND at <= %(at)s;
 
 -- name: insert_signature
-INSERT INTO flux.failure_signatures (request_id, function, class, signature, vec, at)
-VALUES (%(request_id)s, %(function)s, %(class)s, %(signature)s, %(vec)s, %(at)s)
+INSERT INTO flux.failure_signatures (request_id, function, class, signature, vec, at, tenant)
+VALUES (%(request_id)s, %(function)s, %(class)s, %(signature)s, %(vec)s, %(at)s, %(tenant)s)
 ON CONFLICT (request_id) DO NOTHING;
 
 -- name: signature_of

@@ -26,12 +26,13 @@ WITH expired AS (
         last_request_id = %(request_id)s, updated_at = now()
     FROM pick
     WHERE j.id = pick.id
-    RETURNING j.id, j.function, j.payload, j.kind, j.attempts, j.max_attempts, j.parent_id
+    RETURNING j.id, j.function, j.payload, j.kind, j.attempts, j.max_attempts, j.parent_id,
+              j.tenant
 ), attempt AS (
     INSERT INTO flux.job_attempts (job_id, attempt, request_id, worker)
     SELECT id, attempts, %(request_id)s, %(worker)s FROM claimed
 )
-SELECT id, function, payload, kind, attempts, max_attempts, parent_id FROM claimed;
+SELECT id, function, payload, kind, attempts, max_attempts, parent_id, tenant FROM claimed;
 
 -- name: mark_done
 UPDATE flux.jobs

@@ -125,11 +125,13 @@ async def test_resume_refuses_a_success_and_drift_under_strict(shop: Shop) -> No
     assert shop.provider.charges == 1 and order_states(shop) == []
 
 
-async def test_admin_api_resumes_and_guards_access(shop: Shop, monkeypatch) -> None:
+async def test_admin_api_resumes_and_guards_access(shop: Shop) -> None:
+    from flux._access import AdminAccess
+
     rid, _ = await failed_after_the_charge(shop)
     shop.runtime.reload(shop.root / CHECKOUT)  # the server runs the fixed code
     url = f"{shop.url}/_flux/executions/{rid[:18]}/resume"
-    monkeypatch.setenv("FLUX_ADMIN_TOKEN", "s3cret-token")
+    shop.runtime.admin = AdminAccess.with_token("s3cret-token")
     async with shop.client.post(url) as response:
         assert response.status == 401
     async with shop.client.post(url, headers={"Authorization": "Bearer s3cret-token"}) as r:

@@ -124,7 +124,7 @@ def test_migration_0009_keeps_existing_rows_pins_and_ids(empty_db: str, tmp_path
             "SELECT id, request_id, op, new, committed_at FROM flux.state_mutations "
             "ORDER BY id").fetchall()
 
-    assert [m.version for m in migrate(empty_db)] == [9]
+    assert [m.version for m in migrate(empty_db)][:1] == [9]  # and those after it
 
     with psycopg.connect(empty_db, autocommit=True) as conn:
         assert conn.execute(

@@ -1,0 +1,56 @@
+"""Where the inspect commands get their facts: the project's database, or — with the global
+``--remote URL`` (or ``FLUX_REMOTE``) — a running Flux's admin API, with the token from
+``FLUX_ADMIN_TOKEN``. The commands render the same documents either way."""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+from flux._errors import ConfigError
+
+if TYPE_CHECKING:
+    from flux._inspector import Inspector
+
+REMOTE_ENV = "FLUX_REMOTE"
+# Top-level commands that can ask a remote Flux (trace: not diff/debug; record: export).
+REMOTE_COMMANDS = frozenset({"ls", "why", "trace", "state", "resume", "record"})
+
+_remote: ContextVar[str | None] = ContextVar("flux_remote", default=None)
+
+
+def choose(remote: str | None, command: str | None, *, from_env: bool) -> None:
+    """Called by the root callback: remember ``--remote`` for the command about to run. Given
+    on the command line to a command that cannot use it, it is an error; set in the
+    environment, it only applies where it can."""
+    if remote and command not in REMOTE_COMMANDS:
+        if not from_env:
+            raise ConfigError(f"flux {command} works on the local project; --remote "
+                              f"applies to {', '.join(sorted(REMOTE_COMMANDS))}")
+        remote = None
+    _remote.set(remote or None)
+
+
+def remote_url() -> str | None:
+    return _remote.get()
+
+
+def refuse_remote(what: str) -> None:
+    """For a sub-command of a remote-capable command that has no remote form."""
+    if _remote.get():
+        raise ConfigError(f"flux {what} works on the local project, not with --remote")
+
+
+def source() -> Inspector:
+    """The inspector the command reads through."""
+    url = _remote.get()
+    if url:
+        from flux._access import TOKEN_ENV
+        from flux._remote import Remote
+
+        return Remote(url, os.environ.get(TOKEN_ENV))
+    from flux._inspector import Local
+    from flux._project import load
+
+    return Local.of_project(load())

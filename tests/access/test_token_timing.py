@@ -1,0 +1,86 @@
+"""A wrong token that is right but for its last character costs the same time as one that is
+wrong from its first: no timing signal a test can measure.
+
+Robust on a noisy two-core machine: the two kinds of guess are interleaved in a shuffled
+order (drift and bursts of load hit both alike), the first tries warm up and are dropped,
+and the statistic is the median of each kind, compared within a loose factor. The check on
+the comparison itself uses a 1 MB token, where a plain ``==`` would take tens of
+microseconds for the near miss (a memcmp of 1 MB) and well under one for the far miss (the
+first byte differs) — hundreds of times the factor — while hashing both sides costs the
+same for both.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import secrets
+import statistics
+import time
+import urllib.parse
+from collections.abc import Callable
+
+from flux._access import AdminAccess
+from tests.access.conftest import Served
+
+FACTOR = 1.5  # medians of equal work sit within a few percent; a leak would not
+
+
+def near_and_far(token: str) -> tuple[str, str]:
+    """A wrong guess sharing all but the last character, and one sharing nothing."""
+    last = "A" if token[-1] != "A" else "B"
+    first = "A" if token[0] != "A" else "B"
+    far = first + "".join("A" if c != "A" else "B" for c in token[1:])
+    return token[:-1] + last, far
+
+
+def medians(attempt: Callable[[str], float], guesses: dict[str, str], rounds: int,
+            warmup: int = 20) -> dict[str, float]:
+    order = [kind for kind in guesses for _ in range(rounds)]
+    random.Random(11).shuffle(order)
+    for kind in list(guesses) * (warmup // 2):
+        attempt(guesses[kind])
+    times: dict[str, list[float]] = {kind: [] for kind in guesses}
+    for kind in order:
+        times[kind].append(attempt(guesses[kind]))
+    return {kind: statistics.median(values) for kind, values in times.items()}
+
+
+def test_a_near_miss_and_a_far_miss_take_as_long_over_http(served: Served) -> None:
+    near, far = near_and_far(served.token)
+    address = urllib.parse.urlsplit(served.url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+
+    def attempt(token: str) -> float:
+        started = time.perf_counter()
+        connection.request("GET", "/_flux/executions",
+                           headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        response.read()
+        elapsed = time.perf_counter() - started
+        assert response.status == 401
+        return elapsed
+
+    try:
+        got = medians(attempt, {"near": near, "far": far}, rounds=150)
+    finally:
+        connection.close()
+    ratio = got["near"] / got["far"]
+    assert 1 / FACTOR < ratio < FACTOR, got
+
+
+def test_the_comparison_costs_the_same_for_a_near_miss_and_a_far_miss() -> None:
+    token = secrets.token_urlsafe(768 * 1024)  # 1 MB of text
+    access = AdminAccess.with_token(token)
+    near, far = near_and_far(token)
+
+    def attempt(guess: str) -> float:
+        started = time.perf_counter()
+        matched = access.matches(guess)
+        elapsed = time.perf_counter() - started
+        assert not matched
+        return elapsed
+
+    got = medians(attempt, {"near": near, "far": far}, rounds=60)
+    ratio = got["near"] / got["far"]
+    assert 1 / FACTOR < ratio < FACTOR, got
