@@ -19,6 +19,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.abc import AdaptContext
 
+from flux._availability import connection_lost
 from flux._queries import load
 from flux._recorder import CallSite, Recorder, Span
 from flux._tracecontext import TraceContext, span_id
@@ -118,14 +119,25 @@ class Execution:
     async def begin_with(self, first: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
         """Take the connection and begin the transaction with the execution's first
         statement, in one round trip: ``first`` sends both on the connection it is given.
-        If it fails, the connection goes back to the pool and the transaction has not
-        begun."""
+        If nothing began, the connection goes back to the pool."""
         results: list[T] = []
+        failed: list[BaseException] = []
 
         async def run(conn: AsyncConnection[Any]) -> None:
-            results.append(await first(conn))
+            try:
+                results.append(await first(conn))
+            except BaseException as exc:
+                if (conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                        or connection_lost(exc)):
+                    raise  # nothing began, or the connection is gone: runtime.begin decides
+                # The transaction began and its first statement failed (or was cancelled):
+                # the execution keeps the connection, to roll back and record as after any
+                # failed statement.
+                failed.append(exc)
 
         self.conn = await self.runtime.begin(run)
+        if failed:
+            raise failed[0]
         return results[-1]
 
     def broken(self, conn: AsyncConnection[Any]) -> bool:

@@ -34,6 +34,10 @@ _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _SHORT = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}"
 _ID = re.compile(rf"(?<![0-9a-f-])(?:(?P<full>{_UUID})|(?P<short>{_SHORT}))(?![0-9a-f])")
 _HEX = re.compile(r"(?<![0-9a-f])[0-9a-f]{7,40}(?![0-9a-f])")
+# OpenTelemetry: a trace id is 32 hex digits (a request id's, when Flux started the trace),
+# a span id 16, as in a traceparent: 00-<trace id>-<span id>-01.
+_TRACE_ID = re.compile(r"(?:(?<![0-9a-f-])|(?<=\b00-))[0-9a-f]{32}(?![0-9a-f])")
+_TRACEPARENT_SPAN = re.compile(r"(?<=\b00-[0-9a-f]{32}-)[0-9a-f]{16}(?=-0[01]\b)")
 
 # 2026-11-21T08:30:50.269272+00:00 (JSON, records) or 2026-11-21 08:30:50 (git, psql), and
 # a table cell cut short with an ellipsis.
@@ -75,6 +79,7 @@ class Normaliser:
     shas: dict[str, int] = field(default_factory=dict)  # full SHA -> n
     literals: dict[str, str] = field(default_factory=dict)  # exact text -> replacement
     ports: dict[int, int] = field(default_factory=dict)  # real port -> shown port
+    spans: dict[str, int] = field(default_factory=dict)  # OpenTelemetry span id -> n
 
     def register_id(self, request_id: str) -> str:
         """Number ``request_id`` now (if it is new); returns its placeholder."""
@@ -90,6 +95,8 @@ class Normaliser:
             text = text.replace(real, shown)
         for real_port, shown_port in self.ports.items():
             text = re.sub(rf"(?<=[:= ]){real_port}\b", str(shown_port), text)
+        text = _TRACEPARENT_SPAN.sub(self._span, text)
+        text = _TRACE_ID.sub(self._trace, text)
         text = _ID.sub(self._id, text)
         text = _HEX.sub(self._sha, text)
         text = _CUT_TIMESTAMP.sub(lambda m: FAKE_ISO[:len(m[0]) - 1] + "…", text)
@@ -115,6 +122,16 @@ class Normaliser:
             if "_" in found:
                 fake = fake.replace("-", "_")
         return fake
+
+    def _trace(self, match: re.Match[str]) -> str:
+        """A trace id: the request id's digits when Flux started the trace."""
+        h = match[0]
+        dashed = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return self.register_id(dashed).replace("-", "")
+
+    def _span(self, match: re.Match[str]) -> str:
+        n = self.spans.setdefault(match[0], len(self.spans) + 1)
+        return f"{n:016x}"
 
     def _sha(self, match: re.Match[str]) -> str:
         found = match[0]
