@@ -17,7 +17,9 @@ TimeZone, as ``to_jsonb`` renders them in the writer's: both are the server's de
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -101,6 +103,18 @@ class TypeCatalog:
             return orjson.Fragment
         return lambda text: self._convert(t, text)
 
+    def distinct(self, oid: int) -> Callable[[bytes, bytes], bool | None]:
+        """Whether two *different* text outputs of a type are different ``to_jsonb`` values
+        (``IS DISTINCT FROM`` on jsonb, as ``flux.changed_columns`` compares them); None
+        where only PostgreSQL can say cheaply (json, arrays, composites: ``1.0`` and
+        ``1.00`` are equal numbers inside them)."""
+        kind = self.get(oid).kind
+        if kind == NUMBER:
+            return _numbers_distinct
+        if kind in (JSON, ARRAY, COMPOSITE):
+            return _undecided
+        return _texts_distinct  # strings, booleans, dates, timestamps: text is the value
+
     def _convert(self, t: PgType, text: str) -> Any:
         kind = t.kind
         if kind == STRING:
@@ -150,6 +164,23 @@ def _number(text: str) -> Any:
 
 def _bool(text: str) -> bool:
     return text == "t"
+
+
+def _texts_distinct(a: bytes, b: bytes) -> bool:
+    return True
+
+
+def _undecided(a: bytes, b: bytes) -> None:
+    return None
+
+
+def _numbers_distinct(a: bytes, b: bytes) -> bool:
+    # jsonb compares numbers by value (10.5 = 10.50, -0 = 0); NaN and the infinities are
+    # strings there, equal only to themselves — and equal texts never get here.
+    try:
+        return Decimal(a.decode()) != Decimal(b.decode())
+    except InvalidOperation:
+        return True
 
 
 def _xsd(text: str, *, zone: bool) -> str:
