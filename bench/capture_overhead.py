@@ -18,6 +18,15 @@ figure is the median of its rounds' TPS (pgbench's "without initial connection t
 the last round the consumer must catch up, and the WAL database must hold exactly two
 mutations per committed transaction — the run fails otherwise.
 
+CPU per transaction, steadier than TPS on a shared machine: each round shows the CPU that
+PostgreSQL used per committed transaction for everything but the consumer (``db``: the
+writers, the WAL writer, checkpoints, autovacuum); WAL rounds also show what the consumer's
+Python process and its server backends (``application_name`` ``flux capture``: the
+walsender that decodes, the session that applies) used. A round's consumer figure is skewed
+by lag (it may still be working on the round before), so the summary also gives the
+consumer's whole bill — from its start until it has caught up after the last round — per
+WAL transaction.
+
     .venv/bin/python bench/capture_overhead.py [--clients 8] [--seconds 8] [--rounds 3]
 
 The last line is ``ratio: <wal TPS / none TPS>`` (target ≥ 0.95; trigger's ratio, target ≥
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import statistics
 import subprocess
@@ -38,8 +48,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 from _children import Child, scratch_dir, spawn, stop
+from _load import cpu_seconds
 
 from flux import _capture
 from flux._database import ensure_database
@@ -109,6 +121,47 @@ def _lag(conninfo: str) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
+class CpuMeter:
+    """CPU seconds used so far by PostgreSQL but the consumer's backends, by the consumer's
+    process and by the consumer's backends — each backend's last reading is kept, so a
+    backend that ends (a reconnect) still counts."""
+
+    def __init__(self, postmaster: int, conninfo: str) -> None:
+        self.postmaster = psutil.Process(postmaster)
+        self.conninfo = conninfo
+        self.consumer: psutil.Process | None = None
+        self.backends: dict[int, float] = {}
+
+    def watch(self, pid: int) -> None:
+        self.consumer = psutil.Process(pid)
+
+    def sample(self) -> dict[str, float]:
+        # pgbench's backends end with each round: the postmaster has reaped them by then,
+        # and their CPU is in its children's times.
+        times = self.postmaster.cpu_times()
+        db = times.user + times.system + times.children_user + times.children_system
+        for process in self.postmaster.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                db += cpu_seconds(process)
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            pids = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                [_capture.APPLICATION_NAME])]
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                self.backends[pid] = cpu_seconds(psutil.Process(pid))
+        app = 0.0
+        if self.consumer is not None:
+            with contextlib.suppress(psutil.Error):
+                app = cpu_seconds(self.consumer)
+        backend = sum(self.backends.values())
+        return {"db": db - backend, "app": app, "backend": backend}
+
+
+def _per_txn(before: dict[str, float], after: dict[str, float], key: str, count: int) -> float:
+    return (after[key] - before[key]) / count * 1000 if count else float("nan")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8, help="pgbench clients.")
@@ -131,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                 ensure_database(info.conninfo("postgres"), f"bench_{mode}")
                 conninfo[mode] = info.conninfo(f"bench_{mode}")
                 _prepare(conninfo[mode], mode, args.scale)
+            meter = CpuMeter(info.pid, conninfo["wal"])
             if not args.no_consumer:
                 consumer = spawn(_consumer, "consumer", {"conninfo": conninfo["wal"]})
+                meter.watch(consumer.process.pid)
             else:
                 print("(no consumer during the load: the write path's cost alone)")
             print(f"pgbench: {args.clients} clients, scale {args.scale}, {args.rounds} round(s) "
@@ -140,20 +195,32 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             tps: dict[str, list[float]] = {m: [] for m in MODES}
             committed = {m: 0 for m in MODES}
+            start = meter.sample()  # the consumer's bill starts here, after its imports
+            db_cpu: dict[str, list[float]] = {m: [] for m in MODES}
             for number in range(1, args.rounds + 1):
                 for mode in MODES:
+                    before = meter.sample()
                     value, count = _round(conninfo[mode], script, args)
+                    after = meter.sample()
                     tps[mode].append(value)
                     committed[mode] += count
-                    lag = f"  consumer lag {_lag(conninfo[mode]) / 1024:.0f} KiB" \
-                        if mode == "wal" else ""
+                    db_cpu[mode].append(_per_txn(before, after, "db", count))
+                    cpu = f"  cpu/txn db {db_cpu[mode][-1]:.3f} ms"
+                    lag = ""
+                    if mode == "wal":
+                        lag = f"  consumer lag {_lag(conninfo[mode]) / 1024:.0f} KiB"
+                        cpu += (f" consumer {_per_txn(before, after, 'app', count):.3f} ms"
+                                f" its backend {_per_txn(before, after, 'backend', count):.3f} ms")
                     print(f"round {number}  {mode:<8} {value:9.1f} tps  "
-                          f"{count:7d} txns{lag}", flush=True)
+                          f"{count:7d} txns{lag}{cpu}", flush=True)
             started = time.monotonic()
             if consumer is None:
                 consumer = spawn(_consumer, "consumer", {"conninfo": conninfo["wal"]})
+                meter.watch(consumer.process.pid)
+                start = {**start, "app": meter.sample()["app"]}
             _capture.wait_caught_up(conninfo["wal"], timeout=300)
             caught_up = time.monotonic() - started
+            end = meter.sample()
             with psycopg.connect(conninfo["wal"]) as conn:
                 stored = conn.execute("SELECT count(*) FROM flux.state_mutations "
                                       "WHERE source = 'wal'").fetchone()[0]  # type: ignore[index]
@@ -167,13 +234,17 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     medians = {m: statistics.median(v) for m, v in tps.items()}
     print()
-    print(f"{'mode':<9}{'median tps':>12}{'vs none':>10}{'target':>9}")
+    print(f"{'mode':<9}{'median tps':>12}{'vs none':>10}{'target':>9}  db cpu/txn")
     for mode in MODES:
         ratio = medians[mode] / medians["none"]
         target = f"≥ {TARGETS[mode]:g}" if mode in TARGETS else ""
         verdict = "" if mode not in TARGETS else (" PASS" if ratio >= TARGETS[mode]
                                                   else " FAIL")
-        print(f"{mode:<9}{medians[mode]:12.1f}{ratio:10.2f}{target:>9}{verdict}")
+        print(f"{mode:<9}{medians[mode]:12.1f}{ratio:10.2f}{target:>9}{verdict:5}"
+              f"  {statistics.median(db_cpu[mode]):.3f} ms")
+    print(f"WAL consumer cpu/txn (its start to caught up, {committed['wal']} txns): "
+          f"python {_per_txn(start, end, 'app', committed['wal']):.3f} ms, "
+          f"its backend {_per_txn(start, end, 'backend', committed['wal']):.3f} ms")
     ok = stored == expected
     print(f"WAL consumer: caught up {caught_up:.1f} s after the load; stored {stored} "
           f"mutations for {committed['wal']} transactions (expected {expected}, no-op updates "
