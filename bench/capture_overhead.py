@@ -110,7 +110,21 @@ def _round(conninfo: str, script: Path, args: argparse.Namespace) -> tuple[float
     tps, count = TPS.search(done.stdout), DONE.search(done.stdout)
     if done.returncode != 0 or tps is None or count is None:
         raise RuntimeError(f"pgbench failed: {done.stderr.strip() or done.stdout.strip()}")
+    _backends_gone(conninfo)
     return float(tps.group(1)), int(count.group(1))
+
+
+def _backends_gone(conninfo: str) -> None:
+    """Wait until pgbench's backends have exited and the postmaster has reaped them, so
+    that their CPU is charged to this round and not the next."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for _ in range(100):
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity "
+                               "WHERE application_name = 'pgbench'").fetchone()
+            if row is not None and row[0] == 0:
+                break
+            time.sleep(0.05)
+    time.sleep(0.2)
 
 
 def _lag(conninfo: str) -> int:

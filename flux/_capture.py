@@ -460,13 +460,12 @@ class Consumer:
     def _image(shape: _Shape, row: Row, old: dict[str, Any] | None = None) -> dict[str, Any]:
         image: dict[str, Any] = {}
         for (name, convert), raw in zip(shape.converters, row, strict=False):
-            if raw is None:
-                image[name] = None
-            elif raw is UNCHANGED:
-                # REPLICA IDENTITY FULL sends the old row whole: the value is there.
-                image[name] = (old or {}).get(name, UNCHANGED_TOAST)
-            else:
+            if raw.__class__ is bytes:
                 image[name] = convert(raw.decode())  # type: ignore[union-attr]
+            elif raw is None:
+                image[name] = None
+            else:  # UNCHANGED: REPLICA IDENTITY FULL sends the old row whole, it is there
+                image[name] = (old or {}).get(name, UNCHANGED_TOAST)
         return image
 
     def _key(self, conn: psycopg.Connection[Any], rel: Relation, image: dict[str, Any]

@@ -29,6 +29,7 @@ BOOL, NUMBER, JSON, DATE, TIMESTAMP, TIMESTAMPTZ, ARRAY, COMPOSITE, STRING = (
     "string")
 
 _NUMBERS = {20, 21, 23, 700, 701, 1700}  # int8 int2 int4 float4 float8 numeric
+_INTEGERS = {20, 21, 23}  # never NaN nor infinite: their text is the JSON number
 _BY_OID = {16: BOOL, 114: JSON, 3802: JSON, 1082: DATE, 1114: TIMESTAMP, 1184: TIMESTAMPTZ}
 _NOT_NUMBERS = {b"NaN", b"Infinity", b"-Infinity"}
 _TZ = re.compile(r"([+-]\d\d)(:\d\d)?(:\d\d)?$")
@@ -43,6 +44,7 @@ class PgType:
     element: int = 0  # arrays: the element type
     delimiter: str = ","  # arrays: the element type's delimiter
     fields: list[tuple[str, int]] = field(default_factory=list)  # composites
+    integer: bool = False  # numbers: int2, int4, int8 (or a domain over one)
 
 
 class TypeCatalog:
@@ -67,6 +69,8 @@ class TypeCatalog:
                 break
             base = int(raw[base]["typbasetype"])
         info = raw.get(base, row)
+        if base in _INTEGERS:
+            return PgType(oid, NUMBER, integer=True)
         if base in _NUMBERS:
             return PgType(oid, NUMBER)
         if base in _BY_OID:
@@ -96,7 +100,7 @@ class TypeCatalog:
         if kind in (STRING, DATE):
             return _same
         if kind == NUMBER:
-            return _number
+            return orjson.Fragment if t.integer else _number
         if kind == BOOL:
             return _bool
         if kind == JSON:

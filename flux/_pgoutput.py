@@ -223,25 +223,26 @@ def _fast_row(buf: bytes, pos: int) -> tuple[Row, int]:
     """A TupleData at ``pos`` (the hot path: one per change), and the position after it."""
     (count,) = _I16.unpack_from(buf, pos)
     pos += 2
-    size = len(buf)
     values: list[Value] = []
     append = values.append
+    length = _I32.unpack_from
     for _ in range(count):
         kind = buf[pos]
-        pos += 1
         if kind == 116 or kind == 98:  # t(ext), b(inary)
-            (n,) = _I32.unpack_from(buf, pos)
-            pos += 4
-            if n < 0 or pos + n > size:
-                raise DecodeError(f"a value of {n} bytes at byte {pos} overruns the message")
-            append(buf[pos:pos + n])
-            pos += n
+            (n,) = length(buf, pos + 1)
+            start = pos + 5
+            pos = start + n
+            if n < 0 or pos > len(buf):
+                raise DecodeError(f"a value of {n} bytes at byte {start} overruns the message")
+            append(buf[start:pos])
         elif kind == 110:  # n(ull)
             append(None)
+            pos += 1
         elif kind == 117:  # u(nchanged TOAST)
             append(UNCHANGED)
+            pos += 1
         else:
-            raise DecodeError(f"unknown column kind {chr(kind)!r} at byte {pos - 1}")
+            raise DecodeError(f"unknown column kind {chr(kind)!r} at byte {pos}")
     return tuple(values), pos
 
 
