@@ -18,14 +18,16 @@ figure is the median of its rounds' TPS (pgbench's "without initial connection t
 the last round the consumer must catch up, and the WAL database must hold exactly two
 mutations per committed transaction — the run fails otherwise.
 
-CPU per transaction, steadier than TPS on a shared machine: each round shows the CPU that
-PostgreSQL used per committed transaction for everything but the consumer (``db``: the
-writers, the WAL writer, checkpoints, autovacuum); WAL rounds also show what the consumer's
-Python process and its server backends (``application_name`` ``flux capture``: the
-walsender that decodes, the session that applies) used. A round's consumer figure is skewed
-by lag (it may still be working on the round before), so the summary also gives the
-consumer's whole bill — from its start until it has caught up after the last round — per
-WAL transaction.
+After each WAL round the bench waits until the consumer has stored the round's changes
+before the next round starts — a lagging consumer would otherwise do its work during the
+next (none) round and slow that one — and shows how long that took; the summary also gives
+WAL's TPS counting that wait. CPU per transaction, steadier than TPS on a shared machine:
+each round shows what pgbench used, and what PostgreSQL used for everything but the
+consumer (``db``: the writers, the WAL writer, checkpoints, autovacuum); WAL rounds also
+show what the consumer's Python process and its server backends (``application_name``
+``flux capture``: the walsender that decodes, the session that applies) used until they
+had caught up. On a machine whose CPUs are all busy, TPS ratios follow the summary's
+ratio of CPU per transaction (everything: pgbench, PostgreSQL, the consumer).
 
     .venv/bin/python bench/capture_overhead.py [--clients 8] [--seconds 8] [--rounds 3]
 
@@ -39,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -104,14 +107,19 @@ def _prepare(conninfo: str, mode: str, scale: int) -> None:
         _capture.switch(conninfo, "wal")
 
 
-def _round(conninfo: str, script: Path, args: argparse.Namespace) -> tuple[float, int]:
+def _round(conninfo: str, script: Path, args: argparse.Namespace
+           ) -> tuple[float, int, float]:
+    """One pgbench run: its TPS, the transactions it committed and its own CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = _pgbench(["-n", "-f", str(script), "-c", str(args.clients), "-j", "2",
                      "-T", str(args.seconds), "-s", str(args.scale), conninfo])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     tps, count = TPS.search(done.stdout), DONE.search(done.stdout)
     if done.returncode != 0 or tps is None or count is None:
         raise RuntimeError(f"pgbench failed: {done.stderr.strip() or done.stdout.strip()}")
     _backends_gone(conninfo)
-    return float(tps.group(1)), int(count.group(1))
+    client = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return float(tps.group(1)), int(count.group(1)), client
 
 
 def _backends_gone(conninfo: str) -> None:
@@ -211,22 +219,36 @@ def main(argv: list[str] | None = None) -> int:
             committed = {m: 0 for m in MODES}
             start = meter.sample()  # the consumer's bill starts here, after its imports
             db_cpu: dict[str, list[float]] = {m: [] for m in MODES}
+            total_cpu: dict[str, list[float]] = {m: [] for m in MODES}
+            with_catch_up: list[float] = []
             for number in range(1, args.rounds + 1):
                 for mode in MODES:
                     before = meter.sample()
-                    value, count = _round(conninfo[mode], script, args)
+                    value, count, client = _round(conninfo[mode], script, args)
                     after = meter.sample()
                     tps[mode].append(value)
                     committed[mode] += count
                     db_cpu[mode].append(_per_txn(before, after, "db", count))
-                    cpu = f"  cpu/txn db {db_cpu[mode][-1]:.3f} ms"
-                    lag = ""
-                    if mode == "wal":
-                        lag = f"  consumer lag {_lag(conninfo[mode]) / 1024:.0f} KiB"
-                        cpu += (f" consumer {_per_txn(before, after, 'app', count):.3f} ms"
-                                f" its backend {_per_txn(before, after, 'backend', count):.3f} ms")
-                    print(f"round {number}  {mode:<8} {value:9.1f} tps  "
-                          f"{count:7d} txns{lag}{cpu}", flush=True)
+                    line = (f"round {number}  {mode:<8} {value:9.1f} tps  {count:7d} txns  "
+                            f"cpu/txn pgbench {client / count * 1000:.3f} ms "
+                            f"db {db_cpu[mode][-1]:.3f} ms")
+                    total = client / count * 1000 + db_cpu[mode][-1]
+                    if mode == "wal" and consumer is not None:
+                        # The round's changes are stored before the next round starts, so
+                        # that no round pays for another's: the wait is this round's.
+                        lag = _lag(conninfo[mode])
+                        waited = time.monotonic()
+                        _capture.wait_caught_up(conninfo["wal"], timeout=300)
+                        waited = time.monotonic() - waited
+                        stored = meter.sample()
+                        app = _per_txn(before, stored, "app", count)
+                        backend = _per_txn(before, stored, "backend", count)
+                        total += app + backend
+                        with_catch_up.append(count / (count / value + waited))
+                        line += (f" consumer {app:.3f} ms its backend {backend:.3f} ms  "
+                                 f"lag {lag / 1024:.0f} KiB, caught up in {waited:.1f} s")
+                    total_cpu[mode].append(total)
+                    print(line, flush=True)
             started = time.monotonic()
             if consumer is None:
                 consumer = spawn(_consumer, "consumer", {"conninfo": conninfo["wal"]})
@@ -247,15 +269,20 @@ def main(argv: list[str] | None = None) -> int:
                 stop(consumer)
             server.stop()
     medians = {m: statistics.median(v) for m, v in tps.items()}
+    cpu = {m: statistics.median(v) for m, v in total_cpu.items()}
     print()
-    print(f"{'mode':<9}{'median tps':>12}{'vs none':>10}{'target':>9}  db cpu/txn")
+    print(f"{'mode':<9}{'median tps':>12}{'vs none':>10}{'target':>9}       "
+          f"cpu/txn (all)  vs none")
     for mode in MODES:
         ratio = medians[mode] / medians["none"]
         target = f"≥ {TARGETS[mode]:g}" if mode in TARGETS else ""
         verdict = "" if mode not in TARGETS else (" PASS" if ratio >= TARGETS[mode]
                                                   else " FAIL")
         print(f"{mode:<9}{medians[mode]:12.1f}{ratio:10.2f}{target:>9}{verdict:5}"
-              f"  {statistics.median(db_cpu[mode]):.3f} ms")
+              f"  {cpu[mode]:9.3f} ms {cpu['none'] / cpu[mode]:9.2f}")
+    if with_catch_up:
+        print(f"wal, counting each round's catch-up: {statistics.median(with_catch_up):.1f} tps "
+              f"= {statistics.median(with_catch_up) / medians['none']:.2f} of none")
     print(f"WAL consumer cpu/txn (its start to caught up, {committed['wal']} txns): "
           f"python {_per_txn(start, end, 'app', committed['wal']):.3f} ms, "
           f"its backend {_per_txn(start, end, 'backend', committed['wal']):.3f} ms")
