@@ -52,6 +52,10 @@ SELECT data FROM pg_logical_slot_peek_binary_changes(
     %(slot)s, %(upto_lsn)s::pg_lsn, %(upto_changes)s,
     'proto_version', '1', 'publication_names', %(publication)s, 'messages', 'true');
 
+-- name: log_snapshot
+-- A running-xacts record: where a slot read through SQL may move its restart_lsn to.
+SELECT pg_log_standby_snapshot();
+
 -- name: advance
 SELECT pg_replication_slot_advance(%(slot)s, %(lsn)s::pg_lsn);
 
