@@ -18,6 +18,17 @@ figure is the median of its rounds' TPS (pgbench's "without initial connection t
 the last round the consumer must catch up, and the WAL database must hold exactly two
 mutations per committed transaction — the run fails otherwise.
 
+After each WAL round the bench waits until the consumer has stored the round's changes
+before the next round starts — a lagging consumer would otherwise do its work during the
+next (none) round and slow that one — and shows how long that took; the summary also gives
+WAL's TPS counting that wait. CPU per transaction, steadier than TPS on a shared machine:
+each round shows what pgbench used, and what PostgreSQL used for everything but the
+consumer (``db``: the writers, the WAL writer, checkpoints, autovacuum); WAL rounds also
+show what the consumer's Python process and its server backends (``application_name``
+``flux capture``: the walsender that decodes, the session that applies) used until they
+had caught up. On a machine whose CPUs are all busy, TPS ratios follow the summary's
+ratio of CPU per transaction (everything: pgbench, PostgreSQL, the consumer).
+
     .venv/bin/python bench/capture_overhead.py [--clients 8] [--seconds 8] [--rounds 3]
 
 The last line is ``ratio: <wal TPS / none TPS>`` (target ≥ 0.95; trigger's ratio, target ≥
@@ -28,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,8 +51,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 from _children import Child, scratch_dir, spawn, stop
+from _load import cpu_seconds
 
 from flux import _capture
 from flux._database import ensure_database
@@ -92,13 +107,32 @@ def _prepare(conninfo: str, mode: str, scale: int) -> None:
         _capture.switch(conninfo, "wal")
 
 
-def _round(conninfo: str, script: Path, args: argparse.Namespace) -> tuple[float, int]:
+def _round(conninfo: str, script: Path, args: argparse.Namespace
+           ) -> tuple[float, int, float]:
+    """One pgbench run: its TPS, the transactions it committed and its own CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = _pgbench(["-n", "-f", str(script), "-c", str(args.clients), "-j", "2",
                      "-T", str(args.seconds), "-s", str(args.scale), conninfo])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     tps, count = TPS.search(done.stdout), DONE.search(done.stdout)
     if done.returncode != 0 or tps is None or count is None:
         raise RuntimeError(f"pgbench failed: {done.stderr.strip() or done.stdout.strip()}")
-    return float(tps.group(1)), int(count.group(1))
+    _backends_gone(conninfo)
+    client = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return float(tps.group(1)), int(count.group(1)), client
+
+
+def _backends_gone(conninfo: str) -> None:
+    """Wait until pgbench's backends have exited and the postmaster has reaped them, so
+    that their CPU is charged to this round and not the next."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for _ in range(100):
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity "
+                               "WHERE application_name = 'pgbench'").fetchone()
+            if row is not None and row[0] == 0:
+                break
+            time.sleep(0.05)
+    time.sleep(0.2)
 
 
 def _lag(conninfo: str) -> int:
@@ -107,6 +141,47 @@ def _lag(conninfo: str) -> int:
                            "FROM pg_replication_slots WHERE slot_name = 'flux_capture' "
                            "AND database = current_database()").fetchone()
     return int(row[0]) if row and row[0] is not None else 0
+
+
+class CpuMeter:
+    """CPU seconds used so far by PostgreSQL but the consumer's backends, by the consumer's
+    process and by the consumer's backends — each backend's last reading is kept, so a
+    backend that ends (a reconnect) still counts."""
+
+    def __init__(self, postmaster: int, conninfo: str) -> None:
+        self.postmaster = psutil.Process(postmaster)
+        self.conninfo = conninfo
+        self.consumer: psutil.Process | None = None
+        self.backends: dict[int, float] = {}
+
+    def watch(self, pid: int) -> None:
+        self.consumer = psutil.Process(pid)
+
+    def sample(self) -> dict[str, float]:
+        # pgbench's backends end with each round: the postmaster has reaped them by then,
+        # and their CPU is in its children's times.
+        times = self.postmaster.cpu_times()
+        db = times.user + times.system + times.children_user + times.children_system
+        for process in self.postmaster.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                db += cpu_seconds(process)
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            pids = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                [_capture.APPLICATION_NAME])]
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                self.backends[pid] = cpu_seconds(psutil.Process(pid))
+        app = 0.0
+        if self.consumer is not None:
+            with contextlib.suppress(psutil.Error):
+                app = cpu_seconds(self.consumer)
+        backend = sum(self.backends.values())
+        return {"db": db - backend, "app": app, "backend": backend}
+
+
+def _per_txn(before: dict[str, float], after: dict[str, float], key: str, count: int) -> float:
+    return (after[key] - before[key]) / count * 1000 if count else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                 ensure_database(info.conninfo("postgres"), f"bench_{mode}")
                 conninfo[mode] = info.conninfo(f"bench_{mode}")
                 _prepare(conninfo[mode], mode, args.scale)
+            meter = CpuMeter(info.pid, conninfo["wal"])
             if not args.no_consumer:
                 consumer = spawn(_consumer, "consumer", {"conninfo": conninfo["wal"]})
+                meter.watch(consumer.process.pid)
             else:
                 print("(no consumer during the load: the write path's cost alone)")
             print(f"pgbench: {args.clients} clients, scale {args.scale}, {args.rounds} round(s) "
@@ -140,20 +217,46 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             tps: dict[str, list[float]] = {m: [] for m in MODES}
             committed = {m: 0 for m in MODES}
+            start = meter.sample()  # the consumer's bill starts here, after its imports
+            db_cpu: dict[str, list[float]] = {m: [] for m in MODES}
+            total_cpu: dict[str, list[float]] = {m: [] for m in MODES}
+            with_catch_up: list[float] = []
             for number in range(1, args.rounds + 1):
                 for mode in MODES:
-                    value, count = _round(conninfo[mode], script, args)
+                    before = meter.sample()
+                    value, count, client = _round(conninfo[mode], script, args)
+                    after = meter.sample()
                     tps[mode].append(value)
                     committed[mode] += count
-                    lag = f"  consumer lag {_lag(conninfo[mode]) / 1024:.0f} KiB" \
-                        if mode == "wal" else ""
-                    print(f"round {number}  {mode:<8} {value:9.1f} tps  "
-                          f"{count:7d} txns{lag}", flush=True)
+                    db_cpu[mode].append(_per_txn(before, after, "db", count))
+                    line = (f"round {number}  {mode:<8} {value:9.1f} tps  {count:7d} txns  "
+                            f"cpu/txn pgbench {client / count * 1000:.3f} ms "
+                            f"db {db_cpu[mode][-1]:.3f} ms")
+                    total = client / count * 1000 + db_cpu[mode][-1]
+                    if mode == "wal" and consumer is not None:
+                        # The round's changes are stored before the next round starts, so
+                        # that no round pays for another's: the wait is this round's.
+                        lag = _lag(conninfo[mode])
+                        waited = time.monotonic()
+                        _capture.wait_caught_up(conninfo["wal"], timeout=300)
+                        waited = time.monotonic() - waited
+                        stored = meter.sample()
+                        app = _per_txn(before, stored, "app", count)
+                        backend = _per_txn(before, stored, "backend", count)
+                        total += app + backend
+                        with_catch_up.append(count / (count / value + waited))
+                        line += (f" consumer {app:.3f} ms its backend {backend:.3f} ms  "
+                                 f"lag {lag / 1024:.0f} KiB, caught up in {waited:.1f} s")
+                    total_cpu[mode].append(total)
+                    print(line, flush=True)
             started = time.monotonic()
             if consumer is None:
                 consumer = spawn(_consumer, "consumer", {"conninfo": conninfo["wal"]})
+                meter.watch(consumer.process.pid)
+                start = {**start, "app": meter.sample()["app"]}
             _capture.wait_caught_up(conninfo["wal"], timeout=300)
             caught_up = time.monotonic() - started
+            end = meter.sample()
             with psycopg.connect(conninfo["wal"]) as conn:
                 stored = conn.execute("SELECT count(*) FROM flux.state_mutations "
                                       "WHERE source = 'wal'").fetchone()[0]  # type: ignore[index]
@@ -166,14 +269,23 @@ def main(argv: list[str] | None = None) -> int:
                 stop(consumer)
             server.stop()
     medians = {m: statistics.median(v) for m, v in tps.items()}
+    cpu = {m: statistics.median(v) for m, v in total_cpu.items()}
     print()
-    print(f"{'mode':<9}{'median tps':>12}{'vs none':>10}{'target':>9}")
+    print(f"{'mode':<9}{'median tps':>12}{'vs none':>10}{'target':>9}       "
+          f"cpu/txn (all)  vs none")
     for mode in MODES:
         ratio = medians[mode] / medians["none"]
         target = f"≥ {TARGETS[mode]:g}" if mode in TARGETS else ""
         verdict = "" if mode not in TARGETS else (" PASS" if ratio >= TARGETS[mode]
                                                   else " FAIL")
-        print(f"{mode:<9}{medians[mode]:12.1f}{ratio:10.2f}{target:>9}{verdict}")
+        print(f"{mode:<9}{medians[mode]:12.1f}{ratio:10.2f}{target:>9}{verdict:5}"
+              f"  {cpu[mode]:9.3f} ms {cpu['none'] / cpu[mode]:9.2f}")
+    if with_catch_up:
+        print(f"wal, counting each round's catch-up: {statistics.median(with_catch_up):.1f} tps "
+              f"= {statistics.median(with_catch_up) / medians['none']:.2f} of none")
+    print(f"WAL consumer cpu/txn (its start to caught up, {committed['wal']} txns): "
+          f"python {_per_txn(start, end, 'app', committed['wal']):.3f} ms, "
+          f"its backend {_per_txn(start, end, 'backend', committed['wal']):.3f} ms")
     ok = stored == expected
     print(f"WAL consumer: caught up {caught_up:.1f} s after the load; stored {stored} "
           f"mutations for {committed['wal']} transactions (expected {expected}, no-op updates "

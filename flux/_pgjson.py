@@ -17,7 +17,9 @@ TimeZone, as ``to_jsonb`` renders them in the writer's: both are the server's de
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -27,6 +29,7 @@ BOOL, NUMBER, JSON, DATE, TIMESTAMP, TIMESTAMPTZ, ARRAY, COMPOSITE, STRING = (
     "string")
 
 _NUMBERS = {20, 21, 23, 700, 701, 1700}  # int8 int2 int4 float4 float8 numeric
+_INTEGERS = {20, 21, 23}  # never NaN nor infinite: their text is the JSON number
 _BY_OID = {16: BOOL, 114: JSON, 3802: JSON, 1082: DATE, 1114: TIMESTAMP, 1184: TIMESTAMPTZ}
 _NOT_NUMBERS = {b"NaN", b"Infinity", b"-Infinity"}
 _TZ = re.compile(r"([+-]\d\d)(:\d\d)?(:\d\d)?$")
@@ -41,6 +44,7 @@ class PgType:
     element: int = 0  # arrays: the element type
     delimiter: str = ","  # arrays: the element type's delimiter
     fields: list[tuple[str, int]] = field(default_factory=list)  # composites
+    integer: bool = False  # numbers: int2, int4, int8 (or a domain over one)
 
 
 class TypeCatalog:
@@ -65,6 +69,8 @@ class TypeCatalog:
                 break
             base = int(raw[base]["typbasetype"])
         info = raw.get(base, row)
+        if base in _INTEGERS:
+            return PgType(oid, NUMBER, integer=True)
         if base in _NUMBERS:
             return PgType(oid, NUMBER)
         if base in _BY_OID:
@@ -94,12 +100,24 @@ class TypeCatalog:
         if kind in (STRING, DATE):
             return _same
         if kind == NUMBER:
-            return _number
+            return orjson.Fragment if t.integer else _number
         if kind == BOOL:
             return _bool
         if kind == JSON:
             return orjson.Fragment
         return lambda text: self._convert(t, text)
+
+    def distinct(self, oid: int) -> Callable[[bytes, bytes], bool | None]:
+        """Whether two *different* text outputs of a type are different ``to_jsonb`` values
+        (``IS DISTINCT FROM`` on jsonb, as ``flux.changed_columns`` compares them); None
+        where only PostgreSQL can say cheaply (json, arrays, composites: ``1.0`` and
+        ``1.00`` are equal numbers inside them)."""
+        kind = self.get(oid).kind
+        if kind == NUMBER:
+            return _numbers_distinct
+        if kind in (JSON, ARRAY, COMPOSITE):
+            return _undecided
+        return _texts_distinct  # strings, booleans, dates, timestamps: text is the value
 
     def _convert(self, t: PgType, text: str) -> Any:
         kind = t.kind
@@ -150,6 +168,23 @@ def _number(text: str) -> Any:
 
 def _bool(text: str) -> bool:
     return text == "t"
+
+
+def _texts_distinct(a: bytes, b: bytes) -> bool:
+    return True
+
+
+def _undecided(a: bytes, b: bytes) -> None:
+    return None
+
+
+def _numbers_distinct(a: bytes, b: bytes) -> bool:
+    # jsonb compares numbers by value (10.5 = 10.50, -0 = 0); NaN and the infinities are
+    # strings there, equal only to themselves — and equal texts never get here.
+    try:
+        return Decimal(a.decode()) != Decimal(b.decode())
+    except InvalidOperation:
+        return True
 
 
 def _xsd(text: str, *, zone: bool) -> str:

@@ -1,11 +1,15 @@
-"""A decoder of PostgreSQL's ``pgoutput`` logical replication messages (protocol version 1).
+"""A decoder of PostgreSQL's ``pgoutput`` logical replication messages (protocol version 1),
+and of the replication stream's frames around them.
 
-Each message is one ``bytea`` row of ``pg_logical_slot_peek_binary_changes`` (or one
-XLogData payload of a replication stream). The formats are PostgreSQL's "Logical
-Replication Message Formats": Begin, Commit, Origin, Relation, Type, Insert, Update, Delete,
-Truncate and (with ``messages 'true'``) Message. Column values arrive in text format; an
-unchanged TOASTed value of an update's new row arrives as ``UNCHANGED`` and is filled from
-the old row (REPLICA IDENTITY FULL sends it whole) by the consumer.
+Each message is one ``bytea`` row of ``pg_logical_slot_peek_binary_changes`` or the payload
+of one XLogData frame of a replication stream (``START_REPLICATION … LOGICAL``, read by
+flux/_walstream.py); ``frame`` splits the stream's CopyData messages into XLogData and
+primary keepalives, ``standby_status`` writes the client's answer. The formats are
+PostgreSQL's "Logical Replication Message Formats" and "Streaming Replication Protocol":
+Begin, Commit, Origin, Relation, Type, Insert, Update, Delete, Truncate and (with
+``messages 'true'``) Message. Column values arrive in text format; an unchanged TOASTed
+value of an update's new row arrives as ``UNCHANGED`` and is filled from the old row
+(REPLICA IDENTITY FULL sends it whole) by the consumer.
 
 Pure: no IO, so it is tested on real server output and on generated messages alike.
 """
@@ -170,11 +174,7 @@ class _Reader:
         return self._take(_U64)
 
     def time(self) -> dt.datetime:
-        micros = self._take(_I64)
-        try:
-            return PG_EPOCH + dt.timedelta(microseconds=micros)
-        except OverflowError as exc:
-            raise DecodeError(f"timestamp out of range: {micros}") from exc
+        return _time(self._take(_I64))
 
     def string(self) -> str:
         end = self.buf.find(b"\0", self.pos)
@@ -223,25 +223,26 @@ def _fast_row(buf: bytes, pos: int) -> tuple[Row, int]:
     """A TupleData at ``pos`` (the hot path: one per change), and the position after it."""
     (count,) = _I16.unpack_from(buf, pos)
     pos += 2
-    size = len(buf)
     values: list[Value] = []
     append = values.append
+    length = _I32.unpack_from
     for _ in range(count):
         kind = buf[pos]
-        pos += 1
         if kind == 116 or kind == 98:  # t(ext), b(inary)
-            (n,) = _I32.unpack_from(buf, pos)
-            pos += 4
-            if n < 0 or pos + n > size:
-                raise DecodeError(f"a value of {n} bytes at byte {pos} overruns the message")
-            append(buf[pos:pos + n])
-            pos += n
+            (n,) = length(buf, pos + 1)
+            start = pos + 5
+            pos = start + n
+            if n < 0 or pos > len(buf):
+                raise DecodeError(f"a value of {n} bytes at byte {start} overruns the message")
+            append(buf[start:pos])
         elif kind == 110:  # n(ull)
             append(None)
+            pos += 1
         elif kind == 117:  # u(nchanged TOAST)
             append(UNCHANGED)
+            pos += 1
         else:
-            raise DecodeError(f"unknown column kind {chr(kind)!r} at byte {pos - 1}")
+            raise DecodeError(f"unknown column kind {chr(kind)!r} at byte {pos}")
     return tuple(values), pos
 
 
@@ -278,14 +279,58 @@ def _fast_change(buf: bytes) -> Decoded:
     return message
 
 
+_BEGIN = struct.Struct("!QqI")
+_COMMIT = struct.Struct("!BQQq")
+_MESSAGE = struct.Struct("!BQ")
+
+
+def _time(micros: int) -> dt.datetime:
+    try:
+        return PG_EPOCH + dt.timedelta(microseconds=micros)
+    except OverflowError as exc:
+        raise DecodeError(f"timestamp out of range: {micros}") from exc
+
+
+def _fast_frame(buf: bytes) -> Decoded:
+    """Begin, Commit and Message — one of each per captured transaction — without the
+    general reader."""
+    kind = buf[0]
+    if kind == 66:  # B
+        if len(buf) != 21:
+            raise DecodeError(f"Begin of {len(buf)} bytes, not 21")
+        final_lsn, micros, xid = _BEGIN.unpack_from(buf, 1)
+        return Begin(final_lsn, _time(micros), xid)
+    if kind == 67:  # C
+        if len(buf) != 26:
+            raise DecodeError(f"Commit of {len(buf)} bytes, not 26")
+        flags, commit_lsn, end_lsn, micros = _COMMIT.unpack_from(buf, 1)
+        return Commit(flags, commit_lsn, end_lsn, _time(micros))
+    flags, lsn = _MESSAGE.unpack_from(buf, 1)  # M
+    end = buf.find(b"\0", 10)
+    if end < 0:
+        raise DecodeError("unterminated string at byte 10")
+    try:
+        prefix = buf[10:end].decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError("string at byte 10 is not UTF-8") from exc
+    (size,) = _I32.unpack_from(buf, end + 1)
+    start = end + 5
+    if size < 0 or start + size != len(buf):
+        raise DecodeError(f"a Message content of {size} bytes does not end the message")
+    return Message(bool(flags & 1), lsn, prefix, buf[start:])
+
+
 def decode(data: bytes | memoryview) -> Decoded:
     """One pgoutput message."""
     buf = bytes(data)
     if not buf:
         raise DecodeError("empty message")
     try:
-        if buf[0] in (73, 85, 68):  # I U D: the changes, most of the stream
+        kind = buf[0]
+        if kind == 73 or kind == 85 or kind == 68:  # I U D: the changes, most of the stream
             return _fast_change(buf)
+        if kind == 66 or kind == 67 or kind == 77:  # B C M: one each per transaction
+            return _fast_frame(buf)
         return _decode(buf)
     except (struct.error, IndexError) as exc:
         raise DecodeError(f"{chr(buf[0])!r} message ends early") from exc
@@ -346,6 +391,56 @@ def _decode(buf: bytes) -> Decoded:
         content = r.raw(r.i32())
         return r.end(Message(bool(flags & 1), lsn, prefix, content))
     raise DecodeError(f"unknown message type {kind!r}")
+
+
+# -- the replication stream's frames --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class XLogData:
+    """A frame of WAL data: ``payload`` is one pgoutput message."""
+
+    start: int  # the WAL position of the data
+    wal_end: int  # the server's end of WAL when it sent the frame
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """The server's heartbeat: ``wal_end`` is how far it has read (and sent) the WAL."""
+
+    wal_end: int
+    reply: bool  # the server asks for a standby status update now
+
+
+_XLOG = struct.Struct("!QQq")
+_KEEPALIVE = struct.Struct("!Qq?")
+_STATUS = struct.Struct("!cQQQq?")
+
+
+def frame(data: bytes | memoryview) -> XLogData | Keepalive:
+    """One CopyData message of a logical replication stream."""
+    buf = bytes(data)
+    try:
+        if buf[0] == 119:  # w
+            start, wal_end, _ = _XLOG.unpack_from(buf, 1)
+            return XLogData(start, wal_end, buf[25:])
+        if buf[0] == 107:  # k
+            if len(buf) != 18:
+                raise DecodeError(f"primary keepalive of {len(buf)} bytes, not 18")
+            wal_end, _, reply = _KEEPALIVE.unpack_from(buf, 1)
+            return Keepalive(wal_end, reply)
+    except (struct.error, IndexError) as exc:
+        raise DecodeError("replication frame ends early") from exc
+    raise DecodeError(f"unknown replication frame {buf[:1]!r}")
+
+
+def standby_status(flushed: int, now: dt.datetime, *, reply: bool = False) -> bytes:
+    """The standby status update that tells the server everything before ``flushed`` is
+    stored for good (written, flushed and applied alike: the consumer commits before it
+    says so), so the slot may forget it."""
+    micros = (now - PG_EPOCH) // dt.timedelta(microseconds=1)
+    return _STATUS.pack(b"r", flushed, flushed, flushed, micros, reply)
 
 
 def format_lsn(lsn: int) -> str:

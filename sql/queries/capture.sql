@@ -15,6 +15,12 @@ SHOW wal_level;
 -- name: create_slot
 SELECT lsn::text FROM pg_create_logical_replication_slot(%(slot)s, 'pgoutput');
 
+-- name: release_slot
+-- Ends the session that streams the slot (a consumer still finishing an interrupted
+-- switch), waiting up to 5 s for it to exit, so that the slot can be dropped.
+SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots
+WHERE slot_name = %(slot)s AND database = current_database() AND active_pid IS NOT NULL;
+
 -- name: drop_slot
 SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
 WHERE slot_name = %(slot)s AND database = current_database();
@@ -26,7 +32,7 @@ ON CONFLICT (slot) DO UPDATE SET wal_from = NULL, wal_until = NULL, applied_lsn 
 
 -- name: state
 SELECT wal_from::text, wal_until::text, applied_lsn::text, applied_commit, applied_changes,
-       caught_up_at, now() AS now
+       caught_up_at, now() AS now, created_at
 FROM flux.capture_state WHERE slot = %(slot)s;
 
 -- name: switch
@@ -46,6 +52,10 @@ SELECT data FROM pg_logical_slot_peek_binary_changes(
     %(slot)s, %(upto_lsn)s::pg_lsn, %(upto_changes)s,
     'proto_version', '1', 'publication_names', %(publication)s, 'messages', 'true');
 
+-- name: log_snapshot
+-- A running-xacts record: where a slot read through SQL may move its restart_lsn to.
+SELECT pg_log_standby_snapshot();
+
 -- name: advance
 SELECT pg_replication_slot_advance(%(slot)s, %(lsn)s::pg_lsn);
 
@@ -57,6 +67,11 @@ SELECT t.oid, t.typtype, t.typcategory, t.typelem, t.typdelim, t.typbasetype, t.
        (SELECT array_agg(a.atttypid::bigint ORDER BY a.attnum) FROM pg_attribute a
         WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS field_types
 FROM pg_type t;
+
+-- name: column_order
+-- A relation's columns in the database's collation order, the order in which
+-- flux.changed_columns lists them.
+SELECT array_agg(c ORDER BY c) FROM unnest(%(names)s::text[]) AS c;
 
 -- name: primary_key
 SELECT flux.primary_key_columns(%(oid)s::oid::regclass);
@@ -73,18 +88,24 @@ INSERT INTO flux.state_mutations (
 SELECT CASE WHEN c.pk IS NULL THEN NULL
             ELSE md5(c.table_oid::text || ':' || c.pk::text)::uuid END,
        c.table_oid, c.table_schema, c.table_name, c.pk, c.op, c.old, c.new,
-       CASE WHEN c.op = 'TRUNCATE' THEN '{}' ELSE flux.changed_columns(c.old, c.new) END,
+       -- The consumer lists the changed columns itself where a value's text can say so.
+       CASE WHEN c.op = 'TRUNCATE' THEN '{}'
+            ELSE coalesce(c.changed_cols, flux.changed_columns(c.old, c.new)) END,
        c.request_id, c.span_id, c.actor, c.application_name, c.txid, c.committed_at, 'wal',
        c.lsn::pg_lsn, c.lsn_seq, c.tenant
 FROM jsonb_to_recordset(%(changes)s::jsonb) AS c(
     table_oid oid, table_schema text, table_name text, pk jsonb, op text, old jsonb,
-    new jsonb, request_id uuid, span_id text, actor text, application_name text,
-    txid bigint, committed_at timestamptz, lsn text, lsn_seq integer, tenant text)
--- A no-op UPDATE: the trigger's WHEN (OLD.* IS DISTINCT FROM NEW.*) skips it too.
-WHERE NOT (c.op = 'UPDATE' AND c.old = c.new)
+    new jsonb, changed_cols text[], request_id uuid, span_id text, actor text,
+    application_name text, txid bigint, committed_at timestamptz, lsn text, lsn_seq integer,
+    tenant text)
+-- A no-op UPDATE: the trigger's WHEN (OLD.* IS DISTINCT FROM NEW.*) skips it too (the
+-- consumer leaves out those it could tell).
+WHERE NOT (c.op = 'UPDATE' AND c.changed_cols IS NULL AND c.old = c.new)
 ON CONFLICT (lsn, lsn_seq, committed_at) WHERE source = 'wal' DO NOTHING;
 
 -- name: save_progress
+-- Only into the row the consumer read at its start (created_at): a switch to WAL that
+-- reset the row since has a new slot, and the old slot's progress must not leak into it.
 UPDATE flux.capture_state
 SET wal_from = coalesce(%(wal_from)s::pg_lsn, wal_from),
     wal_until = coalesce(%(wal_until)s::pg_lsn, wal_until),
@@ -92,8 +113,14 @@ SET wal_from = coalesce(%(wal_from)s::pg_lsn, wal_from),
     applied_commit = coalesce(%(applied_commit)s, applied_commit),
     applied_changes = applied_changes + %(changes)s,
     caught_up_at = CASE WHEN %(caught_up)s THEN now() ELSE caught_up_at END
-WHERE slot = %(slot)s;
+WHERE slot = %(slot)s AND created_at = %(generation)s;
 
 -- name: caught_up
 SELECT coalesce((SELECT confirmed_flush_lsn >= %(lsn)s::pg_lsn FROM pg_replication_slots
                  WHERE slot_name = %(slot)s AND database = current_database()), true);
+
+-- name: start_replication
+-- On a replication connection (flux/_walstream.py): stream the slot from {lsn} — 0/0 for
+-- its confirmed position — with the same options the SQL functions take.
+START_REPLICATION SLOT {slot} LOGICAL {lsn}
+    (proto_version '1', publication_names {publication}, messages 'true')

@@ -9,14 +9,19 @@ import random
 import shutil
 import signal
 import subprocess
+import tempfile
+import threading
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import orjson
 import psycopg
 
 from flux import _capture
+from flux._database import ensure_database
+from flux._embedded import EmbeddedServer
+from flux._migrate import migrate
 from tests.fixtures.projects import FLUX
 from tests.fixtures.shop import FakeProvider, Shop, serve_app
 
@@ -180,3 +185,43 @@ async def test_switching_modes_under_load_captures_each_change_once(
     assert by_source.get("trigger", 0) > 0 and by_source.get("wal", 0) > 0, by_source
     assert by_source["trigger"] + by_source["wal"] == expected
     assert per_change == (1,)
+
+
+@contextlib.contextmanager
+def server_without_wal_senders() -> Iterator[str]:
+    """A server of its own that takes no replication connection (max_wal_senders = 0, as
+    when they are all taken, or behind a pooler that passes none): a database there,
+    migrated."""
+    state = Path(tempfile.mkdtemp(prefix="flux-test-", dir="/tmp"))
+    state.chmod(0o755)
+    server = EmbeddedServer(state, settings={"fsync": "off", "max_wal_senders": "0"})
+    try:
+        info, _ = server.start()
+        ensure_database(info.conninfo("postgres"), "ledger")
+        migrate(info.conninfo("ledger"))
+        yield info.conninfo("ledger")
+    finally:
+        server.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+async def test_without_replication_connections_the_consumer_reads_through_sql(
+        tmp_path: Path, provider: FakeProvider) -> None:
+    """Where the server refuses a replication connection, the consumer reads the same slot
+    through the SQL functions and stores exactly what the triggers store."""
+    with server_without_wal_senders() as db:
+        async with ledger(tmp_path, db, provider, both=True, consume=False) as app:
+            consumer = _capture.Consumer(db)
+            stop = threading.Event()
+            thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+            thread.start()
+            try:
+                expected = await load_ledger(app, 300)
+                await asyncio.to_thread(_capture.wait_caught_up, db, 60)
+            finally:
+                stop.set()
+                await asyncio.to_thread(thread.join, 20)
+            by_trigger, by_wal = rows(db, "trigger"), rows(db, "wal")
+    assert consumer.stream is False  # it tried, was refused, and fell back
+    assert sum(by_wal.values()) == expected
+    assert by_wal == by_trigger

@@ -27,13 +27,17 @@ from flux._pgoutput import (
     DecodeError,
     Delete,
     Insert,
+    Keepalive,
     Message,
     Relation,
     Truncate,
     Update,
+    XLogData,
     decode,
     format_lsn,
+    frame,
     parse_lsn,
+    standby_status,
 )
 
 PEEK = ("SELECT data FROM pg_logical_slot_peek_binary_changes('t_slot', NULL, NULL, "
@@ -184,6 +188,38 @@ def test_lsn_text_round_trips(lsn: int) -> None:
     assert parse_lsn(format_lsn(lsn)) == lsn
 
 
+# -- the replication stream's frames --------------------------------------------------------
+
+i64 = st.integers(-2**63, 2**63 - 1)
+
+
+@given(u64, u64, i64, st.binary(max_size=60))
+def test_xlogdata_frames_carry_their_message(start: int, end: int, sent: int,
+                                             payload: bytes) -> None:
+    raw = b"w" + struct.pack("!QQq", start, end, sent) + payload
+    assert frame(raw) == XLogData(start, end, payload)
+
+
+@given(u64, i64, st.booleans())
+def test_keepalives_say_where_the_server_is(end: int, sent: int, reply: bool) -> None:
+    assert frame(b"k" + struct.pack("!Qq?", end, sent, reply)) == Keepalive(end, reply)
+
+
+@given(st.binary(max_size=40))
+def test_any_bytes_frame_or_raise_decode_error(raw: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        frame(raw)
+
+
+@given(u64, times, st.booleans())
+def test_standby_status_reports_one_position_for_all_three(lsn: int, now: dt.datetime,
+                                                           reply: bool) -> None:
+    raw = standby_status(lsn, now, reply=reply)
+    kind, written, flushed, applied, micros, asked = struct.unpack("!cQQQq?", raw)
+    assert (kind, written, flushed, applied, asked) == (b"r", lsn, lsn, lsn, reply)
+    assert PG_EPOCH + dt.timedelta(microseconds=micros) == now
+
+
 # -- text output → to_jsonb, against PostgreSQL itself -------------------------------------
 
 safe_text = st.text(st.characters(exclude_characters="\0", exclude_categories=("Cs",)),
@@ -265,3 +301,45 @@ def test_array_elements_keep_whitespace_that_postgres_does_not_quote(
     text, oid = conn.execute("SELECT format('%%s', v), pg_typeof(v)::oid "
                              "FROM (SELECT %s::text[] AS v) AS x", [[element]]).fetchone()
     assert catalog.value(oid, text.encode()) == [element]
+
+
+EQUAL_TEXTS_APART = [("numeric", "10.5", "10.50"), ("numeric", "-0.000", "0"),
+                     ("float8", "-0", "0"), ("numeric", "1e3", "1000.0"),
+                     ("jsonb", '{"a": 1.0}', '{"a": 1.00}'), ("numeric[]", "{1.0}", "{1.00}"),
+                     ("numeric", "NaN", "Infinity"), ("text", "a", "a ")]
+
+
+def _verdicts(conn: Any, catalog: TypeCatalog, type_name: str, a: Any, b: Any
+              ) -> tuple[bool | None, bool]:
+    """(the consumer's verdict on two values' texts, PostgreSQL's) — equal texts aside."""
+    ta, tb, oid, apart = conn.execute(
+        f"SELECT format('%%s', x), format('%%s', y), pg_typeof(x)::oid, "
+        f"to_jsonb(x) IS DISTINCT FROM to_jsonb(y) "
+        f"FROM (SELECT %s::{type_name} AS x, %s::{type_name} AS y) AS v", [a, b]).fetchone()
+    if ta == tb:
+        return False, apart
+    return catalog.distinct(oid)(ta.encode(), tb.encode()), apart
+
+
+@pytest.mark.parametrize(("type_name", "a", "b"), EQUAL_TEXTS_APART)
+def test_a_column_changed_exactly_when_to_jsonb_says_so(catalog_conn: Any, type_name: str,
+                                                        a: str, b: str) -> None:
+    conn, catalog = catalog_conn
+    mine, postgres = _verdicts(conn, catalog, type_name, a, b)
+    assert mine is None or mine == postgres, (type_name, a, b)
+
+
+@pytest.mark.parametrize(("type_name", "strategy"), SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_changed_columns_decided_in_python_agree_with_postgres(catalog_conn: Any,
+                                                               type_name: str,
+                                                               strategy: Any) -> None:
+    conn, catalog = catalog_conn
+
+    @settings(max_examples=30, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(strategy, strategy)
+    def check(a: Any, b: Any) -> None:
+        mine, postgres = _verdicts(conn, catalog, type_name, a, b)
+        assert mine is None or mine == postgres, (type_name, a, b)
+
+    check()
