@@ -91,3 +91,12 @@ def stop(child: Child) -> None:
     if process.is_alive():
         process.kill()
         process.join(5)
+
+
+def stop_all(children: list[Child], server: Any) -> None:
+    """Stop the children, last started first, then the embedded server (if it started)."""
+    for child in reversed(children):
+        stop(child)
+    if server is not None:
+        with contextlib.suppress(Exception):
+            server.stop()

@@ -43,7 +43,7 @@ from typing import Any
 import aiohttp
 import psutil
 import psycopg
-from _children import Child, scratch_dir, spawn, stop
+from _children import Child, scratch_dir, spawn, stop_all
 from _load import Round, closed_loop, cpu_seconds, percentile_ms
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
@@ -376,11 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
             return 130
         finally:
-            for child in reversed(children):
-                stop(child)
-            if server is not None:
-                with contextlib.suppress(Exception):
-                    server.stop()
+            stop_all(children, server)
 
     print()
     print(f"{'side':<9} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "

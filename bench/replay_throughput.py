@@ -58,7 +58,7 @@ from typing import Any
 import aiohttp
 import psutil
 import psycopg
-from _children import Child, scratch_dir, spawn, stop
+from _children import Child, scratch_dir, spawn, stop, stop_all
 from _load import cpu_seconds
 from aiohttp import web
 
@@ -435,11 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
             return 130
         finally:
-            for child in reversed(children):
-                stop(child)
-            if server is not None:
-                with contextlib.suppress(Exception):
-                    server.stop()
+            stop_all(children, server)
 
     tape, live = runs
     phases = [original.phase, tape.phase, live.phase]

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import sys
 from pathlib import Path
 
 import aiohttp
 import psycopg
-from _children import Child, scratch_dir, spawn, stop
+from _children import Child, scratch_dir, spawn, stop_all
 from _load import Round, closed_loop, percentile_ms
 from recording_overhead import REQUEST_BODY, ROUTE, _serve, _write_project
 
@@ -132,11 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
             return 130
         finally:
-            for child in reversed(children):
-                stop(child)
-            if server is not None:
-                with contextlib.suppress(Exception):
-                    server.stop()
+            stop_all(children, server)
 
     measured = windows[1:] if args.warmup else windows
     latencies = [t for w in measured for t in w.latencies]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import signal
 import statistics
@@ -36,7 +35,7 @@ from typing import Any
 import aiohttp
 import psutil
 import psycopg
-from _children import Child, scratch_dir, spawn, stop
+from _children import Child, scratch_dir, spawn, stop_all
 from _load import Round, closed_loop, cpu_seconds, percentile_ms
 from aiohttp import web
 
@@ -225,11 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
             return 130
         finally:
-            for child in reversed(children):
-                stop(child)
-            if server is not None:
-                with contextlib.suppress(Exception):
-                    server.stop()
+            stop_all(children, server)
 
     print()
     print(f"{'side':<7} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
