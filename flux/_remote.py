@@ -13,6 +13,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from flux._access import TOKEN_ENV
@@ -85,6 +86,18 @@ class Remote:
         return self._call("POST", f"/_flux/executions/{_segment(prefix)}/resume",
                           dry_run="true" if dry_run else None,
                           strict="true" if strict else None)
+
+    def ai_reading(self, prefix: str, *, send: bool = True, show_prompt: bool = False,
+                   on_text: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """The server asks its model with its own [ai], secrets and code; the answer
+        arrives whole and is handed to ``on_text`` at once."""
+        document = self._call("POST", f"/_flux/executions/{_segment(prefix)}/why/ai",
+                              send="true" if send else "false",
+                              show_prompt="true" if show_prompt else None)
+        answer = (document.get("ai") or {}).get("answer")
+        if on_text is not None and answer:
+            on_text(answer)
+        return dict(document)
 
     def _call(self, method: str, path: str, **query: Any) -> Any:
         params = {k: str(v) for k, v in query.items() if v is not None}
