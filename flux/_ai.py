@@ -248,9 +248,7 @@ def build_prompt(facts: dict[str, Any], *, redact: Redact, max_chars: int) -> Pr
             {k: m.get(k) for k in ("table", "pk", "op", "changes", "rolled_back", "file", "line")}
             for m in r.get("mutations") or []
         ],
-        "departure_from_last_success": (
-            {k: dep.get(k) for k in dep if k not in ("from", "at")} if dep else None
-        ),
+        "departure_from_last_success": ({k: dep.get(k) for k in dep if k != "at"} if dep else None),
         "similar_failures_seen": len(r.get("similar") or []),
     }
     system = redact(SYSTEM)
@@ -356,6 +354,8 @@ async def ask(
         )
     except _ModelRefused as exc:
         error = f"the AI model at {where} {exc}"
+    except ValueError as exc:  # an event line past aiohttp's limit, a broken encoding
+        error = f"the AI model at {where} answered something Flux could not read ({exc})"
     except (aiohttp.ClientError, OSError) as exc:
         reason = type(exc).__name__ if not str(exc) else str(exc).splitlines()[0][:200]
         error = f"the AI model at {where} could not be reached ({reason})"

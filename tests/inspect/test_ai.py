@@ -243,28 +243,36 @@ async def test_nothing_of_another_tenant_reaches_the_model(
             "checkout", {"user_id": globex_user["id"], "amount_cents": 700}, headers=globex
         )
         # acme's checkout is the last success of the function before globex's failure
+        acme = {"x-tenant-id": "acme"}
         _, acme_user, acme_signup = await shop.post(
-            "signup", {"email": "boss@acme.test"}, headers={"x-tenant-id": "acme"}
+            "signup", {"email": "boss@acme.test"}, headers=acme
         )
+        shop.provider.mode = "rate_limit"  # acme fails once …
+        _, _, acme_failed = await shop.post(
+            "checkout", {"user_id": acme_user["id"], "amount_cents": 4100}, headers=acme
+        )
+        shop.provider.mode = "ok"  # … then succeeds: the function's last success
         _, _, acme_good = await shop.post(
-            "checkout",
-            {"user_id": acme_user["id"], "amount_cents": 4100},
-            headers={"x-tenant-id": "acme"},
+            "checkout", {"user_id": acme_user["id"], "amount_cents": 4100}, headers=acme
         )
         shop.provider.mode = "rate_limit"
         _, _, failed = await shop.post(
             "checkout", {"user_id": globex_user["id"], "amount_cents": 700}, headers=globex
         )
-        # The owner's report departs from acme's success: the risk is real …
-        assert why(shop, failed[:18], "--json")["departure"]["from"] == acme_good
+        # The owner's report departs from acme's success and finds acme's failure alike:
+        # the risk is real …
+        owners = why(shop, failed[:18], "--json")
+        assert owners["departure"]["from"] == acme_good
+        assert [s["request_id"] for s in owners["similar"]] == [acme_failed]
         report = why(shop, failed[:18], "--ai", "--json", "--show-prompt")
     sent = chat_stub.sent()
-    # … and what the model got is globex's alone.
-    for value in (acme_good, acme_signup, "acme", "boss@acme.test"):
+    # … and what the model got is globex's alone: the departure from globex's own last
+    # success, no similar failure (acme's is not globex's), nothing of acme's.
+    for value in (acme_good, acme_failed, acme_signup, "acme", "boss@acme.test"):
         assert value not in sent, value
+    assert globex_good in sent and '"similar_failures_seen": 0' in chat_stub.content()
     assert "departure_from_last_success" in sent and "where the last success got 200" in sent
     assert report["ai"]["answer"] == ANSWER
-    assert globex_good != acme_good
 
 
 async def test_the_admin_api_and_the_remote_cli_ask_the_servers_model(
