@@ -28,6 +28,7 @@ from flux._errors import (
 )
 
 TIMEOUT = 60.0  # a resume runs a function; reads are quicker
+AI_TIMEOUT = 600.0  # why --ai waits for the server's model, which has its own [ai] timeout
 
 _ERRORS: dict[str, type[FluxError]] = {
     "not_found": NotFound, "config": ConfigError, "database": DatabaseError,
@@ -92,14 +93,15 @@ class Remote:
         """The server asks its model with its own [ai], secrets and code; the answer
         arrives whole and is handed to ``on_text`` at once."""
         document = self._call("POST", f"/_flux/executions/{_segment(prefix)}/why/ai",
-                              send="true" if send else "false",
+                              timeout_s=AI_TIMEOUT, send="true" if send else "false",
                               show_prompt="true" if show_prompt else None)
         answer = (document.get("ai") or {}).get("answer")
         if on_text is not None and answer:
             on_text(answer)
         return dict(document)
 
-    def _call(self, method: str, path: str, **query: Any) -> Any:
+    def _call(self, method: str, path: str, *, timeout_s: float | None = None,
+              **query: Any) -> Any:
         params = {k: str(v) for k, v in query.items() if v is not None}
         url = self.url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
         request = urllib.request.Request(url, method=method,
@@ -107,7 +109,8 @@ class Remote:
         if self._token:
             request.add_header("Authorization", f"Bearer {self._token}")
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s or self._timeout
+                                        ) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None
