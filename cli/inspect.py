@@ -283,8 +283,8 @@ def trace_diff(a: str, b: str, as_json: bool) -> None:
 
 
 def why(request_id: str = typer.Argument(..., help="Execution id or a unique prefix."),
-        ai: bool = typer.Option(False, "--ai", help="Also ask the model of [ai] in "
-                                "flux.toml to read the record and propose a fix."),
+        ai: bool = typer.Option(False, "--ai", help="Also ask the model set up in flux.toml "
+                                "(its ai table) to read the record and propose a fix."),
         show_prompt: bool = typer.Option(False, "--show-prompt", help="Show what --ai sends "
                                          "(without --ai: show it and send nothing)."),
         as_json: bool = JSON) -> None:
