@@ -8,8 +8,7 @@ so ``flux why ID`` and ``flux --remote URL why ID`` print the same thing.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,12 +54,14 @@ class Local:
 
     @classmethod
     def of_project(cls, project: Project) -> Local:
-        from flux._inspectdb import reader
+        from flux._database import reader
 
         return cls(lambda: reader(project), project)
 
     @classmethod
     def of_conninfo(cls, conninfo: str, project: Project | None = None) -> Local:
+        from flux._database import read_only
+
         return cls(lambda: read_only(conninfo), project)
 
     def executions(self, *, function: str | None = None, status: str | None = None,
@@ -120,7 +121,6 @@ class Local:
             raise ConfigError("resume needs the project's code")
         return resume_command(self._project, prefix, dry_run=dry_run, strict=strict)
 
-
     def ai_prompt(self, prefix: str) -> tuple[str, Prompt]:
         """The request id and the redacted, capped prompt ``flux why --ai`` sends."""
         from flux import _ai
@@ -165,14 +165,3 @@ def redactor(project: Project, secrets: set[str]) -> Callable[[Any], Any]:
 
     policy = load_policy(project.state_dir, project.raw, keep_key=False)
     return lambda value: policy.scrub(policy.redact_body(value), secrets)
-
-
-@contextlib.contextmanager
-def read_only(conninfo: str) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection in a read-only session (what the admin API reads with)."""
-    from flux._database import connect
-    from flux._queries import load
-
-    with connect(conninfo, autocommit=True) as conn:
-        conn.execute(load("database").read_only)
-        yield conn
