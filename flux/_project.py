@@ -54,7 +54,7 @@ class OtelConfig:
 @dataclass(frozen=True)
 class RecordConfig:
     """``[record]`` in flux.toml, the parts that decide what is kept and for how long
-    (redaction and body caps are read by flux/_redact.py)."""
+    (redaction and body caps are read by flux/runtime/_redact.py)."""
 
     retention: dt.timedelta | None = None  # None: records are kept until deleted by hand
     sample_rate: float = 1.0  # share of successful executions recorded in full
@@ -63,7 +63,7 @@ class RecordConfig:
 @dataclass(frozen=True)
 class AiConfig:
     """``[ai]`` in flux.toml: the OpenAI-compatible chat endpoint ``flux why --ai`` asks
-    (flux/_ai.py). Off unless both ``base_url`` and ``model`` are set. The API key is never
+    (flux/inspect/_ai.py). Off unless both ``base_url`` and ``model`` are set. The API key is never
     written here: ``api_key_secret`` names it like ``ctx.secrets.get`` does (a ``[secrets]``
     name, or an environment variable)."""
 

@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from flux._access import AdminAccess
-from flux._ai import HEADING, Prompt, build_prompt, clean
 from flux._errors import ConfigError
 from flux._project import parse
+from flux.inspect._ai import HEADING, Prompt, build_prompt, clean
+from flux.runtime._access import AdminAccess
 from tests.access.conftest import with_tenants
 from tests.fixtures.chat_stub import ANSWER, ChatStub
 from tests.fixtures.projects import run_flux
@@ -363,8 +363,8 @@ def facts(**overrides: Any) -> dict[str, Any]:
 
 
 def redact_with(secrets: list[str]) -> Any:
-    from flux._inspector import redactor
     from flux._project import Project
+    from flux.server._inspector import redactor
 
     return redactor(Project(root=Path("/nonexistent")), set(secrets))
 
