@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli._output import out, print_json
-from cli._source import refuse_remote, source
+from cli._source import refuse_remote, remote_url, source
 from flux._ids import short
 from flux._project import load
 
@@ -283,13 +283,70 @@ def trace_diff(a: str, b: str, as_json: bool) -> None:
 
 
 def why(request_id: str = typer.Argument(..., help="Execution id or a unique prefix."),
+        ai: bool = typer.Option(False, "--ai", help="Also ask the model set up in flux.toml "
+                                "(its ai table) to read the record and propose a fix."),
+        show_prompt: bool = typer.Option(False, "--show-prompt", help="Show what --ai sends "
+                                         "(without --ai: show it and send nothing)."),
         as_json: bool = JSON) -> None:
     """The root cause of a failed execution, where it happened, and what to do."""
-    report = source().why(request_id)
+    inspector = source()
+    if ai:  # a missing [ai] or API key is one sentence before anything is read
+        from flux.inspect._ai import api_key, require
+
+        if remote_url() is None:
+            project = load()
+            require(project.ai)
+            api_key(project)
+    report = inspector.why(request_id)
+    if not (ai or show_prompt):
+        if as_json:
+            print_json({k: v for k, v in report.items() if k != "spans"})
+        else:
+            _render_why(report)
+        return
     if as_json:
-        print_json({k: v for k, v in report.items() if k != "spans"})
+        reading = inspector.ai_reading(request_id, send=ai, show_prompt=show_prompt)
+        print_json({**{k: v for k, v in report.items() if k != "spans"}, "ai": reading["ai"]})
         return
     _render_why(report)
+    _render_ai(inspector, request_id, send=ai, show_prompt=show_prompt)
+
+
+def _render_ai(inspector: Any, request_id: str, *, send: bool, show_prompt: bool) -> None:
+    """The model's answer under its heading, written as it arrives; the prompt first when
+    asked. A model that fails is one sentence here, and the exit code stays 0."""
+    from flux.inspect._ai import HEADING
+
+    if show_prompt:  # the prompt is built (and shown) before the model is asked
+        shown = inspector.ai_reading(request_id, send=False, show_prompt=True)["ai"]
+        out.print(f"  [bold]Prompt[/]  [dim]{'sent to' if send else 'that --ai would send'}"
+                  f" the model{' (cut to the size cap)' if shown['truncated'] else ''}[/]")
+        for message in shown["prompt"]:
+            out.print(f"\n  [dim]── {escape(message['role'])} ──[/]")
+            out.print(message["content"], markup=False)
+        out.print("")
+        if not send:
+            return
+    streamed: list[str] = []
+
+    def on_text(text: str) -> None:
+        if not streamed:
+            out.print(f"  [bold]{HEADING}[/]  [dim]from the record only; check it before "
+                      "you apply it[/]\n")
+        streamed.append(text)
+        out.file.write(text)
+        out.file.flush()
+
+    reading = inspector.ai_reading(request_id, send=True, on_text=on_text)["ai"]
+    if streamed:
+        out.print("")
+    else:
+        out.print(f"  [bold]{HEADING}[/]")
+    if reading["error"]:
+        out.print(f"  [yellow]{escape(reading['error'])}[/]")
+    out.print(f"  [dim]{escape(reading['model'] or '')} at {escape(reading['endpoint'] or '')}"
+              f" · a prompt of {reading['sent_chars']} characters"
+              f"{' (cut to the size cap)' if reading['truncated'] else ''}[/]\n")
 
 
 def _render_why(r: dict[str, Any]) -> None:

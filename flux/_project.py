@@ -61,6 +61,26 @@ class RecordConfig:
 
 
 @dataclass(frozen=True)
+class AiConfig:
+    """``[ai]`` in flux.toml: the OpenAI-compatible chat endpoint ``flux why --ai`` asks
+    (flux/inspect/_ai.py). Off unless both ``base_url`` and ``model`` are set. The API key is never
+    written here: ``api_key_secret`` names it like ``ctx.secrets.get`` does (a ``[secrets]``
+    name, or an environment variable)."""
+
+    base_url: str | None = None  # e.g. http://localhost:11434/v1 (Ollama), …/v1 of vLLM
+    model: str | None = None
+    api_key_secret: str | None = None  # None: no Authorization header (a local model)
+    timeout_s: float = 60.0  # the whole exchange, streaming included
+    max_prompt_chars: int = 24_000  # what is sent is cut to this size
+    max_tokens: int = 1024  # asked of the model for its answer
+    stream: bool = True  # ask for server-sent events and print them as they arrive
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url and self.model)
+
+
+@dataclass(frozen=True)
 class Project:
     """A Flux project: its root directory and its parsed configuration."""
 
@@ -72,6 +92,7 @@ class Project:
     otel: OtelConfig = field(default_factory=OtelConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    ai: AiConfig = field(default_factory=AiConfig)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -155,6 +176,7 @@ def parse(root: Path) -> Project:
                             _count_option(path, "server.max_inflight", max_inflight)),
         otel=_otel(path, raw.get("otel", {})),
         record=_record_config(path, raw),
+        ai=_ai_config(path, raw.get("ai", {})),
         raw=raw,
     )
 
@@ -183,6 +205,55 @@ def _otel(path: Path, section: Any) -> OtelConfig:
                           f"not {timeout!r}")
     return OtelConfig(endpoint=endpoint, headers={str(k): v for k, v in headers.items()},
                       service_name=service, schedule_delay_ms=delay, timeout_s=float(timeout))
+
+
+_AI_KEYS = frozenset({"base_url", "model", "api_key_secret", "timeout", "max_prompt_chars",
+                      "max_tokens", "stream"})
+MIN_AI_PROMPT_CHARS = 2000
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _ai_config(path: Path, section: Any) -> AiConfig:
+    """``[ai]``: checked here, so a typo is one sentence before anything is sent."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [ai] must be a table")
+    if "api_key" in section:
+        raise ConfigError(f"{path}: [ai] takes no api_key: keep the key in an environment "
+                          'variable and name it, as in api_key_secret = "OPENAI_API_KEY"')
+    unknown = sorted(set(section) - _AI_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: [ai] has no option {unknown[0]!r}",
+                          hint="the options are " + ", ".join(sorted(_AI_KEYS)))
+    base_url, model = section.get("base_url"), section.get("model")
+    if base_url is not None and (not isinstance(base_url, str)
+                                 or not base_url.startswith(("http://", "https://"))):
+        raise ConfigError(f"{path}: ai.base_url must be an http:// or https:// URL such as "
+                          f'"http://localhost:11434/v1", not {base_url!r}')
+    if model is not None and not (isinstance(model, str) and model.strip()):
+        raise ConfigError(f"{path}: ai.model must be a model name, not {model!r}")
+    if (base_url is None) != (model is None):
+        raise ConfigError(f"{path}: [ai] needs both base_url and model (or neither, to "
+                          "leave it off)")
+    secret = section.get("api_key_secret")
+    if secret is not None and not (isinstance(secret, str) and _ENV_NAME.match(secret)):
+        raise ConfigError(f"{path}: ai.api_key_secret names the secret that holds the key "
+                          "(a [secrets] name or an environment variable, letters, digits "
+                          "and _), not the key itself")
+    cap = _count_option(path, "ai.max_prompt_chars", section.get("max_prompt_chars", 24_000))
+    if cap < MIN_AI_PROMPT_CHARS:
+        raise ConfigError(f"{path}: ai.max_prompt_chars must be at least "
+                          f"{MIN_AI_PROMPT_CHARS} (the instructions alone take ~1000), "
+                          f"not {cap}")
+    stream = section.get("stream", True)
+    if not isinstance(stream, bool):
+        raise ConfigError(f"{path}: ai.stream must be true or false, not {stream!r}")
+    return AiConfig(
+        base_url=base_url, model=model.strip() if model else None, api_key_secret=secret,
+        timeout_s=_seconds_option(path, "ai.timeout", section.get("timeout"))
+        or AiConfig.timeout_s,
+        max_prompt_chars=cap,
+        max_tokens=_count_option(path, "ai.max_tokens", section.get("max_tokens", 1024)),
+        stream=stream)
 
 
 def _int_option(path: Path, key: str, value: Any) -> int:

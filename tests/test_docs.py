@@ -86,6 +86,9 @@ def test_the_flux_toml_of_the_configuration_reference_is_accepted(tmp_path: Path
     assert policy_for(project, "checkout").violation(["orders"]) is None
     assert policy_for(project, "checkout").violation(["audit_log"]) is not None
     assert project.replay_stubs
+    assert project.ai.enabled and project.ai.api_key_secret == "SHOP_AI_KEY"
+    assert (project.ai.timeout_s, project.ai.max_prompt_chars, project.ai.stream) == (
+        60.0, 24000, True)  # the defaults, as documented
     headings = re.findall(r"^## `\[([^\]]+)\]`", text, re.MULTILINE)
     for table in re.findall(r"^\[([^\]]+)\]", toml, re.MULTILINE):
         assert any(table == h or table.startswith(h + ".") for h in headings), \

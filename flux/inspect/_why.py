@@ -26,13 +26,18 @@ SIMILAR_MAX_DISTANCE = 0.35  # cosine distance; same bug ≈ 0, unrelated ≈ 1
 BASELINE_EXECUTIONS = 20
 
 
-def earlier_responses(conn: psycopg.Connection[Any], record: dict[str, Any]
-                      ) -> dict[str, list[Any]]:
+def _scope(record: dict[str, Any], same_tenant: bool) -> dict[str, Any]:
+    """The query parameters that keep a read to the record's own tenant (or not)."""
+    return {"same_tenant": same_tenant, "tenant": record.get("tenant")}
+
+
+def earlier_responses(conn: psycopg.Connection[Any], record: dict[str, Any], *,
+                      same_tenant: bool = False) -> dict[str, list[Any]]:
     """Bodies of 2xx HTTP answers in the function's recent successful executions, by
     dependency — what a payload shape change is measured against."""
     rows = conn.execute(load("inspect").recent_success_tapes, {
         "function": record["function"], "before": record["started_at"],
-        "limit": BASELINE_EXECUTIONS}).fetchall()
+        "limit": BASELINE_EXECUTIONS, **_scope(record, same_tenant)}).fetchall()
     found: dict[str, list[Any]] = {}
     for (tape,) in rows:
         for entry in tape:
@@ -48,8 +53,8 @@ def earlier_responses(conn: psycopg.Connection[Any], record: dict[str, Any]
     return found
 
 
-def similar(conn: psycopg.Connection[Any], record: dict[str, Any], cause: RootCause
-            ) -> dict[str, Any]:
+def similar(conn: psycopg.Connection[Any], record: dict[str, Any], cause: RootCause, *,
+            same_tenant: bool = False) -> dict[str, Any]:
     """Earlier failures like this one: nearest by signature vector, and how often exactly
     this signature was seen."""
     feats = features(record, cause)
@@ -57,7 +62,7 @@ def similar(conn: psycopg.Connection[Any], record: dict[str, Any], cause: RootCa
     signature = signature_text(feats)
     q = load("inspect")
     params = {"request_id": record["request_id"], "at": record["started_at"], "vec": vec,
-              "limit": SIMILAR_LIMIT}
+              "limit": SIMILAR_LIMIT, **_scope(record, same_tenant)}
     with conn.cursor(row_factory=dict_row) as cur:
         if cur.execute(q.has_pgvector).fetchone()["?column?"]:  # type: ignore[index]
             neighbours = cur.execute(q.similar_pgvector, params).fetchall()
@@ -68,7 +73,8 @@ def similar(conn: psycopg.Connection[Any], record: dict[str, Any], cause: RootCa
             neighbours = sorted(candidates, key=lambda r: (r["distance"], -r["at"].timestamp()))
             neighbours = neighbours[:SIMILAR_LIMIT]
         stats = cur.execute(q.signature_stats, {"signature": signature,
-                                                "at": record["started_at"]}).fetchone()
+                                                "at": record["started_at"],
+                                                **_scope(record, same_tenant)}).fetchone()
     near = [n for n in neighbours if n["distance"] is not None
             and n["distance"] <= SIMILAR_MAX_DISTANCE]
     assert stats is not None
@@ -99,27 +105,34 @@ def _mutations(conn: psycopg.Connection[Any], request_id: str) -> list[dict[str,
                    "file": r["file"], "line": r["line"]}) for r in rows]
 
 
-def _last_success(conn: psycopg.Connection[Any], record: dict[str, Any]
+def _last_success(conn: psycopg.Connection[Any], record: dict[str, Any], same_tenant: bool
                   ) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(load("inspect").last_success, {
-            "function": record["function"], "before": record["started_at"]}).fetchone()
+            "function": record["function"], "before": record["started_at"],
+            **_scope(record, same_tenant)}).fetchone()
     if row is not None:
         row["request_id"] = str(row["request_id"])
     return row
 
 
-def explain_failure(conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any]:
-    """Everything ``flux why`` prints, as JSON-able data (the ``--json`` document)."""
-    record = fetch_record(conn, prefix)
+def explain_failure(conn: psycopg.Connection[Any], prefix: str | dict[str, Any], *,
+                    same_tenant: bool = False) -> dict[str, Any]:
+    """Everything ``flux why`` prints, as JSON-able data (the ``--json`` document).
+
+    ``prefix`` may be a record already fetched. With ``same_tenant``, everything read
+    besides the record itself — the last success, earlier answers, similar failures — is
+    the record's tenant's only (what flux why --ai sends out of the house)."""
+    record = fetch_record(conn, prefix) if isinstance(prefix, str) else prefix
     if record["status"] == "ok":
         raise ConfigError(
             f"execution {record['request_id']} succeeded ({record['http_status']}); "
             "flux why explains failures", hint=f"flux trace {record['request_id'][:18]}")
-    cause = classify(record, earlier_responses(conn, record) if record["function"] else {})
+    cause = classify(record, earlier_responses(conn, record, same_tenant=same_tenant)
+                     if record["function"] else {})
     error = record.get("error") or {}
-    good = _last_success(conn, record) if record["function"] else None
-    alike = similar(conn, record, cause)
+    good = _last_success(conn, record, same_tenant) if record["function"] else None
+    alike = similar(conn, record, cause, same_tenant=same_tenant)
     site = (cause.span or {}) if cause.cls not in ("payload_shape", "exception") else error
     return plain({
         "request_id": record["request_id"],

@@ -7,6 +7,7 @@ what ``flux why ID`` would on the server's machine:
     GET  /_flux/executions                       flux ls
     GET  /_flux/executions/{id}                  flux record export
     GET  /_flux/executions/{id}/why              flux why
+    POST /_flux/executions/{id}/why/ai           flux why --ai (the web view's button)
     GET  /_flux/executions/{id}/trace            flux trace
     POST /_flux/executions/{id}/resume           flux resume
     GET  /_flux/state/{table}/history?id=        flux state history
@@ -39,6 +40,7 @@ from flux._errors import (
     Overloaded,
     ResumeRefused,
 )
+from flux.inspect import _ai
 from flux.replay._resume import resume as run_resume
 from flux.runtime._access import AdminAccess
 from flux.runtime._gateway import ID_KEY, RETRY_AFTER, RUNTIME_KEY
@@ -135,7 +137,7 @@ def _runtime(request: web.Request) -> Any:
 async def _local(request: web.Request) -> Any:
     runtime = _runtime(request)
     await runtime.ensure_pool()  # resolves a lazy database address
-    return Local.of_conninfo(runtime.conninfo)
+    return Local.of_conninfo(runtime.conninfo, runtime.project)
 
 
 def _text(request: web.Request, name: str) -> str | None:
@@ -190,6 +192,25 @@ async def why(request: web.Request) -> web.Response:
     return _json(report if spans else {k: v for k, v in report.items() if k != "spans"})
 
 
+async def why_ai(request: web.Request) -> web.Response:
+    """The model's reading of a failure, asked by this server (its [ai], its secrets, its
+    code); ``send=false`` answers the prompt only. A model that fails is 200 with one
+    sentence in ``ai.error``: the deterministic report stands without it."""
+    send = _flag(request, "send") if "send" in request.query else True
+    show_prompt = _flag(request, "show_prompt")
+    runtime = _runtime(request)
+    config = runtime.project.ai
+    key = None
+    if send:
+        _ai.require(config)
+        key = _ai.api_key(runtime.project)
+    local = await _local(request)
+    request_id, prompt = await asyncio.to_thread(local.ai_prompt, request.match_info["id"])
+    answer = await _ai.ask(config, key, prompt) if send else None
+    return _json({"request_id": request_id,
+                  "ai": _ai.reading(config, prompt, answer, show_prompt=show_prompt)})
+
+
 async def trace(request: web.Request) -> web.Response:
     local = await _local(request)
     return _json(await asyncio.to_thread(local.trace, request.match_info["id"]))
@@ -233,6 +254,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/executions", executions),
     ("GET", "/executions/{id}", record),
     ("GET", "/executions/{id}/why", why),
+    ("POST", "/executions/{id}/why/ai", why_ai),
     ("GET", "/executions/{id}/trace", trace),
     ("POST", "/executions/{id}/resume", resume),
     ("GET", "/state/{table}/history", history),

@@ -21,6 +21,7 @@ from flux._errors import ConfigError
 
 if TYPE_CHECKING:
     from flux._project import Project
+    from flux.inspect._ai import Prompt
 
 Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
 
@@ -45,6 +46,9 @@ class Inspector(Protocol):
     def resume(self, prefix: str, *, dry_run: bool = False, strict: bool = False
                ) -> dict[str, Any]: ...
 
+    def ai_reading(self, prefix: str, *, send: bool = True, show_prompt: bool = False,
+                   on_text: Callable[[str], None] | None = None) -> dict[str, Any]: ...
+
 
 class Local:
     """The facts read from a database, one read-only connection per call."""
@@ -61,11 +65,11 @@ class Local:
         return cls(lambda: reader(project), project)
 
     @classmethod
-    def of_conninfo(cls, conninfo: str) -> Local:
+    def of_conninfo(cls, conninfo: str, project: Project | None = None) -> Local:
         # lazy: only what this command reads (module docstring)
         from flux.store._database import read_only
 
-        return cls(lambda: read_only(conninfo))
+        return cls(lambda: read_only(conninfo), project)
 
     def executions(self, *, function: str | None = None, status: str | None = None,
                    since: str | None = None, window: str | None = None,
@@ -129,3 +133,49 @@ class Local:
         if self._project is None:
             raise ConfigError("resume needs the project's code")
         return resume_command(self._project, prefix, dry_run=dry_run, strict=strict)
+
+    def ai_prompt(self, prefix: str) -> tuple[str, Prompt]:
+        """The request id and the redacted, capped prompt ``flux why --ai`` sends."""
+        # lazy: only what this command reads (module docstring)
+        from flux.inspect import _ai
+
+        project = self._need_project("flux why --ai")
+        with self._connect() as conn:
+            facts = _ai.gather(conn, prefix, project.root)
+        redact = redactor(project, _ai.secret_values(project, facts["secret_names"]))
+        prompt = _ai.build_prompt(facts, redact=redact,
+                                  max_chars=project.ai.max_prompt_chars)
+        return str(facts["report"]["request_id"]), prompt
+
+    def ai_reading(self, prefix: str, *, send: bool = True, show_prompt: bool = False,
+                   on_text: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """``flux why --ai``: the model's reading (streamed to ``on_text``), or with
+        ``send`` false only the prompt it would get. A model that fails is one sentence in
+        the document's ``error``, never an exception."""
+        # lazy: only what this command reads (module docstring)
+        from flux.inspect import _ai
+
+        project = self._need_project("flux why --ai")
+        key = None
+        if send:
+            _ai.require(project.ai)
+            key = _ai.api_key(project)
+        request_id, prompt = self.ai_prompt(prefix)
+        answer = _ai.ask_sync(project.ai, key, prompt, on_text) if send else None
+        return {"request_id": request_id,
+                "ai": _ai.reading(project.ai, prompt, answer, show_prompt=show_prompt)}
+
+    def _need_project(self, what: str) -> Project:
+        if self._project is None:
+            raise ConfigError(f"{what} needs the project's flux.toml")
+        return self._project
+
+
+def redactor(project: Project, secrets: set[str]) -> Callable[[Any], Any]:
+    """The store's redaction over anything about to leave the house: sensitive fields
+    fingerprinted with the project's key, every secret value in ``secrets`` scrubbed."""
+    # lazy: only what this command reads (module docstring)
+    from flux.runtime._redact import load_policy
+
+    policy = load_policy(project.state_dir, project.raw, keep_key=False)
+    return lambda value: policy.scrub(policy.redact_body(value), secrets)

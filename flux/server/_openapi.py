@@ -111,6 +111,26 @@ _SCHEMAS: dict[str, Any] = {
             "spans": {"type": "array"},
         },
     },
+    "WhyAi": {
+        "description": "What `flux why --ai --json` adds as `ai`: the model's reading, or "
+                       "(`send=false`) only the prompt it would get. A model that cannot be "
+                       "reached, hangs or fails is one sentence in `error`.",
+        "type": "object", "required": ["request_id", "ai"],
+        "properties": {
+            "request_id": {"type": "string"},
+            "ai": {"type": "object",
+                   "required": ["model", "answer", "error", "complete", "sent", "truncated"],
+                   "properties": {
+                       "model": _NULLABLE_TEXT, "endpoint": _NULLABLE_TEXT,
+                       "answer": _NULLABLE_TEXT, "error": _NULLABLE_TEXT,
+                       "complete": {"type": "boolean"}, "sent": {"type": "boolean"},
+                       "sent_chars": {"type": "integer"}, "truncated": {"type": "boolean"},
+                       "prompt": {"type": "array", "items": {
+                           "type": "object", "required": ["role", "content"],
+                           "properties": {"role": {"type": "string"},
+                                          "content": {"type": "string"}}}}}},
+        },
+    },
     "Trace": {
         "description": "What `flux trace --json` prints: the span tree and its facts.",
         "type": "object",
@@ -187,6 +207,17 @@ def description() -> dict[str, Any]:
                 "operationId": "why", "summary": "flux why",
                 "parameters": [_ID, _query("spans", "Include the flat span list.", _FLAG)],
                 "responses": {"200": _json(_ref("Why"), "Root cause and what surrounds it."),
+                              **_errors(400, 404, 409)},
+            }},
+            "/executions/{id}/why/ai": {"post": {
+                "operationId": "whyAi", "summary": "flux why --ai",
+                "parameters": [
+                    _ID,
+                    _query("send", "Ask the model (default); false: only build the prompt.",
+                           _FLAG),
+                    _query("show_prompt", "Include the messages sent as `ai.prompt`.", _FLAG)],
+                "responses": {"200": _json(_ref("WhyAi"), "The model's reading, or why "
+                                           "there is none."),
                               **_errors(400, 404, 409)},
             }},
             "/executions/{id}/trace": {"get": {

@@ -13,6 +13,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from flux._errors import (
@@ -27,6 +28,7 @@ from flux._errors import (
 from flux.runtime._access import TOKEN_ENV
 
 TIMEOUT = 60.0  # a resume runs a function; reads are quicker
+AI_TIMEOUT = 600.0  # why --ai waits for the server's model, which has its own [ai] timeout
 
 _ERRORS: dict[str, type[FluxError]] = {
     "not_found": NotFound, "config": ConfigError, "database": DatabaseError,
@@ -86,7 +88,20 @@ class Remote:
                           dry_run="true" if dry_run else None,
                           strict="true" if strict else None)
 
-    def _call(self, method: str, path: str, **query: Any) -> Any:
+    def ai_reading(self, prefix: str, *, send: bool = True, show_prompt: bool = False,
+                   on_text: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """The server asks its model with its own [ai], secrets and code; the answer
+        arrives whole and is handed to ``on_text`` at once."""
+        document = self._call("POST", f"/_flux/executions/{_segment(prefix)}/why/ai",
+                              timeout_s=AI_TIMEOUT, send="true" if send else "false",
+                              show_prompt="true" if show_prompt else None)
+        answer = (document.get("ai") or {}).get("answer")
+        if on_text is not None and answer:
+            on_text(answer)
+        return dict(document)
+
+    def _call(self, method: str, path: str, *, timeout_s: float | None = None,
+              **query: Any) -> Any:
         params = {k: str(v) for k, v in query.items() if v is not None}
         url = self.url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
         request = urllib.request.Request(url, method=method,
@@ -94,7 +109,8 @@ class Remote:
         if self._token:
             request.add_header("Authorization", f"Bearer {self._token}")
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s or self._timeout
+                                        ) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None

@@ -17,15 +17,18 @@ WHERE request_id = %(request_id)s
 ORDER BY id;
 
 -- name: last_success
--- Outlines of sampled-out executions (sampled = false) have no tape to compare with.
+-- Outlines of sampled-out executions (sampled = false) have no tape to compare with. With
+-- same_tenant (flux why --ai), only executions of the failed one's tenant are candidates.
 SELECT * FROM flux.trace_requests
 WHERE function = %(function)s AND status = 'ok' AND sampled AND started_at < %(before)s
+  AND (NOT %(same_tenant)s OR tenant IS NOT DISTINCT FROM %(tenant)s::text)
 ORDER BY started_at DESC
 LIMIT 1;
 
 -- name: recent_success_tapes
 SELECT tape FROM flux.trace_requests
 WHERE function = %(function)s AND status = 'ok' AND sampled AND started_at < %(before)s
+  AND (NOT %(same_tenant)s OR tenant IS NOT DISTINCT FROM %(tenant)s::text)
 ORDER BY started_at DESC
 LIMIT %(limit)s;
 
@@ -38,6 +41,7 @@ SELECT request_id::text, function, class, signature, at,
        (vec::vector <=> %(vec)s::real[]::vector) AS distance
 FROM flux.failure_signatures
 WHERE request_id <> %(request_id)s AND at <= %(at)s
+  AND (NOT %(same_tenant)s OR tenant IS NOT DISTINCT FROM %(tenant)s::text)
 ORDER BY vec::vector <=> %(vec)s::real[]::vector, at DESC
 LIMIT %(limit)s;
 
@@ -46,13 +50,15 @@ LIMIT %(limit)s;
 SELECT request_id::text, function, class, signature, at, vec
 FROM flux.failure_signatures
 WHERE request_id <> %(request_id)s AND at <= %(at)s
+  AND (NOT %(same_tenant)s OR tenant IS NOT DISTINCT FROM %(tenant)s::text)
 ORDER BY at DESC
 LIMIT 5000;
 
 -- name: signature_stats
 SELECT count(*) AS count, min(at) AS first_seen, max(at) AS last_seen
 FROM flux.failure_signatures
-WHERE signature = %(signature)s AND at <= %(at)s;
+WHERE signature = %(signature)s AND at <= %(at)s
+  AND (NOT %(same_tenant)s OR tenant IS NOT DISTINCT FROM %(tenant)s::text);
 
 -- name: insert_signature
 INSERT INTO flux.failure_signatures (request_id, function, class, signature, vec, at, tenant)

@@ -54,6 +54,8 @@ def test_schemathesis_finds_no_server_error(served: Served) -> None:
             ("/executions", "GET", {}, {"status": "5xx", "since": "1h"}),
             ("/executions/{id}", "GET", {"id": failed[:18]}, {}),
             ("/executions/{id}/why", "GET", {"id": failed[:18]}, {"spans": "true"}),
+            ("/executions/{id}/why/ai", "POST", {"id": failed[:18]},
+             {"send": "false", "show_prompt": "true"}),
             ("/executions/{id}/trace", "GET", {"id": ok}, {}),
             ("/executions/{id}/resume", "POST", {"id": failed[:18]}, {"dry_run": "true"}),
             ("/state/{table}/history", "GET", {"table": "users"}, {"id": "1"}),
