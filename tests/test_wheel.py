@@ -59,7 +59,7 @@ def build_wheel(outdir: Path) -> Path:
     done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(outdir),
                            str(REPO)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    (wheel,) = outdir.glob("flux_runtime-*.whl")
+    (wheel,) = outdir.glob("flux_replay-*.whl")
     return wheel
 
 
