@@ -65,7 +65,7 @@ def export_records(project: Project, directory: Path, *, window: str | None = No
                    expect: str | None = None) -> dict[str, Any]:
     """``flux record export --window/--function/--status -o DIR``: one record file per
     matching execution (originals with a tape: no replays, no sampled-out outlines), named
-    ``<function>-<short id>.json``, as the store holds them — what was redacted there is
+    ``<short id>-<function>.json``, as the store holds them — what was redacted there is
     redacted in the files. ``pytest --flux-records DIR`` turns each into a test item;
     ``expect`` (``pass``: failures that have been fixed) is written into every file."""
     from flux._incident import select
@@ -86,7 +86,7 @@ def export_records(project: Project, directory: Path, *, window: str | None = No
                 document["expect"] = expect
             record = document["record"]
             name = re.sub(r"[^\w.-]", "_", record["function"] or "unknown")
-            path = directory / f"{name}-{short(request_id)}.json"
+            path = directory / f"{short(request_id)}-{name}.json"  # in time order
             path.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n",
                             encoding="utf-8")
             written.append({"request_id": request_id, "function": record["function"],

@@ -53,7 +53,7 @@ async def test_exported_records_are_test_items_that_fail_at_the_divergence(shop:
     assert exported["exported"] == 4
     files = sorted((shop.root / "records").glob("*.json"))
     assert {f.name for f in files} == {
-        f"{fn}-{short(ids[k])}.json"
+        f"{short(ids[k])}-{fn}.json"
         for k, fn in (
             ("signup", "signup"),
             ("checkout", "checkout"),
@@ -90,7 +90,7 @@ async def test_exported_records_are_test_items_that_fail_at_the_divergence(shop:
     broken = pytest_in(shop.root, "--flux-records", "records", "-rf")
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "2 failed, 2 passed" in broken.stdout
-    assert f"FAILED records/checkout-{short(ids['checkout'])}.json::checkout[" in broken.stdout
+    assert f"FAILED records/{short(ids['checkout'])}-checkout.json::checkout[" in broken.stdout
     assert f"diverged at {CHECKOUT}:{line}" in broken.stdout
     assert "SELECT count(*) FROM orders" in broken.stdout  # the call that was made
     assert "Traceback" not in broken.stdout
@@ -173,8 +173,8 @@ async def test_the_fixture_gives_the_project_and_replays_against_it(shop: Shop) 
         "        result = flux_runtime.assert_replays(file)\n"
         "        assert result.function == 'signup'\n"
         "    fixed = {f.name: flux_runtime.replay(f, expect='pass').passed for f in files}\n"
-        f"    assert fixed == {{'signup-{short(ids['signup'])}.json': True,\n"
-        f"                     'signup-{short(ids['duplicate'])}.json': False}}\n"
+        f"    assert fixed == {{'{short(ids['signup'])}-signup.json': True,\n"
+        f"                     '{short(ids['duplicate'])}-signup.json': False}}\n"
     )
     run = pytest_in(shop.root, "tests/test_records.py")
     assert run.returncode == 0, run.stdout + run.stderr
