@@ -1,4 +1,4 @@
-"""``flux check``: parse the paths, call ``flux._check``, render the findings."""
+"""``flux check``: parse the paths, call ``flux.inspect._check``, render the findings."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rich.markup import escape
 from cli._output import out, print_json
 
 if TYPE_CHECKING:
-    from flux._check import CheckResult
+    from flux.inspect._check import CheckResult
 
 CHECK_HELP = (
     "Flag code in functions that reads the time, randomness, the environment, files or the "
@@ -40,8 +40,8 @@ def check(paths: list[Path] = typer.Argument(
           ) -> None:
     """Print each finding with the ctx call to use, or the findings as JSON or as GitHub
     annotations; exit with the result's code (its help is CHECK_HELP)."""
-    from flux._check import check_paths
     from flux._errors import ConfigError
+    from flux.inspect._check import check_paths
 
     if output_format not in FORMATS:
         raise ConfigError(f"--format takes {', '.join(FORMATS)}, not {output_format!r}")

@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flux._project import Project
-    from flux._testrun import ProjectRuntime, ReplayMismatch, ReplayResult, record_files
+    from flux.replay._testrun import ProjectRuntime, ReplayMismatch, ReplayResult, record_files
 
 _EXPORTS = {
-    "ProjectRuntime": "flux._testrun",
-    "ReplayMismatch": "flux._testrun",
-    "ReplayResult": "flux._testrun",
-    "record_files": "flux._testrun",
+    "ProjectRuntime": "flux.replay._testrun",
+    "ReplayMismatch": "flux.replay._testrun",
+    "ReplayResult": "flux.replay._testrun",
+    "record_files": "flux.replay._testrun",
 }
 
 __all__ = [
@@ -66,7 +66,7 @@ def replay(
     file's own ``expect``, else ``"same"``). Returns the :class:`ReplayResult`, whose
     ``passed`` says whether the replay did as expected; a record that cannot be replayed
     at all (no such id, a file that is not a record) raises ``flux.FluxError``."""
-    from flux._testrun import run
+    from flux.replay._testrun import run  # the machinery loads when it is used
 
     return run(source, project=project, expect=expect)
 
@@ -80,7 +80,7 @@ def assert_replays(
     """:func:`replay`, then raise :class:`ReplayMismatch` (an ``AssertionError``) unless
     the replay did as expected; its message names the divergence and its file:line."""
     __tracebackhide__ = True  # pytest shows the mismatch, not this frame
-    from flux._testrun import ReplayMismatch, run
+    from flux.replay._testrun import ReplayMismatch, run  # loads when it is used
 
     result = run(source, project=project, expect=expect)
     if not result.passed:
