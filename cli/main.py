@@ -14,6 +14,10 @@ from cli._output import out, print_error
 from cli._source import REMOTE_ENV, choose
 from flux import FluxError
 
+# The name on the package index (`pipx install flux-replay`); the command and the import
+# name stay `flux`. "flux-runtime" there is another project (docs/decisions.md).
+DISTRIBUTION = "flux-replay"
+
 app = typer.Typer(
     name="flux",
     help="Flux — a backend runtime that records every execution so a failure can be "
@@ -50,7 +54,7 @@ def installed_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("flux-runtime")
+        return version(DISTRIBUTION)
     except PackageNotFoundError:
         from flux import __version__
 

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from cli._output import out, print_json
 from cli._source import refuse_remote, source
+from flux._errors import ConfigError
 from flux._ids import short
 from flux._project import load
 
@@ -17,10 +19,27 @@ app = typer.Typer(help="Portable record files, and keeping records past retentio
 
 
 @app.command("export")
-def export(request_id: str = typer.Argument(..., help="Execution id or a unique prefix."),
-           output: Path = typer.Option(None, "--output", "-o", help="File (default: stdout).")
+def export(request_id: str = typer.Argument(None, help="Execution id or a unique prefix "
+                                            "(or select several with the options below)."),
+           output: Path = typer.Option(None, "--output", "-o", help="File (default: stdout); "
+                                       "with a selection, the directory to write."),
+           window: str = typer.Option(None, "--window", help="Every execution in A..B."),
+           function: str = typer.Option(None, "--function", help="Only this function's."),
+           status: str = typer.Option(None, "--status", help="ok, error, 5xx, 4xx or a "
+                                      "code."),
+           expect: str = typer.Option(None, "--expect", help="Written into each file of a "
+                                      "selection: same (default) or pass (fixed failures)."),
+           as_json: bool = typer.Option(False, "--json", help="Print one JSON document "
+                                        "(a selection).")
            ) -> None:
-    """Write one execution — record, tape, spans, mutations — as a self-contained file."""
+    """Write one execution — record, tape, spans, mutations — as a self-contained file; or,
+    with --window/--function/--status, a directory of them (pytest --flux-records DIR)."""
+    selecting = window is not None or function is not None or status is not None
+    if selecting or request_id is None:
+        _export_selection(request_id, output, window, function, status, expect, as_json)
+        return
+    if expect is not None:
+        raise ConfigError("--expect applies to a selection (--window/--function/--status)")
     document = source().record(request_id)
     text = json.dumps(document, indent=1, ensure_ascii=False) + "\n"
     if output is None:
@@ -29,6 +48,32 @@ def export(request_id: str = typer.Argument(..., help="Execution id or a unique 
     output.write_text(text, encoding="utf-8")
     out.print(f"[green]✓[/] {short(document['record']['request_id'])} → {output}",
               highlight=False)
+
+
+def _export_selection(request_id: str | None, output: Path | None, window: str | None,
+                      function: str | None, status: str | None, expect: str | None,
+                      as_json: bool) -> None:
+    if request_id is not None:
+        raise ConfigError("give an id or a selection (--window/--function/--status), not both")
+    if not (window or function or status):
+        raise ConfigError("say which execution: an id, or --window A..B, --function F or "
+                          "--status S with -o DIR")
+    if output is None:
+        raise ConfigError("a selection is written as a directory of files: pass -o DIR")
+    refuse_remote("record export --window/--function/--status")
+    from flux.replay._testgen import export_records
+
+    result = export_records(load(), output, window=window, function=function, status=status,
+                            expect=expect)
+    if as_json:
+        print_json(result)
+        return
+    for r in result["records"]:
+        out.print(f"  {short(r['request_id'])}  {escape(r['function'] or '')}  "
+                  f"{r['http_status']}  → {escape(Path(r['file']).name)}", highlight=False)
+    count = result["exported"]
+    out.print(f"[green]✓[/] {count} record{'s' if count != 1 else ''} → {escape(str(output))}"
+              f"  [dim](pytest --flux-records {escape(str(output))})[/]", highlight=False)
 
 
 @app.command("import")

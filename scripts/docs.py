@@ -107,6 +107,24 @@ class Story:
                            f"{edit(output) if edit else output}")
         return output
 
+    def pytest(self, key: str, *args: str) -> str:
+        """Run ``pytest ARGS`` in the shop as its developer would; keep it under ``key``
+        (the header names this machine and the run's time: both are cut)."""
+        done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                               *args], cwd=self.shop, env=self.env, capture_output=True,
+                              text=True, timeout=TIMEOUT)
+        if done.returncode != 0:
+            raise RuntimeError(f"pytest {shlex.join(args)} exited {done.returncode}:\n"
+                               f"{done.stdout}{done.stderr}")
+        lines = done.stdout.splitlines()
+        # The header says which machine, Python and plugins ran it: only the first line stays.
+        first = next(i for i, line in enumerate(lines) if "test session starts" in line)
+        last = next(i for i, line in enumerate(lines) if line.startswith("collect"))
+        lines[first + 1:last] = []
+        text = re.sub(r" in \d+\.\d+s", " in 1.00s", "\n".join(lines))
+        text = re.sub(r"(?m)^=+ (.*?) =+$", r"== \1 ==", text)  # its width follows the time
+        return self.keep(key, f"$ pytest {shlex.join(args)}\n{text}")
+
     def query(self, name: str) -> str:
         """A query of sql/queries/docs.sql, on one line."""
         from flux.store._queries import load
@@ -417,6 +435,8 @@ def tell(story: Story) -> None:
     s.flux("test-generate", "test", "generate", short["shape"])
     generated = next((s.shop / "tests").glob("test_replay_*.py"))
     s.keep("test-generate-file", generated.read_text())
+    s.flux("record-export-dir", "record", "export", "--function", "checkout", "-o", "records")
+    s.pytest("pytest-records", "records", "--flux-records", "records", "-v")
     s.flux("check", "check")
     (s.shop / "lint_demo.py").write_text(LINT_DEMO)  # not in functions/: flux dev ignores it
     s.keep("lint-demo-file", LINT_DEMO)

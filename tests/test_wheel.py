@@ -1,8 +1,9 @@
 """The wheel, built from this tree and installed alone in a fresh virtual environment, runs
 the tour: ``flux init demo``, ``flux dev``, a request that works and one that fails,
 ``flux ls``, ``flux why``, ``flux replay``, then Ctrl-C. Nothing of the source tree or of
-the test environment is importable there: this is what a user who ran ``pip install``
-gets."""
+the test environment is importable there: this is what a user who ran ``pip install
+flux-replay`` gets. And ``pipx install``, the README's one line, into an empty home gives a
+``flux`` that prints its version and makes a project."""
 
 from __future__ import annotations
 
@@ -59,8 +60,16 @@ def build_wheel(outdir: Path) -> Path:
     done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(outdir),
                            str(REPO)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    (wheel,) = outdir.glob("flux_runtime-*.whl")
+    (wheel,) = outdir.glob("flux_replay-*.whl")  # the distribution's name: flux-replay
     return wheel
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel of this tree, built once for the tests of this module."""
+    built = build_wheel(tmp_path_factory.mktemp("dist"))
+    check_contents(built)
+    return built
 
 
 def check_contents(wheel: Path) -> None:
@@ -72,14 +81,14 @@ def check_contents(wheel: Path) -> None:
         modules = {str(p.relative_to(REPO)) for p in (REPO / package).rglob("*.py")}
         assert modules <= names, f"missing from the wheel: {sorted(modules - names)}"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "flux = cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    entry_text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "flux = cli.main:main" in entry_text
+    assert "[pytest11]" in entry_text  # pytest finds the plugin of flux.testing
 
 
 @pytest.mark.slow
-def test_wheel_in_a_fresh_venv_runs_the_tour(make_project) -> None:
+def test_wheel_in_a_fresh_venv_runs_the_tour(make_project, wheel: Path) -> None:
     root = make_project()  # /tmp, mode 755: as root, the server's own user must reach it
-    wheel = build_wheel(root / "dist")
-    check_contents(wheel)
 
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
@@ -161,6 +170,46 @@ def test_wheel_in_a_fresh_venv_runs_the_tour(make_project) -> None:
     # flux dev started the embedded server, so it stopped it, cleanly.
     assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == "zombie"
     assert not (demo / ".flux" / "pgdata" / "postmaster.pid").exists()
+
+
+@pytest.mark.slow
+def test_pipx_install_into_an_empty_home(make_project, wheel: Path) -> None:
+    """``pipx install flux-replay`` as the README says, with the built wheel standing in for
+    the index's copy, by a user whose home holds nothing: ``flux`` is on pipx's PATH and
+    works. Only pip's download cache is shared with this machine's, to save the time of
+    fetching every dependency again; it holds packages, not settings."""
+    root = make_project()
+    home = root / "home"
+    home.mkdir()
+    cache = subprocess.run([sys.executable, "-m", "pip", "cache", "dir"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "DATABASE_URL")
+           and not k.startswith(("PIPX_", "XDG_"))}
+    env.update(HOME=str(home), PIP_CACHE_DIR=cache, PIP_NO_COMPILE="1")
+    installed = subprocess.run([sys.executable, "-m", "pipx", "install", str(wheel)],
+                               cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    flux = home / ".local" / "bin" / "flux"
+    assert flux.exists(), installed.stdout + installed.stderr
+    listed = subprocess.run([sys.executable, "-m", "pipx", "list", "--short"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert "flux-replay 0.1.0" in listed.stdout, listed.stdout + listed.stderr
+    # The command runs from the environment pipx made under the empty home, nowhere else.
+    venv_python = (home / ".local" / "share" / "pipx" / "venvs" / "flux-replay" / "bin"
+                   / "python")
+    assert flux.resolve().parent == venv_python.parent.resolve() or \
+        flux.read_text().splitlines()[0] == f"#!{venv_python}", flux
+
+    version = subprocess.run([str(flux), "--version"], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout == f"flux {__import__('flux').__version__}\n"
+    init = subprocess.run([str(flux), "init", "demo"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert (root / "demo" / "flux.toml").is_file()
+    assert sorted(p.name for p in (root / "demo" / "functions").glob("*.py"))
 
 
 def run_python(python: Path, env: dict[str, str], cwd: Path, *args: str) -> str:

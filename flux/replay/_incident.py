@@ -30,10 +30,15 @@ CONCURRENCY = 8
 
 def select(conn: psycopg.Connection[Any], *, window: str | None = None,
            ids: list[str] | None = None, function: str | None = None,
-           status: str | None = None) -> list[str]:
-    """The request ids of the incident, oldest first."""
-    if not window and not ids:
+           status: str | None = None, scoped: bool = True) -> list[str]:
+    """The request ids of the incident, oldest first: original executions that have a tape.
+    An incident is a time window or a list of ids (``scoped``); ``flux record export`` may
+    also take every execution of a function or of a status."""
+    if scoped and not window and not ids:
         raise ConfigError("say which executions: --window START..END or --ids ID,ID,…")
+    if not (window or ids or function or status):
+        raise ConfigError("say which executions: --window START..END, --function F or "
+                          "--status S")
     start = end = None
     if window:
         start, end = parse_window(window)

@@ -145,7 +145,9 @@ def _outcome_facts(status: str, body: Any, error: dict[str, Any] | None) -> dict
     return {"status": status, "output": body,
             "error": None if not error else {"type": error.get("type"),
                                              "message": error.get("message"),
-                                             "code": error.get("code")}}
+                                             "code": error.get("code"),
+                                             "file": error.get("file"),
+                                             "line": error.get("line")}}
 
 
 def same_outcome(original: dict[str, Any], replayed: dict[str, Any]) -> bool:
@@ -189,7 +191,10 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
     original = _outcome_facts(record["status"], (record.get("response") or {}).get("body"),
                               record.get("error"))
     replayed = _outcome_facts(outcome.status, outcome.body, outcome.error)
-    passed = same_outcome(original, replayed) if expect_same else outcome.status == "ok"
+    # "The same" is the same outcome reached the same way: a replay that diverged from its
+    # tape did not reproduce the original, even if it happened to return the same thing.
+    passed = (same_outcome(original, replayed) and divergence is None) if expect_same \
+        else outcome.status == "ok"
     return {
         "request_id": str(record["request_id"]),
         "replay_id": outcome.request_id,

@@ -9,7 +9,6 @@ must now pass, so the test is red until the bug is fixed and guards the fix afte
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
@@ -18,20 +17,18 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from flux._errors import ConfigError, DatabaseError
+from flux._errors import ConfigError
 from flux._ids import short
-from flux._project import Project, database_url_from_env, parse
-from flux.replay._replay import ReplayError, replay, replay_command
-from flux.runtime._runtime import Runtime
+from flux._project import Project
+from flux.replay._incident import select
 from flux.store._database import reader
-from flux.store._portable import export_record, read_file
+from flux.store._portable import export_record
 
 
 def generate(project: Project, prefix: str, *, output: Path | None = None,
              expect_same: bool = False, force: bool = False) -> dict[str, Any]:
     """Write the test of execution ``prefix`` (default ``tests/test_replay_<short id>.py``
     under the project) and its record beside it. Refuses to overwrite unless ``force``."""
-
     with reader(project) as conn:
         document = export_record(conn, prefix)
     record = document["record"]
@@ -44,6 +41,7 @@ def generate(project: Project, prefix: str, *, output: Path | None = None,
         if path.exists() and not force:
             raise ConfigError(f"{path} exists already", hint="pass --force to replace it")
     same = expect_same or record["status"] == "ok"
+    document["expect"] = "same" if same else "pass"  # what --flux-records asks of it too
     test_file.parent.mkdir(parents=True, exist_ok=True)
     record_file.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n",
                            encoding="utf-8")
@@ -54,6 +52,37 @@ def generate(project: Project, prefix: str, *, output: Path | None = None,
     return {"request_id": record["request_id"], "function": record["function"],
             "original_status": record["status"], "expect": "same" if same else "pass",
             "file": str(test_file), "record_file": str(record_file)}
+
+
+def export_records(project: Project, directory: Path, *, window: str | None = None,
+                   function: str | None = None, status: str | None = None,
+                   expect: str | None = None) -> dict[str, Any]:
+    """``flux record export --window/--function/--status -o DIR``: one record file per
+    matching execution (originals with a tape: no replays, no sampled-out outlines), named
+    ``<short id>-<function>.json``, as the store holds them — what was redacted there is
+    redacted in the files. ``pytest --flux-records DIR`` turns each into a test item;
+    ``expect`` (``pass``: failures that have been fixed) is written into every file."""
+    if expect not in (None, "same", "pass"):
+        raise ConfigError(f"--expect takes same or pass, not {expect!r}")
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} is a file; -o takes a directory for a selection")
+    written: list[dict[str, Any]] = []
+    with reader(project) as conn:
+        ids = select(conn, window=window, function=function, status=status, scoped=False)
+        directory.mkdir(parents=True, exist_ok=True)
+        for request_id in ids:
+            document = export_record(conn, request_id)
+            if expect is not None:
+                document["expect"] = expect
+            record = document["record"]
+            name = re.sub(r"[^\w.-]", "_", record["function"] or "unknown")
+            path = directory / f"{short(request_id)}-{name}.json"  # in time order
+            path.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n",
+                            encoding="utf-8")
+            written.append({"request_id": request_id, "function": record["function"],
+                            "status": record["status"], "http_status": record["http_status"],
+                            "file": str(path)})
+    return {"directory": str(directory), "exported": len(written), "records": written}
 
 
 def render(record: dict[str, Any], record_name: str, project_dir: str, *,
@@ -101,7 +130,7 @@ def render(record: dict[str, Any], record_name: str, project_dir: str, *,
     return _TEMPLATE.format(
         header=header, docstring=_docstring_safe(docstring),
         record_literal=json.dumps(record_name), project_literal=json.dumps(project_dir),
-        expect_same=expect_same, test_name=test_name)
+        expect_literal=json.dumps("same" if expect_same else "pass"), test_name=test_name)
 
 
 _TEMPLATE = '''\
@@ -110,21 +139,17 @@ _TEMPLATE = '''\
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from flux.replay._testgen import replay_recorded
+from flux.testing import assert_replays
 
 HERE = Path(__file__).resolve().parent
 RECORD = HERE / {record_literal}
 PROJECT = (HERE / {project_literal}).resolve()
-EXPECT_SAME = {expect_same}
 
 
 def {test_name}() -> None:
-    result = replay_recorded(RECORD, PROJECT, expect_same=EXPECT_SAME)
-    facts = {{k: result[k] for k in ("original", "replayed", "divergence", "beyond_tape")}}
-    assert result["passed"], json.dumps(facts, indent=2, default=str)
+    assert_replays(RECORD, project=PROJECT, expect={expect_literal})
 '''
 
 
@@ -140,50 +165,3 @@ def _first_line(text: Any) -> str:
 
 def _docstring_safe(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-
-
-# -- what the generated test calls --------------------------------------------------------
-
-class _WithoutDatabase(Runtime):
-    """A runtime with no database behind it: enough for a replay served wholly from its
-    tape. The first statement past the tape only notes that a database was needed."""
-
-    needed_database = False
-
-    async def ensure_pool(self) -> Any:
-        self.needed_database = True
-        raise DatabaseError("this replay needs a database")
-
-
-def replay_recorded(record_file: Path, project_root: Path, *,
-                    expect_same: bool) -> dict[str, Any]:
-    """``flux replay FILE [--expect same]`` for a generated test, with no server to run.
-
-    Without DATABASE_URL the replay first runs with no database at all, which is enough
-    when the tape serves every call; only if the code went past its tape (a fixed function
-    often does, and its statements run in a rolled-back transaction) does it run again
-    against the project's database, started as ``flux replay`` would start it. Replays
-    send and keep nothing, so running one twice is harmless."""
-
-    project = parse(Path(project_root))
-    if database_url_from_env() is None:
-        record = read_file(Path(record_file))["record"]
-        result = asyncio.run(_replay_without_database(project, record, expect_same))
-        if result is not None:
-            return result
-    return replay_command(project, str(record_file), expect_same=expect_same)
-
-
-async def _replay_without_database(project: Project, record: dict[str, Any],
-                                   expect_same: bool) -> dict[str, Any] | None:
-
-    runtime = _WithoutDatabase(project, "", pool_size=1)
-    errors = await runtime.start(open_pool=False)
-    try:
-        broken = {e.file.stem: e.message for e in errors}
-        if record.get("function") in broken:
-            raise ReplayError(f"{record['function']} does not load: {broken[record['function']]}")
-        result = await replay(runtime, record, expect_same=expect_same)
-    finally:
-        await runtime.close()
-    return None if runtime.needed_database else result

@@ -200,7 +200,7 @@ def test_json_has_findings_and_files_checked(flux_cli) -> None:
     assert document["findings"][0] == {
         "file": "functions/ids.py", "line": 11, "col": 13, "rule": "uuid",
         "message": "uuid.uuid1() makes a UUID outside ctx: a replay would make another one",
-        "suggestion": "ctx.uuid()"}
+        "suggestion": "ctx.uuid()", "fix": "ctx.uuid()"}
     assert json.loads(flux_cli(["check", "--json"], SHOP).stdout) == {
         "findings": [], "files_checked": 5}
 
@@ -217,3 +217,77 @@ def test_pre_commit_hook_runs_flux_check_on_functions(flux_cli) -> None:
     staged = [str(p.relative_to(REPO)) for p in sorted((SHOP / "functions").glob("*.py"))]
     result = flux_cli([*hook["entry"].split()[1:], *staged], REPO)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The syntax of a workflow command, as GitHub's Actions toolkit writes and the runner reads
+# it: ::error k=v,k=v::message, with %, CR, LF escaped in the message and also : and , in
+# the values of properties.
+ANNOTATION = re.compile(r"^::(error|warning|notice)(?: (?P<props>[^:]*))?::(?P<message>.*)$")
+
+
+def _unescape(text: str) -> str:
+    for escaped, char in (("%0D", "\r"), ("%0A", "\n"), ("%3A", ":"), ("%2C", ","),
+                          ("%25", "%")):
+        text = text.replace(escaped, char)
+    return text
+
+
+def parse_annotations(output: str) -> list[dict[str, str]]:
+    parsed = []
+    for line in output.splitlines():
+        match = ANNOTATION.match(line)
+        assert match, f"not a GitHub workflow command: {line!r}"
+        props = {}
+        for pair in (match["props"] or "").split(","):
+            key, _, value = pair.partition("=")
+            assert key in ("file", "line", "endLine", "col", "endColumn", "title"), pair
+            props[key] = _unescape(value)
+        assert "%" not in match["message"].replace("%25", "").replace("%0A", "").replace(
+            "%0D", "")
+        parsed.append({"level": match[1], **props, "message": _unescape(match["message"])})
+    return parsed
+
+
+def test_github_format_is_one_annotation_per_finding(flux_cli) -> None:
+    github = flux_cli(["check", "--format", "github"], UNREPLAYABLE)
+    assert github.returncode == 1, github.stderr
+    as_json = flux_cli(["check", "--format", "json"], UNREPLAYABLE)
+    assert as_json.returncode == 1, as_json.stderr
+    findings = json.loads(as_json.stdout)["findings"]
+    annotations = parse_annotations(github.stdout)
+    assert len(annotations) == len(findings) == 34
+    for note, f in zip(annotations, findings, strict=True):
+        assert note["level"] == "error"
+        assert (note["file"], int(note["line"]), int(note["col"])) == (f["file"], f["line"],
+                                                                      f["col"])
+        assert note["title"] == f"flux check: {f['rule']}"
+        assert note["message"] == f"{f['message']} → use {f['fix']}"
+
+
+def test_github_annotations_escape_and_name_the_file_in_the_workspace(tmp_path,
+                                                                       flux_cli) -> None:
+    project = tmp_path / "services" / "api"
+    (project / "functions").mkdir(parents=True)
+    (project / "flux.toml").write_text('name = "api"\n')
+    (project / "functions" / "odd,name%1.py").write_text(
+        "import os\n\nBASE = os.environ['BASE']  # 100% needed: a, b\n")
+    done = flux_cli(["check", "--format", "github"], project,
+                    env={"GITHUB_WORKSPACE": str(tmp_path)})
+    assert done.returncode == 1, done.stderr
+    (note,) = parse_annotations(done.stdout)
+    assert note["file"] == "services/api/functions/odd,name%1.py"
+    assert (note["line"], note["title"]) == ("3", "flux check: env")
+    assert note["message"].startswith("os.environ")
+
+
+def test_json_format_lists_rule_file_line_message_and_fix(flux_cli) -> None:
+    done = flux_cli(["check", "--format", "json", "functions/randomness.py"], UNREPLAYABLE)
+    assert done.returncode == 1, done.stderr
+    finding = json.loads(done.stdout)["findings"][0]
+    assert {"rule", "file", "line", "message", "fix"} <= set(finding)
+    assert (finding["rule"], finding["file"]) == ("random", "functions/randomness.py")
+    assert isinstance(finding["line"], int) and finding["fix"].startswith("ctx.")
+    clean = flux_cli(["check", "--format", "github"], SHOP)
+    assert (clean.returncode, clean.stdout) == (0, "")
+    wrong = flux_cli(["check", "--format", "xml"], SHOP)
+    assert wrong.returncode != 0 and "--format takes human, github, json" in wrong.stderr

@@ -9,6 +9,8 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from cli.main import DISTRIBUTION
+
 
 def _console_script() -> Path:
     """The installed ``flux`` entry point next to this interpreter."""
@@ -22,7 +24,7 @@ def test_version_from_the_console_entry_point() -> None:
     result = subprocess.run([str(_console_script()), "--version"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"flux {version('flux-runtime')}\n"
+    assert result.stdout == f"flux {version(DISTRIBUTION)}\n"
 
 
 def test_shell_completion_script_and_completions() -> None:
