@@ -64,6 +64,12 @@ class Remote:
                               since=since, window=window, limit=limit)
         return list(document["executions"])
 
+    def window(self, text: str) -> dict[str, Any]:
+        # Read here, where the person typing it is; the times are sent as ISO.
+        from flux._ls import describe_window
+
+        return describe_window(None, text)
+
     def record(self, prefix: str) -> dict[str, Any]:
         return self._call("GET", f"/_flux/executions/{_segment(prefix)}")
 
