@@ -2,7 +2,8 @@
 
 Started once with the environment the commands should see, it imports the CLI and the
 modules its commands import lazily, then reads one JSON request per line on stdin —
-``{"argv": [...], "cwd": "...", "output": "/path"}`` (and ``"env"``, variables to add) — forks, and in the child runs
+``{"argv": [...], "cwd": "...", "output": "/path"}``, and ``"env"``: variables to add —
+forks, and in the child runs
 ``cli.main.main()`` with that argv in that directory, stdout and stderr both written to
 ``output`` in the order they come, as a terminal would show them. It answers
 ``{"code": N}``, the child's exit code. The child is the command as a user runs it — the

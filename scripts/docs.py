@@ -593,10 +593,11 @@ def options_block(words: str) -> str | None:
 
 # How DESIGN.md spells the values of options and arguments, by parameter name.
 METAVARS = {"request": "ID", "request_id": "ID", "target": "ID|FILE", "good": "REV",
-            "bad": "REV", "window": "A..B", "when": "A..B", "ids": "ID,ID,…", "function": "F", "status": "S",
-            "since": "T", "limit": "N", "port": "N", "workers": "N", "concurrency": "N",
-            "id": "PK", "input": "JSON", "sql": "SQL", "db": "tape|live", "expect": "same",
-            "output": "FILE", "path": "FILE", "paths": "PATH", "job": "JOB", "host": "HOST"}
+            "bad": "REV", "window": "A..B", "when": "A..B", "ids": "ID,ID,…", "function": "F",
+            "status": "S", "since": "T", "limit": "N", "port": "N", "workers": "N",
+            "concurrency": "N", "id": "PK", "input": "JSON", "sql": "SQL", "db": "tape|live",
+            "expect": "same", "output": "FILE", "path": "FILE", "paths": "PATH", "job": "JOB",
+            "host": "HOST"}
 
 
 def _metavar(param: Any) -> str:
