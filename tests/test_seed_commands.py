@@ -257,6 +257,16 @@ async def test_every_documented_command_runs_as_written(
     # serves the charge the failed checkout already made from it.
     assert provider.stats()["charges"] == before["charges"], provider.stats()
 
+    # Ids as Flux prints them and people copy them: "req:" in front, punctuation around.
+    for argv in (["why", f"req:{facts['failed']}:"], ["trace", f"[req:{facts['ok']}],"],
+                 ["trace", "diff", f"'{facts['ok']}'", f'"req:{facts["failed"]}"'],
+                 ["incident", "replay", "--ids", f"req:{facts['ok']}, req:{facts['failed']},",
+                  "--db", "tape"]):
+        result = await asyncio.to_thread(run_flux, argv, project, env=env, timeout=300)
+        assert result.returncode in (0, 1) and "error:" not in result.stderr, (
+            f"flux {shlex.join(argv)}\n{result.stdout}{result.stderr}")
+        assert facts["failed"] in result.stdout or facts["ok"] in result.stdout
+
     # flux init my-app && cd my-app, then flux dev: its own directory, embedded PostgreSQL.
     parent = make_project()
     init = await asyncio.to_thread(run_flux, fill(["init", "my-app"], facts), parent)

@@ -153,3 +153,50 @@ def test_install_on_an_existing_server_is_ready_for_serve_and_idempotent(
     # Serving as the runtime role installed nothing more.
     assert json.loads(flux_cli(["install", "--check", "--json"], project, env=env).stdout)[
         "ready"] is True
+
+
+def test_install_as_the_apps_owner_says_what_it_may_not_do_and_does_the_rest(
+        standalone_pg: Standalone, make_project: Callable[..., Path],
+        flux_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """The application's own role owns its database and tables but may not create roles:
+    --check and install name that one missing right; once a DBA has made the two roles, the
+    owner installs the rest."""
+    with psycopg.connect(standalone_pg.url(), autocommit=True) as conn:
+        conn.execute("CREATE ROLE shop_owner LOGIN PASSWORD 'owner-pw'")
+        conn.execute("CREATE DATABASE shop OWNER shop_owner")
+    url = standalone_pg.url("shop", user="shop_owner", password="owner-pw")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE customers (id bigserial PRIMARY KEY, email text)")
+        conn.execute("INSERT INTO customers (email) VALUES ('a@example.com')")
+    project = make_project('name = "shopapp"\n')
+    env = {"DATABASE_URL": url}
+
+    check = flux_cli(["install", "--check", "--json"], project, env=env)
+    assert check.returncode == 1, check.stderr
+    steps = {s["key"]: s for s in json.loads(check.stdout)["steps"]}
+    assert "CREATEROLE" in steps["roles"]["blocked"]
+    assert steps["schema"]["blocked"] is None and steps["capture"]["blocked"] is None
+    refused = flux_cli(["install", "--yes"], project, env=env)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "cannot install Flux as shop_owner" in refused.stderr
+    assert "CREATEROLE" in refused.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT to_regnamespace('flux')").fetchone() == (None,)
+
+    with psycopg.connect(standalone_pg.url(), autocommit=True) as conn:  # the DBA
+        conn.execute("CREATE ROLE flux_runtime NOLOGIN")
+        conn.execute("CREATE ROLE flux_reader NOLOGIN")
+    done = flux_cli(["install", "--yes", "--json"], project, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["ready"] is True and "schema" in result["applied"]
+    new_tables = next(s for s in result["steps"] if s["key"] == "new_tables")
+    assert not new_tables["done"] and "superuser" in new_tables["blocked"]  # a note only
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT has_table_privilege('flux_runtime', 'customers', "
+                            "'INSERT')").fetchone() == (True,)
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = "
+                            "'customers'::regclass AND tgname = 'flux_capture_ins_del'"
+                            ).fetchone() == (1,)
+    again = flux_cli(["install", "--yes", "--json"], project, env=env)
+    assert json.loads(again.stdout)["applied"] == []
