@@ -200,3 +200,8 @@ def test_install_as_the_apps_owner_says_what_it_may_not_do_and_does_the_rest(
                             ).fetchone() == (1,)
     again = flux_cli(["install", "--yes", "--json"], project, env=env)
     assert json.loads(again.stdout)["applied"] == []
+    # A project that captures from the WAL needs the server set for it: said, not tried.
+    wal = make_project('name = "shopapp"\ncapture = "wal"\n')
+    wal_check = flux_cli(["install", "--check", "--json"], wal, env=env)
+    capture = next(s for s in json.loads(wal_check.stdout)["steps"] if s["key"] == "capture")
+    assert wal_check.returncode == 1 and "wal_level = logical" in capture["blocked"]
