@@ -19,7 +19,7 @@ app = typer.Typer(help="How row changes are captured: row triggers or the WAL.",
 def run() -> None:
     """Run the WAL capture consumer in the foreground until Ctrl-C (flux dev and flux serve
     run one themselves; one consumer at a time is elected per database)."""
-    from flux._capture import run_until_signal
+    from flux._consumer import run_until_signal
     from flux._dbadmin import start
 
     target, _ = start(load())
@@ -49,8 +49,8 @@ def switch(mode: str = typer.Argument(..., help="trigger or wal."),
            as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")
            ) -> None:
     """Move between trigger and WAL capture without losing or doubling a change."""
-    from flux._capture import switch as do_switch
     from flux._dbadmin import start
+    from flux._mode import switch as do_switch
 
     project = load()
     target, _ = start(project)

@@ -30,10 +30,9 @@ def replay(when: str = typer.Argument(None, metavar="[WINDOW]",
     """Replay an incident: outbound calls answered from the tapes, never sent."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from flux._database import resolve
+    from flux._database import reader, resolve
     from flux._errors import ConfigError
     from flux._incident import replay_incident, select
-    from flux._inspectdb import reader
     from flux._ls import describe_window
 
     if db not in ("live", "tape"):

@@ -267,7 +267,7 @@ def _render_handoff(handoff: dict[str, Any]) -> None:
 def trace_diff(a: str, b: str, as_json: bool) -> None:
     """Two executions aligned span by span."""
     from flux._compare import compare
-    from flux._inspectdb import reader
+    from flux._database import reader
 
     with reader(load()) as conn:
         result = compare(conn, a, b)
@@ -384,9 +384,9 @@ def explain(function: str = typer.Argument(None, help="Function to dry-run."),
             sql: str = typer.Option(None, "--sql", help="Explain one SQL statement instead."),
             as_json: bool = JSON) -> None:
     """A dry run in a rolled-back transaction: each statement's SQL, tables, plan, policies."""
+    from flux._database import reader
     from flux._errors import ConfigError
     from flux._explain import explain_function, explain_sql
-    from flux._inspectdb import reader
 
     project = load()
     if (function is None) == (sql is None):

@@ -37,7 +37,7 @@ def ls(status: str = typer.Option(None, "--status", "-s",
        limit: int = typer.Option(50, "--limit", "-n", help="At most this many."),
        as_json: bool = JSON) -> None:
     """Jobs, newest first."""
-    from flux._inspectdb import reader
+    from flux._database import reader
     from flux._queue_admin import list_jobs
 
     with reader(load()) as conn:
@@ -50,7 +50,7 @@ def dead(function: str = typer.Option(None, "--function", "-f", help="Only this 
          limit: int = typer.Option(50, "--limit", "-n", help="At most this many."),
          as_json: bool = JSON) -> None:
     """Jobs that spent every attempt, newest first."""
-    from flux._inspectdb import reader
+    from flux._database import reader
     from flux._queue_admin import dead_jobs
 
     with reader(load()) as conn:
@@ -62,7 +62,7 @@ def dead(function: str = typer.Option(None, "--function", "-f", help="Only this 
 def show(job: str = typer.Argument(..., help="Job id or a unique prefix."),
          as_json: bool = JSON) -> None:
     """A job, each of its attempts with its execution, and the request that pushed it."""
-    from flux._inspectdb import reader
+    from flux._database import reader
     from flux._queue_admin import show_job
 
     with reader(load()) as conn:

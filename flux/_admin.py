@@ -31,6 +31,7 @@ from aiohttp import web
 from psycopg_pool import PoolTimeout
 
 from flux._access import AdminAccess
+from flux._database import read_only
 from flux._errors import (
     AmbiguousId,
     ConfigError,
@@ -40,6 +41,11 @@ from flux._errors import (
     Overloaded,
     ResumeRefused,
 )
+from flux._gateway import ID_KEY, RETRY_AFTER, RUNTIME_KEY
+from flux._inspector import Local
+from flux._lookup import fetch_record
+from flux._openapi import description
+from flux._resume import resume as run_resume
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,8 +65,6 @@ def _dumps(value: Any) -> str:
 
 def _error(request: web.Request, status: int, code: str, message: str,
            hint: str | None = None, **extra: Any) -> web.Response:
-    from flux._gateway import ID_KEY
-
     return web.json_response({"error": {"code": code, "message": message, "hint": hint},
                               "request_id": request.get(ID_KEY), **extra},
                              status=status, dumps=_dumps)
@@ -119,22 +123,16 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _unavailable(request: web.Request, message: str) -> web.Response:
     """A 503 as the gateway gives one while the database is down (flux/_gateway.py)."""
-    from flux._gateway import RETRY_AFTER
-
     response = _error(request, 503, "unavailable", message)
     response.headers["Retry-After"] = RETRY_AFTER
     return response
 
 
 def _runtime(request: web.Request) -> Any:
-    from flux._gateway import RUNTIME_KEY
-
     return request.config_dict[RUNTIME_KEY]
 
 
 async def _local(request: web.Request) -> Any:
-    from flux._inspector import Local
-
     runtime = _runtime(request)
     await runtime.ensure_pool()  # resolves a lazy database address
     return Local.of_conninfo(runtime.conninfo)
@@ -215,10 +213,6 @@ async def blame(request: web.Request) -> web.Response:
 async def resume(request: web.Request) -> web.Response:
     """Resume with the code this server runs. A resume that ran answers 200 whatever the
     resumed execution's own status (it is in the document)."""
-    from flux._inspector import read_only
-    from flux._lookup import fetch_record
-    from flux._resume import resume as run_resume
-
     runtime = _runtime(request)
     dry_run, strict = _flag(request, "dry_run"), _flag(request, "strict")
     await runtime.ensure_pool()
@@ -232,8 +226,6 @@ async def resume(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from flux._openapi import description
-
     return _json(description())
 
 

@@ -186,7 +186,7 @@ def _export(project: Project, request_ids: Sequence[str], folder: Path) -> list[
     """Each request's record written to a file, with the last success of its function."""
     from psycopg.rows import dict_row
 
-    from flux._inspectdb import reader
+    from flux._database import reader
     from flux._portable import export_record
 
     exported = []

@@ -62,16 +62,6 @@ def next_tick(expression: str, now: dt.datetime) -> dt.datetime:
     return tick.astimezone(dt.UTC)
 
 
-def validate(expression: str) -> None:
-    """Raise ConfigError if croniter cannot parse ``expression``."""
-    from croniter import croniter
-
-    if not croniter.is_valid(expression):
-        raise ConfigError(f"invalid cron expression {expression!r}",
-                          hint="five fields (minute hour day month weekday), "
-                               "or six with seconds last")
-
-
 class Scheduler:
     """Enqueues the cron ticks of the loaded functions. ``now`` is the clock (tests pass
     their own); ``run()`` loops until ``stop()``, ``run_pass(now)`` does one pass."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.rows import dict_row
 
+from flux._database import db_error
 from flux._execution import begin_statement
 from flux._jsoncodec import encode
 from flux._queries import load
@@ -170,16 +171,4 @@ def shape(mode: str, rows: list[dict[str, Any]] | None, rowcount: int) -> Any:
     return next(iter(first.values())) if first else None
 
 
-def db_error(exc: psycopg.Error) -> dict[str, Any]:
-    """The facts of a database error that `flux why` classifies by."""
-    diag = exc.diag
-    return {
-        "type": type(exc).__name__,
-        "sqlstate": exc.sqlstate,
-        "message": (diag.message_primary or str(exc)).strip(),
-        "detail": diag.message_detail,
-        "constraint": diag.constraint_name,
-        "table": diag.table_name,
-        "column": diag.column_name,
-        "schema": diag.schema_name,
-    }
+#END

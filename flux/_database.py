@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -91,3 +93,41 @@ def redact_url(url: str) -> str:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0].rstrip(".") if text else type(exc).__name__
+
+
+def db_error(exc: psycopg.Error) -> dict[str, Any]:
+    """The facts of a database error that `flux why` classifies by."""
+    diag = exc.diag
+    return {
+        "type": type(exc).__name__,
+        "sqlstate": exc.sqlstate,
+        "message": (diag.message_primary or str(exc)).strip(),
+        "detail": diag.message_detail,
+        "constraint": diag.constraint_name,
+        "table": diag.table_name,
+        "column": diag.column_name,
+        "schema": diag.schema_name,
+    }
+
+
+@contextlib.contextmanager
+def read_only(conninfo: str, display: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection in a read-only session: whoever reads through it (the inspect
+    commands, the admin API) can never write. A missing or old flux schema is one sentence."""
+    with connect(conninfo, autocommit=True) as conn:
+        conn.execute(load("database").read_only)
+        try:
+            yield conn
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:
+            where = display or redact_url(conninfo)
+            raise DatabaseError(f"the flux schema is missing or old in {where}",
+                                hint="run `flux db migrate`") from exc
+
+
+@contextlib.contextmanager
+def reader(project: Project) -> Iterator[psycopg.Connection[Any]]:
+    """The connection the inspect commands read through: the project's database (started if
+    embedded), opened once per command, read-only."""
+    target = resolve(project, start=True, create=False)  # a reader creates nothing
+    with read_only(target.conninfo, target.display) as conn:
+        yield conn

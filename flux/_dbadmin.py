@@ -127,7 +127,7 @@ def _server_facts(conninfo: str) -> dict[str, Any]:
     versions = applied_versions(conninfo)
     capture = None
     if versions and max(versions) >= CAPTURE_SCHEMA:
-        from flux._capture import status as capture_status
+        from flux._mode import status as capture_status
 
         with connect(conninfo, autocommit=True) as conn:
             capture = capture_status(conn).as_json()

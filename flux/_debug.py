@@ -186,7 +186,7 @@ def load_debug(project: Any, target: str) -> DebugData:
         document = read_file(Path(target))
         return DebugData(document["record"], document.get("mutations") or [], target, True)
     from flux._compare import mutations
-    from flux._inspectdb import reader
+    from flux._database import reader
     from flux._lookup import fetch_record
 
     with reader(_project(project)) as conn:
@@ -206,7 +206,7 @@ def diff_against(project: Any, data: DebugData, other: str) -> dict[str, Any]:
     """This execution against ``other`` (an id prefix or a record file)."""
     if not data.from_file and not is_file_target(other):
         from flux._compare import compare
-        from flux._inspectdb import reader
+        from flux._database import reader
 
         with reader(_project(project)) as conn:
             return compare(conn, data.record["request_id"], other)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,22 +23,29 @@ from psycopg import pq
 
 from flux._availability import connection_lost
 from flux._context import Context, activate
-from flux._errors import DatabaseUnavailable, FunctionError, Overloaded
+from flux._database import db_error
+from flux._errors import (
+    DatabaseUnavailable,
+    FunctionError,
+    HttpError,
+    HttpStatusError,
+    Overloaded,
+    WasmError,
+)
 from flux._execution import Execution, ReplaySource
-from flux._function import FunctionSpec
+from flux._function import FunctionSpec, FunctionTimeout
 from flux._ids import short
 from flux._jsoncodec import encode, plain
 from flux._queries import load
 from flux._record import (
     ExecutionRecord,
     attempted_mutations,
-    describe_error,
-    failure_signature,
     store,
     store_and_commit,
 )
 from flux._recorder import CallSite, Recorder
 from flux._sampling import keeps, outline_spans
+from flux._signature import failure_signature
 from flux._tracecontext import TraceContext
 
 if TYPE_CHECKING:
@@ -127,11 +135,6 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
     if persist:  # what is stored is what is exported: a local replay sends nothing
         runtime.export_spans(outcome.record)
     return outcome
-
-
-class FunctionTimeout(TimeoutError):
-    def __init__(self, spec: FunctionSpec) -> None:
-        super().__init__(f"{spec.name} did not finish within its timeout of {spec.timeout:g}s")
 
 
 def _json_output(result: Any) -> Any:
@@ -338,3 +341,42 @@ def _answer(inv: Invocation, failure: BaseException) -> tuple[int, dict[str, Any
                            "message": f"{inv.spec.name} failed: {type(failure).__name__}"},
                  "request_id": inv.request_id, "hint": hint}
 
+
+def describe_error(exc: BaseException, recorder: Recorder, scrub: Any) -> dict[str, Any]:
+    """The structured error of a failed execution: type, message, codes, the user's
+    file:line, the failing span and a scrubbed stack."""
+    # Code without Python frames (a Wasm guest) says where it failed on the exception.
+    site = getattr(exc, "flux_site", None) or recorder.site_of_traceback(exc.__traceback__)
+    error: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": scrub(str(exc) or type(exc).__name__),
+        "file": site.file, "line": site.line, "function": site.function,
+    }
+    if isinstance(exc, FunctionError):
+        error.update(code=exc.error_code, http_status=exc.status)
+    elif isinstance(exc, HttpStatusError):
+        error.update(http_code=exc.status, url=exc.url)
+    elif isinstance(exc, HttpError):
+        error.update(url=exc.url, method=exc.method, code=exc.code)
+    elif isinstance(exc, psycopg.Error):
+        error.update({k: v for k, v in db_error(exc).items() if k not in ("type", "message")})
+        if error.get("detail"):
+            error["detail"] = scrub(error["detail"])
+    elif isinstance(exc, Overloaded | WasmError):
+        error["code"] = exc.code
+    failing = [s for s in recorder.spans if s.status == "error"
+               and s.kind not in ("gateway", "function")]
+    if failing:
+        error["span_id"] = failing[-1].id
+    wasm = getattr(exc, "flux_wasm", None)
+    if wasm:
+        error["wasm"] = wasm  # the guest's frames: function names and offsets
+        error["stack"] = [{"file": site.file, "line": site.line, "function": f["function"],
+                           "code": f"offset {f['offset']:#x}"} for f in wasm["frames"]][:20]
+        return error
+    error["stack"] = [
+        {"file": recorder.relative(f.filename), "line": f.lineno, "function": f.name,
+         "code": scrub(f.line or "")}
+        for f in traceback.extract_tb(exc.__traceback__)
+    ][-20:]
+    return error

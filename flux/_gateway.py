@@ -29,9 +29,10 @@ from flux._body import BodyError, parse_body, preview
 from flux._errors import DatabaseUnavailable, Overloaded
 from flux._executor import IN_DOUBT, Invocation, Outcome, execute
 from flux._ids import new_request_id
-from flux._record import ExecutionRecord, failure_signature
+from flux._record import ExecutionRecord
 from flux._recorder import Span
 from flux._runtime import Runtime, utcnow
+from flux._signature import failure_signature
 from flux._tenants import TenantRefused
 from flux._tracecontext import TraceContext, from_headers
 
@@ -46,16 +47,18 @@ NOT_STORED = ("the database became unavailable, so the request was not recorded 
               "it wrote was kept")
 
 
-def make_app(runtime: Runtime, *, observer: Observer | None = None) -> web.Application:
-    """The aiohttp application serving ``runtime``'s functions."""
+def make_app(runtime: Runtime, *, observer: Observer | None = None,
+             admin: web.Application | None = None) -> web.Application:
+    """The aiohttp application serving ``runtime``'s functions, with ``admin`` (the admin
+    API, built by the server above this package) mounted at ``/_flux/`` before the
+    catch-all function route."""
     app = web.Application(client_max_size=runtime.max_body,
                           middlewares=[_request_id_middleware])
     app[RUNTIME_KEY] = runtime
     app[OBSERVER_KEY] = observer
     app.router.add_get("/health", _health)
-    from flux._admin import admin_app
-
-    app.add_subapp("/_flux/", admin_app())
+    if admin is not None:
+        app.add_subapp("/_flux/", admin)
     app.router.add_route("*", "/{path:.*}", _dispatch)
     return app
 

@@ -8,8 +8,7 @@ so ``flux why ID`` and ``flux --remote URL why ID`` print the same thing.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -53,12 +52,14 @@ class Local:
 
     @classmethod
     def of_project(cls, project: Project) -> Local:
-        from flux._inspectdb import reader
+        from flux._database import reader
 
         return cls(lambda: reader(project), project)
 
     @classmethod
     def of_conninfo(cls, conninfo: str) -> Local:
+        from flux._database import read_only
+
         return cls(lambda: read_only(conninfo))
 
     def executions(self, *, function: str | None = None, status: str | None = None,
@@ -124,14 +125,3 @@ class Local:
         if self._project is None:
             raise ConfigError("resume needs the project's code")
         return resume_command(self._project, prefix, dry_run=dry_run, strict=strict)
-
-
-@contextlib.contextmanager
-def read_only(conninfo: str) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection in a read-only session (what the admin API reads with)."""
-    from flux._database import connect
-    from flux._queries import load
-
-    with connect(conninfo, autocommit=True) as conn:
-        conn.execute(load("database").read_only)
-        yield conn

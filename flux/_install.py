@@ -169,8 +169,8 @@ def install(conninfo: str, *, capture: str = "trigger", has_project: bool = True
             on_step: Callable[[Step], None] = lambda step: None) -> tuple[Survey, list[str]]:
     """Do every step not done yet; returns the survey after, and the keys of the steps done
     now (none on a second run)."""
-    from flux._capture import ensure_mode
     from flux._migrate import migrate
+    from flux._mode import ensure_mode
     from flux._retention import maintain
 
     before = survey(conninfo, capture=capture, has_project=has_project)
@@ -222,7 +222,7 @@ def _has_event_trigger(conn: psycopg.Connection[Any]) -> bool:
 
 
 def _capture_state(conn: psycopg.Connection[Any]) -> tuple[str, bool]:
-    from flux._capture import SLOT, mode
+    from flux._consumer import SLOT, mode
 
     slot = conn.execute(load("capture").slot, {"slot": SLOT}).fetchone()
     return mode(conn), slot is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flux import __version__
+from flux._version import __version__
 
 _NULLABLE_TEXT: dict[str, Any] = {"type": ["string", "null"]}
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}

@@ -273,7 +273,7 @@ class Exporter:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-        from flux import __version__
+        from flux._version import __version__
 
         self.endpoint = endpoint
         self._sender = _Sender(

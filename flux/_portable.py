@@ -18,11 +18,11 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from flux import __version__
 from flux._errors import ConfigError
 from flux._jsoncodec import plain
 from flux._lookup import fetch_record
 from flux._queries import load
+from flux._version import __version__
 
 FORMAT = "flux-record"
 VERSION = 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,16 +18,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from flux._ctx_db import db_error
-from flux._errors import (
-    FunctionError,
-    HttpError,
-    HttpStatusError,
-    Overloaded,
-    WasmError,
-)
 from flux._queries import load
-from flux._recorder import Recorder
 
 
 @dataclass
@@ -106,63 +96,6 @@ def _text(value: str | None) -> str | None:
 
 def _jsonb(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value, dumps=_dumps)
-
-
-def failure_signature(record: ExecutionRecord) -> dict[str, Any] | None:
-    """The signature row of a failed execution; None if it cannot be classified (a bug in
-    the classifier must never cost a record)."""
-    from flux._classify import classify
-    from flux._signature import features, signature_text, vector
-
-    try:
-        row = record.as_row()
-        cause = classify(row)
-        feats = features(row, cause)
-    except Exception:
-        return None
-    return {"request_id": record.request_id, "function": record.function, "class": cause.cls,
-            "signature": signature_text(feats), "vec": vector(feats),
-            "at": record.started_at, "tenant": record.tenant}
-
-
-def describe_error(exc: BaseException, recorder: Recorder, scrub: Any) -> dict[str, Any]:
-    """The structured error of a failed execution: type, message, codes, the user's
-    file:line, the failing span and a scrubbed stack."""
-    # Code without Python frames (a Wasm guest) says where it failed on the exception.
-    site = getattr(exc, "flux_site", None) or recorder.site_of_traceback(exc.__traceback__)
-    error: dict[str, Any] = {
-        "type": type(exc).__name__,
-        "message": scrub(str(exc) or type(exc).__name__),
-        "file": site.file, "line": site.line, "function": site.function,
-    }
-    if isinstance(exc, FunctionError):
-        error.update(code=exc.error_code, http_status=exc.status)
-    elif isinstance(exc, HttpStatusError):
-        error.update(http_code=exc.status, url=exc.url)
-    elif isinstance(exc, HttpError):
-        error.update(url=exc.url, method=exc.method, code=exc.code)
-    elif isinstance(exc, psycopg.Error):
-        error.update({k: v for k, v in db_error(exc).items() if k not in ("type", "message")})
-        if error.get("detail"):
-            error["detail"] = scrub(error["detail"])
-    elif isinstance(exc, Overloaded | WasmError):
-        error["code"] = exc.code
-    failing = [s for s in recorder.spans if s.status == "error"
-               and s.kind not in ("gateway", "function")]
-    if failing:
-        error["span_id"] = failing[-1].id
-    wasm = getattr(exc, "flux_wasm", None)
-    if wasm:
-        error["wasm"] = wasm  # the guest's frames: function names and offsets
-        error["stack"] = [{"file": site.file, "line": site.line, "function": f["function"],
-                           "code": f"offset {f['offset']:#x}"} for f in wasm["frames"]][:20]
-        return error
-    error["stack"] = [
-        {"file": recorder.relative(f.filename), "line": f.lineno, "function": f.name,
-         "code": scrub(f.line or "")}
-        for f in traceback.extract_tb(exc.__traceback__)
-    ][-20:]
-    return error
 
 
 async def store(conn: AsyncConnection[Any], record: ExecutionRecord) -> None:

@@ -207,7 +207,7 @@ def load_target(project: Any, target: str) -> dict[str, Any]:
     """The record to replay: a record file if ``target`` names one, else an id prefix."""
     from pathlib import Path
 
-    from flux._inspectdb import reader
+    from flux._database import reader
     from flux._lookup import fetch_record
     from flux._portable import read_file
 

@@ -228,8 +228,7 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
 def resume_command(project: Project, prefix: str, *, dry_run: bool = False,
                    strict: bool = False) -> dict[str, Any]:
     """``flux resume ID``."""
-    from flux._database import resolve
-    from flux._inspectdb import reader
+    from flux._database import reader, resolve
     from flux._lookup import fetch_record
     from flux._runtime import Runtime
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import psycopg
 
-from flux._capture import ensure_mode
 from flux._database import connect, first_line
 from flux._errors import MigrationError
 from flux._migrate import LOCK_KEY
+from flux._mode import ensure_mode
 from flux._queries import load
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from flux._access import AdminAccess
+from flux._admin import admin_app
 from flux._database import Target, resolve
 from flux._errors import ConfigError, FluxError
 from flux._gateway import Observer, make_app
@@ -30,6 +31,12 @@ from flux._runtime import LogEcho, Runtime
 from flux._schema import SchemaResult, apply_schema
 
 SHUTDOWN_GRACE = 10.0
+
+
+def application(runtime: Runtime, *, observer: Observer | None = None) -> web.Application:
+    """The application ``flux dev`` and ``flux serve`` run: the functions, with the admin API
+    mounted at ``/_flux/`` before their catch-all route."""
+    return make_app(runtime, observer=observer, admin=admin_app())
 
 
 @dataclass
@@ -85,11 +92,11 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
     runtime = Runtime(project, target.conninfo, echo=events.log, admin=access)
     runner: web.AppRunner | None = None
     jobs = None  # the queue worker and cron (flux/_worker.py)
-    capture = None  # the WAL capture consumer (flux/_capture.py), in WAL mode
+    capture = None  # the WAL capture consumer (flux/capture/_consumer.py), in WAL mode
     retention = None  # partitions ahead and gc (flux/_retention.py)
     try:
         load_errors = await runtime.start()
-        runner = web.AppRunner(make_app(runtime, observer=events.request),
+        runner = web.AppRunner(application(runtime, observer=events.request),
                                access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
@@ -117,7 +124,7 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
 
         jobs = await start_jobs(runtime)
         # Always: idle in trigger mode, it takes over when `flux capture switch wal` runs.
-        from flux._capture import Background as CaptureConsumer
+        from flux._consumer import Background as CaptureConsumer
 
         capture = CaptureConsumer(target.conninfo).start()
         from flux._retention import Background as Retention

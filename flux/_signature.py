@@ -28,9 +28,12 @@ import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flux._classify import CLASSES, RootCause, dependency_key
+from flux._classify import CLASSES, RootCause, classify, dependency_key
+
+if TYPE_CHECKING:
+    from flux._record import ExecutionRecord
 
 DIM = 64
 
@@ -177,3 +180,17 @@ def _map(value: Any) -> Mapping[str, Any]:
 
 def _list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else []
+
+
+def failure_signature(record: ExecutionRecord) -> dict[str, Any] | None:
+    """The signature row of a failed execution; None if it cannot be classified (a bug in
+    the classifier must never cost a record)."""
+    try:
+        row = record.as_row()
+        cause = classify(row)
+        feats = features(row, cause)
+    except Exception:
+        return None
+    return {"request_id": record.request_id, "function": record.function, "class": cause.cls,
+            "signature": signature_text(feats), "vec": vector(feats),
+            "at": record.started_at, "tenant": record.tenant}

@@ -28,7 +28,7 @@ def generate(project: Project, prefix: str, *, output: Path | None = None,
              expect_same: bool = False, force: bool = False) -> dict[str, Any]:
     """Write the test of execution ``prefix`` (default ``tests/test_replay_<short id>.py``
     under the project) and its record beside it. Refuses to overwrite unless ``force``."""
-    from flux._inspectdb import reader
+    from flux._database import reader
     from flux._portable import export_record
 
     with reader(project) as conn:

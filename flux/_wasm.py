@@ -39,7 +39,7 @@ import orjson
 import wasmtime
 
 from flux._errors import ConfigError, WasmError, WasmMemoryLimit, WasmTrap
-from flux._function import FunctionSpec
+from flux._function import FunctionSpec, FunctionTimeout, validate_cron
 from flux._recorder import CallSite
 from flux._wasm_host import (
     SIGNATURES,
@@ -197,9 +197,7 @@ def load_module(path: Path) -> FunctionSpec:
         raise ConfigError(f"{name}.toml: retries must be 0 or more, not {retries!r}")
     cron = options.get("cron")
     if cron is not None:
-        from flux._cron import validate
-
-        validate(str(cron))
+        validate_cron(str(cron))
     compiled = shared_engine().compile(path)
     handler = WasmFunction(name, path, compiled, float(timeout),
                            int(float(memory_mb) * 1024 * 1024))
@@ -295,8 +293,6 @@ class WasmFunction:
         if call.failure is not None:
             return self._located(call.failure, trap, file, from_host=True)
         if trap is not None and trap.trap_code == wasmtime.TrapCode.INTERRUPT:
-            from flux._executor import FunctionTimeout  # the executor imports the loader
-
             return self._located(FunctionTimeout(self.spec), trap, file)
         where = _where(wasm_frames(trap, self.compiled.source.lines))
         reason = _reason(trap) if trap is not None else _first_line(exc)

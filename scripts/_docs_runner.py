@@ -18,10 +18,10 @@ import json
 import os
 import sys
 
-PRELOAD = ("cli.main", "cli.tui", "flux._inspectdb", "flux._why", "flux._ls", "flux._trace",
+PRELOAD = ("cli.main", "cli.tui", "flux._database", "flux._why", "flux._ls", "flux._trace",
            "flux._state", "flux._lookup", "flux._compare", "flux._replay", "flux._resume",
            "flux._incident", "flux._explain", "flux._dbadmin", "flux._queue_admin",
-           "flux._portable", "flux._testgen", "flux._check", "flux._capture")
+           "flux._portable", "flux._testgen", "flux._check", "flux._consumer", "flux._mode")
 
 
 def run(argv: list[str], cwd: str, output: str, env: dict[str, str] | None = None) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from flux._capture import APPLICATION_NAME
+from flux._consumer import APPLICATION_NAME
 from flux._pgoutput import Commit, Keepalive, XLogData, decode, parse_lsn
 from flux._walstream import ReplicationUnavailable, WalStream
 

@@ -1,10 +1,10 @@
-"""WAL capture: the consumer that reads the ``flux_capture`` slot and writes every change
-into ``flux.state_mutations``, and the switch between trigger and WAL capture.
+"""WAL capture's consumer: reads the ``flux_capture`` slot and writes every change into
+``flux.state_mutations`` (the switch between trigger and WAL capture is flux/capture/_mode.py).
 
-The consumer streams the slot over a replication connection (flux/_walstream.py): one
+The consumer streams the slot over a replication connection (flux/capture/_walstream.py): one
 decoding session on the server reads each WAL record once and sends every committed
-transaction. The consumer decodes them (flux/_pgoutput.py), stamps each change with the
-request, span and actor the transaction's logical messages carry (sql/0008), inserts a
+transaction. The consumer decodes them (flux/capture/_pgoutput.py), stamps each change with
+the request, span and actor the transaction's logical messages carry (sql/0008), inserts a
 batch of whole transactions in one destination transaction keyed by (commit LSN,
 position) together with its progress, commits, and only then tells the server — a standby
 status update — that the slot may forget them. A crash before the commit leaves the slot
@@ -20,7 +20,6 @@ One consumer runs at a time per database: the one holding a session advisory loc
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import threading
@@ -77,8 +76,6 @@ BUSY_FRAMES = 200  # a read that took this many frames: read again at once
 STATUS_SECONDS = 10.0  # a standby status update at least this often
 POLL_SECONDS = 0.2  # the SQL interface: between reads, once caught up
 IDLE_SECONDS = 1.0
-LAG_WARN_BYTES = 256 * 1024 * 1024
-LAG_WARN_SECONDS = 60.0
 
 
 class CaptureError(FluxError):
@@ -490,7 +487,7 @@ class Consumer:
             try:
                 with connect(self.conninfo(), autocommit=True,
                              application_name=APPLICATION_NAME) as conn:
-                    if not _elected(conn):
+                    if not elected(conn):
                         stop.wait(2.0)
                         continue
                     while not stop.is_set():
@@ -531,150 +528,16 @@ def wait_caught_up(conninfo: str, timeout: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-def _elected(conn: psycopg.Connection[Any]) -> bool:
+def elected(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this session now holds the one-consumer-per-database lock."""
     row = conn.execute(load("capture").consumer_lock, {"key": CONSUMER_LOCK}).fetchone()
     return bool(row and row[0])
 
 
-# -- the switch and the status -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CaptureStatus:
-    mode: str
-    slot: dict[str, Any] | None
-    lag_bytes: int | None
-    lag_seconds: float | None
-    applied_changes: int
-    warnings: list[str]
-
-    def as_json(self) -> dict[str, Any]:
-        return {"mode": self.mode, "slot": self.slot, "lag_bytes": self.lag_bytes,
-                "lag_seconds": self.lag_seconds, "applied_changes": self.applied_changes,
-                "warnings": self.warnings}
-
-
 def mode(conn: psycopg.Connection[Any]) -> str:
+    """The database's capture mode: ``trigger`` or ``wal``."""
     row = conn.execute(load("capture").mode).fetchone()
     return str(row[0]) if row else "trigger"
-
-
-def status(conn: psycopg.Connection[Any]) -> CaptureStatus:
-    q = load("capture")
-    current = mode(conn)
-    with conn.cursor(row_factory=dict_row) as cur:
-        slot = cur.execute(q.slot, {"slot": SLOT}).fetchone()
-        state = cur.execute(q.state, {"slot": SLOT}).fetchone()
-    warnings: list[str] = []
-    lag_bytes = int(slot["lag_bytes"]) if slot and slot["lag_bytes"] is not None else None
-    lag_seconds: float | None = None
-    if state is not None and slot is not None:
-        if lag_bytes is not None and lag_bytes > 1024 * 1024 and state["caught_up_at"]:
-            lag_seconds = (state["now"] - state["caught_up_at"]).total_seconds()
-        else:
-            lag_seconds = 0.0
-    if current == "wal":
-        if slot is None:
-            warnings.append("capture is \"wal\" but the slot flux_capture is missing: changes "
-                            "are not being captured; run `flux capture switch wal`")
-        elif slot["wal_status"] == "lost":
-            warnings.append("the slot flux_capture was invalidated (the consumer was down "
-                            "longer than max_slot_wal_keep_size allows): changes since are "
-                            "lost to history; run `flux capture switch trigger` then "
-                            "`flux capture switch wal` to start again")
-        else:
-            if lag_bytes is not None and lag_bytes > LAG_WARN_BYTES:
-                warnings.append(f"the consumer is {lag_bytes / 1048576:.0f} MiB behind: is "
-                                "`flux serve` (or `flux capture run`) running?")
-            if lag_seconds is not None and lag_seconds > LAG_WARN_SECONDS:
-                warnings.append(f"the consumer last caught up {lag_seconds:.0f} s ago")
-            if slot["safe_wal_size"] is None:
-                warnings.append("max_slot_wal_keep_size is unlimited: if the consumer stays "
-                                "down, the server keeps WAL until its disk is full")
-    slot_info = None
-    if slot is not None:
-        slot_info = {"name": slot["slot_name"], "confirmed_lsn": slot["confirmed_lsn"],
-                     "wal_status": slot["wal_status"], "active": slot["active"],
-                     "safe_wal_size": slot["safe_wal_size"]}
-    return CaptureStatus(current, slot_info, lag_bytes, lag_seconds,
-                         int(state["applied_changes"]) if state else 0, warnings)
-
-
-@dataclass(frozen=True)
-class SwitchResult:
-    previous: str
-    mode: str
-    tables: int
-    applied: int  # changes the switch back applied from the slot before dropping it
-
-
-def switch(conninfo: str, to: str, *, wait: float = 60.0) -> SwitchResult:
-    """Move between trigger and WAL capture without losing or doubling a change."""
-    if to not in ("trigger", "wal"):
-        raise CaptureError(f'capture mode must be "trigger" or "wal", not {to!r}')
-    q = load("capture")
-    with connect(conninfo, autocommit=True) as conn:
-        previous = mode(conn)
-        if previous == to:
-            return SwitchResult(previous, to, 0, 0)
-        if to == "wal":
-            level = conn.execute(q.wal_level).fetchone()
-            if level is None or level[0] != "logical":
-                raise CaptureError(
-                    f"WAL capture needs wal_level = logical; this server has {level and level[0]}",
-                    hint="set wal_level = logical in postgresql.conf and restart the server")
-            # A leftover of an interrupted switch, which a consumer may be streaming.
-            conn.execute(q.release_slot, {"slot": SLOT})
-            conn.execute(q.drop_slot, {"slot": SLOT})
-            # The state first: a running consumer must never see the new slot beside the
-            # previous switch's bookkeeping (it would apply that switch's end to this slot).
-            conn.execute(q.reset_state, {"slot": SLOT})
-            conn.execute(q.create_slot, {"slot": SLOT})
-            try:
-                with conn.transaction():
-                    tables = int(conn.execute(q.switch, {"mode": "wal"}).fetchone()[0])  # type: ignore[index]
-            except BaseException:
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute(q.drop_slot, {"slot": SLOT})
-                raise
-            return SwitchResult(previous, to, tables, 0)
-        with conn.transaction():
-            tables = int(conn.execute(q.switch, {"mode": "trigger"}).fetchone()[0])  # type: ignore[index]
-        applied = _finish_wal(conn, conninfo, wait)
-        return SwitchResult(previous, to, tables, applied)
-
-
-def _finish_wal(conn: psycopg.Connection[Any], conninfo: str, wait: float) -> int:
-    """After the switch back to triggers: apply what the slot holds up to the switch, then
-    drop it — here if no consumer runs, else wait for the running one to do it."""
-    q = load("capture")
-    if conn.execute(q.slot, {"slot": SLOT}).fetchone() is None:
-        return 0
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if _elected(conn):
-            try:
-                return Consumer(conninfo).drain(conn).applied
-            finally:
-                conn.execute(q.consumer_unlock, {"key": CONSUMER_LOCK})
-        if conn.execute(q.slot, {"slot": SLOT}).fetchone() is None:
-            return 0  # the running consumer applied it and dropped the slot
-        time.sleep(0.2)
-    raise CaptureError("the running capture consumer did not finish the switch in time",
-                       hint="check `flux db status`; the switch completes when it catches up")
-
-
-def ensure_mode(conninfo: str, wanted: str) -> SwitchResult | None:
-    """Bring the database to the project's capture mode (flux.toml) at start."""
-    with connect(conninfo, autocommit=True) as conn:
-        current = mode(conn)
-        slot = conn.execute(load("capture").slot, {"slot": SLOT}).fetchone()
-    if current == wanted and (wanted == "trigger" or slot is not None):
-        return None
-    if current == wanted:  # "wal" without its slot: set it up again
-        with connect(conninfo, autocommit=True) as conn, conn.transaction():
-            conn.execute(load("capture").switch, {"mode": "trigger"})
-    return switch(conninfo, wanted)
 
 
 def run_until_signal(conninfo: str, on_step: Callable[[StepResult], None],
