@@ -30,10 +30,10 @@ def replay(when: str = typer.Argument(None, metavar="[WINDOW]",
     """Replay an incident: outbound calls answered from the tapes, never sent."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from flux._database import reader, resolve
     from flux._errors import ConfigError
-    from flux._incident import replay_incident, select
-    from flux._ls import describe_window
+    from flux.inspect._ls import describe_window
+    from flux.replay._incident import replay_incident, select
+    from flux.store._database import reader, resolve
 
     if db not in ("live", "tape"):
         raise ConfigError(f"--db takes live or tape, not {db!r}")

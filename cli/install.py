@@ -12,7 +12,7 @@ from rich.markup import escape
 from cli._output import err, out, print_json
 
 if TYPE_CHECKING:
-    from flux._install import Step, Survey
+    from flux.server._install import Step, Survey
 
 
 def install(
@@ -25,8 +25,8 @@ def install(
     """Put Flux on the existing PostgreSQL of DATABASE_URL: the flux schema, the roles, capture
     on the application's tables. Shows the plan and asks first; idempotent."""
     from flux._errors import ConfigError
-    from flux._install import install as do_install
-    from flux._install import require_url, survey
+    from flux.server._install import install as do_install
+    from flux.server._install import require_url, survey
 
     url = require_url(database_url or os.environ.get("DATABASE_URL"))
     capture, has_project = _project_capture()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flux._ids import clean_id, split_ids
-from flux._lookup import id_range
+from flux.store._lookup import id_range
 
 
 @pytest.mark.parametrize(

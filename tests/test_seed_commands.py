@@ -30,7 +30,7 @@ import pytest
 import typer
 
 from cli.main import app
-from flux._embedded import EmbeddedServer
+from flux.store._embedded import EmbeddedServer
 from tests.fixtures.projects import FLUX, run_flux
 from tests.fixtures.shop import SECRET, FakeProvider, serve_app
 from tests.replay.test_bisect import GIT_ENV, git, history

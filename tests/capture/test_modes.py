@@ -18,10 +18,10 @@ from pathlib import Path
 import orjson
 import psycopg
 
-from flux import _consumer, _mode
-from flux._database import ensure_database
-from flux._embedded import EmbeddedServer
-from flux._migrate import migrate
+from flux.capture import _consumer, _mode
+from flux.store._database import ensure_database
+from flux.store._embedded import EmbeddedServer
+from flux.store._migrate import migrate
 from tests.fixtures.projects import FLUX
 from tests.fixtures.shop import FakeProvider, Shop, serve_app
 
