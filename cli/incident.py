@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 
 from cli._output import out, print_json
-from flux._ids import short
+from cli.inspect import WINDOW_HELP, one_window, print_window
+from flux._ids import short, split_ids
 from flux._project import load
 
 app = typer.Typer(help="Re-run the executions of an incident against today's code.",
@@ -17,7 +18,9 @@ app = typer.Typer(help="Re-run the executions of an incident against today's cod
 
 
 @app.command("replay")
-def replay(window: str = typer.Option(None, "--window", help="START..END, e.g. 14:20..14:25."),
+def replay(when: str = typer.Argument(None, metavar="[WINDOW]",
+                                      help="START..END or START-END, like --window."),
+           window: str = typer.Option(None, "--window", help=WINDOW_HELP),
            ids: str = typer.Option(None, "--ids", help="ID,ID,… (prefixes work)."),
            function: str = typer.Option(None, "--function", "-f", help="Only this function."),
            status: str = typer.Option(None, "--status", "-s", help="ok, error, 4xx, 5xx …"),
@@ -28,20 +31,28 @@ def replay(window: str = typer.Option(None, "--window", help="START..END, e.g. 1
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from flux._errors import ConfigError
+    from flux.inspect._ls import describe_window
     from flux.replay._incident import replay_incident, select
     from flux.store._database import reader, resolve
 
     if db not in ("live", "tape"):
         raise ConfigError(f"--db takes live or tape, not {db!r}")
+    text = one_window(when, window)
     project = load()
+    facts = None
     with reader(project) as conn:
-        chosen = select(conn, window=window, ids=ids.split(",") if ids else None,
+        if text:
+            facts = describe_window(conn, text)
+        chosen = select(conn, window=text, ids=split_ids(ids) if ids is not None else None,
                         function=function, status=status)
+    shown = {"window": facts} if facts else {}
+    if facts and not as_json:
+        print_window(facts, "Replay Window")
     if not chosen:
         if as_json:
-            print_json({"replayed": 0, "passing": 0, "failing": 0, "results": []})
+            print_json({"replayed": 0, "passing": 0, "failing": 0, "results": [], **shown})
         else:
-            out.print("no executions match")
+            out.print("  no executions match\n" if facts else "no executions match")
         return
     started = time.perf_counter()
     if not as_json:
@@ -69,7 +80,7 @@ def replay(window: str = typer.Option(None, "--window", help="START..END, e.g. 1
         summary = replay_incident(project, resolve(project, create=False).conninfo, chosen,
                                   db_mode=db, on_result=line)
     if as_json:
-        print_json(summary)
+        print_json({**summary, **shown})
     else:
         seconds = time.perf_counter() - started
         colour = "green" if summary["failing"] == 0 else "red"
@@ -77,5 +88,6 @@ def replay(window: str = typer.Option(None, "--window", help="START..END, e.g. 1
                   f"passing · {summary['failing']} still failing[/]  [dim]({seconds:.1f}s)[/]")
         if summary["failing"]:
             first = next(r for r in summary["results"] if not r["passed"])
-            out.print(f"  [dim]flux replay {short(first['request_id'])} to see one[/]\n")
+            out.print(f"  [dim]flux replay {short(first['request_id'])} to see one, flux why "
+                      f"{short(first['request_id'])} to debug it[/]\n")
     raise typer.Exit(1 if summary["failing"] else 0)

@@ -15,24 +15,50 @@ from flux._ids import short
 from flux._project import load
 
 JSON = typer.Option(False, "--json", help="Print one JSON document.")
+WINDOW_HELP = "START..END or START-END: 14:00..14:05, 2026-03-10 14:20-14:25, 1h..now."
+
+
+def one_window(argument: str | None, option: str | None) -> str | None:
+    """The window given as the argument or as --window (not both)."""
+    from flux._errors import ConfigError
+
+    if argument is not None and option is not None:
+        raise ConfigError("give the window once: as an argument or with --window")
+    return argument if argument is not None else option
+
+
+def print_window(facts: dict[str, Any], label: str = "Window") -> None:
+    """The interpretation of a window, above the results it chose."""
+    out.print(f"\n  [bold]{label}[/]  {escape(facts['text'])}")
+    indent = " " * (len(label) + 4)
+    if facts.get("server_text"):
+        out.print(f"{indent}[dim]{escape(facts['server_text'])} on the database server[/]")
+    for note in facts.get("notes") or []:
+        out.print(f"{indent}[dim]{escape(note)}[/]")
 
 state_app = typer.Typer(help="The history of rows: every change, and who wrote each value.",
                         no_args_is_help=True)
 
 
-def ls(function: str = typer.Option(None, "--function", "-f", help="Only this function."),
+def ls(when: str = typer.Argument(None, metavar="[WINDOW]",
+                                  help="START..END or START-END, like --window."),
+       function: str = typer.Option(None, "--function", "-f", help="Only this function."),
        status: str = typer.Option(None, "--status", "-s",
                                   help="ok, error, 4xx, 5xx or an HTTP status."),
        since: str = typer.Option(None, "--since", help="15m, 2h, 14:05 or an ISO time."),
-       window: str = typer.Option(None, "--window", help="START..END, e.g. 14:00..14:05."),
+       window: str = typer.Option(None, "--window", help=WINDOW_HELP),
        limit: int = typer.Option(20, "--limit", "-n", help="At most this many."),
        as_json: bool = JSON) -> None:
     """Recent executions, newest first."""
+    chosen = one_window(when, window)
+    facts = source().window(chosen) if chosen else None
     rows = source().executions(function=function, status=status, since=since,
-                               window=window, limit=limit)
+                               window=chosen, limit=limit)
     if as_json:
-        print_json({"executions": rows})
+        print_json({"executions": rows, **({"window": facts} if facts else {})})
         return
+    if facts:
+        print_window(facts)
     if not rows:
         out.print("no executions match")
         return

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from cli import bisect, capture, check, db, gc, incident, inspect, record, serve, testgen
+from cli import bisect, capture, check, db, gc, incident, inspect, install, record, serve, testgen
 from cli import queue as queue_cli  # flux queue …, flux worker
 from cli._output import out, print_error
 from cli._source import REMOTE_ENV, choose
@@ -63,6 +63,7 @@ def installed_version() -> str:
 
 app.add_typer(db.app, name="db")
 app.command()(serve.init)
+app.command()(install.install)
 app.command()(serve.dev)
 app.command(name="serve")(serve.serve_command)
 app.command()(inspect.ls)

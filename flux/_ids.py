@@ -3,6 +3,7 @@ stays append-only."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 
@@ -20,3 +21,25 @@ def short(request_id: object) -> str:
     every request of the same millisecond; four more make it unique in practice, and any
     unique prefix is accepted back."""
     return str(request_id)[:SHORT_LENGTH]
+
+
+# What people copy around an id: quotes, brackets, a trailing comma or colon, an ellipsis,
+# and the "req:" Flux itself prints in front of ids (history, blame, the record).
+_WRAPPING = "\"'`()[]{}<>,;:.\u2026 \t\r\n"
+_LABEL = re.compile(r"^(?:req|request|request_id|request-id|x-flux-request-id|id)\s*[:=]\s*",
+                    re.IGNORECASE)
+
+
+def clean_id(text: str) -> str:
+    """An id as typed or pasted, without what came along with it: ``req:550e8400``,
+    ``"550e8400",``, ``[req:550e8400]`` and ``550e8400:`` all give ``550e8400``."""
+    value = text.strip(_WRAPPING)
+    while (match := _LABEL.match(value)) is not None:
+        value = value[match.end():].strip(_WRAPPING)
+    return value
+
+
+def split_ids(text: str) -> list[str]:
+    """``ID,ID,…`` as people write lists of ids: commas or spaces between them, each one
+    cleaned as :func:`clean_id` does, empty pieces (a trailing comma) dropped."""
+    return [cleaned for piece in re.split(r"[,\s]+", text) if (cleaned := clean_id(piece))]

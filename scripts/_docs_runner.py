@@ -2,7 +2,8 @@
 
 Started once with the environment the commands should see, it imports the CLI and the
 modules its commands import lazily, then reads one JSON request per line on stdin —
-``{"argv": [...], "cwd": "...", "output": "/path"}`` — forks, and in the child runs
+``{"argv": [...], "cwd": "...", "output": "/path"}``, and ``"env"``: variables to add —
+forks, and in the child runs
 ``cli.main.main()`` with that argv in that directory, stdout and stderr both written to
 ``output`` in the order they come, as a terminal would show them. It answers
 ``{"code": N}``, the child's exit code. The child is the command as a user runs it — the
@@ -25,7 +26,7 @@ PRELOAD = ("cli.main", "cli.tui", "flux.inspect._why", "flux.inspect._ls", "flux
            "flux.capture._mode")
 
 
-def run(argv: list[str], cwd: str, output: str) -> int:
+def run(argv: list[str], cwd: str, output: str, env: dict[str, str] | None = None) -> int:
     pid = os.fork()
     if pid == 0:  # the command
         code = 1
@@ -38,6 +39,7 @@ def run(argv: list[str], cwd: str, output: str) -> int:
             os.dup2(null, 0)
             sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
             os.chdir(cwd)
+            os.environ.update(env or {})
             sys.argv = ["flux", *argv]
             from cli.main import main
 
@@ -63,7 +65,7 @@ def serve() -> None:
         importlib.import_module(name)
     for line in sys.stdin:
         request = json.loads(line)
-        code = run(request["argv"], request["cwd"], request["output"])
+        code = run(request["argv"], request["cwd"], request["output"], request.get("env"))
         sys.stdout.write(json.dumps({"code": code}) + "\n")
         sys.stdout.flush()
 

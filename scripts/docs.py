@@ -97,9 +97,9 @@ class Story:
 
     def flux(self, key: str | None, *args: str, codes: tuple[int, ...] = (0,),
              shown: list[str] | None = None, edit: Callable[[str], str] | None = None,
-             cwd: Path | None = None) -> str:
+             cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
         """Run ``flux ARGS`` in the shop; keep ``$ flux …`` and its output under ``key``."""
-        code, output = self.runner.run(list(args), cwd or self.shop)
+        code, output = self.runner.run(list(args), cwd or self.shop, env)
         if code not in codes:
             raise RuntimeError(f"flux {shlex.join(args)} exited {code}:\n{output}")
         if key is not None:
@@ -244,9 +244,10 @@ class Runner:
                                      stdout=subprocess.PIPE)
         self.output = scratch / "output.txt"
 
-    def run(self, argv: list[str], cwd: Path) -> tuple[int, str]:
+    def run(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None
+            ) -> tuple[int, str]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        request = {"argv": argv, "cwd": str(cwd), "output": str(self.output)}
+        request = {"argv": argv, "cwd": str(cwd), "output": str(self.output), "env": env}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         answer = self.proc.stdout.readline()
@@ -348,6 +349,14 @@ def jobs_after_requests(text: str) -> str:
         if "welcome email sent" in lines[i] and " POST " in lines[i + 1]:
             lines[i], lines[i + 1] = lines[i + 1], lines[i]
     return "\n".join(lines)
+
+
+def as_shown_window(text: str) -> str:
+    """The window incident replay says it read, as the command shown (14:20..14:25) names
+    it: the run's real window is a few seconds wide, which the normaliser makes one instant."""
+    text = text.replace("2026-03-10 14:22:31 → 14:22:31 (UTC)", "2026-03-10 14:20 → 14:25 (UTC)")
+    text = re.sub(r'("start": "2026-03-10T)14:22:31', r"\g<1>14:20:00", text)
+    return re.sub(r'("end": "2026-03-10T)14:22:31', r"\g<1>14:25:00", text)
 
 
 def in_order(text: str) -> str:
@@ -473,6 +482,8 @@ def tell(story: Story) -> None:
     s.flux("incident-json", "incident", "replay", "--window", window, "--status", "5xx",
            "--json", codes=(1,), shown=["incident", "replay", "--window", "14:20..14:25",
                                         "--status", "5xx", "--json"])
+    for key in ("incident", "incident-json"):
+        s.outputs[key] = as_shown_window(s.outputs[key])
     s.flux("resume", "resume", short["shape"])
     s.flux("resume-again", "resume", short["shape"], codes=(1,))
     s.flux("resume-json", "resume", short["429"], "--json")
@@ -495,6 +506,9 @@ def tell(story: Story) -> None:
     s.flux("bisect", "bug", "bisect", "--request", tagged[:18])
     s.dev.output()  # reloads and the failed sign-up: not shown
 
+    # flux install on a database the shop did not make: an older app's, on the same server.
+    install_story(s)
+
     # Capture modes, a production server beside it, and the end of flux dev.
     s.flux("capture-wal", "capture", "switch", "wal")
     s.flux("capture-trigger", "capture", "switch", "trigger")
@@ -507,6 +521,29 @@ def tell(story: Story) -> None:
     s.keep("serve", "$ flux serve\n" + serve.finish())
     s.dev.proc.send_signal(signal.SIGINT)
     s.keep("dev-stop", "^C\n" + s.dev.finish())
+
+
+def install_story(s: Story) -> None:
+    """``flux install`` on an existing application's database (``legacy``: customers and an
+    audit log without a primary key): the check, the install, a second run."""
+    import psycopg
+
+    server = EmbeddedServer(s.shop / ".flux").running()
+    assert server is not None
+    with psycopg.connect(server.conninfo("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE legacy")
+    with psycopg.connect(server.conninfo("legacy"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE customers (id bigserial PRIMARY KEY, "
+                     "email text UNIQUE NOT NULL, plan text NOT NULL)")
+        conn.execute("INSERT INTO customers (email, plan) VALUES ('ada@example.com', 'pro'), "
+                     "('grace@example.com', 'free'), ('lin@example.com', 'free')")
+        conn.execute("CREATE TABLE audit_log (at timestamptz DEFAULT now(), line text)")
+        conn.execute("ANALYZE")
+    env = {"DATABASE_URL": f"postgresql://postgres:{EmbeddedServer(s.shop / '.flux').password()}"
+                           f"@127.0.0.1:{server.port}/legacy"}
+    s.flux("install-check", "install", "--check", cwd=s.home, env=env, codes=(1,))
+    s.flux("install", "install", "--yes", cwd=s.home, env=env)
+    s.flux("install-again", "install", cwd=s.home, env=env)
 
 
 FIX = '''\
@@ -576,10 +613,11 @@ def options_block(words: str) -> str | None:
 
 # How DESIGN.md spells the values of options and arguments, by parameter name.
 METAVARS = {"request": "ID", "request_id": "ID", "target": "ID|FILE", "good": "REV",
-            "bad": "REV", "window": "A..B", "ids": "ID,ID,…", "function": "F", "status": "S",
-            "since": "T", "limit": "N", "port": "N", "workers": "N", "concurrency": "N",
-            "id": "PK", "input": "JSON", "sql": "SQL", "db": "tape|live", "expect": "same",
-            "output": "FILE", "path": "FILE", "paths": "PATH", "job": "JOB", "host": "HOST"}
+            "bad": "REV", "window": "A..B", "when": "A..B", "ids": "ID,ID,…", "function": "F",
+            "status": "S", "since": "T", "limit": "N", "port": "N", "workers": "N",
+            "concurrency": "N", "id": "PK", "input": "JSON", "sql": "SQL", "db": "tape|live",
+            "expect": "same", "output": "FILE", "path": "FILE", "paths": "PATH", "job": "JOB",
+            "host": "HOST"}
 
 
 def _metavar(param: Any) -> str:

@@ -12,10 +12,10 @@ from psycopg.rows import dict_row
 
 from flux._errors import ConfigError
 from flux._jsoncodec import plain
+from flux.inspect._window import describe as _describe
+from flux.inspect._window import parse_time as _parse_time
+from flux.inspect._window import parse_window as _parse_window
 from flux.store._queries import load
-
-_AGO = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclass(frozen=True)
@@ -44,33 +44,27 @@ def parse_status(text: str | None) -> StatusFilter:
 
 def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     """``15m`` / ``2h`` / ``3d`` ago, ``14:05`` today (local time), or an ISO date-time."""
-    now = now or dt.datetime.now().astimezone()
-    value = text.strip()
-    if match := _AGO.match(value):
-        return now - dt.timedelta(seconds=int(match[1]) * _UNIT[match[2]])
-    if re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", value):
-        parts = [int(p) for p in value.split(":")]
-        return now.replace(hour=parts[0], minute=parts[1],
-                           second=parts[2] if len(parts) > 2 else 0, microsecond=0)
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ConfigError(f"{text!r} is not a time: use 15m, 2h, 14:05 or "
-                          "2026-03-10T14:00") from exc
-    return parsed if parsed.tzinfo else parsed.astimezone()
+    return _parse_time(text, now=now)
 
 
 def parse_window(text: str) -> tuple[dt.datetime, dt.datetime]:
-    """``14:00..14:05``, ``2026-03-10T14:00..2026-03-10T15:00`` or ``1h..now``."""
-    if ".." not in text:
-        raise ConfigError(f"a window is START..END (e.g. 14:00..14:05), not {text!r}")
-    start_text, end_text = text.split("..", 1)
-    start = parse_time(start_text)
-    end = dt.datetime.now().astimezone() if end_text.strip() in ("", "now") \
-        else parse_time(end_text)
-    if end <= start:
-        raise ConfigError(f"the window {text!r} ends before it starts")
-    return start, end
+    """The two ends of a window as flux/_window.py reads it (``14:00..14:05``,
+    ``14:20-14:25``, ``2026-03-10T14:00..2026-03-10T15:00``, ``1h..now`` …)."""
+    window = _parse_window(text)
+    return window.start, window.end
+
+
+def server_zone(conn: psycopg.Connection[Any]) -> str | None:
+    """The server's TimeZone setting: the zone psql shows its times in."""
+    row = conn.execute(load("inspect").server_timezone).fetchone()
+    return str(row[0]) if row and row[0] else None
+
+
+def describe_window(conn: psycopg.Connection[Any] | None, text: str) -> dict[str, Any]:
+    """The interpretation of the window ``text``, in the reader's zone and, where it differs,
+    the server's (``conn``'s)."""
+    return _describe(_parse_window(text),
+                            server_zone=server_zone(conn) if conn is not None else None)
 
 
 def list_executions(conn: psycopg.Connection[Any], *, function: str | None = None,

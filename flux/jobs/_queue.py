@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from flux._errors import AmbiguousId, ConfigError, FluxError, NotFound
+from flux._ids import clean_id
 from flux.store._lookup import id_range
 from flux.store._queries import load
 
@@ -54,6 +55,7 @@ def resolve_job(conn: psycopg.Connection[Any], prefix: str) -> str:
         low, high = id_range(prefix)
     except ConfigError:
         raise ConfigError(f"{prefix!r} is not a job id or a prefix of one") from None
+    prefix = clean_id(prefix)
     rows = conn.execute(load("jobs").jobs_in_range, {"low": low, "high": high}).fetchall()
     if not rows:
         raise NotFound(f"no job has an id starting with {prefix!r}",

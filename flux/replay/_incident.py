@@ -43,6 +43,8 @@ def select(conn: psycopg.Connection[Any], *, window: str | None = None,
     if window:
         start, end = parse_window(window)
     full_ids = [resolve_id(conn, prefix) for prefix in ids] if ids else None
+    if full_ids is not None and not full_ids:
+        raise ConfigError("--ids names no execution: give ID,ID,…")
     filt = parse_status(status)
     rows = conn.execute(load("inspect").incident, {
         "ids": full_ids, "function": function, "status": filt.status,

@@ -33,6 +33,8 @@ class Inspector(Protocol):
                    since: str | None = None, window: str | None = None,
                    limit: int = 20) -> list[dict[str, Any]]: ...
 
+    def window(self, text: str) -> dict[str, Any]: ...
+
     def record(self, prefix: str) -> dict[str, Any]: ...
 
     def why(self, prefix: str) -> dict[str, Any]: ...
@@ -81,6 +83,14 @@ class Local:
         with self._connect() as conn:
             return list_executions(conn, function=function, status=status, since=since,
                                    window=window, limit=limit)
+
+    def window(self, text: str) -> dict[str, Any]:
+        """How a window is read: in this machine's zone, and the database server's."""
+        # lazy: only what this command reads (module docstring)
+        from flux.inspect._ls import describe_window
+
+        with self._connect() as conn:
+            return describe_window(conn, text)
 
     def record(self, prefix: str) -> dict[str, Any]:
         """``flux record export``: the portable record of one execution."""

@@ -66,6 +66,13 @@ class Remote:
                               since=since, window=window, limit=limit)
         return list(document["executions"])
 
+    def window(self, text: str) -> dict[str, Any]:
+        # Read here, where the person typing it is (the times are sent as ISO); lazy like
+        # the window above, so the remote CLI loads no more than it uses.
+        from flux.inspect._ls import describe_window
+
+        return describe_window(None, text)
+
     def record(self, prefix: str) -> dict[str, Any]:
         return self._call("GET", f"/_flux/executions/{_segment(prefix)}")
 

@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from flux._errors import AmbiguousId, ConfigError, NotFound
+from flux._ids import clean_id
 from flux._jsoncodec import plain
 from flux.store._queries import load
 
@@ -20,8 +21,9 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 
 
 def id_range(prefix: str) -> tuple[str, str]:
-    """The lowest and highest request id that start with ``prefix`` (dashes optional)."""
-    digits = prefix.strip().lower().replace("-", "")
+    """The lowest and highest request id that start with ``prefix`` (dashes optional; a
+    ``req:`` label and the quotes or brackets copied with it are dropped)."""
+    digits = clean_id(prefix).lower().replace("-", "")
     if not digits or not _HEX.match(digits) or len(digits) > 32:
         raise ConfigError(f"{prefix!r} is not a request id or a prefix of one "
                           "(hexadecimal digits and dashes)")
@@ -35,10 +37,10 @@ def resolve_id(conn: psycopg.Connection[Any], prefix: str) -> str:
     low, high = id_range(prefix)
     rows = conn.execute(load("inspect").ids_in_range, {"low": low, "high": high}).fetchall()
     if not rows:
-        raise NotFound(f"no execution has an id starting with {prefix!r}",
+        raise NotFound(f"no execution has an id starting with {clean_id(prefix)!r}",
                        hint="`flux ls` lists recent executions")
     if len(rows) > 1:
-        raise AmbiguousId(prefix, [r[0] for r in rows])
+        raise AmbiguousId(clean_id(prefix), [r[0] for r in rows])
     return str(rows[0][0])
 
 

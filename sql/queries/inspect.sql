@@ -168,3 +168,6 @@ ORDER BY created_at, id;
 SELECT request_id::text, kind, function, method, route, status, http_status, started_at
 FROM flux.trace_requests
 WHERE request_id = %(request_id)s;
+
+-- name: server_timezone
+SELECT current_setting('TimeZone');
