@@ -465,7 +465,8 @@ def resume(request_id: str = typer.Argument(..., help="Execution id or a unique 
         result = source().resume(request_id, dry_run=dry_run, strict=strict)
     except ResumeRefused as refused:
         if as_json and refused.details:
-            print_json({**refused.details, "status": "refused", "error": refused.message})
+            print_json({**refused.details, "status": "error", "refused": True,
+                        "error": refused.message})
         elif refused.details.get("divergence"):
             d = refused.details["divergence"]
             out.print(f"  [yellow]diverged[/] at {escape(str(d['file']))}:{d['line']}: "

@@ -658,6 +658,12 @@ def _raised(f: _Failure) -> str:
 
 
 def _endpoint(url: str) -> str:
+    url = url.split(" +secrets(", 1)[0]  # a tape key's note of secrets sent in headers/body
+    if url.startswith("[redacted "):  # the base URL was a secret: its marker is the host
+        host, _, rest = url.partition("]")
+        path = "/".join(":id" if _ID_SEGMENT.fullmatch(s) else s
+                        for s in rest.split("?", 1)[0].split("/")).rstrip("/")
+        return f"{host}]{path}"
     try:
         parts = urlsplit(url if "://" in url or url.startswith("//") else f"//{url}")
         port = parts.port

@@ -70,14 +70,18 @@ class Secrets:
         rec = ex.recorder
         site = rec.call_site()
         if ex.replay is not None and (served := ex.replay.value("secret", name, site)):
-            value = served.value  # replay hands back a stand-in of the same fingerprint
+            # Replay hands back the local value (same fingerprint) or a stand-in, and the
+            # marker recorded for it: calls that carry it get the key they were recorded with.
+            value, mark = served.value if isinstance(served.value, tuple) else (served.value,
+                                                                                None)
         else:
             mapping = ex.runtime.secrets_map
             value = os.environ.get(mapping.get(name, name))
             rec.tape_append("secret", name,
                             None if value is None else ex.policy.fingerprint(value), site=site)
+            mark = None
         if value and len(value) >= 4:
-            rec.secret_values.add(value)
+            rec.secret_marks[value] = mark or ex.policy.marker(value)
         return value
 
 

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.rows import dict_row
 
+from flux._callkey import db_key
 from flux._execution import begin_statement
 from flux._jsoncodec import encode
 from flux._queries import load
 from flux._recorder import CallSite
-from flux._sql import sql_info, tape_key
+from flux._sql import sql_info
 
 if TYPE_CHECKING:
     from flux._execution import Execution
@@ -59,9 +60,10 @@ class Database:
         info = sql_info(query)
         attrs = {"sql": query, "params": encode(params), "tables": list(info.tables),
                  "verb": info.verb, "fingerprint": info.fingerprint}
+        key = db_key(query, params, rec.secret_marks)  # secret parameters fingerprinted
         with rec.span(info.span_name, "db", site, attrs) as span:
             if ex.replay is not None:  # replay and resume serve (some) calls from a tape
-                served = await ex.replay.db(mode, query, params, span, site)
+                served = await ex.replay.db(mode, query, params, span, site, key=key)
                 if served is not None:
                     return served.value
             try:
@@ -69,14 +71,14 @@ class Database:
             except psycopg.Error as exc:
                 error = db_error(exc)
                 span.error = error
-                rec.tape_append("db", tape_key(query, params), {"error": error}, site=site,
+                rec.tape_append("db", key, {"error": error}, site=site,
                                 span_id=span.id)
                 raise
             span.attrs["rowcount"] = rowcount
             value = {"rows": encode(rows), "rowcount": rowcount, "columns": columns}
             if ex.replay is not None and hasattr(ex.replay, "observed_db"):
                 ex.replay.observed_db(span, value)  # resume compares reads with the tape
-            rec.tape_append("db", tape_key(query, params), ex.policy.cap(value), site=site,
+            rec.tape_append("db", key, ex.policy.cap(value), site=site,
                             span_id=span.id)
             return shape(mode, rows, rowcount)
 

@@ -30,29 +30,11 @@ from flux._jsoncodec import decode
 from flux._queries import load
 from flux._recorder import CallSite, Span
 from flux._replay import TapeReplay
-from flux._tape import Tape
+from flux._tape import KINDS, NEVER, Tape, failure_point
 
 if TYPE_CHECKING:
     from flux._project import Project
     from flux._runtime import Runtime
-
-NEVER = 10**9
-
-
-def failure_point(record: dict[str, Any]) -> int:
-    """The tape position of the call that failed (an HTTP error or 4xx/5xx answer, a
-    database error); everything from there on runs live. NEVER when no IO failed (a bug in
-    the code after the calls)."""
-    for entry in record.get("tape") or []:
-        value = entry.get("value")
-        if not isinstance(value, dict):
-            continue
-        if "error" in value:
-            return int(entry.get("seq") or 0)
-        if entry.get("kind") == "http" and int(value.get("status") or 0) >= 400:
-            return int(entry.get("seq") or 0)
-    return NEVER
-
 
 def plan(record: dict[str, Any]) -> list[dict[str, Any]]:
     """What a resume will do with each call of the tape."""
@@ -80,16 +62,23 @@ class ResumeSource(TapeReplay):
     cut: int = NEVER
     rehearsal: bool = False
     drift: list[dict[str, Any]] = field(default_factory=list)
+    params_drift: list[dict[str, Any]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
     _expected: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite
-                 ) -> Served | None:
-        from flux._sql import tape_key
+    async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite, *,
+                 key: str) -> Served | None:
         from flux._tape import Call
 
-        entry = self.tape.take(Call("db", tape_key(query, params), site.file, site.line,
+        # Statements match by fingerprint (the tape is loose_db): a statement re-executed
+        # live may carry a value an earlier one generated anew (a serial id, a timestamp).
+        entry = self.tape.take(Call("db", key, site.file, site.line,
                                     describe=" ".join(query.split())[:80])).entry
+        if entry is not None and str(entry.get("key")) != key:
+            self.params_drift.append({"call": " ".join(query.split())[:80],
+                                      "file": site.file, "line": site.line,
+                                      "note": "parameters differ from the recorded ones "
+                                              "(a value generated anew is expected)"})
         if entry is not None and "rows" in (entry.get("value") or {}):
             self._expected[span.id] = entry
         return None  # always live, in the resume's transaction
@@ -105,20 +94,22 @@ class ResumeSource(TapeReplay):
                                "recorded": recorded, "now": value.get("rows")})
 
     async def http(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-                   span: Span, site: CallSite) -> Served | None:
+                   span: Span, site: CallSite, *, key: str) -> Served | None:
+        from flux._callkey import endpoint_of
         from flux._tape import Call
 
         queue = self.tape._pending.get("http", [])
         due = queue[0] if queue else None
         if due is not None and int(due.get("seq") or 0) < self.cut:
-            served = await super().http(method, url, headers, body, span, site)
+            served = await super().http(method, url, headers, body, span, site, key=key)
             span.attrs["resume"] = "served from tape"
             return served
         if self.rehearsal:  # rehearsing: nothing leaves, whatever the tape says
             span.attrs["resume"] = "live (rehearsal: not sent)"
-            return await super().http(method, url, headers, body, span, site)
-        self.tape.take(Call("http", f"{method} {url}", site.file, site.line))
-        self.sent.append({"method": method, "url": url, "file": site.file, "line": site.line,
+            return await super().http(method, url, headers, body, span, site, key=key)
+        self.tape.take(Call("http", key, site.file, site.line, describe=endpoint_of(key)))
+        self.sent.append({"method": method, "url": endpoint_of(key).split(" ", 1)[1],
+                          "file": site.file, "line": site.line,
                           "idempotency_key": headers.get("Idempotency-Key")})
         span.attrs["resume"] = "runs live"
         return None
@@ -141,8 +132,11 @@ async def _run(runtime: Runtime, record: dict[str, Any], *, rehearsal: bool,
         raise NotFound(f"no function named {record.get('function')!r} in "
                        f"{runtime.functions_dir}")
     request = record.get("request") or {}
-    source = ResumeSource(Tape.of(record), db_mode="live", cut=failure_point(record),
-                          rehearsal=rehearsal)
+    # Only outside calls (HTTP, jobs, invokes) must keep their sequence before the
+    # failure point: statements run again for real, and match by fingerprint.
+    watched = [k for k in KINDS if k not in ("db", "clock", "random", "uuid", "secret")]
+    source = ResumeSource(Tape.of(record, loose_db=True, watched=watched), db_mode="live",
+                          cut=failure_point(record), rehearsal=rehearsal)
     invocation = Invocation(
         request_id=request_id, spec=spec, input=decode(request.get("body")), kind="resume",
         method=request.get("method"), route=request.get("route"),
@@ -189,6 +183,7 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
         divergence = source.tape.finish()
         cut = failure_point(record)
         result["drift"] = source.drift
+        result["params_drift"] = source.params_drift  # information, never a refusal
         problem = None
         if divergence is not None and (divergence.expected or {}).get("seq", NEVER) < cut:
             result["divergence"] = divergence.to_json()
@@ -204,7 +199,9 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
                        f"{source.drift[0]['file']}:{source.drift[0]['line']}); --strict "
                        "stops here, nothing was executed")
         if dry_run:
-            result.update(status="dry-run", refusal=problem,
+            # ``status`` is the rehearsal's outcome (ok/error), as everywhere else.
+            result.update(status=rehearsal.status, dry_run=True, refusal=problem,
+                          http_status=rehearsal.http_status,
                           rehearsal={"status": rehearsal.status,
                                      "http_status": rehearsal.http_status})
             return result
@@ -216,7 +213,7 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
                       http_status=outcome.http_status, output=outcome.body,
                       error=outcome.error and {k: outcome.error.get(k)
                                                for k in ("type", "message", "file", "line")},
-                      sent=live.sent, drift=live.drift)
+                      sent=live.sent, drift=live.drift, params_drift=live.params_drift)
         if outcome.status == "ok":
             await lock.execute(load("inspect").mark_resumed,
                                {"request_id": record["request_id"],
