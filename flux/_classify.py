@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from flux._ids import short
 from flux._shape import leaf, shape_change
 
 CLASSES = ("timeout", "dependency_error", "rate_limit", "constraint", "payload_shape",
@@ -158,7 +159,9 @@ class _Failure:
 
     @property
     def short_id(self) -> str:
-        return _text(self.record.get("request_id"))[:8] or "<id>"
+        # The unique short form `flux ls` prints: an 8-character UUIDv7 prefix is a
+        # 65-second window, shared by every request made in it.
+        return short(rid) if (rid := _text(self.record.get("request_id"))) else "<id>"
 
     def location(self, span: Mapping[str, Any] | None = None) -> str:
         """``file:line`` of the failure: the error's user frame, else the span's call site."""
