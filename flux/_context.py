@@ -85,6 +85,55 @@ class Secrets:
         return value
 
 
+MISSING_CONFIG = {"_flux_missing": True}  # on the tape: the key was read and was absent
+
+
+class Config(Mapping[str, Any]):
+    """``ctx.config``: the ``[app]`` table of flux.toml. Each key a function reads goes on
+    the tape (kind ``config``, once per execution), so the record says which configuration
+    the execution saw, and a replay runs with production's values (``--config local`` for
+    today's), as it does with every other value from outside."""
+
+    def __init__(self, execution: Execution, values: Mapping[str, Any]) -> None:
+        self._execution = execution
+        self._values = values
+        self._seen: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._seen:
+            self._seen[name] = self._read(name)
+        value = self._seen[name]
+        if value is _ABSENT:
+            raise KeyError(name)
+        return value
+
+    def _read(self, name: str) -> Any:
+        ex = self._execution
+        site = ex.recorder.call_site()
+        if ex.replay is not None and isinstance(name, str) and \
+                (served := ex.replay.value("config", name, site)):
+            return _ABSENT if served.value == MISSING_CONFIG else served.value
+        present = name in self._values
+        value = self._values[name] if present else _ABSENT
+        if isinstance(name, str):
+            ex.recorder.tape_append("config", name,
+                                    encode(value) if present else dict(MISSING_CONFIG),
+                                    site=site)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Config({dict(self._values)!r})"
+
+
+_ABSENT = object()
+
+
 class Log:
     """``ctx.log.info("charged", order_id=…)``: structured lines, attached to the span."""
 
@@ -209,7 +258,7 @@ class Context:
         self.function: str = spec.name
         self.headers: dict[str, str] = dict(headers)
         self.is_replay = is_replay
-        self.config: dict[str, Any] = execution.runtime.app_config
+        self.config: Config = Config(execution, execution.runtime.app_config)
         self.db = Database(execution)
         self.http = Http(execution)
         self.secrets = Secrets(self)

@@ -20,6 +20,7 @@ import psycopg
 from pglast import prettify
 from pglast.parser import ParseError
 
+from flux._callkey import endpoint_of
 from flux._ctx_http import suppressed_response
 from flux._errors import ConfigError, FluxError, NotFound
 from flux._execution import Served
@@ -85,8 +86,8 @@ class _Capture:
     statements: list[dict[str, Any]] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)  # HTTP calls, stubbed
 
-    async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite
-                 ) -> Served | None:
+    async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite, *,
+                 key: str) -> Served | None:
         reads, writes = tables_read_written(query)
         entry = {"sql": query, "params": params, "file": site.file, "line": site.line,
                  "reads": reads, "writes": writes}
@@ -99,9 +100,10 @@ class _Capture:
         return None
 
     async def http(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-                   span: Span, site: CallSite) -> Served | None:
+                   span: Span, site: CallSite, *, key: str) -> Served | None:
         response, stubbed = suppressed_response(self.stubs, url)
-        self.calls.append({"method": method, "url": url, "file": site.file, "line": site.line,
+        shown = endpoint_of(key).split(" ", 1)[1]  # secrets in the URL fingerprinted
+        self.calls.append({"method": method, "url": shown, "file": site.file, "line": site.line,
                           "answered": response.status, "stub": stubbed})
         return Served(response)
 

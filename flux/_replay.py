@@ -26,7 +26,7 @@ from flux._errors import FluxError, HttpConnectionError, HttpTimeout, NotFound
 from flux._execution import Served
 from flux._executor import Invocation, Outcome, execute
 from flux._ids import new_request_id, short
-from flux._jsoncodec import decode
+from flux._jsoncodec import decode, encode
 from flux._recorder import CallSite, Span
 from flux._tape import NEVER, Call, Tape, failure_point
 
@@ -54,6 +54,7 @@ class TapeReplay:
     local_secrets: dict[str, str] = field(default_factory=dict)
     fingerprint: Callable[[str], str] | None = None
     stood_in: list[str] = field(default_factory=list)
+    config_local: bool = False  # ctx.config from today's flux.toml, not the tape
 
     async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite, *,
                  key: str) -> Served | None:
@@ -123,6 +124,8 @@ class TapeReplay:
             return None  # clock, random, uuid, secret: a live value, harmless
         if kind == "secret":
             return Served(self.secret(key, entry.get("value")))
+        if kind == "config" and self.config_local:
+            return None  # today's value
         return Served(decode(entry.get("value")))
 
     def secret(self, name: str, fingerprint: Any) -> tuple[str | None, str | None]:
@@ -187,8 +190,22 @@ def same_outcome(original: dict[str, Any], replayed: dict[str, Any]) -> bool:
     return a.get("type") == b.get("type") and a.get("code") == b.get("code")
 
 
+def config_differences(record: dict[str, Any], today: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``ctx.config`` keys the execution read whose value differs in today's flux.toml."""
+    out = []
+    for entry in record.get("tape") or []:
+        if entry.get("kind") != "config":
+            continue
+        name, recorded = str(entry.get("key")), entry.get("value")
+        now = encode(today[name]) if name in today else {"_flux_missing": True}
+        if recorded != now:
+            out.append({"key": name, "recorded": recorded, "today": now})
+    return out
+
+
 async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "tape",
-                 persist: bool = False, expect_same: bool = False) -> dict[str, Any]:
+                 persist: bool = False, expect_same: bool = False,
+                 config_local: bool = False) -> dict[str, Any]:
     """Replay one record against the runtime's (today's) functions."""
     if db_mode not in ("tape", "live"):
         raise ReplayError(f"--db takes tape or live, not {db_mode!r}")
@@ -205,7 +222,7 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
     source = TapeReplay(Tape.of(record, loose_db=db_mode == "live"), db_mode=db_mode,
                         stubs=runtime.project.replay_stubs,
                         local_secrets=local_secrets(runtime, record),
-                        fingerprint=runtime.policy.fingerprint)
+                        fingerprint=runtime.policy.fingerprint, config_local=config_local)
     headers = {**(request.get("headers") or {}), REPLAY_HEADER: "true"}
     invocation = Invocation(
         request_id=str(new_request_id()), spec=spec, input=decode(request.get("body")),
@@ -238,6 +255,10 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
         "suppressed": source.suppressed,
         "db": db_mode,
         "secrets_stood_in": source.stood_in,
+        # ctx.config: production's values (from the tape) unless --config local; either
+        # way, the keys whose value differs today.
+        "config": {"from": "local" if config_local else "tape",
+                   "differs": config_differences(record, runtime.app_config)},
         "http_status": {"original": record.get("http_status"),
                         "replayed": outcome.http_status},
     }
@@ -259,9 +280,12 @@ def load_target(project: Any, target: str) -> dict[str, Any]:
 
 
 def replay_command(project: Any, target: str, *, db_mode: str = "tape",
-                   expect_same: bool = False) -> dict[str, Any]:
+                   expect_same: bool = False, config: str = "tape") -> dict[str, Any]:
     """``flux replay ID|FILE``: nothing is stored, nothing is sent."""
     import asyncio
+
+    if config not in ("tape", "local"):
+        raise ReplayError(f"--config takes tape or local, not {config!r}")
 
     from flux._database import resolve
     from flux._runtime import Runtime
@@ -278,7 +302,8 @@ def replay_command(project: Any, target: str, *, db_mode: str = "tape",
                 broken = "; ".join(f"{e.file.name}: {e.message}" for e in errors)
                 raise ReplayError(f"{record.get('function')} is not loaded; modules that fail "
                                   f"to load: {broken}")
-            return await replay(runtime, record, db_mode=db_mode, expect_same=expect_same)
+            return await replay(runtime, record, db_mode=db_mode, expect_same=expect_same,
+                                config_local=config == "local")
         finally:
             await runtime.close()
 

@@ -134,7 +134,7 @@ async def _run(runtime: Runtime, record: dict[str, Any], *, rehearsal: bool,
     request = record.get("request") or {}
     # Only outside calls (HTTP, jobs, invokes) must keep their sequence before the
     # failure point: statements run again for real, and match by fingerprint.
-    watched = [k for k in KINDS if k not in ("db", "clock", "random", "uuid", "secret")]
+    watched = [k for k in KINDS if k in ("http", "queue", "invoke")]
     source = ResumeSource(Tape.of(record, loose_db=True, watched=watched), db_mode="live",
                           cut=failure_point(record), rehearsal=rehearsal)
     invocation = Invocation(

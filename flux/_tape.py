@@ -24,7 +24,10 @@ from typing import Any
 
 from flux._callkey import describe_difference
 
-KINDS = ("db", "http", "clock", "random", "uuid", "secret", "queue", "invoke")
+KINDS = ("db", "http", "clock", "random", "uuid", "secret", "queue", "invoke", "config")
+# Kinds matched by key wherever they are: reading a configuration value is no event whose
+# order matters, and each key is read from the world once per execution.
+UNORDERED = frozenset({"config"})
 NEVER = 10**9
 
 
@@ -102,7 +105,7 @@ class Tape:
     loose_db: bool = False
     # The kinds whose changed sequence is a divergence; a call of another kind matches by
     # key wherever it is (resume re-executes statements, so only outside calls count).
-    watched: frozenset[str] = frozenset(KINDS)
+    watched: frozenset[str] = frozenset(KINDS) - UNORDERED
     divergence: Divergence | None = None
     _pending: dict[str, list[dict[str, Any]]] = field(default_factory=dict, init=False)
 
@@ -112,10 +115,10 @@ class Tape:
 
     @classmethod
     def of(cls, record: Mapping[str, Any], *, loose_db: bool = False,
-           watched: Iterable[str] = KINDS) -> Tape:
+           watched: Iterable[str] | None = None) -> Tape:
         spans = {str(s.get("id")): s for s in record.get("spans") or []}
         return cls(list(record.get("tape") or []), spans, loose_db=loose_db,
-                   watched=frozenset(watched))
+                   watched=frozenset(KINDS if watched is None else watched) - UNORDERED)
 
     def _same(self, entry: Mapping[str, Any], call: Call) -> bool:
         key = str(entry.get("key"))

@@ -14,7 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from flux._classify import RootCause, classify, dependency_key
-from flux._diff import departure
+from flux._diff import config_changes, departure
 from flux._errors import ConfigError
 from flux._jsoncodec import plain
 from flux._lookup import fetch_record, handoffs
@@ -144,7 +144,9 @@ def explain_failure(conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any
                                             "constraint", "detail")},
         "mutations": _mutations(conn, record["request_id"]),
         "departure": ({"from": good["request_id"], "at": good["started_at"],
-                       **(departure(record, good) or {"description": "none before the failure"})}
+                       **(departure(record, good) or {"description": "none before the failure"}),
+                       # the configuration it read differently (the A/B flag of a Saturday)
+                       "config": config_changes(good, record)}
                       if good else None),
         "similar": alike["nearest"],
         "similar_summary": {k: v for k, v in alike.items() if k != "nearest"},
