@@ -476,8 +476,8 @@ def resume(request_id: str = typer.Argument(..., help="Execution id or a unique 
     try:
         result = source().resume(request_id, dry_run=dry_run, strict=strict)
     except ResumeRefused as refused:
-        if as_json and refused.details:
-            print_json({**refused.details, "status": "error", "refused": True,
+        if as_json:  # a refusal is an error like any other: status, and the sentence
+            print_json({**(refused.details or {}), "status": "error", "refused": True,
                         "error": refused.message})
         elif refused.details.get("divergence"):
             d = refused.details["divergence"]

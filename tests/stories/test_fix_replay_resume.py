@@ -82,8 +82,8 @@ async def test_fix_bisect_replay_and_resume_a_charge_behind_secrets(
     shas = [good]
     for i in range(1, 7):
         if i == 3:
-            code = (project / "functions" / "place_order.py").read_text()
-            (project / "functions" / "place_order.py").write_text(code.replace(WORKS, BROKEN))
+            source = (project / "functions" / "place_order.py").read_text()
+            (project / "functions" / "place_order.py").write_text(source.replace(WORKS, BROKEN))
             shas.append(commit(project, "receipts: show the amount in cents"))
         else:
             with (project / "README.md").open("a") as readme:
@@ -93,8 +93,8 @@ async def test_fix_bisect_replay_and_resume_a_charge_behind_secrets(
 
     # Production runs the broken code: the customer is charged, then the receipt fails.
     async with serve_app(project, db, provider) as app:  # type: ignore[arg-type]
-        status, body, rid = await app.post("place_order", {"item": "lamp",
-                                                           "amount_cents": 4200})
+        status, _, rid = await app.post("place_order", {"item": "lamp",
+                                                        "amount_cents": 4200})
     assert status == 500 and provider.charges == 1
     sent = len(provider.requests)
     assert provider.requests[0]["headers"]["Authorization"] == f"Bearer {PAYMENTS_KEY}"
@@ -145,6 +145,14 @@ async def test_fix_bisect_replay_and_resume_a_charge_behind_secrets(
     assert incident["results"][0]["original_status"] == "error"
     assert len(provider.requests) == sent  # nothing was sent by any replay or the bisect
 
+    # A rotated key is a different call: resume says so, without printing either value.
+    rotated = "pk_live_rotated_Hc3Nw8"
+    code, refused, out = flux(project, db, "resume", short, env={"PAYMENTS_KEY": rotated})
+    printed.append(out)
+    assert code != 0 and refused["status"] == "error" and refused["refused"] is True
+    assert "different secret value" in out and rotated not in out
+    assert len(provider.requests) == sent and orders(db) == []
+
     code, plan, out = flux(project, db, "resume", short, "--dry-run")
     printed.append(out)
     assert code == 0 and plan["refusal"] is None and plan["status"] == "ok", plan
@@ -157,7 +165,7 @@ async def test_fix_bisect_replay_and_resume_a_charge_behind_secrets(
 
     code, again, out = flux(project, db, "resume", short)
     printed.append(out)
-    assert code != 0 and "already resumed" in out
+    assert code != 0 and "already resumed" in out and again["status"] == "error"
     assert provider.charges == 1 and orders(db) == [("paid", "ch_1")]
 
     everything = "\n".join(printed) + dump(db)
