@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flux._callkey import (
+from flux.runtime._callkey import (
     canonical_url,
     db_key,
     describe_difference,
@@ -15,7 +15,7 @@ from flux._callkey import (
     marker_of,
     redact,
 )
-from flux._redact import RedactionPolicy
+from flux.runtime._redact import RedactionPolicy
 
 POLICY = RedactionPolicy(key=b"k" * 32)
 BASE, TOKEN = "https://pay.example.com/acct_Q7x9", "tok_5Rk8Wn2"
@@ -73,7 +73,7 @@ def test_a_different_secret_value_is_a_difference_that_names_fingerprints_only()
 
 
 def test_parameters_without_secrets_hash_as_before() -> None:
-    from flux._sql import tape_key
+    from flux.store._statement import tape_key
 
     query, params = "SELECT * FROM t WHERE a = %s AND b = %s", [1, "plain text"]
     assert db_key(query, params, REAL) == tape_key(query, params)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flux._project import parse
-from flux._replay import replay_command
+from flux.replay._replay import replay_command
 from tests.fixtures.shop import serve_app
 from tests.stories._world import Provider, dump, flux, init_project
 
