@@ -66,14 +66,14 @@ def replay(when: str = typer.Argument(None, metavar="[WINDOW]",
         if as_json:
             return
         mark = "[green]✓[/]" if result["passed"] else "[red]✗[/]"
-        shown = result["status"] if result["status"] is not None else "—"
+        shown = result["http_status"] if result["http_status"] is not None else "—"
         note = "" if result["passed"] else f"  [dim]{escape(str(result['error'] or ''))}[/]"
         if result.get("divergence"):
             d = result["divergence"]
             note += f"  [yellow]diverged at {escape(str(d['file']))}:{d['line']}[/]"
         progress.console.print(
             f"  {mark} {short(result['request_id'])}  {escape(result['function'] or ''):<20}"
-            f" {result['original_status']} → {shown}{note}", highlight=False)
+            f" {result['original_http_status']} → {shown}{note}", highlight=False)
 
     with progress:
         task = progress.add_task("replay", total=len(chosen))

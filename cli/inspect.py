@@ -3,6 +3,7 @@ one function of ``flux``, render with rich or print JSON."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import typer
@@ -292,7 +293,7 @@ def trace_diff(a: str, b: str, as_json: bool) -> None:
             out.print(f"      [dim]{escape(field)}:[/] {escape(_show(old))} → "
                       f"{escape(_show(new))}")
     for title, changes in (("input", result["input"]), ("output", result["output"]),
-                           ("error", result["error"])):
+                           ("error", result["error"]), ("config", result.get("config") or {})):
         if changes:
             out.print(f"\n  [bold]{title}[/]")
             for field, (old, new) in list(changes.items())[:10]:
@@ -413,6 +414,9 @@ def _render_why(r: dict[str, Any]) -> None:
     if dep:
         row("DEPARTED", f"from the last success {short(dep['from'])}: "
             f"{escape(dep['description'])}")
+        for key, (then, now) in (dep.get("config") or {}).items():
+            row("", f"config {escape(key)} was {escape(_show(then))}, here "
+                f"{escape(_show(now))}")
     summary = r.get("similar_summary") or {}
     if summary.get("count"):
         seen = f"first {_local(summary['first_seen'])} · last {_local(summary['last_seen'])}"
@@ -494,6 +498,8 @@ def replay(target: str = typer.Argument(..., help="Execution id (prefix) or a re
                                       "replay reproduces the original exactly."),
            db: str = typer.Option("tape", "--db", help="tape (default) or live (rolled "
                                   "back)."),
+           config: str = typer.Option("tape", "--config", help="tape (default: the ctx.config "
+                                      "values the execution read) or local (today's)."),
            as_json: bool = JSON) -> None:
     """Run today's code on a recorded execution with the same IO; nothing is sent or kept."""
     from flux._errors import ConfigError
@@ -501,7 +507,8 @@ def replay(target: str = typer.Argument(..., help="Execution id (prefix) or a re
 
     if expect not in (None, "same"):
         raise ConfigError("--expect takes only: same")
-    result = replay_command(load(), target, db_mode=db, expect_same=expect == "same")
+    result = replay_command(load(), target, db_mode=db, expect_same=expect == "same",
+                            config=config)
     if as_json:
         print_json(result)
     else:
@@ -529,6 +536,11 @@ def _render_replay(r: dict[str, Any]) -> None:
                   f"{escape(d['reason'])}")
         out.print(f"    expected  {escape(_show(str(expected)))}")
         out.print(f"    actual    {escape(_show(str(actual)))}")
+    for diff in r.get("config", {}).get("differs", []):
+        used = "today's" if r["config"]["from"] == "local" else "the recorded value"
+        out.print(f"  [dim]config[/] {escape(diff['key'])}: recorded "
+                  f"{escape(json.dumps(diff['recorded']))}, today "
+                  f"{escape(json.dumps(diff['today']))} [dim](replayed with {used})[/]")
     for call in r["beyond_tape"]:
         out.print(f"  [dim]beyond the tape:[/] {escape(call['call'])} at "
                   f"{escape(str(call['file']))}:{call['line']} — {escape(call['handled'])}")
@@ -547,8 +559,9 @@ def resume(request_id: str = typer.Argument(..., help="Execution id or a unique 
     try:
         result = source().resume(request_id, dry_run=dry_run, strict=strict)
     except ResumeRefused as refused:
-        if as_json and refused.details:
-            print_json({**refused.details, "status": "refused", "error": refused.message})
+        if as_json:  # a refusal is an error like any other: status, and the sentence
+            print_json({**(refused.details or {}), "status": "error", "refused": True,
+                        "error": refused.message})
         elif isinstance(d := refused.details.get("divergence"), dict):
             out.print(f"  [yellow]diverged[/] at {escape(str(d['file']))}:{d['line']}: "
                       f"expected {escape(str((d['expected'] or {}).get('key')))}, got "

@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from flux._ids import short
 from flux.inspect._shape import leaf, shape_change
 
 CLASSES = ("timeout", "dependency_error", "rate_limit", "constraint", "payload_shape",
@@ -158,7 +159,9 @@ class _Failure:
 
     @property
     def short_id(self) -> str:
-        return _text(self.record.get("request_id"))[:8] or "<id>"
+        # The unique short form `flux ls` prints: an 8-character UUIDv7 prefix is a
+        # 65-second window, shared by every request made in it.
+        return short(rid) if (rid := _text(self.record.get("request_id"))) else "<id>"
 
     def location(self, span: Mapping[str, Any] | None = None) -> str:
         """``file:line`` of the failure: the error's user frame, else the span's call site."""
@@ -658,6 +661,12 @@ def _raised(f: _Failure) -> str:
 
 
 def _endpoint(url: str) -> str:
+    url = url.split(" +secrets(", 1)[0]  # a tape key's note of secrets sent in headers/body
+    if url.startswith("[redacted "):  # the base URL was a secret: its marker is the host
+        host, _, rest = url.partition("]")
+        path = "/".join(":id" if _ID_SEGMENT.fullmatch(s) else s
+                        for s in rest.split("?", 1)[0].split("/")).rstrip("/")
+        return f"{host}]{path}"
     try:
         parts = urlsplit(url if "://" in url or url.startswith("//") else f"//{url}")
         port = parts.port

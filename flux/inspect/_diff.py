@@ -9,6 +9,7 @@ inserted call shows as one added span instead of shifting everything after it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flux._jsoncodec import plain
+from flux.inspect._classify import dependency_key
 
 Span = dict[str, Any]
 Changes = dict[str, list[Any]]
@@ -57,6 +59,7 @@ class TraceDiff:
     error: Changes
     mutations: dict[str, dict[str, Any]]  # added / removed / changed, keyed "table pk op"
     summary: dict[str, Any]
+    config: Changes = dataclasses.field(default_factory=dict)  # ctx.config values read, a against b
 
 
 # -- JSON ---------------------------------------------------------------------------------
@@ -178,6 +181,10 @@ def _http_target(attrs: dict[str, Any]) -> str:
 
 def _match_key(span: Span) -> tuple[str, str, str]:
     kind, name, target = span_key(span)
+    if kind == "http":
+        # Calls to one endpoint about different objects (GET /payments/pay_1006 and
+        # /payments/pay_1007) pair as one changed span, ids folded as `why` folds them.
+        return kind, "", dependency_key(span)
     return (kind, "", "") if kind in _ENVELOPE else (kind, name, target)
 
 
@@ -356,6 +363,20 @@ def _spans(record: dict[str, Any]) -> list[Span]:
     return spans
 
 
+def config_read(record: dict[str, Any]) -> dict[str, Any]:
+    """The ``ctx.config`` values an execution read (on its tape), by key."""
+    return {str(e.get("key")): e.get("value") for e in record.get("tape") or []
+            if e.get("kind") == "config"}
+
+
+def config_changes(a_record: dict[str, Any], b_record: dict[str, Any]) -> Changes:
+    """The configuration keys both executions read with different values (a key only one
+    of them read is a difference of path, not of configuration)."""
+    a, b = config_read(a_record), config_read(b_record)
+    return {key: [a[key], b[key]] for key in sorted(a.keys() & b.keys())
+            if json_diff(a[key], b[key])}
+
+
 def diff(a_record: dict[str, Any], b_record: dict[str, Any],
          a_mutations: Iterable[dict[str, Any]] = (),
          b_mutations: Iterable[dict[str, Any]] = ()) -> TraceDiff:
@@ -373,10 +394,11 @@ def diff(a_record: dict[str, Any], b_record: dict[str, Any],
         "latency_delta_ms": None if da is None or db is None else round(db - da, 3),
         "mutations": {k: len(v) for k, v in mutations.items()},
     }
+    config = config_changes(a_record, b_record)
     summary["identical"] = counts["same"] == len(spans) and not (
-        inputs or outputs or errors or any(mutations.values()))
+        inputs or outputs or errors or config or any(mutations.values()))
     return TraceDiff(_id(a_record), _id(b_record), spans, inputs, outputs, errors, mutations,
-                     summary)
+                     summary, config)
 
 
 def _id(record: dict[str, Any]) -> str:
@@ -389,7 +411,7 @@ def to_json(diff: TraceDiff) -> dict[str, Any]:
     out: dict[str, Any] = plain({
         "a_id": diff.a_id, "b_id": diff.b_id, "summary": diff.summary,
         "input": diff.input, "output": diff.output, "error": diff.error,
-        "mutations": diff.mutations,
+        "mutations": diff.mutations, "config": diff.config,
         "spans": [{"status": c.status, "key": list(span_key(c.a or c.b or {})),
                    "latency_delta_ms": c.latency_delta_ms, "changes": c.changes,
                    "a": c.a, "b": c.b} for c in diff.spans],

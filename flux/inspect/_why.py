@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from flux._errors import ConfigError
 from flux._jsoncodec import plain
 from flux.inspect._classify import RootCause, classify, dependency_key
-from flux.inspect._diff import departure
+from flux.inspect._diff import config_changes, departure
 from flux.inspect._signature import features, signature_text, vector
 from flux.store._lookup import fetch_record, handoffs
 from flux.store._queries import load
@@ -157,7 +157,9 @@ def explain_failure(conn: psycopg.Connection[Any], prefix: str | dict[str, Any],
                                             "constraint", "detail")},
         "mutations": _mutations(conn, record["request_id"]),
         "departure": ({"from": good["request_id"], "at": good["started_at"],
-                       **(departure(record, good) or {"description": "none before the failure"})}
+                       **(departure(record, good) or {"description": "none before the failure"}),
+                       # the configuration it read differently (the A/B flag of a Saturday)
+                       "config": config_changes(good, record)}
                       if good else None),
         "similar": alike["nearest"],
         "similar_summary": {k: v for k, v in alike.items() if k != "nearest"},

@@ -7,9 +7,11 @@ and a commit that hangs or crashes the interpreter costs one verdict, not the bi
 replay is served from the tape, so nothing is sent and nothing is kept, whatever the
 commit does.
 
-A commit is **good** if every request replays as passing, **bad** if any still fails, and
-**skip** (git bisect's word) if a replay could not run at all — the function does not exist
-or does not load there — in which case a neighbour is tried instead. The search itself
+A commit is **good** if every request replays as passing, **bad** if any fails the way it
+originally did, and **skip** (git bisect's word) if a replay says nothing about the bug —
+it could not run (the function does not exist or does not load there), departed from the
+tape before the original failure point, or failed another way — in which case a neighbour
+is tried instead, and the result names the commits the first bad one may be among. The search itself
 (``search``) and the verdicts (``classify``, ``combine``) are pure and tested without git.
 """
 
@@ -58,7 +60,12 @@ class Tested:
 # -- pure logic ---------------------------------------------------------------------------
 
 def classify(returncode: int, stdout: str, stderr: str) -> tuple[str, str | None]:
-    """The verdict of one ``flux replay --json`` process, and the reason for it."""
+    """The verdict of one ``flux replay --json`` process, and the reason for it.
+
+    git bisect's semantics: **bad** only when the replay fails the way the original did
+    (the same error type and code); a replay that departs from the tape before the original
+    failure point, or fails some other way, says nothing about this bug: **skip**, with the
+    reason."""
     try:
         result = json.loads(stdout)
     except ValueError:
@@ -70,11 +77,21 @@ def classify(returncode: int, stdout: str, stderr: str) -> tuple[str, str | None
         return SKIP, reason
     if returncode == 0 and result["passed"]:
         return GOOD, None
+    divergence = result.get("divergence")
+    if result.get("diverged_before_failure") and divergence:
+        return SKIP, (f"the code departs from the recorded calls before the original "
+                      f"failure ({divergence.get('file')}:{divergence.get('line')}: "
+                      f"{divergence.get('reason')})")
     replayed = result.get("replayed") or {}
-    if replayed.get("status") == "error":
-        error = replayed.get("error") or {}
-        return BAD, f"{error.get('type')}: {error.get('message')}"
-    return SKIP, "the replay neither passed nor failed"
+    if replayed.get("status") != "error":
+        return SKIP, "the replay neither passed nor failed"
+    error = replayed.get("error") or {}
+    original = (result.get("original") or {}).get("error") or {}
+    described = f"{error.get('type')}: {error.get('message')}"
+    if (error.get("type"), error.get("code")) != (original.get("type"), original.get("code")):
+        return SKIP, (f"fails another way: {described} (the original failed with "
+                      f"{original.get('type')})")
+    return BAD, described
 
 
 def combine(verdicts: Sequence[str]) -> str:

@@ -23,6 +23,7 @@ from pglast.parser import ParseError
 from flux._errors import ConfigError, FluxError, NotFound
 from flux._ids import new_request_id
 from flux._project import Project
+from flux.runtime._callkey import endpoint_of
 from flux.runtime._ctx_http import suppressed_response
 from flux.runtime._execution import Served
 from flux.runtime._executor import Invocation, execute
@@ -86,8 +87,8 @@ class _Capture:
     statements: list[dict[str, Any]] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)  # HTTP calls, stubbed
 
-    async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite
-                 ) -> Served | None:
+    async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite, *,
+                 key: str) -> Served | None:
         reads, writes = tables_read_written(query)
         entry = {"sql": query, "params": params, "file": site.file, "line": site.line,
                  "reads": reads, "writes": writes}
@@ -100,9 +101,10 @@ class _Capture:
         return None
 
     async def http(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-                   span: Span, site: CallSite) -> Served | None:
+                   span: Span, site: CallSite, *, key: str) -> Served | None:
         response, stubbed = suppressed_response(self.stubs, url)
-        self.calls.append({"method": method, "url": url, "file": site.file, "line": site.line,
+        shown = endpoint_of(key).split(" ", 1)[1]  # secrets in the URL fingerprinted
+        self.calls.append({"method": method, "url": shown, "file": site.file, "line": site.line,
                           "answered": response.status, "stub": stubbed})
         return Served(response)
 

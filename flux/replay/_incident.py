@@ -77,8 +77,11 @@ async def _run(project: Project, conninfo: str, request_ids: list[str], db_mode:
                 outcome = await replay(runtime, record, db_mode=db_mode, persist=True)
                 result = {
                     "request_id": request_id, "function": record["function"],
-                    "original_status": record["http_status"],
-                    "status": outcome["http_status"]["replayed"],
+                    # ``status`` is ok/error as everywhere; ``http_status`` the code.
+                    "original_status": record["status"],
+                    "status": outcome["replayed"]["status"],
+                    "original_http_status": record["http_status"],
+                    "http_status": outcome["http_status"]["replayed"],
                     "passed": outcome["passed"], "replay_id": outcome["replay_id"],
                     "divergence": outcome["divergence"],
                     "error": (outcome["replayed"]["error"] or {}).get("type"),
@@ -86,7 +89,9 @@ async def _run(project: Project, conninfo: str, request_ids: list[str], db_mode:
                 }
             except FluxError as exc:
                 result = {"request_id": request_id, "function": record.get("function"),
-                          "original_status": record.get("http_status"), "status": None,
+                          "original_status": record.get("status"), "status": "error",
+                          "original_http_status": record.get("http_status"),
+                          "http_status": None,
                           "passed": False, "replay_id": None, "divergence": None,
                           "error": exc.message, "beyond_tape": 0}
             results.append(result)

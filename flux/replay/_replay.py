@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,9 @@ import psycopg
 
 from flux._errors import FluxError, HttpConnectionError, HttpTimeout, NotFound
 from flux._ids import new_request_id, short
-from flux._jsoncodec import decode
-from flux.replay._tape import Call, Tape
+from flux._jsoncodec import decode, encode
+from flux.replay._tape import NEVER, Call, Tape, failure_point
+from flux.runtime._callkey import endpoint_of, marker_of
 from flux.runtime._ctx_db import shape
 from flux.runtime._ctx_http import Response, suppressed_response
 from flux.runtime._execution import Served
@@ -33,7 +36,6 @@ from flux.runtime._runtime import Runtime
 from flux.store._database import reader, resolve
 from flux.store._lookup import fetch_record
 from flux.store._portable import read_file
-from flux.store._statement import tape_key
 
 REPLAY_HEADER = "x-flux-replay"
 
@@ -51,11 +53,16 @@ class TapeReplay:
     stubs: dict[str, Any] = field(default_factory=dict)
     beyond: list[dict[str, Any]] = field(default_factory=list)
     suppressed: list[dict[str, Any]] = field(default_factory=list)
+    # Secrets: the values this machine has, the project's fingerprint function, and the
+    # names a stand-in was handed out for.
+    local_secrets: dict[str, str] = field(default_factory=dict)
+    fingerprint: Callable[[str], str] | None = None
+    stood_in: list[str] = field(default_factory=list)
+    config_local: bool = False  # ctx.config from today's flux.toml, not the tape
 
-    async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite
-                 ) -> Served | None:
-        call = Call("db", tape_key(query, params), site.file, site.line,
-                    describe=_sql_head(query))
+    async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite, *,
+                 key: str) -> Served | None:
+        call = Call("db", key, site.file, site.line, describe=_sql_head(query))
         entry = self.tape.take(call).entry
         if entry is None:
             self.beyond.append({"kind": "db", "call": call.describe, "file": site.file,
@@ -76,12 +83,15 @@ class TapeReplay:
         return Served(shape(mode, rows, int(value.get("rowcount") or 0)))
 
     async def http(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-                   span: Span, site: CallSite) -> Served | None:
-        call = Call("http", f"{method} {url}", site.file, site.line, describe=f"{method} {url}")
+                   span: Span, site: CallSite, *, key: str) -> Served | None:
+        # ``url`` may carry a secret (or its stand-in): only the key's redacted form is shown.
+        shown = endpoint_of(key).split(" ", 1)[1]
+        call = Call("http", key, site.file, site.line, describe=endpoint_of(key))
         entry = self.tape.take(call).entry
-        record = {"method": method, "url": url, "file": site.file, "line": site.line}
+        record = {"method": method, "url": shown, "file": site.file, "line": site.line}
         if entry is None:
             response, stubbed = suppressed_response(self.stubs, url)
+            response = replace(response, url=shown)
             self.beyond.append({"kind": "http", "call": call.describe, "file": site.file,
                                 "line": site.line,
                                 "handled": f"not sent; answered {response.status} by "
@@ -94,17 +104,17 @@ class TapeReplay:
                                 (error or {}).get("type"), "from": "tape"})
         if error:
             if error.get("type") == "timeout":
-                raise HttpTimeout(f"{method} {url} timed out after "
+                raise HttpTimeout(f"{method} {shown} timed out after "
                                   f"{error.get('timeout_s', '?')}s (from the tape)",
-                                  method=method, url=url)
-            raise HttpConnectionError(f"{method} {url} failed: {error.get('message')} "
-                                      "(from the tape)", method=method, url=url)
+                                  method=method, url=shown)
+            raise HttpConnectionError(f"{method} {shown} failed: {error.get('message')} "
+                                      "(from the tape)", method=method, url=shown)
         recorded = value.get("body")
         content = b"" if recorded is None else (
             recorded.encode() if isinstance(recorded, str) else json.dumps(recorded).encode())
         return Served(Response(status=int(value.get("status") or 200),
                                headers=dict(value.get("headers") or {}), content=content,
-                               url=url))
+                               url=shown))
 
     def value(self, kind: str, key: str, site: CallSite) -> Served | None:
         entry = self.tape.take(Call(kind, key, site.file, site.line,
@@ -117,10 +127,33 @@ class TapeReplay:
                 return Served(str(uuid.uuid4()))
             return None  # clock, random, uuid, secret: a live value, harmless
         if kind == "secret":
-            # The value never left production; a stand-in of the same name will do, as
-            # every call that would carry it is answered from the tape.
-            return Served(None if entry.get("value") is None else f"flux-replay-secret:{key}")
+            return Served(self.secret(key, entry.get("value")))
+        if kind == "config" and self.config_local:
+            return None  # today's value
         return Served(decode(entry.get("value")))
+
+    def secret(self, name: str, fingerprint: Any) -> tuple[str | None, str | None]:
+        """The value a replayed ``ctx.secrets.get(name)`` returns, and the marker calls
+        carrying it are keyed with: the recorded fingerprint's, whichever value is handed
+        out. The local value when this machine has it with the recorded fingerprint (an
+        HMAC the handler computes comes out the same), else a stand-in, listed."""
+        if not isinstance(fingerprint, str):
+            return None, None  # the secret was unset when the execution ran
+        local = self.local_secrets.get(name)
+        if local is not None and self.fingerprint is not None and \
+                self.fingerprint(local) == fingerprint:
+            return local, marker_of(fingerprint)
+        if name not in self.stood_in:
+            self.stood_in.append(name)
+        return f"flux-replay-secret:{name}", marker_of(fingerprint)
+
+
+def local_secrets(runtime: Runtime, record: dict[str, Any]) -> dict[str, str]:
+    """The values this machine has for the secrets the record read (by the same
+    ``[secrets]`` mapping the runtime uses)."""
+    names = {str(e.get("key")) for e in record.get("tape") or [] if e.get("kind") == "secret"}
+    found = {n: os.environ.get(runtime.secrets_map.get(n, n)) for n in names}
+    return {n: v for n, v in found.items() if v}
 
 
 def _sql_head(query: str) -> str:
@@ -161,8 +194,22 @@ def same_outcome(original: dict[str, Any], replayed: dict[str, Any]) -> bool:
     return a.get("type") == b.get("type") and a.get("code") == b.get("code")
 
 
+def config_differences(record: dict[str, Any], today: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``ctx.config`` keys the execution read whose value differs in today's flux.toml."""
+    out = []
+    for entry in record.get("tape") or []:
+        if entry.get("kind") != "config":
+            continue
+        name, recorded = str(entry.get("key")), entry.get("value")
+        now = encode(today[name]) if name in today else {"_flux_missing": True}
+        if recorded != now:
+            out.append({"key": name, "recorded": recorded, "today": now})
+    return out
+
+
 async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "tape",
-                 persist: bool = False, expect_same: bool = False) -> dict[str, Any]:
+                 persist: bool = False, expect_same: bool = False,
+                 config_local: bool = False) -> dict[str, Any]:
     """Replay one record against the runtime's (today's) functions."""
     if db_mode not in ("tape", "live"):
         raise ReplayError(f"--db takes tape or live, not {db_mode!r}")
@@ -177,7 +224,9 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
                        hint="replay runs today's code: is this the right project?")
     request = record.get("request") or {}
     source = TapeReplay(Tape.of(record, loose_db=db_mode == "live"), db_mode=db_mode,
-                        stubs=runtime.project.replay_stubs)
+                        stubs=runtime.project.replay_stubs,
+                        local_secrets=local_secrets(runtime, record),
+                        fingerprint=runtime.policy.fingerprint, config_local=config_local)
     headers = {**(request.get("headers") or {}), REPLAY_HEADER: "true"}
     invocation = Invocation(
         request_id=str(new_request_id()), spec=spec, input=decode(request.get("body")),
@@ -191,6 +240,8 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
     original = _outcome_facts(record["status"], (record.get("response") or {}).get("body"),
                               record.get("error"))
     replayed = _outcome_facts(outcome.status, outcome.body, outcome.error)
+    original["http_status"], replayed["http_status"] = (record.get("http_status"),
+                                                        outcome.http_status)
     # "The same" is the same outcome reached the same way: a replay that diverged from its
     # tape did not reproduce the original, even if it happened to return the same thing.
     passed = (same_outcome(original, replayed) and divergence is None) if expect_same \
@@ -202,10 +253,19 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
         "original": original,
         "replayed": replayed,
         "divergence": None if divergence is None else divergence.to_json(),
+        # Whether the replay departed from the tape before the original failed (then its
+        # outcome says nothing about the original failure: bisect's "skip").
+        "diverged_before_failure": divergence is not None and int(
+            (divergence.expected or {}).get("seq") or NEVER) < failure_point(record),
         "passed": passed,
         "beyond_tape": source.beyond,
         "suppressed": source.suppressed,
         "db": db_mode,
+        "secrets_stood_in": source.stood_in,
+        # ctx.config: production's values (from the tape) unless --config local; either
+        # way, the keys whose value differs today.
+        "config": {"from": "local" if config_local else "tape",
+                   "differs": config_differences(record, runtime.app_config)},
         "http_status": {"original": record.get("http_status"),
                         "replayed": outcome.http_status},
     }
@@ -222,8 +282,11 @@ def load_target(project: Any, target: str) -> dict[str, Any]:
 
 
 def replay_command(project: Any, target: str, *, db_mode: str = "tape",
-                   expect_same: bool = False) -> dict[str, Any]:
+                   expect_same: bool = False, config: str = "tape") -> dict[str, Any]:
     """``flux replay ID|FILE``: nothing is stored, nothing is sent."""
+    if config not in ("tape", "local"):
+        raise ReplayError(f"--config takes tape or local, not {config!r}")
+
 
     record = load_target(project, target)
 
@@ -237,7 +300,8 @@ def replay_command(project: Any, target: str, *, db_mode: str = "tape",
                 broken = "; ".join(f"{e.file.name}: {e.message}" for e in errors)
                 raise ReplayError(f"{record.get('function')} is not loaded; modules that fail "
                                   f"to load: {broken}")
-            return await replay(runtime, record, db_mode=db_mode, expect_same=expect_same)
+            return await replay(runtime, record, db_mode=db_mode, expect_same=expect_same,
+                                config_local=config == "local")
         finally:
             await runtime.close()
 

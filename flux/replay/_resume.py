@@ -26,7 +26,8 @@ from flux._errors import NotFound, ResumeRefused
 from flux._ids import new_request_id, short
 from flux._jsoncodec import decode
 from flux.replay._replay import TapeReplay
-from flux.replay._tape import Call, Tape
+from flux.replay._tape import KINDS, NEVER, Call, Tape, failure_point
+from flux.runtime._callkey import endpoint_of
 from flux.runtime._execution import Served
 from flux.runtime._executor import Invocation, execute
 from flux.runtime._recorder import CallSite, Span
@@ -34,28 +35,9 @@ from flux.runtime._runtime import Runtime
 from flux.store._database import reader, resolve
 from flux.store._lookup import fetch_record
 from flux.store._queries import load
-from flux.store._statement import tape_key
 
 if TYPE_CHECKING:
     from flux._project import Project
-
-NEVER = 10**9
-
-
-def failure_point(record: dict[str, Any]) -> int:
-    """The tape position of the call that failed (an HTTP error or 4xx/5xx answer, a
-    database error); everything from there on runs live. NEVER when no IO failed (a bug in
-    the code after the calls)."""
-    for entry in record.get("tape") or []:
-        value = entry.get("value")
-        if not isinstance(value, dict):
-            continue
-        if "error" in value:
-            return int(entry.get("seq") or 0)
-        if entry.get("kind") == "http" and int(value.get("status") or 0) >= 400:
-            return int(entry.get("seq") or 0)
-    return NEVER
-
 
 def plan(record: dict[str, Any]) -> list[dict[str, Any]]:
     """What a resume will do with each call of the tape."""
@@ -83,13 +65,21 @@ class ResumeSource(TapeReplay):
     cut: int = NEVER
     rehearsal: bool = False
     drift: list[dict[str, Any]] = field(default_factory=list)
+    params_drift: list[dict[str, Any]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
     _expected: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite
-                 ) -> Served | None:
-        entry = self.tape.take(Call("db", tape_key(query, params), site.file, site.line,
+    async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite, *,
+                 key: str) -> Served | None:
+        # Statements match by fingerprint (the tape is loose_db): a statement re-executed
+        # live may carry a value an earlier one generated anew (a serial id, a timestamp).
+        entry = self.tape.take(Call("db", key, site.file, site.line,
                                     describe=" ".join(query.split())[:80])).entry
+        if entry is not None and str(entry.get("key")) != key:
+            self.params_drift.append({"call": " ".join(query.split())[:80],
+                                      "file": site.file, "line": site.line,
+                                      "note": "parameters differ from the recorded ones "
+                                              "(a value generated anew is expected)"})
         if entry is not None and "rows" in (entry.get("value") or {}):
             self._expected[span.id] = entry
         return None  # always live, in the resume's transaction
@@ -105,19 +95,20 @@ class ResumeSource(TapeReplay):
                                "recorded": recorded, "now": value.get("rows")})
 
     async def http(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-                   span: Span, site: CallSite) -> Served | None:
+                   span: Span, site: CallSite, *, key: str) -> Served | None:
 
         queue = self.tape._pending.get("http", [])
         due = queue[0] if queue else None
         if due is not None and int(due.get("seq") or 0) < self.cut:
-            served = await super().http(method, url, headers, body, span, site)
+            served = await super().http(method, url, headers, body, span, site, key=key)
             span.attrs["resume"] = "served from tape"
             return served
         if self.rehearsal:  # rehearsing: nothing leaves, whatever the tape says
             span.attrs["resume"] = "live (rehearsal: not sent)"
-            return await super().http(method, url, headers, body, span, site)
-        self.tape.take(Call("http", f"{method} {url}", site.file, site.line))
-        self.sent.append({"method": method, "url": url, "file": site.file, "line": site.line,
+            return await super().http(method, url, headers, body, span, site, key=key)
+        self.tape.take(Call("http", key, site.file, site.line, describe=endpoint_of(key)))
+        self.sent.append({"method": method, "url": endpoint_of(key).split(" ", 1)[1],
+                          "file": site.file, "line": site.line,
                           "idempotency_key": headers.get("Idempotency-Key")})
         span.attrs["resume"] = "runs live"
         return None
@@ -138,8 +129,11 @@ async def _run(runtime: Runtime, record: dict[str, Any], *, rehearsal: bool,
         raise NotFound(f"no function named {record.get('function')!r} in "
                        f"{runtime.functions_dir}")
     request = record.get("request") or {}
-    source = ResumeSource(Tape.of(record), db_mode="live", cut=failure_point(record),
-                          rehearsal=rehearsal)
+    # Only outside calls (HTTP, jobs, invokes) must keep their sequence before the
+    # failure point: statements run again for real, and match by fingerprint.
+    watched = [k for k in KINDS if k in ("http", "queue", "invoke")]
+    source = ResumeSource(Tape.of(record, loose_db=True, watched=watched), db_mode="live",
+                          cut=failure_point(record), rehearsal=rehearsal)
     invocation = Invocation(
         request_id=request_id, spec=spec, input=decode(request.get("body")), kind="resume",
         method=request.get("method"), route=request.get("route"),
@@ -186,6 +180,7 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
         divergence = source.tape.finish()
         cut = failure_point(record)
         result["drift"] = source.drift
+        result["params_drift"] = source.params_drift  # information, never a refusal
         problem = None
         if divergence is not None and (divergence.expected or {}).get("seq", NEVER) < cut:
             result["divergence"] = divergence.to_json()
@@ -201,7 +196,9 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
                        f"{source.drift[0]['file']}:{source.drift[0]['line']}); --strict "
                        "stops here, nothing was executed")
         if dry_run:
-            result.update(status="dry-run", refusal=problem,
+            # ``status`` is the rehearsal's outcome (ok/error), as everywhere else.
+            result.update(status=rehearsal.status, dry_run=True, refusal=problem,
+                          http_status=rehearsal.http_status,
                           rehearsal={"status": rehearsal.status,
                                      "http_status": rehearsal.http_status})
             return result
@@ -213,7 +210,7 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
                       http_status=outcome.http_status, output=outcome.body,
                       error=outcome.error and {k: outcome.error.get(k)
                                                for k in ("type", "message", "file", "line")},
-                      sent=live.sent, drift=live.drift)
+                      sent=live.sent, drift=live.drift, params_drift=live.params_drift)
         if outcome.status == "ok":
             await lock.execute(load("inspect").mark_resumed,
                                {"request_id": record["request_id"],

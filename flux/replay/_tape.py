@@ -22,7 +22,27 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("db", "http", "clock", "random", "uuid", "secret", "queue", "invoke")
+from flux.runtime._callkey import describe_difference
+
+KINDS = ("db", "http", "clock", "random", "uuid", "secret", "queue", "invoke", "config")
+# Kinds matched by key wherever they are: reading a configuration value is no event whose
+# order matters, and each key is read from the world once per execution.
+UNORDERED = frozenset({"config"})
+NEVER = 10**9
+
+
+def failure_point(record: Mapping[str, Any]) -> int:
+    """The tape position of the call that failed (an HTTP error or 4xx/5xx answer, a
+    database error). NEVER when no IO failed (a bug in the code after the calls)."""
+    for entry in record.get("tape") or []:
+        value = entry.get("value")
+        if not isinstance(value, dict):
+            continue
+        if "error" in value:
+            return int(entry.get("seq") or 0)
+        if entry.get("kind") == "http" and int(value.get("status") or 0) >= 400:
+            return int(entry.get("seq") or 0)
+    return NEVER
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,9 @@ class Tape:
     # With the database live, a statement's parameters may come from live results (a new
     # id) and differ from the tape's: then statements match by fingerprint alone.
     loose_db: bool = False
+    # The kinds whose changed sequence is a divergence; a call of another kind matches by
+    # key wherever it is (resume re-executes statements, so only outside calls count).
+    watched: frozenset[str] = frozenset(KINDS) - UNORDERED
     divergence: Divergence | None = None
     _pending: dict[str, list[dict[str, Any]]] = field(default_factory=dict, init=False)
 
@@ -91,9 +114,11 @@ class Tape:
             self._pending.setdefault(str(entry.get("kind")), []).append(entry)
 
     @classmethod
-    def of(cls, record: Mapping[str, Any], *, loose_db: bool = False) -> Tape:
+    def of(cls, record: Mapping[str, Any], *, loose_db: bool = False,
+           watched: Iterable[str] | None = None) -> Tape:
         spans = {str(s.get("id")): s for s in record.get("spans") or []}
-        return cls(list(record.get("tape") or []), spans, loose_db=loose_db)
+        return cls(list(record.get("tape") or []), spans, loose_db=loose_db,
+                   watched=frozenset(KINDS if watched is None else watched) - UNORDERED)
 
     def _same(self, entry: Mapping[str, Any], call: Call) -> bool:
         key = str(entry.get("key"))
@@ -106,6 +131,9 @@ class Tape:
         queue = self._pending.get(call.kind, [])
         if not queue:
             return Match(None, in_order=self.divergence is None)
+        if call.kind not in self.watched:
+            index = next((i for i, e in enumerate(queue) if self._same(e, call)), None)
+            return Match(None if index is None else queue.pop(index), in_order=True)
         due = queue[0]
         if self._same(due, call):
             return Match(queue.pop(0), in_order=True)
@@ -127,7 +155,7 @@ class Tape:
         (a removed call at the end of a function)."""
         if self.divergence is None:
             left = [e for q in self._pending.values() for e in q
-                    if e.get("kind") not in ("invoke",)]
+                    if e.get("kind") not in ("invoke",) and e.get("kind") in self.watched]
             if left:
                 first = min(left, key=lambda e: e.get("seq") or 0)
                 self.divergence = Divergence(expected=first, actual=None,
@@ -150,6 +178,9 @@ class Tape:
 
     @staticmethod
     def _reason(due: Mapping[str, Any], call: Call, later: bool) -> str:
+        if due.get("kind") == call.kind and \
+                (secret := describe_difference(str(due.get("key", "")), call.key)):
+            return secret
         if later:
             return "the call comes earlier than in the original (reordered, or a call " \
                    "before it was removed)"

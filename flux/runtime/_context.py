@@ -78,15 +78,68 @@ class Secrets:
         rec = ex.recorder
         site = rec.call_site()
         if ex.replay is not None and (served := ex.replay.value("secret", name, site)):
-            value = served.value  # replay hands back a stand-in of the same fingerprint
+            # Replay hands back the local value (same fingerprint) or a stand-in, and the
+            # marker recorded for it: calls that carry it get the key they were recorded with.
+            value, mark = served.value if isinstance(served.value, tuple) else (served.value,
+                                                                                None)
         else:
             mapping = ex.runtime.secrets_map
             value = os.environ.get(mapping.get(name, name))
             rec.tape_append("secret", name,
                             None if value is None else ex.policy.fingerprint(value), site=site)
+            mark = None
         if value and len(value) >= 4:
-            rec.secret_values.add(value)
+            rec.secret_marks[value] = mark or ex.policy.marker(value)
         return value
+
+
+MISSING_CONFIG = {"_flux_missing": True}  # on the tape: the key was read and was absent
+
+
+class Config(Mapping[str, Any]):
+    """``ctx.config``: the ``[app]`` table of flux.toml. Each key a function reads goes on
+    the tape (kind ``config``, once per execution), so the record says which configuration
+    the execution saw, and a replay runs with production's values (``--config local`` for
+    today's), as it does with every other value from outside."""
+
+    def __init__(self, execution: Execution, values: Mapping[str, Any]) -> None:
+        self._execution = execution
+        self._values = values
+        self._seen: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._seen:
+            self._seen[name] = self._read(name)
+        value = self._seen[name]
+        if value is _ABSENT:
+            raise KeyError(name)
+        return value
+
+    def _read(self, name: str) -> Any:
+        ex = self._execution
+        site = ex.recorder.call_site()
+        if ex.replay is not None and isinstance(name, str) and \
+                (served := ex.replay.value("config", name, site)):
+            return _ABSENT if served.value == MISSING_CONFIG else served.value
+        present = name in self._values
+        value = self._values[name] if present else _ABSENT
+        if isinstance(name, str):
+            ex.recorder.tape_append("config", name,
+                                    encode(value) if present else dict(MISSING_CONFIG),
+                                    site=site)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Config({dict(self._values)!r})"
+
+
+_ABSENT = object()
 
 
 class Log:
@@ -213,7 +266,7 @@ class Context:
         self.function: str = spec.name
         self.headers: dict[str, str] = dict(headers)
         self.is_replay = is_replay
-        self.config: dict[str, Any] = execution.runtime.app_config
+        self.config: Config = Config(execution, execution.runtime.app_config)
         self.db = Database(execution)
         self.http = Http(execution)
         self.secrets = Secrets(self)

@@ -19,11 +19,12 @@ import psycopg
 from psycopg.rows import dict_row
 
 from flux._jsoncodec import encode
+from flux.runtime._callkey import db_key
 from flux.runtime._execution import begin_statement
 from flux.runtime._recorder import CallSite
 from flux.store._database import db_error
 from flux.store._queries import load
-from flux.store._statement import sql_info, tape_key
+from flux.store._statement import sql_info
 
 if TYPE_CHECKING:
     from flux.runtime._execution import Execution
@@ -60,9 +61,10 @@ class Database:
         info = sql_info(query)
         attrs = {"sql": query, "params": encode(params), "tables": list(info.tables),
                  "verb": info.verb, "fingerprint": info.fingerprint}
+        key = db_key(query, params, rec.secret_marks)  # secret parameters fingerprinted
         with rec.span(info.span_name, "db", site, attrs) as span:
             if ex.replay is not None:  # replay and resume serve (some) calls from a tape
-                served = await ex.replay.db(mode, query, params, span, site)
+                served = await ex.replay.db(mode, query, params, span, site, key=key)
                 if served is not None:
                     return served.value
             try:
@@ -70,14 +72,14 @@ class Database:
             except psycopg.Error as exc:
                 error = db_error(exc)
                 span.error = error
-                rec.tape_append("db", tape_key(query, params), {"error": error}, site=site,
+                rec.tape_append("db", key, {"error": error}, site=site,
                                 span_id=span.id)
                 raise
             span.attrs["rowcount"] = rowcount
             value = {"rows": encode(rows), "rowcount": rowcount, "columns": columns}
             if ex.replay is not None and hasattr(ex.replay, "observed_db"):
                 ex.replay.observed_db(span, value)  # resume compares reads with the tape
-            rec.tape_append("db", tape_key(query, params), ex.policy.cap(value), site=site,
+            rec.tape_append("db", key, ex.policy.cap(value), site=site,
                             span_id=span.id)
             return shape(mode, rows, rowcount)
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from flux._errors import HttpConnectionError, HttpStatusError, HttpTimeout
+from flux.runtime._callkey import http_key, redact
 from flux.runtime._recorder import CallSite
 
 if TYPE_CHECKING:
@@ -110,10 +111,14 @@ class Http:
             body = data.encode()
         else:
             body = data
-        parts = urlsplit(url)
         policy = ex.policy
         secrets = rec.secret_values
-        shown_url = policy.scrub_text(url, secrets)  # a secret in a query string stays out
+        marks = rec.secret_marks
+        # The call's canonical form: secrets replaced by their markers wherever they are.
+        # The key, the span's name and every message are made from it, never from ``url``.
+        shown_url = redact(url, marks)
+        key = http_key(method, url, marks, params=params, headers=sent_headers,
+                       body=json if json is not None else body)
         attrs: dict[str, Any] = {
             "method": method, "url": shown_url, "call_seq": call_seq, "timeout_s": timeout,
             "request": {
@@ -122,13 +127,13 @@ class Http:
                 "body": ex.prepare_body(json if json is not None else _text(body)),
             },
         }
-        key = f"{method} {shown_url}"
-        with rec.span(f"http.{method.lower()} {parts.netloc}{parts.path}", "http", site,
+        with rec.span(f"http.{method.lower()} {span_target(shown_url)}", "http", site,
                       attrs) as span:
             added = _propagate(ex, span, sent_headers)
             attrs["request"]["headers"].update(added)
             if ex.replay is not None:
-                served = await ex.replay.http(method, url, sent_headers, body, span, site)
+                served = await ex.replay.http(method, url, sent_headers, body, span, site,
+                                              key=key)
                 if served is not None:
                     response = served.value
                     span.attrs["status"] = response.status
@@ -151,7 +156,7 @@ class Http:
                 rec.tape_append("http", key, {"error": error}, site=site, span_id=span.id,
                                 call_seq=call_seq)
                 raise HttpTimeout(f"{method} {shown_url} timed out after {timeout:g}s",
-                                  method=method, url=url) from exc
+                                  method=method, url=shown_url) from exc
             except aiohttp.ClientError as exc:
                 error = {"type": "connection",
                          "message": policy.scrub_text(str(exc) or type(exc).__name__, secrets)}
@@ -159,7 +164,7 @@ class Http:
                 rec.tape_append("http", key, {"error": error}, site=site, span_id=span.id,
                                 call_seq=call_seq)
                 raise HttpConnectionError(f"{method} {shown_url} failed: {error['message']}",
-                                          method=method, url=url) from exc
+                                          method=method, url=shown_url) from exc
             except asyncio.CancelledError:
                 raise
             span.attrs["status"] = response.status
@@ -177,6 +182,15 @@ class Http:
             rec.tape_append("http", key, recorded, site=site, span_id=span.id,
                             call_seq=call_seq)
             return response
+
+
+def span_target(shown_url: str) -> str:
+    """Host and path of a (redacted) URL, for a span's name: no scheme, no query. A URL
+    whose base is a secret keeps the secret's marker in place of the host."""
+    parts = urlsplit(shown_url)
+    if parts.netloc:
+        return f"{parts.netloc}{parts.path}"
+    return shown_url.split("?", 1)[0]
 
 
 def _propagate(ex: Execution, span: Any, headers: dict[str, str]) -> dict[str, str]:

@@ -227,7 +227,7 @@ async def _fail(ex: Execution, inv: Invocation, failure: BaseException, persist:
                 transaction_lost: bool = False) -> Outcome:
     scrub = lambda text: ex.policy.scrub_text(text, ex.recorder.secret_values)  # noqa: E731
     error = describe_error(failure, ex.recorder, scrub)
-    http_status, body = _answer(inv, failure)
+    http_status, body = _answer(inv, failure, stored=persist)
     error["http_status"] = http_status
     mutations: list[dict[str, Any]] = []
     conn = ex.conn
@@ -310,9 +310,11 @@ async def _discard(ex: Execution) -> None:
     await ex.release()
 
 
-def _answer(inv: Invocation, failure: BaseException) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and body the client gets for a failure."""
-    hint = f"flux why {short(inv.request_id)}"
+def _answer(inv: Invocation, failure: BaseException, *, stored: bool = True
+            ) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and body the client gets for a failure. A local replay is not
+    stored, so its hint names the original (``flux why`` could not find the replay)."""
+    hint = f"flux why {short(inv.request_id if stored else inv.replay_of or inv.request_id)}"
     if isinstance(failure, FunctionError):
         return failure.status, {"error": {"code": failure.error_code,
                                           "message": failure.message},

@@ -71,8 +71,15 @@ class Recorder:
         self.spans: list[Span] = []
         self.tape: list[dict[str, Any]] = []
         self.logs: list[dict[str, Any]] = []
-        self.secret_values: set[str] = set()
+        # Each secret value the execution read, to the marker that stands for it: what
+        # redaction writes and what call keys are made over (flux.runtime._callkey).
+        self.secret_marks: dict[str, str] = {}
         self.http_calls = 0
+
+    @property
+    def secret_values(self) -> set[str]:
+        """The secret values the execution read (each scrubbed from the record)."""
+        return set(self.secret_marks)
 
     # -- time ----------------------------------------------------------------------------
 

@@ -472,7 +472,7 @@ def test_key_error_with_no_http_span_is_an_exception_at_its_line() -> None:
     assert cause.suggestion.startswith(
         "functions/orders.py:12 (`amount = input[\"amount_cents\"]`) reads key "
         "'amount_cents'")
-    assert f"flux replay {RID[:8]}" in cause.suggestion
+    assert f"flux replay {RID[:18]}" in cause.suggestion
 
 
 # -- the function's own answers -------------------------------------------------------------

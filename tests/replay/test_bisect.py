@@ -162,10 +162,23 @@ def test_search_skips_to_a_neighbour_and_says_when_the_answer_is_open() -> None:
 
 def test_verdicts() -> None:
     passed = json.dumps({"passed": True, "replayed": {"status": "ok"}})
-    failed = json.dumps({"passed": False, "replayed": {
+    original = {"status": "error", "error": {"type": "KeyError", "message": "'state'"}}
+    failed = json.dumps({"passed": False, "original": original, "replayed": {
         "status": "error", "error": {"type": "KeyError", "message": "'state'"}}})
     assert classify(0, passed, "") == (GOOD, None)
     assert classify(1, failed, "") == (BAD, "KeyError: 'state'")
+    # Failing another way says nothing about this bug: skip, as git bisect would.
+    other = json.dumps({"passed": False, "original": original, "replayed": {
+        "status": "error", "error": {"type": "TypeError", "message": "bad operand"}}})
+    assert classify(1, other, "") == (
+        SKIP, "fails another way: TypeError: bad operand (the original failed with KeyError)")
+    # Departing from the tape before the original failure point: skip, with the reason.
+    diverged = json.dumps({"passed": False, "original": original,
+                           "replayed": original, "diverged_before_failure": True,
+                           "divergence": {"file": "functions/checkout.py", "line": 9,
+                                          "reason": "a call was added or changed"}})
+    verdict, reason = classify(1, diverged, "")
+    assert verdict == SKIP and "functions/checkout.py:9: a call was added" in str(reason)
     assert classify(1, "", "error: no function named 'checkout' in /x\n") == (
         SKIP, "no function named 'checkout' in /x")
     assert combine([GOOD, SKIP, BAD]) == BAD and combine([GOOD, SKIP]) == SKIP

@@ -98,3 +98,30 @@ def test_any_call_sequence_is_answered_or_diverges_never_raises(
     assert len(seqs) == len(set(seqs))  # no entry is served twice
     if made == recorded:
         assert tape.finish() is None
+
+
+def test_config_reads_match_by_key_in_any_order_and_are_never_a_divergence() -> None:
+    tape = Tape([entry(1, "config", "grace_days"), entry(2, "http", "GET a"),
+                 entry(3, "config", "flag")])
+    assert tape.take(Call("config", "flag")).entry["seq"] == 3
+    assert tape.take(Call("http", "GET a")).entry["seq"] == 2
+    assert tape.take(Call("config", "new_key")).entry is None  # read only today: live
+    assert tape.finish() is None  # grace_days never read: not a divergence
+
+
+def test_unwatched_kinds_match_by_key_and_only_watched_ones_diverge() -> None:
+    # resume: statements run again for real, so only outside calls must keep their order
+    tape = Tape([entry(1, "db", "fp1:aa"), entry(2, "db", "fp2:bb"), entry(3, "http", "POST p")],
+                loose_db=True, watched=frozenset({"http"}))
+    assert tape.take(Call("db", "fp2:cc")).entry["seq"] == 2  # by fingerprint, out of order
+    assert tape.take(Call("http", "POST p")).entry["seq"] == 3
+    assert tape.finish() is None  # the first statement was removed: no refusal for that
+
+
+def test_a_changed_secret_is_named_by_fingerprint() -> None:
+    tape = Tape([entry(1, "http", "POST https://x.test/v1 +secrets(hmac-sha256:0000000000000001)")])
+    tape.take(Call("http", "POST https://x.test/v1 +secrets(hmac-sha256:0000000000000002)"))
+    divergence = tape.finish()
+    assert divergence is not None
+    assert divergence.reason == ("the same call with a different secret value (recorded "
+                                 "hmac-sha256:0000000000000001, now hmac-sha256:0000000000000002)")

@@ -42,7 +42,7 @@ async def test_resume_completes_the_order_without_charging_again(shop: Shop) -> 
     rid, _ = await failed_after_the_charge(shop)
     assert order_states(shop) == []  # the failed attempt's order was rolled back
     code, plan, _ = resume(shop, rid, "--dry-run")
-    assert code == 0 and plan["status"] == "dry-run"
+    assert code == 0 and plan["dry_run"] is True and plan["status"] == "ok"
     modes = {step["call"].split()[0] + " " + step["mode"] for step in plan["plan"]}
     assert {"http tape", "db db", "secret live"} <= modes
     code, result, stderr = resume(shop, rid)
@@ -97,12 +97,19 @@ async def test_ten_concurrent_resumes_one_succeeds(shop: Shop) -> None:
 
 async def test_resume_refuses_code_that_diverges_before_the_failure(shop: Shop) -> None:
     rid, _ = await failed_after_the_charge(shop)
+    original = (shop.root / CHECKOUT).read_text()
     edit(shop, CHECKOUT, '    user = await ctx.db.fetchone("SELECT id FROM users WHERE id = %s",'
                          ' [user_id])',
-         '    user = {"id": user_id}')  # a removed call, before the charge
+         '    user = {"id": user_id}')  # a removed statement: it runs again anyway
+    code, plan, _ = resume(shop, rid, "--dry-run")
+    assert code == 0 and plan["refusal"] is None and plan["status"] == "ok"
+    (shop.root / CHECKOUT).write_text(original)
+    edit(shop, CHECKOUT, 'f"{payments_url}/v1/charges"',
+         'f"{payments_url}/v2/charges"')  # a changed outside call, before the failure
     code, result, stderr = resume(shop, rid)
     assert code != 0 and "departs from the recorded execution" in stderr
     assert result["divergence"]["file"] == CHECKOUT
+    assert result["divergence"]["actual"]["call"].startswith("POST http://127.0.0.1:")
     assert order_states(shop) == [] and shop.provider.charges == 1
     with psycopg.connect(shop.db) as conn:
         assert conn.execute("SELECT count(*) FROM flux.trace_requests WHERE kind = 'resume'"
@@ -121,7 +128,8 @@ async def test_resume_refuses_a_success_and_drift_under_strict(shop: Shop) -> No
     assert plan["drift"][0]["now"] == [] and plan["drift"][0]["recorded"]
     assert "return something else now" in plan["refusal"]  # the user is gone: another path
     code, refused, stderr = resume(shop, rid, "--strict")
-    assert code != 0 and "return something else" in stderr and refused["status"] == "refused"
+    assert code != 0 and "return something else" in stderr and refused["status"] == "error"
+    assert refused["refused"] is True
     assert shop.provider.charges == 1 and order_states(shop) == []
 
 

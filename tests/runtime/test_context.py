@@ -22,7 +22,8 @@ async def test_sync_handler_runs_in_a_thread_with_a_recorded_transaction(kitchen
     assert spans[insert["parent_id"]]["kind"] == "function"
     custom = next(s for s in record["spans"] if s["name"] == "prepare")
     assert custom["kind"] == "custom" and custom["file"] == "functions/sync_note.py"
-    assert [t["kind"] for t in record["tape"]] == ["clock", "db"]
+    assert [t["kind"] for t in record["tape"]] == ["config", "clock", "db"]
+    assert record["tape"][0]["key"] == "greeting"  # the configuration it ran with
     assert record["logs"][0]["message"] == "saved"
     assert record["logs"][0]["fields"] == {"note_id": body["id"]}
     [mutation] = kitchen.mutations(rid)

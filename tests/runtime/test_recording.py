@@ -35,10 +35,13 @@ async def test_successful_checkout_records_spans_tape_and_mutations(shop: Shop) 
     source = (shop.root / insert["file"]).read_text().splitlines()
     assert "ctx.db.fetchone(" in source[insert["line"] - 1]  # the call site, exactly
     tape = record["tape"]
-    assert [t["kind"] for t in tape] == ["secret", "db", "db", "http", "clock", "db", "db"]
-    assert tape[3]["key"] == f"POST {shop.provider.url}/v1/charges"
-    assert tape[3]["value"]["status"] == 200
-    assert tape[3]["value"]["body"]["id"] == body["charge_id"]
+    assert [t["kind"] for t in tape] == ["secret", "config", "db", "db", "http", "clock",
+                                         "db", "db"]
+    assert tape[1]["key"] == "payments_url" and tape[1]["value"] == shop.provider.url
+    # The API key travels in a header: its fingerprint (never its value) is in the key.
+    assert tape[4]["key"] == f"POST {shop.provider.url}/v1/charges +secrets({tape[0]['value']})"
+    assert tape[4]["value"]["status"] == 200
+    assert tape[4]["value"]["body"]["id"] == body["charge_id"]
     assert tape[0]["value"].startswith("hmac-sha256:")
     mutations = shop.mutations(rid)
     assert {(m["table_name"], m["op"]) for m in mutations} == {

@@ -58,9 +58,10 @@ async def test_deposit_records_what_a_python_function_records(wasm_shop: Shop) -
     assert function["parent_id"] == spans[0]["id"] and function["file"] == DEPOSIT
     assert all(s["parent_id"] == function["id"] and s["file"] == DEPOSIT for s in spans[2:])
     tape = record["tape"]
-    assert [t["kind"] for t in tape] == ["db", "http", "clock", "db"]
-    assert tape[1]["key"] == f"POST {shop.provider.url}/v1/charges"
-    assert tape[1]["value"]["body"]["id"] == "ch_1"
+    # ctx.config: the provider's URL read from [app], on the tape
+    assert [t["kind"] for t in tape] == ["db", "config", "http", "clock", "db"]
+    assert tape[2]["key"] == f"POST {shop.provider.url}/v1/charges"
+    assert tape[2]["value"]["body"]["id"] == "ch_1"
     assert {t["file"] for t in tape} == {DEPOSIT}
     assert record["logs"][0]["message"] == "deposit taken"
     sent = [r for r in shop.provider.requests if r["path"] == "/v1/charges"]

@@ -215,7 +215,8 @@ def _error(caller: Any, call: GuestCall, ptr: int, length: int) -> None:
 def _config(caller: Any, call: GuestCall, ptr: int, length: int) -> int:
     """A value of ``[app]`` in flux.toml (``ctx.config``), by key; the whole table for null."""
     key = json_in(caller, call, ptr, length, "config")
-    value = call.ctx.config if key is None else call.ctx.config.get(str(key))
+    # Read through ctx.config so each key the guest reads goes on the tape.
+    value = dict(call.ctx.config) if key is None else call.ctx.config.get(str(key))
     return json_out(caller, call, value, "config")
 
 
