@@ -58,6 +58,7 @@ class Runtime:
         # instead of queueing without bound behind a stuck store.
         self.max_inflight = project.server.max_inflight or INFLIGHT_PER_CONNECTION * pool_size
         self.inflight = 0
+        self.body_timeout = project.server.body_timeout
         self.refused: dict[str, int] = {"overloaded": 0, "unavailable": 0}
         self.availability = Availability(self._probe, self._pool_check)
         self.registry = Registry()
