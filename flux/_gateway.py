@@ -97,6 +97,11 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     path = request.match_info["path"]
     if runtime.availability.down:
         return _unavailable(runtime, request_id, NOT_RUN)
+    foreign = runtime.admin.foreign(request.headers, admin=False, method=request.method)
+    if foreign is not None:  # a web page's request (flux/_access.py): recorded, not run
+        spec = runtime.registry.route(path)
+        return await _reject(request, foreign.status, foreign.code, foreign.message,
+                             function=spec.name if spec else None)
     body: bytes | _BodyProblem | None = None
     if request.method == "POST" and runtime.registry.route(path) is not None:
         body = await _read_body(request, runtime)

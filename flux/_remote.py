@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from flux._access import TOKEN_ENV
+from flux._access import CLIENT_HEADER, TOKEN_ENV
 from flux._errors import (
     AmbiguousId,
     ConfigError,
@@ -90,7 +90,8 @@ class Remote:
         params = {k: str(v) for k, v in query.items() if v is not None}
         url = self.url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
         request = urllib.request.Request(url, method=method,
-                                         headers={"Accept": "application/json"})
+                                         headers={"Accept": "application/json",
+                                                  CLIENT_HEADER: "cli"})
         if self._token:
             request.add_header("Authorization", f"Bearer {self._token}")
         try:
