@@ -78,7 +78,9 @@ async def _request_id_middleware(
     response.headers[REQUEST_ID_HEADER] = request_id
     observer = request.app[OBSERVER_KEY]
     if callable(observer) and request.path != "/health":
-        observer(request.method, request.path, response.status,
+        runtime = request.app[RUNTIME_KEY]  # the path, as the serve log shows it: no secret
+        path = runtime.policy.scrub_text(request.path, runtime.configured_secrets())
+        observer(request.method, path, response.status,
                  (time.perf_counter() - started) * 1000, request_id)
     return response
 
@@ -228,23 +230,29 @@ async def _reject(request: web.Request, status: int, code: str, message: str, *,
     runtime = request.app[RUNTIME_KEY]
     request_id: str = request[ID_KEY]
     now = utcnow()
+    secrets = runtime.configured_secrets()
+    policy = runtime.policy
+    message = policy.scrub_text(message, secrets)  # it may quote the path
     error = {"type": "GatewayError", "code": code, "message": message, "http_status": status}
-    span = Span(id="s1", parent_id=None, name=f"{request.method} {request.path}",
+    span = Span(id="s1", parent_id=None,
+                name=policy.scrub_text(f"{request.method} {request.path}", secrets),
                 kind="gateway", start_ms=0.0, duration_ms=0.0, status="error",
                 error={"type": "GatewayError", "message": message})
     answer = {"error": {"code": code, "message": message}, "request_id": request_id}
+    route = policy.scrub_text(request.path.lstrip("/"), secrets)
     record = ExecutionRecord(
         request_id=request_id, kind="http", function=function, status="error",
         http_status=status, started_at=now, duration_ms=0.0,
-        request={"method": request.method, "route": request.path.lstrip("/"),
-                 "headers": runtime.policy.redact_headers(request.headers.items()),
-                 "query": dict(request.query), "body": runtime.policy.prepare(body),
+        request={"method": request.method, "route": route,
+                 "headers": policy.redact_headers(request.headers.items(), secrets),
+                 "query": policy.scrub(dict(request.query), secrets),
+                 "body": policy.prepare(body, secrets),
                  "trace": (from_headers(request.headers)
                            or TraceContext.start(request_id)).to_json()},
         response={"status": status, "body": answer}, error=error, spans=[span.to_json()],
         tape=[], logs=[], code_sha=runtime.code_version.sha,
         code_dirty=runtime.code_version.dirty, method=request.method,
-        route=request.path.lstrip("/"), tenant=tenant,
+        route=route, tenant=tenant,
     )
     record.signature = failure_signature(record)
     try:
