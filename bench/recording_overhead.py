@@ -48,14 +48,14 @@ from _load import Round, closed_loop, cpu_seconds, percentile_ms
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from flux._database import ensure_database
-from flux._embedded import EmbeddedServer, ServerInfo
-from flux._gateway import make_app
-from flux._migrate import migrate
 from flux._project import parse
-from flux._retention import maintain
-from flux._runtime import Runtime
-from flux._schema import apply_schema
+from flux.capture._schema import apply_schema
+from flux.runtime._gateway import make_app
+from flux.runtime._runtime import Runtime
+from flux.store._database import ensure_database
+from flux.store._embedded import EmbeddedServer, ServerInfo
+from flux.store._migrate import migrate
+from flux.store._retention import maintain
 
 ROUTE = "bench_handler"
 POOL_SIZE = 20  # Runtime's default pool_size; the plain side gets the same pool

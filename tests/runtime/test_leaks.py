@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from flux._embedded import install_dir
+from flux.store._embedded import install_dir
 from tests.fixtures.processes import FluxProcess
 from tests.fixtures.projects import run_flux
 
