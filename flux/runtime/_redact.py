@@ -94,6 +94,28 @@ class RedactionPolicy:
             elif pattern is not None:
                 value = pattern.sub(self._mark_match, value)
             out[lname] = f"{out[lname]}, {value}" if lname in out else value
+        return self.cap_headers(out)
+
+    def cap_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        """``headers`` unchanged if they fit in ``max_body_bytes``, as a body must; else each
+        value cut to a preview and, past the cap, the rest left out — with the
+        ``x-flux-truncated`` entry saying how much was there. An anonymous client's 800 KB
+        of headers then costs the store what a capped body costs."""
+        size = sum(len(k) + len(v) for k, v in headers.items())
+        if size <= self.max_body_bytes:
+            return headers
+        out: dict[str, str] = {}
+        used, dropped = 0, 0
+        for name, value in headers.items():
+            if len(value) > PREVIEW_CHARS:
+                value = f"{value[:PREVIEW_CHARS]}… ({len(value)} characters)"
+            if used + len(name) + len(value) > self.max_body_bytes:
+                dropped += 1
+                continue
+            out[name] = value
+            used += len(name) + len(value)
+        out["x-flux-truncated"] = (f"{len(headers)} headers of {size} characters; "
+                                   f"{dropped} left out, longer values cut")
         return out
 
     def redact_body(self, body: Any) -> Any:
