@@ -3,21 +3,53 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from flux import FluxError
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Control characters other than newline and tab: C0, DEL and C1 (0x9b is an 8-bit CSI).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_C1 = re.compile("[\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character drawn instead of sent to the terminal: a path,
+    body or log line that carries an escape sequence (an OSC 52 clipboard write, a cursor
+    move that hides a line) is shown as text, never obeyed. C0 characters become their
+    Unicode control pictures (ESC is ␛), DEL ␡, C1 characters ``\\x9b``."""
+    return _CONTROL.sub(_picture, text)
+
+
+def _picture(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x20:
+        return chr(0x2400 + code)
+    return "\u2421" if code == 0x7F else f"\\x{code:02x}"
+
+
+class SafeConsole(Console):
+    """A rich Console that draws control characters visibly in every string it renders —
+    what ``print`` is given and the cells of a table alike (both go through render_str)."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:  # type: ignore[override]
+        return super().render_str(visible(text), **kwargs)
+
+
+out = SafeConsole(highlight=False, soft_wrap=True)
+err = SafeConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_json(document: Any) -> None:
-    """One JSON document on stdout, as every --json promises."""
-    sys.stdout.write(json.dumps(document, indent=2, default=str, ensure_ascii=False) + "\n")
+    """One JSON document on stdout, as every --json promises (JSON escapes C0 characters
+    itself; DEL and C1 are escaped too, so no terminal obeys one)."""
+    text = json.dumps(document, indent=2, default=str, ensure_ascii=False)
+    sys.stdout.write(_C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
 
 
 def print_error(error: FluxError) -> None:

@@ -8,6 +8,8 @@ import os
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
+from rich.markup import escape
+
 from flux._errors import ConfigError
 
 if TYPE_CHECKING:
@@ -49,7 +51,12 @@ def source() -> Inspector:
         from flux.runtime._access import TOKEN_ENV
         from flux.server._remote import Remote
 
-        return Remote(url, os.environ.get(TOKEN_ENV))
+        remote = Remote(url, os.environ.get(TOKEN_ENV))
+        if remote.warning:
+            from cli._output import err
+
+            err.print(f"[yellow]warning:[/] {escape(remote.warning)}")
+        return remote
     from flux._project import load
     from flux.server._inspector import Local
 

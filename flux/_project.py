@@ -35,6 +35,9 @@ class ServerConfig:
     """``[server]`` in flux.toml."""
 
     max_inflight: int | None = None  # executions at once per process; None = 5 × pool_size
+    # Seconds a request's body may take to arrive, from its headers on. A client that
+    # trickles its body (a slowloris) is answered 408 then; it never holds an execution slot.
+    body_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -172,8 +175,12 @@ def parse(root: Path) -> Project:
                                          db.get("pool_timeout")) or DatabaseConfig.pool_timeout,
             statement_timeout=_seconds_option(path, "database.statement_timeout",
                                               db.get("statement_timeout"))),
-        server=ServerConfig(max_inflight=None if max_inflight is None else
-                            _count_option(path, "server.max_inflight", max_inflight)),
+        server=ServerConfig(
+            max_inflight=None if max_inflight is None else
+            _count_option(path, "server.max_inflight", max_inflight),
+            body_timeout=_seconds_option(path, "server.body_timeout",
+                                         server.get("body_timeout")) or
+            ServerConfig.body_timeout),
         otel=_otel(path, raw.get("otel", {})),
         record=_record_config(path, raw),
         ai=_ai_config(path, raw.get("ai", {})),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from pglast import prettify
+from pglast import parse_sql, prettify
 from pglast.parser import ParseError
 
 from flux._errors import ConfigError, FluxError, NotFound
@@ -130,15 +130,44 @@ def analyze(conn: psycopg.Connection[Any], query: str, params: Any = None,
     }
 
 
+EXPLAINABLE = ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt")
+NOT_ONE_STATEMENT = "explain takes one SELECT, INSERT, UPDATE, DELETE or MERGE statement"
+
+
+def explainable(query: str) -> str | None:
+    """Why ``query`` cannot be explained (None if it can): it must be exactly one statement
+    that EXPLAIN plans without running — never a second statement after a semicolon, a
+    COPY, a utility command."""
+    try:
+        statements = parse_sql(to_dollar_params(query))
+    except ParseError as exc:
+        return f"the SQL does not parse: {exc}"
+    if len(statements) != 1:
+        return f"{NOT_ONE_STATEMENT}, not {len(statements)}"
+    kind = type(statements[0].stmt).__name__
+    if kind not in EXPLAINABLE:
+        return f"{NOT_ONE_STATEMENT}, not {kind.removesuffix('Stmt')}"
+    return None
+
+
 def _plan(conn: psycopg.Connection[Any], query: str, params: Any) -> tuple[list[str], str | None]:
-    """EXPLAIN (never ANALYZE: nothing runs) in a transaction that is rolled back; without
+    """EXPLAIN (never ANALYZE: nothing runs) of one statement (checked with PostgreSQL's
+    own parser, pglast), in a read-only transaction that is always rolled back; without
     parameter values, a generic plan."""
+    problem = explainable(query)
+    if problem is not None:
+        return [], problem
     generic = params is None and to_dollar_params(query) != query
     text = to_dollar_params(query) if generic else query
     prefix = "EXPLAIN (GENERIC_PLAN) " if generic else "EXPLAIN "
     try:
         with conn.transaction(force_rollback=True):
-            rows = conn.execute((prefix + text).encode(), None if generic else params)
+            conn.execute(load("explain").read_only)
+            # Binary results: psycopg then uses the extended protocol, which refuses a second
+            # statement. A generic plan cannot be asked that way (Bind would need values
+            # for its $n), so it relies on the one-statement parse above alone.
+            cursor = conn.cursor(binary=not generic)
+            rows = cursor.execute((prefix + text).encode(), None if generic else params)
             return [r[0] for r in rows.fetchall()], None
     except psycopg.Error as exc:
         return [], (exc.diag.message_primary or str(exc)).strip()
@@ -159,6 +188,9 @@ def explain_sql(conn: psycopg.Connection[Any], project: Project, query: str) -> 
     """``flux explain --sql``."""
     if not query.strip():
         raise ConfigError("--sql is empty")
+    problem = explainable(query)
+    if problem is not None:
+        raise ConfigError(f"--sql: {problem}")
     return {"function": None, "statements": [analyze(conn, query, None,
                                                      policy_for(project, None))],
             "http": []}

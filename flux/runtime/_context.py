@@ -151,9 +151,12 @@ class Log:
     def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
         ex = self._ctx._execution
         scrubbed = ex.policy.scrub_text(str(message), ex.recorder.secret_values)
-        ex.recorder.log(level, scrubbed, ex.prepare_body(encode(fields)),
-                        ex.recorder.call_site())
-        ex.runtime.echo_log(self._ctx.request_id, level, scrubbed, fields)
+        prepared = ex.prepare_body(encode(fields))
+        ex.recorder.log(level, scrubbed, prepared, ex.recorder.call_site())
+        # The terminal gets what the store gets: a field named token, redacted there, is
+        # redacted here too.
+        ex.runtime.echo_log(self._ctx.request_id, level, scrubbed,
+                            prepared if isinstance(prepared, dict) else {"fields": prepared})
 
     def debug(self, message: str, **fields: Any) -> None:
         self._emit("debug", message, fields)

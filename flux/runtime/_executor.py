@@ -99,6 +99,7 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
     spec = inv.spec
     rec = Recorder(inv.request_id, project_root=runtime.root,
                    functions_dir=runtime.functions_dir)
+    rec.secret_values.update(runtime.configured_secrets())
     ex = Execution(runtime, rec, replay=replay, idempotency_prefix=idempotency_prefix,
                    trace=inv.trace, tenant=inv.tenant)
     ctx = Context(ex, spec, headers=inv.headers, is_replay=replay is not None)
@@ -163,8 +164,9 @@ def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
         spans, tape, logs = outline_spans(spans), [], []
     else:
         request = {"method": inv.method, "route": route,
-                   "headers": ex.policy.redact_headers(inv.headers),
-                   "query": dict(inv.query), "body": ex.prepare_body(encode(inv.input)),
+                   "headers": ex.policy.redact_headers(inv.headers, secrets),
+                   "query": scrub(dict(inv.query), secrets),
+                   "body": ex.prepare_body(encode(inv.input)),
                    "trace": ex.trace.to_json()}
         response = {"status": http_status, "body": ex.prepare_body(body)}
         tape, logs = scrub(rec.tape, secrets), scrub(rec.logs, secrets)

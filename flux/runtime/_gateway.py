@@ -11,15 +11,19 @@ Two refusals come before anything runs, each a 503 with ``Retry-After`` and
 ``"recorded": false`` in its body (the request is counted in ``/health``, not recorded —
 there is nowhere to record it, or recording it is the load being shed): while the database
 is down (``unavailable``), and while ``[server] max_inflight`` executions are already in
-flight (``overloaded``). An execution that ran but whose record could not be stored is
+flight (``overloaded``). A request's body is read before it takes one of those slots, within
+``[server] body_timeout`` (a 408 after it): a client trickling its body holds a connection,
+never a slot that others need. An execution that ran but whose record could not be stored is
 answered the same way; one whose connection died during its COMMIT says ``"recorded":
 null``: whether it committed is unknown until the database is back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Any
 
 import psycopg
@@ -77,7 +81,9 @@ async def _request_id_middleware(
     response.headers[REQUEST_ID_HEADER] = request_id
     observer = request.app[OBSERVER_KEY]
     if callable(observer) and request.path != "/health":
-        observer(request.method, request.path, response.status,
+        runtime = request.app[RUNTIME_KEY]  # the path, as the serve log shows it: no secret
+        path = runtime.policy.scrub_text(request.path, runtime.configured_secrets())
+        observer(request.method, path, response.status,
                  (time.perf_counter() - started) * 1000, request_id)
     return response
 
@@ -96,6 +102,16 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     path = request.match_info["path"]
     if runtime.availability.down:
         return _unavailable(runtime, request_id, NOT_RUN)
+    foreign = runtime.admin.foreign(request.headers, admin=False, method=request.method)
+    if foreign is not None:  # a web page's request (flux/runtime/_access.py): recorded, not run
+        spec = runtime.registry.route(path)
+        return await _reject(request, foreign.status, foreign.code, foreign.message,
+                             function=spec.name if spec else None)
+    body: bytes | _BodyProblem | None = None
+    if request.method == "POST" and runtime.registry.route(path) is not None:
+        body = await _read_body(request, runtime)
+        if isinstance(body, _BodyProblem):  # answered and recorded, nothing run: no slot
+            return await _run(request, runtime, path, request_id, body)
     if runtime.inflight >= runtime.max_inflight:
         runtime.refused["overloaded"] += 1
         return _refusal(request_id, "overloaded",
@@ -103,13 +119,33 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
                         "was not run", recorded=False)
     runtime.inflight += 1
     try:
-        return await _run(request, runtime, path, request_id)
+        return await _run(request, runtime, path, request_id, body)
     finally:
         runtime.inflight -= 1
 
 
-async def _run(request: web.Request, runtime: Runtime, path: str, request_id: str
-               ) -> web.StreamResponse:
+class _BodyProblem(Enum):
+    TOO_LARGE = "too_large"
+    TOO_SLOW = "too_slow"
+    CUT_OFF = "cut_off"  # the client closed the connection before its body was whole
+
+
+async def _read_body(request: web.Request, runtime: Runtime) -> bytes | _BodyProblem:
+    """The whole body, read before the request takes an execution slot, within the body
+    deadline."""
+    try:
+        async with asyncio.timeout(runtime.body_timeout):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _BodyProblem.TOO_LARGE
+    except TimeoutError:
+        return _BodyProblem.TOO_SLOW
+    except ConnectionError:
+        return _BodyProblem.CUT_OFF
+
+
+async def _run(request: web.Request, runtime: Runtime, path: str, request_id: str,
+               body: bytes | _BodyProblem | None) -> web.StreamResponse:
     spec = runtime.registry.route(path)
     try:
         tenant = runtime.tenants.resolve(request)
@@ -125,12 +161,22 @@ async def _run(request: web.Request, runtime: Runtime, path: str, request_id: st
                                  function=spec.name, tenant=tenant)
         response.headers["Allow"] = "POST"
         return response
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
+    raw = body if body is not None else await _read_body(request, runtime)
+    if raw is _BodyProblem.TOO_LARGE:
         return await _reject(request, 413, "payload_too_large",
                              f"the request body is over the limit of {runtime.max_body} bytes",
                              function=spec.name, tenant=tenant)
+    if raw is _BodyProblem.TOO_SLOW:
+        response = await _reject(
+            request, 408, "request_timeout", "the request body did not arrive within "
+            f"{runtime.body_timeout:g} seconds", function=spec.name, tenant=tenant)
+        response.force_close()  # the rest of the body is not waited for
+        return response
+    if raw is _BodyProblem.CUT_OFF:  # nobody hears the answer; the record says what happened
+        return await _reject(request, 400, "incomplete_body", "the client closed the "
+                             "connection before its request body was complete",
+                             function=spec.name, tenant=tenant)
+    assert isinstance(raw, bytes)
     try:
         payload = parse_body(raw)
     except BodyError as exc:
@@ -187,23 +233,29 @@ async def _reject(request: web.Request, status: int, code: str, message: str, *,
     runtime = request.app[RUNTIME_KEY]
     request_id: str = request[ID_KEY]
     now = utcnow()
+    secrets = runtime.configured_secrets()
+    policy = runtime.policy
+    message = policy.scrub_text(message, secrets)  # it may quote the path
     error = {"type": "GatewayError", "code": code, "message": message, "http_status": status}
-    span = Span(id="s1", parent_id=None, name=f"{request.method} {request.path}",
+    span = Span(id="s1", parent_id=None,
+                name=policy.scrub_text(f"{request.method} {request.path}", secrets),
                 kind="gateway", start_ms=0.0, duration_ms=0.0, status="error",
                 error={"type": "GatewayError", "message": message})
     answer = {"error": {"code": code, "message": message}, "request_id": request_id}
+    route = policy.scrub_text(request.path.lstrip("/"), secrets)
     record = ExecutionRecord(
         request_id=request_id, kind="http", function=function, status="error",
         http_status=status, started_at=now, duration_ms=0.0,
-        request={"method": request.method, "route": request.path.lstrip("/"),
-                 "headers": runtime.policy.redact_headers(request.headers.items()),
-                 "query": dict(request.query), "body": runtime.policy.prepare(body),
+        request={"method": request.method, "route": route,
+                 "headers": policy.redact_headers(request.headers.items(), secrets),
+                 "query": policy.scrub(dict(request.query), secrets),
+                 "body": policy.prepare(body, secrets),
                  "trace": (from_headers(request.headers)
                            or TraceContext.start(request_id)).to_json()},
         response={"status": status, "body": answer}, error=error, spans=[span.to_json()],
         tape=[], logs=[], code_sha=runtime.code_version.sha,
         code_dirty=runtime.code_version.dirty, method=request.method,
-        route=request.path.lstrip("/"), tenant=tenant,
+        route=route, tenant=tenant,
     )
     record.signature = failure_signature(record)
     try:

@@ -6,12 +6,19 @@ rather than a fixed placeholder, so two records can still be compared ("the same
 sent both times") without the store ever holding the value: the key never leaves the project,
 so nobody holding only the store can brute-force short values back out of it.
 
+A secret value is found in the forms it travels in too: URL-encoded (a query string, a form
+body), and base64 — alone, or inside ``Basic`` credentials (``user:secret``), where it can
+start at any of three byte offsets; the characters that depend on the secret alone are
+matched, for secrets long enough that such a run cannot turn up by chance.
+
 Everything here is pure logic except :func:`load_policy`, which reads (or creates) the key.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from secrets import token_hex
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import orjson
 
@@ -32,6 +40,7 @@ KEY_ENV = "FLUX_REDACTION_KEY"
 KEY_FILE = "redaction.key"
 PREVIEW_CHARS = 1024
 MIN_SECRET_CHARS = 4  # shorter "secrets" (a "1", an "on") would shred every stored text
+MIN_ENCODED_CHARS = 8  # a shorter base64 run of a secret could match ordinary text
 _MARKER = re.compile(r"\[redacted hmac-sha256:[0-9a-f]{16}\]")
 
 
@@ -41,10 +50,12 @@ class RedactionPolicy:
 
     key: bytes = field(repr=False)  # never in a repr, a log line or a traceback
     headers: frozenset[str] = frozenset(
-        {"authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key"}
+        {"authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key",
+         "x-auth-token"}
     )
     fields: frozenset[str] = frozenset(
-        {"password", "secret", "token", "api_key", "card_number", "cvc"}
+        {"password", "secret", "token", "api_key", "card_number", "cvc", "access_token",
+         "refresh_token", "client_secret"}
     )
     max_body_bytes: int = 64 * 1024
 
@@ -83,6 +94,28 @@ class RedactionPolicy:
             elif pattern is not None:
                 value = pattern.sub(self._mark_match, value)
             out[lname] = f"{out[lname]}, {value}" if lname in out else value
+        return self.cap_headers(out)
+
+    def cap_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        """``headers`` unchanged if they fit in ``max_body_bytes``, as a body must; else each
+        value cut to a preview and, past the cap, the rest left out — with the
+        ``x-flux-truncated`` entry saying how much was there. An anonymous client's 800 KB
+        of headers then costs the store what a capped body costs."""
+        size = sum(len(k) + len(v) for k, v in headers.items())
+        if size <= self.max_body_bytes:
+            return headers
+        out: dict[str, str] = {}
+        used, dropped = 0, 0
+        for name, value in headers.items():
+            if len(value) > PREVIEW_CHARS:
+                value = f"{value[:PREVIEW_CHARS]}… ({len(value)} characters)"
+            if used + len(name) + len(value) > self.max_body_bytes:
+                dropped += 1
+                continue
+            out[name] = value
+            used += len(name) + len(value)
+        out["x-flux-truncated"] = (f"{len(headers)} headers of {size} characters; "
+                                   f"{dropped} left out, longer values cut")
         return out
 
     def redact_body(self, body: Any) -> Any:
@@ -268,8 +301,35 @@ def _load_key(state_dir: Path) -> bytes:
 
 
 def _secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
-    usable = sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, usable))) if usable else None
+    usable = frozenset(s for s in secrets if len(s) >= MIN_SECRET_CHARS)
+    return _compiled(usable) if usable else None
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(secrets: frozenset[str]) -> re.Pattern[str]:
+    """One alternation of every form of every secret, longest first."""
+    forms = {form for secret in secrets for form in encodings(secret)}
+    return re.compile("|".join(map(re.escape, sorted(forms, key=len, reverse=True))))
+
+
+def encodings(secret: str) -> set[str]:
+    """The forms ``secret`` is found in: itself, URL-encoded (either case of hex, ``+`` or
+    ``%20`` for a space), and the runs of base64 (standard and URL-safe) that depend on its
+    bytes alone at each of the three offsets it can start at."""
+    forms = {secret}
+    for encoded in (quote(secret, safe=""), quote_plus(secret, safe=""), quote(secret)):
+        forms.add(encoded)
+        forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded))
+    data = secret.encode("utf-8", "surrogatepass")
+    for offset in range(3):
+        # Character c of base64 covers bits 6c..6c+5; keep those inside the secret's bytes.
+        first = -(-8 * offset // 6)
+        last = 8 * (offset + len(data)) // 6
+        if last - first < MIN_ENCODED_CHARS:
+            continue
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            forms.add(encode(b"\0" * offset + data).decode()[first:last])
+    return forms
 
 
 def _json_key(key: Any) -> str:

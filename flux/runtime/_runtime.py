@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ class Runtime:
         # instead of queueing without bound behind a stuck store.
         self.max_inflight = project.server.max_inflight or INFLIGHT_PER_CONNECTION * pool_size
         self.inflight = 0
+        self.body_timeout = project.server.body_timeout
         self.refused: dict[str, int] = {"overloaded": 0, "unavailable": 0}
         self.availability = Availability(self._probe, self._pool_check)
         self.registry = Registry()
@@ -250,6 +252,12 @@ class Runtime:
         raises, never waits: the SDK's batch thread sends them."""
         if self.otel is not None:
             self.otel.export(record)
+
+    def configured_secrets(self) -> set[str]:
+        """The values of every ``[secrets]`` entry set in the environment: scrubbed from
+        each record whether or not its function read them (a client may send one back)."""
+        values = (os.environ.get(var) for var in self.secrets_map.values())
+        return {v for v in values if v and len(v) >= 4}
 
     def echo_log(self, request_id: str, level: str, message: str,
                  fields: dict[str, Any]) -> None:

@@ -85,14 +85,20 @@ def _status_of(error: FluxError) -> int:
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Access first, then every way a call can fail as one sentence with its status."""
+    access: AdminAccess = _runtime(request).admin
+    foreign = access.foreign(request.headers, admin=True, method=request.method)
+    if foreign is not None:
+        return _error(request, foreign.status, foreign.code, foreign.message)
     if request.path.rstrip("/") != "/_flux/openapi.json":
-        access: AdminAccess = _runtime(request).admin
         refusal = access.refusal(request.headers.get("Authorization"))
         if refusal is not None:
             response = _error(request, refusal.status, refusal.code, refusal.message)
             if refusal.status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="flux admin"'
             return response
+    unasked = access.unasked(request.headers, request.method)
+    if unasked is not None and request.match_info.http_exception is None:
+        return _error(request, unasked.status, unasked.code, unasked.message)
     if _runtime(request).availability.down:
         return _unavailable(request, "the database is unavailable, so the call was not run")
     if any("\x00" in v for v in (*request.query.values(), *request.match_info.values())):

@@ -27,7 +27,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
     why = {
         400: "Bad input: one sentence says which (a malformed id, status, time or key).",
         401: "No token, or a wrong one (`Authorization: Bearer <FLUX_ADMIN_TOKEN>`).",
-        403: "The admin API is closed: the server was started without FLUX_ADMIN_TOKEN.",
+        403: "The admin API is closed (the server was started without FLUX_ADMIN_TOKEN), "
+             "or the call may come from a web page: a foreign Host on flux dev, another "
+             "site's Origin, a state change without the X-Flux-Client header.",
         404: "No such execution, table or row.",
         409: "The id prefix matches several executions (`candidates` lists them).",
         503: "The database is unavailable.",
@@ -229,6 +231,10 @@ def description() -> dict[str, Any]:
             "/executions/{id}/resume": {"post": {
                 "operationId": "resume", "summary": "flux resume",
                 "parameters": [_ID,
+                               {"name": "X-Flux-Client", "in": "header", "required": True,
+                                "description": "Any value (or a JSON Content-Type): a web "
+                                               "page cannot send it without asking first.",
+                                "schema": {"type": "string", "minLength": 1}},
                                _query("dry_run", "Show the plan; run nothing.", _FLAG),
                                _query("strict", "Stop if a read returns something else "
                                       "now.", _FLAG)],

@@ -5,6 +5,10 @@ The token is ``FLUX_ADMIN_TOKEN``, sent as ``Authorization: Bearer``. An error a
 becomes the same FluxError the command raises locally — the server sends the sentence and
 the machine code — so ``flux --remote URL why 0190`` fails exactly like ``flux why 0190``.
 The standard library's urllib does the HTTP: the CLI stays light and synchronous.
+
+The token goes only where it was sent: a redirect is never followed (it would carry the
+``Authorization`` header to wherever the answer points), and a token about to travel over
+plain ``http://`` to another machine comes with a warning.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from flux._errors import (
     ResumeRefused,
     Unauthorized,
 )
-from flux.runtime._access import TOKEN_ENV
+from flux.runtime._access import CLIENT_HEADER, TOKEN_ENV, loopback_authority
 
 TIMEOUT = 60.0  # a resume runs a function; reads are quicker
 AI_TIMEOUT = 600.0  # why --ai waits for the server's model, which has its own [ai] timeout
@@ -49,6 +53,11 @@ class Remote:
                                             parsed.path.rstrip("/"), "", ""))
         self._token = token or None
         self._timeout = timeout
+        self.warning: str | None = None
+        if self._token and parsed.scheme == "http" and not loopback_authority(parsed.netloc):
+            self.warning = (f"the admin token travels unencrypted to {parsed.hostname}: use "
+                            f"https:// for a server on another machine")
+        self._opener = urllib.request.build_opener(_NoRedirects)
 
     def executions(self, *, function: str | None = None, status: str | None = None,
                    since: str | None = None, window: str | None = None,
@@ -112,14 +121,19 @@ class Remote:
         params = {k: str(v) for k, v in query.items() if v is not None}
         url = self.url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
         request = urllib.request.Request(url, method=method,
-                                         headers={"Accept": "application/json"})
+                                         headers={"Accept": "application/json",
+                                                  CLIENT_HEADER: "cli"})
         if self._token:
             request.add_header("Authorization", f"Bearer {self._token}")
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s or self._timeout
-                                        ) as response:
+            with self._opener.open(request, timeout=timeout_s or self._timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                where = exc.headers.get("Location", "elsewhere")
+                raise FluxError(f"{self.url} answered with a redirect to {where}, which is "
+                                f"not followed: it would carry the admin token",
+                                hint="give --remote the server's final URL") from None
             raise self._error(exc) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -150,6 +164,13 @@ class Remote:
             hint = hint or (f"set {TOKEN_ENV} to the server's admin token"
                             if not self._token else f"check {TOKEN_ENV}")
         return _ERRORS.get(code, FluxError)(message, hint=hint)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects are answers, not directions: urllib then raises HTTPError for them."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def _segment(text: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from flux._errors import ConfigError, FluxError
 from flux._project import Project
@@ -34,6 +36,25 @@ from flux.store._retention import Background as Retention
 from flux.store._retention import maintain
 
 SHUTDOWN_GRACE = 10.0
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse with the parser's exception, whose message
+    quotes the raw bytes — an ``Authorization`` header among them. Keep the line, drop the
+    bytes: the client got its 400, and nothing of what it sent reaches a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "refused a malformed request from %s (%s, HTTP %s)"
+            record.args = (remote, type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_MALFORMED = MalformedRequestFilter()
 
 
 def application(runtime: Runtime, *, observer: Observer | None = None) -> web.Application:
@@ -88,6 +109,7 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
                 dev: bool = False) -> None:
     """Serve until SIGINT/SIGTERM. ``dev``: started by ``flux dev`` (bound to loopback, its
     admin API needs no token; flux/runtime/_access.py)."""
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED)  # once: a set of filters
     if prepared is None:
         prepared = await asyncio.to_thread(prepare_database, project)
     target, schema = prepared

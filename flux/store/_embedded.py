@@ -202,11 +202,25 @@ class EmbeddedServer:
                 "-c", "max_slot_wal_keep_size=2GB",
                 "-c", "max_connections=200",
                 "-c", "fsync=on",
+                # The log holds no data of the application's: no failed statement (ctx.db's
+                # parameters are inlined in it), no parameters, no DETAIL (a unique key's
+                # value) — and no ERROR at all (a value can be in its message: "invalid
+                # input syntax for type integer: …"). LOG, FATAL and PANIC remain, for the
+                # server's own life and for why a start failed.
+                "-c", "log_min_messages=log",
+                "-c", "log_min_error_statement=panic",
+                "-c", "log_parameter_max_length=0",
+                "-c", "log_parameter_max_length_on_error=0",
+                "-c", "log_error_verbosity=terse",
+                "-c", "log_statement=none",
             ]
             for name, value in self.settings.items():
                 argv += ["-c", f"{name}={value}"]
             log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
-            with open(self.log_file, "ab") as log:
+            # Private to whoever runs Flux (0600), also when an older run made it 0644.
+            fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.fchmod(fd, 0o600)
+            with open(fd, "ab") as log:
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                     start_new_session=True,  # Ctrl-C in the terminal must not reach it

@@ -11,3 +11,7 @@ FROM pg_class c
 LEFT JOIN pg_policy p ON p.polrelid = c.oid
 WHERE c.oid = to_regclass(%(table)s)
   AND (c.relrowsecurity OR p.polname IS NOT NULL);
+
+-- name: read_only
+-- First in the transaction a plan is made in: whatever the planner evaluates writes nothing.
+SET TRANSACTION READ ONLY;

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from flux._project import parse
 from flux.capture._schema import apply_schema
@@ -298,3 +298,39 @@ def test_flux_serve_runs_as_a_runtime_member_once_the_owner_has_migrated(
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT tenant, actor FROM flux.state_mutations").fetchall() == \
             [("acme", conninfo_to_dict(app_db)["user"])]
+
+
+@pytest.mark.parametrize("capture_mode", ["trigger"])
+async def test_revoking_or_renaming_never_widens_a_tenant_reader(
+        tenant_shop: Shop, login_role: Callable[..., tuple[str, str]]) -> None:
+    """Unbound means sees nothing: a revoked role does not become an every-tenant reader,
+    and a binding follows the role through a rename (issue 20, item 1)."""
+    await traffic(tenant_shop)
+    db = tenant_shop.db
+    acme, acme_db = login_role("acme_bi")
+    globex, globex_db = login_role("globex_bi")
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("SELECT flux.grant_tenant(%s, 'acme')", [acme])
+        conn.execute("SELECT flux.grant_tenant(%s, 'globex')", [globex])
+    assert tenants_seen(acme_db)["trace_requests"] == {"acme"}
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("SELECT flux.revoke_tenant(%s, 'acme')", [acme])
+    revoked = tenants_seen(acme_db)
+    assert all(v in (set(), {"0"}) for v in revoked.values()), revoked
+    assert tenants_seen(acme_db, setup="SET ROLE flux_reader") == revoked
+
+    renamed = f"{globex}_renamed"
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(
+            sql.Identifier(globex), sql.Identifier(renamed)))
+    try:
+        renamed_db = make_conninfo(globex_db, user=renamed)
+        assert tenants_seen(renamed_db)["trace_requests"] == {"globex"}
+    finally:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(
+                sql.Identifier(renamed), sql.Identifier(globex)))
+    with psycopg.connect(db, autocommit=True) as conn, \
+            pytest.raises(psycopg.errors.UndefinedObject):
+        conn.execute("SELECT flux.grant_tenant('no_such_role_here', 'acme')")

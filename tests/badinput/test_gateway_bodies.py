@@ -202,3 +202,32 @@ def test_hostile_paths_queries_and_headers_get_one_record_each(bodies_server: Se
     with psycopg.connect(bodies_server.db) as conn:
         assert conn.execute("SELECT count(*) FROM flux.trace_requests WHERE request_id = "
                             "ANY(%s::uuid[])", [ids]).fetchone() == (len(requests),)
+
+
+def test_huge_headers_are_stored_capped_as_bodies_are(bodies_server: Served) -> None:
+    """Issue 20, item 8: an anonymous client's ~800 KB of headers, a request after another,
+    cost the store no more than a capped body each."""
+    port = int(bodies_server.url.rsplit(":", 1)[1])
+    ids = []
+    for n in range(5):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.putrequest("POST", "/echo")
+        for h in range(100):
+            connection.putheader(f"X-Fill-{h}", chr(65 + n) * 8000)
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", "2")
+        connection.endheaders(b"{}")
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+        ids.append(response.getheader("x-flux-request-id"))
+        connection.close()
+    with psycopg.connect(bodies_server.db) as conn:
+        sizes = conn.execute("SELECT pg_column_size(request), length(request::text) FROM "
+                             "flux.trace_requests WHERE request_id = ANY(%s::uuid[])",
+                             [ids]).fetchall()
+        headers = conn.execute("SELECT request->'headers' FROM flux.trace_requests "
+                               "WHERE request_id = %s", [ids[0]]).fetchone()[0]
+    assert len(sizes) == 5
+    assert all(text < 70_000 for _, text in sizes), sizes  # 64 KiB cap, not 800 KB
+    assert "left out" in headers["x-flux-truncated"]

@@ -118,3 +118,36 @@ async def test_explain_bad_input_is_one_sentence(shop: Shop) -> None:
         result = run_flux(args, shop.root, env=env)
         assert result.returncode != 0 and expected in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+async def test_explain_sql_runs_one_plannable_statement_and_nothing_else(shop: Shop) -> None:
+    """``--sql`` is planned, never run: a second statement after a semicolon, COPY TO
+    PROGRAM, CREATE EXTENSION and a write hidden in a function are refused or rolled back
+    (issue 20, item 4)."""
+    env = {"DATABASE_URL": shop.db}
+    with psycopg.connect(shop.db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE explain_canary (n int)")
+        conn.execute("CREATE FUNCTION explain_write() RETURNS int LANGUAGE plpgsql IMMUTABLE "
+                     "AS $$ BEGIN INSERT INTO explain_canary VALUES (1); RETURN 1; END $$")
+    marker = shop.root / "copied-by-postgres"
+    attacks = [
+        ("SELECT 1; COMMIT; INSERT INTO explain_canary VALUES (2)", "not 3"),
+        ("COPY (SELECT 1) TO PROGRAM 'touch " + str(marker) + "'", "not Copy"),
+        ("CREATE EXTENSION IF NOT EXISTS pg_trgm", "not CreateExtension"),
+        ("SELECT 1 /* ; */ ; DROP TABLE explain_canary", "not 2"),
+    ]
+    for statement, expected in attacks:
+        result = run_flux(["explain", "--sql", statement, "--json"], shop.root, env=env)
+        assert result.returncode != 0 and expected in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    # one statement whose planning would write (an IMMUTABLE function is folded): refused
+    result = run_flux(["explain", "--sql", "SELECT * FROM explain_canary WHERE n = "
+                       "explain_write()", "--json"], shop.root, env=env)
+    assert result.returncode == 0, result.stderr
+    [statement] = json.loads(result.stdout)["statements"]
+    assert statement["plan"] == [] and statement["plan_error"]
+    with psycopg.connect(shop.db, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM explain_canary").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'"
+                            ).fetchone() == (0,)
+    assert not marker.exists()

@@ -233,3 +233,36 @@ def test_bad_redact_list_is_a_config_error(
     monkeypatch.setenv("FLUX_REDACTION_KEY", "k")
     with pytest.raises(ConfigError, match=r"record\.redact_headers"):
         load_policy(tmp_path, {"record": {"redact_headers": bad}})
+
+
+SECRET = "sk_live_9/Yt+Ue7 Wq5"
+
+
+@given(st.text(alphabet=string.printable, max_size=12))
+def test_a_secret_is_scrubbed_url_encoded_and_in_base64_at_any_offset(prefix: str) -> None:
+    """Item 7 of issue 20: the encodings a secret travels in, Basic auth among them."""
+    import base64
+    from urllib.parse import quote, quote_plus
+
+    basic = base64.b64encode(f"{prefix}:{SECRET}".encode()).decode()
+    texts = [f"?k={quote(SECRET, safe='')}", f"?k={quote_plus(SECRET)}",
+             "?k=" + quote(SECRET, safe="").replace("%2F", "%2f").replace("%2B", "%2b"),
+             f"Basic {basic}",
+             base64.urlsafe_b64encode(f"x{SECRET}".encode()).decode()]
+    for text in texts:
+        scrubbed = POLICY.scrub_text(text, [SECRET])
+        assert "[redacted hmac-sha256:" in scrubbed, text
+        assert SECRET not in scrubbed and quote(SECRET, safe="") not in scrubbed
+    # what is left of the base64 around the marker cannot spell the secret
+    left = POLICY.scrub_text(f"Basic {basic}", [SECRET])
+    assert len(left.replace("Basic ", "").split("]")[-1]) <= 4
+
+
+def test_default_names_cover_oauth_fields_and_x_auth_token() -> None:
+    body = POLICY.redact_body({"access_token": "a" * 8, "refresh_token": "r" * 8,
+                               "client_secret": "c" * 8, "scope": "read"})
+    assert body["scope"] == "read"
+    assert all(body[k].startswith("[redacted") for k in ("access_token", "refresh_token",
+                                                          "client_secret"))
+    assert POLICY.redact_headers({"X-Auth-Token": "t" * 8})["x-auth-token"].startswith(
+        "[redacted")
