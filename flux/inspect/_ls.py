@@ -44,6 +44,14 @@ def parse_status(text: str | None) -> StatusFilter:
 
 def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     """``15m`` / ``2h`` / ``3d`` ago, ``14:05`` today (local time), or an ISO date-time."""
+    try:
+        return _parse_time(text, now=now)
+    except (OverflowError, ValueError) as exc:  # 9999999999h ago, 0001-01-01 in UTC-1
+        raise ConfigError(f"{text.strip()!r} is out of the range of times Flux can "
+                          "look at") from exc
+
+
+def _parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     now = now or dt.datetime.now().astimezone()
     value = text.strip()
     if match := _AGO.match(value):
