@@ -44,13 +44,21 @@ def parse_status(text: str | None) -> StatusFilter:
 
 def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     """``15m`` / ``2h`` / ``3d`` ago, ``14:05`` today (local time), or an ISO date-time."""
-    return _parse_time(text, now=now)
+    try:
+        return _parse_time(text, now=now)
+    except (OverflowError, ValueError) as exc:  # 9999999999h ago, 0001-01-01 in UTC-1
+        raise ConfigError(f"{text.strip()!r} is out of the range of times Flux can "
+                          "look at") from exc
 
 
 def parse_window(text: str) -> tuple[dt.datetime, dt.datetime]:
-    """The two ends of a window as flux/_window.py reads it (``14:00..14:05``,
+    """The two ends of a window as flux/inspect/_window.py reads it (``14:00..14:05``,
     ``14:20-14:25``, ``2026-03-10T14:00..2026-03-10T15:00``, ``1h..now`` …)."""
-    window = _parse_window(text)
+    try:
+        window = _parse_window(text)
+    except (OverflowError, ValueError) as exc:  # 0001-01-01..now in a zone west of UTC
+        raise ConfigError(f"{text.strip()!r} is out of the range of times Flux can "
+                          "look at") from exc
     return window.start, window.end
 
 
@@ -63,8 +71,9 @@ def server_zone(conn: psycopg.Connection[Any]) -> str | None:
 def describe_window(conn: psycopg.Connection[Any] | None, text: str) -> dict[str, Any]:
     """The interpretation of the window ``text``, in the reader's zone and, where it differs,
     the server's (``conn``'s)."""
+    parse_window(text)  # out-of-range ends: one sentence, before describing them
     return _describe(_parse_window(text),
-                            server_zone=server_zone(conn) if conn is not None else None)
+                     server_zone=server_zone(conn) if conn is not None else None)
 
 
 def list_executions(conn: psycopg.Connection[Any], *, function: str | None = None,

@@ -28,6 +28,8 @@ from typing import Any
 
 import psycopg
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from flux._errors import DatabaseUnavailable, Overloaded
 from flux._ids import new_request_id
@@ -128,6 +130,7 @@ class _BodyProblem(Enum):
     TOO_LARGE = "too_large"
     TOO_SLOW = "too_slow"
     CUT_OFF = "cut_off"  # the client closed the connection before its body was whole
+    UNDECODABLE = "undecodable"  # its Content-Encoding does not decode
 
 
 async def _read_body(request: web.Request, runtime: Runtime) -> bytes | _BodyProblem:
@@ -142,6 +145,8 @@ async def _read_body(request: web.Request, runtime: Runtime) -> bytes | _BodyPro
         return _BodyProblem.TOO_SLOW
     except ConnectionError:
         return _BodyProblem.CUT_OFF
+    except (HttpProcessingError, RequestPayloadError):  # gzip said, and it is not gzip
+        return _BodyProblem.UNDECODABLE
 
 
 async def _run(request: web.Request, runtime: Runtime, path: str, request_id: str,
@@ -171,6 +176,12 @@ async def _run(request: web.Request, runtime: Runtime, path: str, request_id: st
             request, 408, "request_timeout", "the request body did not arrive within "
             f"{runtime.body_timeout:g} seconds", function=spec.name, tenant=tenant)
         response.force_close()  # the rest of the body is not waited for
+        return response
+    if raw is _BodyProblem.UNDECODABLE:
+        response = await _reject(request, 400, "invalid_encoding", "the request body does "
+                                 "not decode as its Content-Encoding says",
+                                 function=spec.name, tenant=tenant)
+        response.force_close()  # what is left of it cannot be read either
         return response
     if raw is _BodyProblem.CUT_OFF:  # nobody hears the answer; the record says what happened
         return await _reject(request, 400, "incomplete_body", "the client closed the "

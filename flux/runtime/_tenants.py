@@ -24,7 +24,7 @@ from typing import Any
 from flux._errors import ConfigError
 
 MAX_LENGTH = 200
-_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]+$")
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]+$")  # no C0, DEL or C1 control
 _TARGET = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_]\w*)$")
 
 TenantFunction = Callable[[Any], Any]
@@ -84,6 +84,10 @@ def check(value: str) -> str:
         raise TenantRefused(f"a tenant is at most {MAX_LENGTH} characters, not {len(value)}")
     if not _PRINTABLE.match(value):
         raise TenantRefused("a tenant is printable text, without control characters")
+    try:  # a header's invalid UTF-8 arrives as lone surrogates, which no text column holds
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TenantRefused("a tenant is valid UTF-8 text") from None
     return value
 
 
