@@ -47,7 +47,8 @@ async def answers_while_down(shop: Shop, request_id: str
     async with shop.client.get(f"{shop.url}/health") as response:
         health = response.status, await response.json()
     async with shop.client.post(f"{shop.url}/_flux/executions/{request_id}/resume",
-                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as response:
+                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                         "X-Flux-Client": "test"}) as response:
         admin = (response.status, await response.json(content_type=None),
                  response.headers["x-flux-request-id"])
     return health, admin

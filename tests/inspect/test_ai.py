@@ -281,7 +281,7 @@ async def test_the_admin_api_and_the_remote_cli_ask_the_servers_model(
     ai_shop.runtime.admin = AdminAccess.with_token("admin-token-1234")
     ai_shop.runtime.project = parse(ai_shop.root)
     _, failed = await failed_checkout(ai_shop)
-    auth = {"Authorization": "Bearer admin-token-1234"}
+    auth = {"Authorization": "Bearer admin-token-1234", "X-Flux-Client": "test"}
     url = f"{ai_shop.url}/_flux/executions/{failed[:18]}/why/ai"
     async with aiohttp.ClientSession() as client:
         async with client.post(url, headers=auth) as response:

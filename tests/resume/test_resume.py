@@ -140,14 +140,15 @@ async def test_admin_api_resumes_and_guards_access(shop: Shop) -> None:
     shop.runtime.reload(shop.root / CHECKOUT)  # the server runs the fixed code
     url = f"{shop.url}/_flux/executions/{rid[:18]}/resume"
     shop.runtime.admin = AdminAccess.with_token("s3cret-token")
+    admin = {"Authorization": "Bearer s3cret-token", "X-Flux-Client": "test"}
     async with shop.client.post(url) as response:
         assert response.status == 401
-    async with shop.client.post(url, headers={"Authorization": "Bearer s3cret-token"}) as r:
+    async with shop.client.post(url, headers=admin) as r:
         body = await r.json()
         assert r.status == 200, body
     assert body["status"] == "ok" and body["resumed_from"] == rid
     assert shop.provider.charges == 1 and order_states(shop) == [("paid", "ch_1")]
-    async with shop.client.post(url, headers={"Authorization": "Bearer s3cret-token"}) as r:
+    async with shop.client.post(url, headers=admin) as r:
         assert r.status == 409 and "already resumed" in (await r.json())["error"]["message"]
 
 
