@@ -18,6 +18,12 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _C1 = re.compile("[\x7f-\x9f]")
 
 
+def shorten(value: Any) -> str:
+    """A value on one table row: its text, cut at 60 characters."""
+    text = str(value) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
 def visible(text: str) -> str:
     """``text`` with every control character drawn instead of sent to the terminal: a path,
     body or log line that carries an escape sequence (an OSC 52 clipboard write, a cursor

@@ -8,7 +8,20 @@ import sys
 
 import typer
 
-from cli import bisect, capture, check, db, gc, incident, inspect, install, record, serve, testgen
+from cli import (
+    bisect,
+    capture,
+    check,
+    db,
+    gc,
+    incident,
+    inspect,
+    install,
+    record,
+    replay,
+    serve,
+    testgen,
+)
 from cli import queue as queue_cli  # flux queue …, flux worker
 from cli._output import out, print_error
 from cli._source import REMOTE_ENV, choose
@@ -68,9 +81,9 @@ app.command()(serve.dev)
 app.command(name="serve")(serve.serve_command)
 app.command()(inspect.ls)
 app.command()(inspect.why)
-app.command()(inspect.explain)
-app.command()(inspect.replay)
-app.command()(inspect.resume)
+app.command()(replay.explain)
+app.command()(replay.replay)
+app.command()(replay.resume)
 app.add_typer(record.app, name="record")
 app.add_typer(incident.app, name="incident")
 app.add_typer(inspect.state_app, name="state")
