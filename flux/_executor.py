@@ -22,10 +22,11 @@ from psycopg import pq
 
 from flux._availability import connection_lost
 from flux._context import Context, activate
-from flux._errors import DatabaseUnavailable, FunctionError, Overloaded
+from flux._errors import DatabaseUnavailable, FunctionError, Overloaded, UnrecordedIO
 from flux._execution import Execution, ReplaySource
 from flux._function import FunctionSpec
 from flux._ids import short
+from flux._iowatch import Watch, watching
 from flux._jsoncodec import encode, plain
 from flux._queries import load
 from flux._record import (
@@ -103,7 +104,10 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
     ctx = Context(ex, spec, headers=inv.headers, is_replay=replay is not None)
     output: Any = None
     failure: BaseException | None = None
-    with activate(ctx):
+    # Outside access no recorded path made: noted in serving, refused where nothing may
+    # leave (every run with a replay source).
+    watch = Watch(rec, block=replay is not None, allow=runtime.io_allow)
+    with activate(ctx), watching(watch):
         try:
             with rec.span(f"{inv.method or inv.kind} /{inv.route or spec.route}", "gateway",
                           attrs={"kind": inv.kind}), \
@@ -120,6 +124,15 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
                 output = _json_output(result)
         except Exception as exc:
             failure = exc
+    if watch.found:
+        if watch.block and not isinstance(failure, UnrecordedIO):
+            # refused, even if the library that tried swallowed the refusal
+            failure = Watch.error(watch.found[0])
+        elif not watch.block:
+            for found in watch.found:
+                runtime.echo_log(ctx, "warning", f"unrecorded IO: {found['what']} at "
+                                 f"{found['file']}:{found['line']} (the record is incomplete)",
+                                 {})
     if failure is None:
         outcome = await _succeed(ex, inv, output, persist, commit_data)
     else:

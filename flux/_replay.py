@@ -48,6 +48,9 @@ class TapeReplay:
     stubs: dict[str, Any] = field(default_factory=dict)
     beyond: list[dict[str, Any]] = field(default_factory=list)
     suppressed: list[dict[str, Any]] = field(default_factory=list)
+    # Whether a call the tape does not answer is sent for real (a resume's live part);
+    # a replay sends nothing.
+    sends: bool = False
 
     async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite
                  ) -> Served | None:

@@ -142,7 +142,7 @@ async def _run(runtime: Runtime, record: dict[str, Any], *, rehearsal: bool,
                        f"{runtime.functions_dir}")
     request = record.get("request") or {}
     source = ResumeSource(Tape.of(record), db_mode="live", cut=failure_point(record),
-                          rehearsal=rehearsal)
+                          rehearsal=rehearsal, sends=not rehearsal)
     invocation = Invocation(
         request_id=request_id, spec=spec, input=decode(request.get("body")), kind="resume",
         method=request.get("method"), route=request.get("route"),
@@ -198,6 +198,9 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
             problem = ("today's code departs from the recorded execution before the point "
                        f"where it failed{because} ({divergence.file}:{divergence.line}: "
                        f"{divergence.reason}); nothing was executed")
+        elif (rehearsal.error or {}).get("type") == "UnrecordedIO":
+            problem = (f"{rehearsal.error['message']}: the resume would reach outside "
+                       "through no recorded path; nothing was executed")
         elif strict and source.drift:
             problem = (f"{len(source.drift)} read(s) return something else than when the "
                        f"execution ran (first: {source.drift[0]['call']} at "

@@ -1,7 +1,7 @@
 """Tape matching: which recorded value answers each call a replayed function makes.
 
 DESIGN.md's rules, exactly. Each tape entry has a kind (db, http, clock, random, uuid,
-secret, queue, invoke) and a key (for SQL the pglast fingerprint plus a hash of the
+secret, queue, invoke, step) and a key (for SQL the pglast fingerprint plus a hash of the
 parameters, for HTTP the method and URL). New calls are matched to the tape in order per
 kind. The first call that has no match is the divergence, reported with the entry that was
 expected, the call that was made and its file:line.
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("db", "http", "clock", "random", "uuid", "secret", "queue", "invoke")
+KINDS = ("db", "http", "clock", "random", "uuid", "secret", "queue", "invoke", "step")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from flux._jsoncodec import plain
 from flux._lookup import fetch_record, handoffs
 from flux._queries import load
 from flux._signature import features, signature_text, vector
+from flux._trace import incomplete
 
 SIMILAR_LIMIT = 5
 SIMILAR_MAX_DISTANCE = 0.35  # cosine distance; same bug ≈ 0, unrelated ≈ 1
@@ -149,6 +150,7 @@ def explain_failure(conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any
         "similar": alike["nearest"],
         "similar_summary": {k: v for k, v in alike.items() if k != "nearest"},
         "suggestion": cause.suggestion,
+        "incomplete": incomplete(record["spans"]),
         "parent_id": record.get("parent_id"),
         "pinned": record.get("pinned"),  # kept past retention (flux record pin)
         "handoff": handoffs(conn, record),

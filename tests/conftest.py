@@ -1,2 +1,2 @@
 pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.projects", "tests.fixtures.shop",
-                  "tests.fixtures.processes"]
+                  "tests.fixtures.processes", "tests.fixtures.stub"]
