@@ -198,8 +198,11 @@ def _patch_urllib3() -> None:
 
     def answer(response: Response, method: str, url: str, preload: bool
                ) -> urllib3.HTTPResponse:
+        headers = urllib3.HTTPHeaderDict()
+        for name, value in _content_headers(response):
+            headers.add(name, value)
         return urllib3.HTTPResponse(
-            body=io.BytesIO(response.content), headers=_content_headers(response),
+            body=io.BytesIO(response.content), headers=headers,
             status=response.status, reason=_reason(response.status), preload_content=preload,
             decode_content=False, request_method=method, request_url=url)
 

@@ -22,7 +22,6 @@ from tests.fixtures.projects import run_flux
 from tests.fixtures.shop import Shop, serve_app
 from tests.fixtures.stub import Stub
 
-
 SECRET = "sk_live_Intercept7Hq2Lw9Rt4"  # must never reach the store
 ENV = "INTERCEPT_PAY_KEY"
 
@@ -38,7 +37,8 @@ HANDLERS: dict[str, str] = {
         def pay_httpx(ctx, input):
             key = ctx.secrets.get("PAY_KEY")
             with httpx.Client() as client:
-                r = client.post(ctx.config["stub"] + "/v1/charges", data={"amount": 900},  # the call
+                r = client.post(ctx.config["stub"] + "/v1/charges",  # the call
+                                data={"amount": 900},
                                 headers={"Authorization": f"Bearer {key}"})
             # TAIL
             return {"charge": r.json()["id"]}
@@ -51,7 +51,8 @@ HANDLERS: dict[str, str] = {
         async def pay_httpx_async(ctx, input):
             key = ctx.secrets.get("PAY_KEY")
             async with httpx.AsyncClient() as client:
-                r = await client.post(ctx.config["stub"] + "/v1/charges", json={"amount": 900},  # the call
+                r = await client.post(ctx.config["stub"] + "/v1/charges",  # the call
+                                      json={"amount": 900},
                                       headers={"Authorization": f"Bearer {key}"})
             # TAIL
             return {"charge": r.json()["id"]}
@@ -92,7 +93,8 @@ HANDLERS: dict[str, str] = {
         async def pay_aiohttp(ctx, input):
             key = ctx.secrets.get("PAY_KEY")
             async with aiohttp.ClientSession() as session:
-                async with session.post(ctx.config["stub"] + "/v1/charges", json={"amount": 900},  # the call
+                async with session.post(ctx.config["stub"] + "/v1/charges",  # the call
+                                        json={"amount": 900},
                                         headers={"Authorization": f"Bearer {key}"}) as r:
                     body = await r.json()
             # TAIL
@@ -185,7 +187,7 @@ def _http_spans(record: dict[str, Any]) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("name", sorted(HANDLERS))
 async def test_library_call_is_recorded_replayed_and_resumed_once(
         app: Shop, stub: Stub, name: str) -> None:
-    status, body, rid = await app.post(name, {})
+    status, _, rid = await app.post(name, {})
     assert status == 200, json.dumps(app.record(rid)["error"])[:3000]
     assert stub.count == 1
     [received] = stub.received
