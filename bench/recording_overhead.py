@@ -2,7 +2,9 @@
 aiohttp + psycopg app, measured side by side in one run.
 
 The handler does one SELECT, one INSERT and one outbound GET to a loopback stub, inside one
-transaction. Setup, all in a temporary directory under /tmp that is removed at the end:
+transaction. A third side serves the same handler with the GET made through a plain
+``httpx.AsyncClient`` instead of ``ctx.http``: captured transparently (flux/_intercept.py),
+it should cost about what ``ctx.http`` costs (target: within 5%). Setup, all in a temporary directory under /tmp that is removed at the end:
 
 - one embedded PostgreSQL with two databases: ``bench_flux`` (flux schema migrated, the
   ``items`` table created through the project's ``schema/001.sql`` so capture triggers are
@@ -58,6 +60,8 @@ from flux._runtime import Runtime
 from flux._schema import apply_schema
 
 ROUTE = "bench_handler"
+HTTPX_ROUTE = "bench_httpx"  # the same handler, its GET through httpx (captured)
+HTTPX_TARGET = 0.95
 POOL_SIZE = 20  # Runtime's default pool_size; the plain side gets the same pool
 TARGET = 0.85
 FLUX_DB = "bench_flux"
@@ -89,6 +93,24 @@ async def {ROUTE}(ctx, input):
     row = await ctx.db.fetchone({SELECT_SQL!r}, [{COUNT_BELOW}])
     item = await ctx.db.fetchone({INSERT_SQL!r}, [input.get("name", "bench")])
     response = await ctx.http.get(ctx.config["stub_url"])
+    return {{"count": row["count"], "id": item["id"], "stub": response.json()}}
+'''
+
+HTTPX_PY = f'''\
+"""The benchmark handler with its outbound GET through httpx, as SDK-based code does."""
+
+import httpx
+
+from flux import function
+
+_client = httpx.AsyncClient(timeout=10)
+
+
+@function
+async def {HTTPX_ROUTE}(ctx, input):
+    row = await ctx.db.fetchone({SELECT_SQL!r}, [{COUNT_BELOW}])
+    item = await ctx.db.fetchone({INSERT_SQL!r}, [input.get("name", "bench")])
+    response = await _client.get(ctx.config["stub_url"])
     return {{"count": row["count"], "id": item["id"], "stub": response.json()}}
 '''
 
@@ -153,7 +175,8 @@ async def _recorded_app(options: dict[str, Any]) -> tuple[web.Application, Clean
     runtime = Runtime(parse(Path(options["project"])), options["conninfo"],
                       pool_size=POOL_SIZE)
     errors = await runtime.start()
-    if errors or runtime.registry.route(ROUTE) is None:
+    if errors or runtime.registry.route(ROUTE) is None or \
+            runtime.registry.route(HTTPX_ROUTE) is None:
         await runtime.close()
         raise RuntimeError(f"the bench project did not load: {errors}")
     return make_app(runtime), runtime.close
@@ -191,6 +214,7 @@ def _write_project(root: Path, stub_url: str) -> Path:
     (root / "schema").mkdir()
     (root / "flux.toml").write_text(f'name = "bench"\n\n[app]\nstub_url = "{stub_url}"\n')
     (root / "functions" / f"{ROUTE}.py").write_text(HANDLER_PY)
+    (root / "functions" / f"{HTTPX_ROUTE}.py").write_text(HTTPX_PY)
     (root / "schema" / "001.sql").write_text(TABLE_SQL)
     return root
 
@@ -255,12 +279,12 @@ async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
     warmups: dict[str, Round] = {}
     rounds: list[Round] = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        for side in ("plain", "recorded"):
+        for side in SIDES:
             warmups[side] = await closed_loop(session, side, urls[side], REQUEST_BODY,
                                               args.concurrency, args.warmup)
             _progress(f"warm-up   {_round_line(warmups[side])}")
         for number in range(1, args.rounds + 1):
-            for side in ("plain", "recorded"):
+            for side in SIDES:
                 before = meter.sample()
                 result = await closed_loop(session, side, urls[side], REQUEST_BODY,
                                            args.concurrency, args.seconds)
@@ -268,6 +292,9 @@ async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
                 rounds.append(result)
                 _progress(f"round {number:<3} {_round_line(result)}")
     return rounds, warmups
+
+
+SIDES = ("plain", "recorded", "httpx")
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -360,14 +387,17 @@ def main(argv: list[str] | None = None) -> int:
             children.append(spawn(_serve, "recorded", {
                 "conninfo": flux_db, "project": str(project), "profile": args.profile}))
             urls = {c.role: f"http://127.0.0.1:{c.port}/{ROUTE}" for c in children[1:]}
-            meter = CpuMeter({c.role: int(c.process.pid or 0) for c in children[1:]}, info.pid)
+            urls["httpx"] = urls["recorded"].replace(ROUTE, HTTPX_ROUTE)
+            pids = {c.role: int(c.process.pid or 0) for c in children[1:]}
+            meter = CpuMeter({**pids, "httpx": pids["recorded"]}, info.pid)
 
             rounds, warmups = asyncio.run(_drive(urls, meter, args))
 
             plain, recorded = _summarise("plain", rounds), _summarise("recorded", rounds)
-            served = recorded.requests + warmups["recorded"].ok
-            executions = sum(r.answered for r in (*rounds, warmups["recorded"])
-                             if r.side == "recorded")
+            through_httpx = _summarise("httpx", rounds)
+            served = sum(s.requests + warmups[s.name].ok for s in (recorded, through_httpx))
+            executions = sum(r.answered for r in (*rounds, *warmups.values())
+                             if r.side in ("recorded", "httpx"))
             traces = _count(flux_db, TRACES_SQL) - traces_before
             mutations = _count(flux_db, MUTATIONS_SQL) - mutations_before
             plain_rows = _count(plain_db, "SELECT count(*) FROM items") - SEED_ROWS
@@ -381,10 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'side':<9} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'non-200':>8} {'app cpu/req':>12} {'db cpu/req':>11}")
-    for side in (plain, recorded):
+    for side in (plain, recorded, through_httpx):
         print(f"{side.name:<9} {side.requests:>9} {side.throughput:>9.1f} {side.p50:>8.1f} "
               f"{side.p99:>8.1f} {side.bad:>8} {side.app_cpu:>9.2f} ms {side.db_cpu:>8.2f} ms")
-    for side in (plain, recorded):
+    for side in (plain, recorded, through_httpx):
         if side.bad:
             print(f"{side.name}: first bad answer: {side.sample}")
     recorded_ok = traces == executions and mutations == served
@@ -393,13 +423,17 @@ def main(argv: list[str] | None = None) -> int:
           f"({'ok' if recorded_ok else 'MISMATCH'})")
     if plain_rows != plain_served:
         print(f"plain side inserted {plain_rows} rows for {plain_served} requests (MISMATCH)")
+    captured = through_httpx.throughput / recorded.throughput if recorded.throughput else 0.0
+    print(f"httpx (captured)/ctx.http throughput: {captured:.3f} "
+          f"(target >= {HTTPX_TARGET}: {'pass' if captured >= HTTPX_TARGET else 'FAIL'}); "
+          f"app cpu/req {through_httpx.app_cpu:.2f} ms vs {recorded.app_cpu:.2f} ms")
     ratio = recorded.throughput / plain.throughput if plain.throughput else 0.0
     verdict = "pass" if ratio >= TARGET else "FAIL"
     print(f"recorded/plain throughput: {ratio:.3f} (target >= {TARGET}: {verdict})")
     if args.profile:
         print(f"profile of the recorded server: {args.profile} (this run's ratio is skewed)")
     print(f"ratio: {ratio:.2f}")
-    healthy = not plain.bad and not recorded.bad and recorded_ok and plain_rows == plain_served
+    healthy = not plain.bad and not recorded.bad and not through_httpx.bad and recorded_ok and plain_rows == plain_served
     return 0 if healthy else 1
 
 

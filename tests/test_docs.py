@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from flux._explain import policy_for
+from flux._iowatch import IOAllowance
 from flux._project import parse
 from flux._redact import load_policy
 from flux._worker import QueueConfig
@@ -86,6 +87,7 @@ def test_the_flux_toml_of_the_configuration_reference_is_accepted(tmp_path: Path
     assert policy_for(project, "checkout").violation(["orders"]) is None
     assert policy_for(project, "checkout").violation(["audit_log"]) is not None
     assert project.replay_stubs
+    assert "git" in IOAllowance.of(tmp_path, project.raw).commands
     headings = re.findall(r"^## `\[([^\]]+)\]`", text, re.MULTILINE)
     for table in re.findall(r"^\[([^\]]+)\]", toml, re.MULTILINE):
         assert any(table == h or table.startswith(h + ".") for h in headings), \
