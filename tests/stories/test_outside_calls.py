@@ -69,6 +69,18 @@ HANDLERS: dict[str, str] = {
             # TAIL
             return {"charge": r.json()["id"]}
     ''',
+    "pay_requests_blocking": '''
+        import requests
+        from flux import function
+
+        @function
+        async def pay_requests_blocking(ctx, input):  # a blocking SDK call in an async handler
+            key = ctx.secrets.get("PAY_KEY")
+            r = requests.post(ctx.config["stub"] + "/v1/charges", data={"amount": 900},  # the call
+                              headers={"Authorization": f"Bearer {key}"}, timeout=5)
+            # TAIL
+            return {"charge": r.json()["id"]}
+    ''',
     "pay_urllib": '''
         import json
         import urllib.request
