@@ -248,6 +248,7 @@ def _wrap_psycopg() -> None:
 
     wrap(psycopg.Connection, False)
     wrap(psycopg.AsyncConnection, True)
+    psycopg.connect = psycopg.Connection.connect  # bound at import to the original
 
 
 def _where(conninfo: str) -> str:

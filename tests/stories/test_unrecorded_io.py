@@ -38,10 +38,9 @@ HANDLERS: dict[str, str] = {
         from flux import function
 
         @function
-        async def second_db(ctx, input):
-            conn = await psycopg.AsyncConnection.connect(ctx.config["dsn"])  # the access
-            async with conn:
-                await conn.execute("INSERT INTO marks VALUES (1)")
+        def second_db(ctx, input):
+            with psycopg.connect(ctx.config["dsn"]) as conn:  # the access
+                conn.execute("INSERT INTO marks VALUES (1)")
             # FAIL
             return {"ok": True}
     ''',
