@@ -179,8 +179,10 @@ class Exchange:
         self.method, self.url, self.body, self.site = method, url, body, site
         self.timeout = timeout
         self.headers = headers
+        self.added: dict[str, str] = {}  # the headers Flux adds to the caller's
         if method in UNSAFE and not any(k.lower() == "idempotency-key" for k in headers):
-            headers["Idempotency-Key"] = ex.idempotency_key(self.call_seq)
+            self.added["Idempotency-Key"] = headers["Idempotency-Key"] = \
+                ex.idempotency_key(self.call_seq)
         policy = ex.policy
         secrets = rec.secret_values
         self.shown_url = policy.scrub_text(url, secrets)  # a secret in a query string stays out
@@ -206,6 +208,7 @@ class Exchange:
         self.span = self._cm.__enter__()
         added = _propagate(self._ex, self.span, self.headers)
         self.attrs["request"]["headers"].update(added)
+        self.added.update(added)
         return self
 
     def __exit__(self, *exc: Any) -> bool | None:

@@ -47,10 +47,10 @@ def _active() -> Execution | None:
     return None if ctx is None else ctx._execution
 
 
-def _exchange(ex: Execution, method: str, url: str, headers: dict[Any, Any], body: Any,
+def _exchange(ex: Execution, method: str, url: str, headers: dict[str, str], body: Any,
               client: str) -> Exchange:
-    return Exchange(ex, method.upper(), url, {_text(k): _text(v) for k, v in headers.items()},
-                    _bytes(body), ex.recorder.call_site(), client=client)
+    return Exchange(ex, method.upper(), url, headers, _bytes(body), ex.recorder.call_site(),
+                    client=client)
 
 
 def _text(value: Any) -> str:
@@ -110,9 +110,8 @@ def _patch_httpx(module: str = "httpx") -> None:
                          request.content, module)
 
     def add_headers(call: Exchange, request: Any) -> None:
-        for name, value in call.headers.items():
-            if name not in request.headers:
-                request.headers[name] = value
+        for name, value in call.added.items():
+            request.headers[name] = value
 
     @functools.wraps(sync_send)
     def handle_request(self: Any, request: Any) -> Any:
@@ -141,8 +140,8 @@ def _patch_httpx(module: str = "httpx") -> None:
             except httpx.TransportError as exc:
                 call.failed(str(exc) or type(exc).__name__)
                 raise
-            return answer(call.answered(raw.status_code, raw.headers.multi_items(), content,
-                                        str(request.url)), request)
+            call.answered(raw.status_code, raw.headers.multi_items(), content, str(request.url))
+            return raw  # read and closed: the client finds its content in place
 
     @functools.wraps(async_send)
     async def handle_async_request(self: Any, request: Any) -> Any:
@@ -171,8 +170,8 @@ def _patch_httpx(module: str = "httpx") -> None:
             except httpx.TransportError as exc:
                 call.failed(str(exc) or type(exc).__name__)
                 raise
-            return answer(call.answered(raw.status_code, raw.headers.multi_items(), content,
-                                        str(request.url)), request)
+            call.answered(raw.status_code, raw.headers.multi_items(), content, str(request.url))
+            return raw
 
     httpx.HTTPTransport.handle_request = handle_request  # type: ignore[method-assign]
     httpx.AsyncHTTPTransport.handle_async_request = handle_async_request  # type: ignore[method-assign]
@@ -216,7 +215,8 @@ def _patch_urllib3() -> None:
         data = _bytes(body)
         preload = kwargs.pop("preload_content", True)
         kwargs.pop("decode_content", None)
-        with _exchange(ex, method, target, dict(headers or {}), data, "urllib3") as call:
+        given = {_text(k): _text(v) for k, v in (headers or {}).items()}
+        with _exchange(ex, method, target, given, data, "urllib3") as call:
             try:
                 served = call.served_now()
             except HttpTimeout as exc:
