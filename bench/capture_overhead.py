@@ -10,7 +10,7 @@ and ``COMMIT``. The same script runs against every database:
 - ``trigger``: ``flux.install_capture_all()`` — row triggers write flux.state_mutations in
   the writing transaction;
 - ``wal``: ``flux capture switch wal`` — REPLICA IDENTITY FULL, the publication, the slot —
-  with the consumer (flux/_capture.py) running in a child process while the load runs, so
+  with the consumer (flux/capture/consumer.py) running in a child process while the load runs, so
   its decoding and inserts are paid inside the measurement, as in production.
 
 Rounds alternate none, trigger, wal, … so that machine noise hits all three alike; a mode's
@@ -56,10 +56,11 @@ import psycopg
 from _children import Child, scratch_dir, spawn, stop
 from _load import cpu_seconds
 
-from flux import _capture
-from flux._database import ensure_database
-from flux._embedded import EmbeddedServer, install_dir
-from flux._migrate import migrate
+from flux.capture import _consumer as consumer
+from flux.capture import _mode
+from flux.store._database import ensure_database
+from flux.store._embedded import EmbeddedServer, install_dir
+from flux.store._migrate import migrate
 
 MODES = ("none", "trigger", "wal")
 TARGETS = {"trigger": 0.6, "wal": 0.95}
@@ -82,7 +83,7 @@ DONE = re.compile(r"number of transactions actually processed: (\d+)")
 async def _consumer(role: str, options: dict[str, Any], pipe: Connection) -> None:
     """The WAL consumer, as `flux serve` runs it (a thread), in a child process."""
     halt = threading.Event()
-    thread = threading.Thread(target=_capture.Consumer(options["conninfo"]).run, args=(halt,),
+    thread = threading.Thread(target=consumer.Consumer(options["conninfo"]).run, args=(halt,),
                               daemon=True)
     thread.start()
     pipe.send(("ready", 0))
@@ -104,7 +105,7 @@ def _prepare(conninfo: str, mode: str, scale: int) -> None:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute("SELECT flux.install_capture_all()")
     elif mode == "wal":
-        _capture.switch(conninfo, "wal")
+        _mode.switch(conninfo, "wal")
 
 
 def _round(conninfo: str, script: Path, args: argparse.Namespace
@@ -168,7 +169,7 @@ class CpuMeter:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             pids = [r[0] for r in conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                [_capture.APPLICATION_NAME])]
+                [consumer.APPLICATION_NAME])]
         for pid in pids:
             with contextlib.suppress(psutil.Error):
                 self.backends[pid] = cpu_seconds(psutil.Process(pid))
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                         # that no round pays for another's: the wait is this round's.
                         lag = _lag(conninfo[mode])
                         waited = time.monotonic()
-                        _capture.wait_caught_up(conninfo["wal"], timeout=300)
+                        consumer.wait_caught_up(conninfo["wal"], timeout=300)
                         waited = time.monotonic() - waited
                         stored = meter.sample()
                         app = _per_txn(before, stored, "app", count)
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 consumer = spawn(_consumer, "consumer", {"conninfo": conninfo["wal"]})
                 meter.watch(consumer.process.pid)
                 start = {**start, "app": meter.sample()["app"]}
-            _capture.wait_caught_up(conninfo["wal"], timeout=300)
+            consumer.wait_caught_up(conninfo["wal"], timeout=300)
             caught_up = time.monotonic() - started
             end = meter.sample()
             with psycopg.connect(conninfo["wal"]) as conn:

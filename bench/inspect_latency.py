@@ -56,11 +56,11 @@ from _children import scratch_dir
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from flux._database import ensure_database
-from flux._embedded import EmbeddedServer
-from flux._migrate import migrate
-from flux._queries import load
-from flux._sql import sql_info, tape_key
+from flux.store._database import ensure_database
+from flux.store._embedded import EmbeddedServer
+from flux.store._migrate import migrate
+from flux.store._queries import load
+from flux.store._statement import sql_info, tape_key
 
 DB = "bench_inspect"
 TARGET_VIEW_MS = 5.0
@@ -187,8 +187,8 @@ def _error(type_: str, message: str, file: str, line: int, function: str, span_i
         error["span_id"] = span_id
     error["stack"] = [
         {"file": file, "line": line, "function": function, "code": source},
-        {"file": "/work/main/flux/_ctx_http.py" if "Http" in type_ else
-         "/work/main/flux/_ctx_db.py", "line": 128, "function": "_run", "code": "raise"},
+        {"file": "/work/main/flux/runtime/_ctx_http.py" if "Http" in type_ else
+         "/work/main/flux/runtime/_ctx_db.py", "line": 128, "function": "_run", "code": "raise"},
     ] if span_id else [{"file": file, "line": line, "function": function, "code": source}]
     error["http_status"] = http_status
     return error
@@ -395,9 +395,9 @@ def _signatures(variants: list[Variant]) -> str | None:
     not be used; the variants then get a plain signature and a one-hot vector."""
     note = None
     try:
-        from flux._classify import classify
-        from flux._lookup import attach_responses
-        from flux._signature import features, signature_text, vector
+        from flux.inspect._classify import classify
+        from flux.inspect._signature import features, signature_text, vector
+        from flux.store._lookup import attach_responses
     except Exception as exc:  # flux is being edited: measure anyway
         note = f"flux's classifier could not be imported ({type(exc).__name__}: {exc})"
     for i, v in enumerate(variants):
@@ -813,9 +813,9 @@ def time_views(conn: psycopg.Connection[Any], rids: dict[int, str]) -> Timings:
 
 def time_state_functions(conn: psycopg.Connection[Any], ids: list[int]
                          ) -> tuple[list[float], list[float]]:
-    """flux._state.history / blame as `flux state …` calls them: table lookup, key typing,
+    """flux.inspect._state.history / blame as `flux state …` calls them: table lookup, key typing,
     record id and the view query, rendered to JSON-able data."""
-    from flux._state import blame, history
+    from flux.inspect._state import blame, history
 
     hist, bl = [], []
     for account in ids:
@@ -902,10 +902,10 @@ def importer(node: Imported) -> str:
 
 
 def time_explain_failure(conninfo: str, prefix: str, runs: int) -> float | str:
-    """Median ms of flux._why.explain_failure in a warm process (what `flux why` does
+    """Median ms of flux.inspect._why.explain_failure in a warm process (what `flux why` does
     after its imports and connection), or why it could not be measured."""
     try:
-        from flux._why import explain_failure
+        from flux.inspect._why import explain_failure
 
         with _reader(conninfo) as conn:
             explain_failure(conn, prefix)
@@ -1072,10 +1072,10 @@ def _bench(args: argparse.Namespace, tmp: Path, conninfo: str, flux_bin: Path) -
           f"   ({HOT_ROWS} rows, {plan.hot_changes:,} changes each)")
     print(f"  {'hot rows: blame_row':<34} {percentile(hot.blame, 0.5):8.2f} "
           f"{percentile(hot.blame, 0.95):8.2f} {max(hot.blame):8.2f}")
-    print(f"  {'flux._state.history() end to end':<34} {percentile(e2e_hist, 0.5):8.2f} "
+    print(f"  {'flux.inspect._state.history() end to end':<34} {percentile(e2e_hist, 0.5):8.2f} "
           f"{percentile(e2e_hist, 0.95):8.2f} {max(e2e_hist):8.2f}"
           f"   (first {len(e2e_hist)} rows: table lookup, key typing, record id, view)")
-    print(f"  {'flux._state.blame() end to end':<34} {percentile(e2e_blame, 0.5):8.2f} "
+    print(f"  {'flux.inspect._state.blame() end to end':<34} {percentile(e2e_blame, 0.5):8.2f} "
           f"{percentile(e2e_blame, 0.95):8.2f} {max(e2e_blame):8.2f}")
     # Partitions' copies of the index are named <partition>_record_id_committed_at_id_idx.
     uses = {name: any("record_id_committed_at_id_idx" in line for line in lines)

@@ -53,11 +53,11 @@ import psutil
 import psycopg
 from _children import Child, scratch_dir, spawn, stop
 
-from flux._database import ensure_database
-from flux._embedded import EmbeddedServer
-from flux._migrate import migrate
 from flux._project import parse
-from flux._schema import apply_schema
+from flux.capture._schema import apply_schema
+from flux.store._database import ensure_database
+from flux.store._embedded import EmbeddedServer
+from flux.store._migrate import migrate
 
 APP = Path(__file__).resolve().parent.parent / "tests" / "jobs" / "app"
 DB = "bench_queue"
@@ -107,9 +107,9 @@ async def _wait_for_go(go: Any, stopping: asyncio.Event) -> bool:
 
 async def _flux_worker(options: dict[str, Any], pipe: Connection, go: Any,
                        stopping: asyncio.Event) -> None:
-    """What ``flux worker`` runs (``run_worker`` in flux/_worker.py), minus cron."""
-    from flux._runtime import Runtime
-    from flux._worker import QueueConfig, Worker
+    """What ``flux worker`` runs (``run_worker`` in flux/jobs/_worker.py), minus cron."""
+    from flux.jobs._worker import QueueConfig, Worker
+    from flux.runtime._runtime import Runtime
 
     project = parse(Path(options["project"]))
     config = QueueConfig.from_project(project)

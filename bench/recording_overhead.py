@@ -3,7 +3,7 @@ aiohttp + psycopg app, measured side by side in one run.
 
 The handler does one SELECT, one INSERT and one outbound GET to a loopback stub, inside one
 transaction. Two more sides make the GET through a plain ``httpx.AsyncClient`` instead:
-``httpx`` (Flux, the call captured transparently by flux/_intercept.py) and its baseline
+``httpx`` (Flux, the call captured transparently by flux/runtime/_intercept.py) and its baseline
 ``plain-httpx`` (the hand-written app, the same httpx call). httpx itself costs several
 times aiohttp's CPU per request, so the capture is judged by what recording costs on each
 path: recorded/plain through httpx against recorded/plain through ``ctx.http`` (target:
@@ -54,14 +54,14 @@ from _load import Round, closed_loop, cpu_seconds, percentile_ms
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from flux._database import ensure_database
-from flux._embedded import EmbeddedServer, ServerInfo
-from flux._gateway import make_app
-from flux._migrate import migrate
 from flux._project import parse
-from flux._retention import maintain
-from flux._runtime import Runtime
-from flux._schema import apply_schema
+from flux.capture._schema import apply_schema
+from flux.runtime._gateway import make_app
+from flux.runtime._runtime import Runtime
+from flux.store._database import ensure_database
+from flux.store._embedded import EmbeddedServer, ServerInfo
+from flux.store._migrate import migrate
+from flux.store._retention import maintain
 
 ROUTE = "bench_handler"
 HTTPX_ROUTE = "bench_httpx"  # the same handler, its GET through httpx (captured)

@@ -19,7 +19,7 @@ Then:
    In every block of 100 requests the provider is switched (``POST /_fake/mode``) to
    ``shape_change`` for the last 10, so about 10 % fail (500, ``KeyError 'id'``) as in the
    shop's README. The serving rate is answers per second over those requests.
-2. The server is stopped; the incident is selected with ``flux._incident.select(ids=…)``.
+2. The server is stopped; the incident is selected with ``flux.replay._incident.select(ids=…)``.
 3. **replay --db tape**, then **replay --db live**: ``replay_incident`` in this process, each
    timed from the call to its return (runtime start-up included, as ``flux incident replay``
    pays it), at ``--replay-concurrency``. Same code, so the passing count must equal the
@@ -62,14 +62,14 @@ from _children import Child, scratch_dir, spawn, stop, stop_all
 from _load import cpu_seconds
 from aiohttp import web
 
-from flux._database import ensure_database
-from flux._embedded import EmbeddedServer, ServerInfo
-from flux._gateway import make_app
-from flux._incident import replay_incident, select
-from flux._migrate import migrate
 from flux._project import parse
-from flux._runtime import Runtime
-from flux._schema import apply_schema
+from flux.capture._schema import apply_schema
+from flux.replay._incident import replay_incident, select
+from flux.runtime._gateway import make_app
+from flux.runtime._runtime import Runtime
+from flux.store._database import ensure_database
+from flux.store._embedded import EmbeddedServer, ServerInfo
+from flux.store._migrate import migrate
 
 REPO = Path(__file__).resolve().parents[1]
 SHOP = REPO / "examples" / "shop"

@@ -30,11 +30,11 @@ from _children import Child, scratch_dir, spawn, stop_all
 from _load import Round, closed_loop, percentile_ms
 from recording_overhead import REQUEST_BODY, ROUTE, _serve, _write_project
 
-from flux._database import ensure_database
-from flux._embedded import EmbeddedServer
-from flux._migrate import migrate
 from flux._project import parse
-from flux._schema import apply_schema
+from flux.capture._schema import apply_schema
+from flux.store._database import ensure_database
+from flux.store._embedded import EmbeddedServer
+from flux.store._migrate import migrate
 
 WINDOW = 10.0  # seconds per reported window
 DB = "bench_soak"

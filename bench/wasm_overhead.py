@@ -39,13 +39,13 @@ from _children import Child, scratch_dir, spawn, stop_all
 from _load import Round, closed_loop, cpu_seconds, percentile_ms
 from aiohttp import web
 
-from flux._database import ensure_database
-from flux._embedded import EmbeddedServer
-from flux._gateway import make_app
-from flux._migrate import migrate
 from flux._project import parse
-from flux._runtime import Runtime
-from flux._schema import apply_schema
+from flux.capture._schema import apply_schema
+from flux.runtime._gateway import make_app
+from flux.runtime._runtime import Runtime
+from flux.store._database import ensure_database
+from flux.store._embedded import EmbeddedServer
+from flux.store._migrate import migrate
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "examples" / "shop" / "wasm" / "build.py"

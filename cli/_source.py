@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from flux._errors import ConfigError
 
 if TYPE_CHECKING:
-    from flux._inspector import Inspector
+    from flux.server._inspector import Inspector
 
 REMOTE_ENV = "FLUX_REMOTE"
 # Top-level commands that can ask a remote Flux (trace: not diff/debug; record: export).
@@ -46,11 +46,11 @@ def source() -> Inspector:
     """The inspector the command reads through."""
     url = _remote.get()
     if url:
-        from flux._access import TOKEN_ENV
-        from flux._remote import Remote
+        from flux.runtime._access import TOKEN_ENV
+        from flux.server._remote import Remote
 
         return Remote(url, os.environ.get(TOKEN_ENV))
-    from flux._inspector import Local
     from flux._project import load
+    from flux.server._inspector import Local
 
     return Local.of_project(load())

@@ -1,4 +1,4 @@
-"""``flux bug bisect``: parse, call ``flux._bisect.bisect``, print each tested commit as it
+"""``flux bug bisect``: parse, call ``flux.replay._bisect.bisect``, print each tested commit as it
 completes, then the first bad commit (or one JSON document)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def bisect(request: list[str] = typer.Option(..., "--request", "-r",
            as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")
            ) -> None:
     """Replay the request at commits between good and bad; print the first bad one."""
-    from flux._bisect import bisect as run_bisect
+    from flux.replay._bisect import bisect as run_bisect
 
     if as_json:
         print_json(run_bisect(load(), request, good=good, bad=bad))

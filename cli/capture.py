@@ -19,8 +19,8 @@ app = typer.Typer(help="How row changes are captured: row triggers or the WAL.",
 def run() -> None:
     """Run the WAL capture consumer in the foreground until Ctrl-C (flux dev and flux serve
     run one themselves; one consumer at a time is elected per database)."""
-    from flux._capture import run_until_signal
-    from flux._dbadmin import start
+    from flux.capture._consumer import run_until_signal
+    from flux.server._db import start
 
     target, _ = start(load())
     last = [0.0]
@@ -49,8 +49,8 @@ def switch(mode: str = typer.Argument(..., help="trigger or wal."),
            as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")
            ) -> None:
     """Move between trigger and WAL capture without losing or doubling a change."""
-    from flux._capture import switch as do_switch
-    from flux._dbadmin import start
+    from flux.capture._mode import switch as do_switch
+    from flux.server._db import start
 
     project = load()
     target, _ = start(project)

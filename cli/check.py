@@ -1,4 +1,4 @@
-"""``flux check``: parse the paths, call ``flux._check``, render the findings."""
+"""``flux check``: parse the paths, call ``flux.inspect._check``, render the findings."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def check(paths: list[Path] = typer.Argument(
           ) -> None:
     """Print each finding with the ctx call to use, or the findings as JSON; exit with the
     result's code (its help is CHECK_HELP)."""
-    from flux._check import check_paths
+    from flux.inspect._check import check_paths
 
     result = check_paths(paths or [])
     if as_json:

@@ -11,7 +11,7 @@ from cli._output import out, print_json
 from flux._project import load
 
 if TYPE_CHECKING:
-    from flux._dbadmin import DbStatus
+    from flux.server._db import DbStatus
 
 app = typer.Typer(help="The project's PostgreSQL: the embedded server, or DATABASE_URL.",
                   no_args_is_help=True)
@@ -22,7 +22,7 @@ JSON = typer.Option(False, "--json", help="Print one JSON document.")
 @app.command()
 def start(as_json: bool = JSON) -> None:
     """Start the embedded PostgreSQL (reusing a running one) and migrate the flux schema."""
-    from flux import _dbadmin
+    from flux.server import _db as _dbadmin
 
     project = load()
     target, applied = _dbadmin.start(project)
@@ -43,7 +43,7 @@ def start(as_json: bool = JSON) -> None:
 @app.command()
 def stop() -> None:
     """Stop the embedded PostgreSQL (fast shutdown: sessions are rolled back)."""
-    from flux import _dbadmin
+    from flux.server import _db as _dbadmin
 
     if _dbadmin.stop(load()):
         out.print("[green]✓[/] embedded PostgreSQL stopped")
@@ -54,7 +54,7 @@ def stop() -> None:
 @app.command()
 def status(as_json: bool = JSON) -> None:
     """Server, version, data directory, size, wal_level and schema version."""
-    from flux import _dbadmin
+    from flux.server import _db as _dbadmin
 
     facts = _dbadmin.status(load())
     if as_json:
@@ -100,7 +100,7 @@ def _capture(capture: dict[str, Any] | None) -> str | None:
 def url(socket: bool = typer.Option(False, "--socket", help="The Unix-socket URL instead of "
                                     "TCP with password.")) -> None:
     """Print a connection URL for other tools (e.g. as DATABASE_URL)."""
-    from flux import _dbadmin
+    from flux.server import _db as _dbadmin
 
     typer.echo(_dbadmin.url(load(), socket=socket))
 
@@ -108,7 +108,7 @@ def url(socket: bool = typer.Option(False, "--socket", help="The Unix-socket URL
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def psql(ctx: typer.Context) -> None:
     """Open psql on the project's database; extra arguments go to psql (e.g. -c "select 1")."""
-    from flux import _dbadmin
+    from flux.server import _db as _dbadmin
 
     _dbadmin.exec_psql(load(), list(ctx.args))
 
@@ -116,7 +116,7 @@ def psql(ctx: typer.Context) -> None:
 @app.command()
 def migrate(as_json: bool = JSON) -> None:
     """Apply the flux schema migrations that are not applied yet (idempotent)."""
-    from flux import _dbadmin
+    from flux.server import _db as _dbadmin
 
     _target, applied = _dbadmin.start(load())
     if as_json:

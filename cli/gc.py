@@ -17,7 +17,7 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run",
        as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")
        ) -> None:
     """Drop the records and changes older than the retention, but pinned executions."""
-    from flux._retention import format_duration, gc_project
+    from flux.store._retention import format_duration, gc_project
 
     report = gc_project(load(), retention=retention, dry_run=dry_run)
     if as_json:

@@ -27,10 +27,9 @@ def replay(window: str = typer.Option(None, "--window", help="START..END, e.g. 1
     """Replay an incident: outbound calls answered from the tapes, never sent."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from flux._database import resolve
     from flux._errors import ConfigError
-    from flux._incident import replay_incident, select
-    from flux._inspectdb import reader
+    from flux.replay._incident import replay_incident, select
+    from flux.store._database import reader, resolve
 
     if db not in ("live", "tape"):
         raise ConfigError(f"--db takes live or tape, not {db!r}")

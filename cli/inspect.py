@@ -182,7 +182,7 @@ def trace(args: list[str] = TRACE_ARGS, as_json: bool = JSON) -> None:
 
 def show_trace(request_id: str, as_json: bool) -> None:
     """The span tree of one execution, with latencies and errors."""
-    from flux._trace import flatten, tree, walk
+    from flux.inspect._trace import flatten, tree, walk
 
     record = source().trace(request_id)
     if as_json:
@@ -250,8 +250,8 @@ def _render_handoff(handoff: dict[str, Any]) -> None:
 
 def trace_diff(a: str, b: str, as_json: bool) -> None:
     """Two executions aligned span by span."""
-    from flux._compare import compare
-    from flux._inspectdb import reader
+    from flux.inspect._compare import compare
+    from flux.store._database import reader
 
     with reader(load()) as conn:
         result = compare(conn, a, b)
@@ -303,7 +303,7 @@ def why(request_id: str = typer.Argument(..., help="Execution id or a unique pre
 
 
 def _render_why(r: dict[str, Any]) -> None:
-    from flux._trace import tree, walk
+    from flux.inspect._trace import tree, walk
 
     cause = r["root_cause"]
     where = f"{r.get('method') or r['kind']} /{r.get('route') or ''}"
@@ -370,8 +370,8 @@ def explain(function: str = typer.Argument(None, help="Function to dry-run."),
             as_json: bool = JSON) -> None:
     """A dry run in a rolled-back transaction: each statement's SQL, tables, plan, policies."""
     from flux._errors import ConfigError
-    from flux._explain import explain_function, explain_sql
-    from flux._inspectdb import reader
+    from flux.replay._explain import explain_function, explain_sql
+    from flux.store._database import reader
 
     project = load()
     if (function is None) == (sql is None):
@@ -380,7 +380,7 @@ def explain(function: str = typer.Argument(None, help="Function to dry-run."),
         with reader(project) as conn:
             result = explain_sql(conn, project, sql)
     else:
-        from flux._database import resolve
+        from flux.store._database import resolve
 
         result = explain_function(project, resolve(project).conninfo, function, input or "{}")
     if as_json:
@@ -425,7 +425,7 @@ def replay(target: str = typer.Argument(..., help="Execution id (prefix) or a re
            as_json: bool = JSON) -> None:
     """Run today's code on a recorded execution with the same IO; nothing is sent or kept."""
     from flux._errors import ConfigError
-    from flux._replay import replay_command
+    from flux.replay._replay import replay_command
 
     if expect not in (None, "same"):
         raise ConfigError("--expect takes only: same")
@@ -477,8 +477,7 @@ def resume(request_id: str = typer.Argument(..., help="Execution id or a unique 
     except ResumeRefused as refused:
         if as_json and refused.details:
             print_json({**refused.details, "status": "refused", "error": refused.message})
-        elif refused.details.get("divergence"):
-            d = refused.details["divergence"]
+        elif isinstance(d := refused.details.get("divergence"), dict):
             out.print(f"  [yellow]diverged[/] at {escape(str(d['file']))}:{d['line']}: "
                       f"expected {escape(str((d['expected'] or {}).get('key')))}, got "
                       f"{escape(str((d['actual'] or {}).get('call')))}")

@@ -24,7 +24,7 @@ app = typer.Typer(help="The built-in queue: jobs, their attempts, the dead-lette
 
 @contextlib.contextmanager
 def _writer() -> Iterator[Any]:
-    from flux._database import connect, resolve
+    from flux.store._database import connect, resolve
 
     with connect(resolve(load(), create=False).conninfo, autocommit=True) as conn:
         yield conn
@@ -37,8 +37,8 @@ def ls(status: str = typer.Option(None, "--status", "-s",
        limit: int = typer.Option(50, "--limit", "-n", help="At most this many."),
        as_json: bool = JSON) -> None:
     """Jobs, newest first."""
-    from flux._inspectdb import reader
-    from flux._queue_admin import list_jobs
+    from flux.jobs._queue import list_jobs
+    from flux.store._database import reader
 
     with reader(load()) as conn:
         rows = list_jobs(conn, status=status, function=function, limit=limit)
@@ -50,8 +50,8 @@ def dead(function: str = typer.Option(None, "--function", "-f", help="Only this 
          limit: int = typer.Option(50, "--limit", "-n", help="At most this many."),
          as_json: bool = JSON) -> None:
     """Jobs that spent every attempt, newest first."""
-    from flux._inspectdb import reader
-    from flux._queue_admin import dead_jobs
+    from flux.jobs._queue import dead_jobs
+    from flux.store._database import reader
 
     with reader(load()) as conn:
         rows = dead_jobs(conn, function=function, limit=limit)
@@ -62,8 +62,8 @@ def dead(function: str = typer.Option(None, "--function", "-f", help="Only this 
 def show(job: str = typer.Argument(..., help="Job id or a unique prefix."),
          as_json: bool = JSON) -> None:
     """A job, each of its attempts with its execution, and the request that pushed it."""
-    from flux._inspectdb import reader
-    from flux._queue_admin import show_job
+    from flux.jobs._queue import show_job
+    from flux.store._database import reader
 
     with reader(load()) as conn:
         document = show_job(conn, job)
@@ -74,7 +74,7 @@ def show(job: str = typer.Argument(..., help="Job id or a unique prefix."),
 def retry(job: str = typer.Argument(..., help="Job id or a unique prefix."),
           as_json: bool = JSON) -> None:
     """Queue a dead (or failed) job to run now, its attempts reset."""
-    from flux._queue_admin import retry_job
+    from flux.jobs._queue import retry_job
 
     with _writer() as conn:
         document = retry_job(conn, job)
@@ -93,9 +93,9 @@ def worker(concurrency: int = typer.Option(None, "--concurrency", "-c", min=1,
     import asyncio
     import logging
 
-    from flux._database import resolve
-    from flux._migrate import migrate
-    from flux._worker import run_worker
+    from flux.jobs._worker import run_worker
+    from flux.store._database import resolve
+    from flux.store._migrate import migrate
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     project = load()

@@ -36,9 +36,9 @@ def import_(path: Path = typer.Argument(..., help="A file made by flux record ex
             ) -> None:
     """Store a record file's execution here, so why, trace and replay can read it."""
     refuse_remote("record import")
-    from flux._database import connect, resolve
-    from flux._migrate import migrate
-    from flux._portable import import_record, read_file
+    from flux.store._database import connect, resolve
+    from flux.store._migrate import migrate
+    from flux.store._portable import import_record, read_file
 
     document = read_file(path)
     project = load()
@@ -58,8 +58,8 @@ def pin(request_id: str = typer.Argument(..., help="Execution id or a unique pre
     """Keep an execution past retention (an investigation needs it): flux gc keeps its
     record and its changes."""
     refuse_remote("record pin")
-    from flux._database import connect, resolve
-    from flux._retention import pin as do_pin
+    from flux.store._database import connect, resolve
+    from flux.store._retention import pin as do_pin
 
     with connect(resolve(load(), create=False).conninfo, autocommit=True) as conn:
         pinned = do_pin(conn, request_id, note)
@@ -76,8 +76,8 @@ def unpin(request_id: str = typer.Argument(..., help="Execution id or a unique p
           ) -> None:
     """Let retention take a pinned execution again."""
     refuse_remote("record unpin")
-    from flux._database import connect, resolve
-    from flux._retention import unpin as do_unpin
+    from flux.store._database import connect, resolve
+    from flux.store._retention import unpin as do_unpin
 
     with connect(resolve(load(), create=False).conninfo, autocommit=True) as conn:
         full, was = do_unpin(conn, request_id)

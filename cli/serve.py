@@ -18,15 +18,15 @@ from flux._ids import short
 from flux._project import load
 
 if TYPE_CHECKING:
-    from flux._loader import LoadError
-    from flux._server import ServeEvents, ServeInfo
+    from flux.runtime._loader import LoadError
+    from flux.server._serve import ServeEvents, ServeInfo
 
 WORKER_ENV = "FLUX_SERVE_WORKER"
 
 
 def init(name: str = typer.Argument(..., help="Directory to create.")) -> None:
     """Create a new Flux project with a sample function and table."""
-    from flux._scaffold import init_project
+    from flux.server._scaffold import init_project
 
     target = Path(name).resolve()
     written = init_project(target)
@@ -40,7 +40,7 @@ def dev(port: int = typer.Option(None, "--port", "-p", help="Port (default: flux
     """Run the project locally: embedded PostgreSQL, reload on change, until Ctrl-C."""
     import asyncio
 
-    from flux._server import serve
+    from flux.server._serve import serve
 
     project = load()
     events = _events(project.name, mode="dev")
@@ -58,13 +58,13 @@ def serve_command(
     """Run the project in production: DATABASE_URL, no reload, several workers allowed."""
     import asyncio
 
-    from flux._schema import SchemaResult
-    from flux._server import prepare_database, serve
+    from flux.capture._schema import SchemaResult
+    from flux.server._serve import prepare_database, serve
 
     project = load()
     port = port or project.port
     if os.environ.get(WORKER_ENV):
-        from flux._database import resolve
+        from flux.store._database import resolve
 
         prepared = (resolve(project, start=False), SchemaResult([], 0))
         asyncio.run(serve(project, host=host, port=port, reload=False, prepared=prepared,
@@ -103,7 +103,7 @@ def _supervise(workers: int, port: int, host: str, started_db: bool) -> None:
     forward(signal.SIGTERM, None)
     codes = [c.wait() for c in children]
     if started_db:
-        from flux._database import embedded_server
+        from flux.store._database import embedded_server
 
         embedded_server(load()).stop()
     if any(code not in (0, -signal.SIGTERM) for code in codes) and not stopping:
@@ -111,7 +111,7 @@ def _supervise(workers: int, port: int, host: str, started_db: bool) -> None:
 
 
 def _events(name: str, *, mode: str) -> ServeEvents:
-    from flux._server import ServeEvents
+    from flux.server._serve import ServeEvents
 
     def ready(info: ServeInfo) -> None:
         if mode == "worker":

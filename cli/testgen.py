@@ -1,4 +1,4 @@
-"""``flux test generate``: parse, call ``flux._testgen.generate``, say what was written."""
+"""``flux test generate``: parse, call ``flux.replay._testgen.generate``, say what was written."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def generate(request_id: str = typer.Argument(..., help="Execution id or a uniqu
              ) -> None:
     """Write a pytest test that replays an execution and asserts its outcome."""
     from flux._errors import ConfigError
-    from flux._testgen import generate as generate_test
+    from flux.replay._testgen import generate as generate_test
 
     if expect not in (None, "same"):
         raise ConfigError("--expect takes only: same")

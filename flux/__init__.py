@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from flux._version import __version__
 
 _EXPORTS = {
     "AmbiguousId": "flux._errors",
     "ConfigError": "flux._errors",
-    "Context": "flux._context",
+    "Context": "flux.runtime._context",
     "DatabaseError": "flux._errors",
     "EmbeddedServerError": "flux._errors",
     "FluxError": "flux._errors",
@@ -27,7 +27,7 @@ _EXPORTS = {
     "MigrationError": "flux._errors",
     "NotFound": "flux._errors",
     "Overloaded": "flux._errors",
-    "current": "flux._context",
+    "current": "flux.runtime._context",
     "function": "flux._function",
 }
 
@@ -52,7 +52,6 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from flux._context import Context, current
     from flux._errors import (
         AmbiguousId,
         ConfigError,
@@ -69,6 +68,7 @@ if TYPE_CHECKING:
         Overloaded,
     )
     from flux._function import function
+    from flux.runtime._context import Context, current
 
 
 def __getattr__(name: str) -> Any:

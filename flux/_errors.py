@@ -7,7 +7,9 @@
     ├── DatabaseError             database    PostgreSQL is unreachable or refused something
     │   ├── EmbeddedServerError   embedded    the embedded server cannot start, stop or be reached
     │   ├── DatabaseUnavailable   unavailable the server is down or the connection to it was lost
-    │   └── MigrationError        migration   a migration failed or the schema is ahead of Flux
+    │   ├── MigrationError        migration   a migration failed or the schema is ahead of Flux
+    │   └── ReplicationUnavailable  replication_unavailable  no replication connection for WAL
+    │                                           capture (capture/_walstream.py)
     ├── FunctionError             function    raised by user code through ctx.error(status, code, …)
     ├── HttpError                 http        an outbound ctx.http call failed
     │   ├── HttpTimeout           http_timeout      no answer within the timeout
@@ -20,9 +22,18 @@
     │                                             blocked where nothing may leave (replays)
     ├── StepFailed                step        a ctx.step's recorded exception, when its own
     │                                         class cannot be rebuilt on replay
-    └── WasmError                 wasm        a WebAssembly function broke the ABI or its limits
-        ├── WasmTrap              wasm_trap     the guest trapped (unreachable, out of bounds…)
-        └── WasmMemoryLimit       wasm_memory   the guest needed more memory than its cap
+    ├── WasmError                 wasm        a WebAssembly function broke the ABI or its limits
+    │   ├── WasmTrap              wasm_trap     the guest trapped (unreachable, out of bounds…)
+    │   └── WasmMemoryLimit       wasm_memory   the guest needed more memory than its cap
+    ├── CaptureError              capture     WAL capture cannot go on (capture/_consumer.py)
+    ├── OutsideExecution          outside_execution  flux.current() with no execution running
+    │                                           (runtime/_context.py)
+    ├── ReplayError               replay      a record cannot be replayed (replay/_replay.py)
+    ├── BisectError               bisect      a bisect cannot run as asked (replay/_bisect.py)
+    └── PolicyViolation           policy      an explain run broke its policy (replay/_explain.py)
+
+The classes drawn with a path are defined beside the code that raises them; every class is
+drawn here, wherever it lives (tests/test_layout.py checks that).
 
 Each class carries a stable machine ``code`` that ``--json`` output and the admin API report.
 The CLI turns any FluxError into its message on one line and a non-zero exit; only a bug

@@ -57,9 +57,7 @@ def function(handler: Callable[..., Any] | None = None, /, *, name: str | None =
         if retries < 0:
             raise ConfigError(f"{fn.__name__}: retries must be 0 or more, not {retries!r}")
         if cron is not None:
-            from flux._cron import validate  # croniter, only for functions that use cron
-
-            validate(cron)
+            validate_cron(cron)
         code = getattr(fn, "__code__", None)
         spec = FunctionSpec(
             name=name or fn.__name__,
@@ -83,3 +81,20 @@ def function(handler: Callable[..., Any] | None = None, /, *, name: str | None =
 def spec_of(obj: Any) -> FunctionSpec | None:
     spec = getattr(obj, SPEC_ATTRIBUTE, None)
     return spec if isinstance(spec, FunctionSpec) else None
+
+
+class FunctionTimeout(TimeoutError):
+    """A handler ran past its ``timeout``; recorded as a ``timeout`` failure."""
+
+    def __init__(self, spec: FunctionSpec) -> None:
+        super().__init__(f"{spec.name} did not finish within its timeout of {spec.timeout:g}s")
+
+
+def validate_cron(expression: str) -> None:
+    """Raise ConfigError if croniter cannot parse ``expression``."""
+    from croniter import croniter  # only for functions that use cron: off the CLI's start-up
+
+    if not croniter.is_valid(expression):
+        raise ConfigError(f"invalid cron expression {expression!r}",
+                          hint="five fields (minute hour day month weekday), "
+                               "or six with seconds last")

@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import decimal
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 TAG = "$t"
@@ -45,7 +46,7 @@ def encode(value: Any) -> Any:
     return {TAG: "repr", "v": repr(value)}
 
 
-_DECODERS = {
+_DECODERS: dict[str, Callable[[Any], Any]] = {
     "datetime": dt.datetime.fromisoformat,
     "date": dt.date.fromisoformat,
     "time": dt.time.fromisoformat,

@@ -54,7 +54,7 @@ class OtelConfig:
 @dataclass(frozen=True)
 class RecordConfig:
     """``[record]`` in flux.toml, the parts that decide what is kept and for how long
-    (redaction and body caps are read by flux/_redact.py)."""
+    (redaction and body caps are read by flux/runtime/_redact.py)."""
 
     retention: dt.timedelta | None = None  # None: records are kept until deleted by hand
     sample_rate: float = 1.0  # share of successful executions recorded in full

@@ -17,10 +17,12 @@ import json
 import os
 import sys
 
-PRELOAD = ("cli.main", "cli.tui", "flux._inspectdb", "flux._why", "flux._ls", "flux._trace",
-           "flux._state", "flux._lookup", "flux._compare", "flux._replay", "flux._resume",
-           "flux._incident", "flux._explain", "flux._dbadmin", "flux._queue_admin",
-           "flux._portable", "flux._testgen", "flux._check", "flux._capture")
+PRELOAD = ("cli.main", "cli.tui", "flux.inspect._why", "flux.inspect._ls", "flux.inspect._trace",
+           "flux.inspect._state", "flux.store._lookup", "flux.inspect._compare",
+           "flux.replay._replay", "flux.replay._resume", "flux.replay._incident",
+           "flux.replay._explain", "flux.server._db", "flux.jobs._queue", "flux.store._portable",
+           "flux.replay._testgen", "flux.inspect._check", "flux.capture._consumer",
+           "flux.capture._mode")
 
 
 def run(argv: list[str], cwd: str, output: str) -> int:

@@ -50,7 +50,7 @@ from _docs_text import (  # noqa: E402
     table,
 )
 
-from flux._embedded import EmbeddedServer  # noqa: E402
+from flux.store._embedded import EmbeddedServer  # noqa: E402
 
 SHOP = REPO / "examples" / "shop"
 HOME = "/home/ada"  # what the temporary directory is shown as
@@ -109,7 +109,7 @@ class Story:
 
     def query(self, name: str) -> str:
         """A query of sql/queries/docs.sql, on one line."""
-        from flux._queries import load
+        from flux.store._queries import load
 
         return " ".join(getattr(load("docs"), name).split())
 
@@ -583,7 +583,7 @@ def schema_blocks(conninfo: str) -> tuple[dict[str, str], list[str]]:
     """Each table and view of the ``flux`` schema as Markdown, from the live catalog."""
     import psycopg
 
-    from flux._queries import load
+    from flux.store._queries import load
 
     q = load("docs")
     blocks: dict[str, str] = {}

@@ -135,7 +135,7 @@ def test_the_health_check_asks_the_gateways_health_route(dockerfile) -> None:
     assert url is not None, health
     cmd = exec_form(next(r for k, r in final if k == "CMD"))
     assert url[1] == cmd[cmd.index("--port") + 1]
-    gateway = (REPO / "flux" / "_gateway.py").read_text()
+    gateway = (REPO / "flux" / "runtime" / "_gateway.py").read_text()
     assert f'add_get("{url[2]}"' in gateway
 
 
@@ -174,7 +174,7 @@ def documented_variables() -> set[str]:
 
 def variables_read_by_flux() -> set[str]:
     names: set[str] = set()
-    for path in [*(REPO / "flux").glob("*.py"), *(REPO / "cli").glob("*.py")]:
+    for path in [*(REPO / "flux").rglob("*.py"), *(REPO / "cli").glob("*.py")]:
         if path.name == "_check.py":
             continue  # names the variables it forbids functions to read
         names |= set(re.findall(r"\"((?:FLUX|DATABASE|XDG|OTEL)_[A-Z_]+)\"", path.read_text()))

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from flux._explain import policy_for
-from flux._iowatch import IOAllowance
 from flux._project import parse
-from flux._redact import load_policy
-from flux._worker import QueueConfig
+from flux.jobs._worker import QueueConfig
+from flux.replay._explain import policy_for
+from flux.runtime._iowatch import IOAllowance
+from flux.runtime._redact import load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"

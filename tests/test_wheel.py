@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flux._embedded import EmbeddedServer
+from flux.store._embedded import EmbeddedServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_wheel_in_a_fresh_venv_runs_the_tour(make_project) -> None:
     assert (venv / "bin" / "flux").read_text().splitlines()[0] == f"#!{python}"
     version = run("--version", cwd=root)
     assert version.returncode == 0 and version.stdout.startswith("flux "), version
-    extension = run_python(python, env, root, "-m", "flux._extension", str(root / "ext"))
+    extension = run_python(python, env, root, "-m", "flux.store._extension", str(root / "ext"))
     assert (root / "ext" / "flux.control").is_file(), extension
 
     init = run("init", "demo", cwd=root)

@@ -1,4 +1,4 @@
-"""``flux trace debug ID|FILE``: load the execution through ``flux._debug`` and open the
+"""``flux trace debug ID|FILE``: load the execution through ``flux.replay._debug`` and open the
 terminal UI. Textual is imported here, only when the debugger is launched."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 def run(target: str) -> None:
     """Open the debugger on an execution id prefix or a record file."""
-    from flux._debug import diff_against, is_file_target, load_debug, replay_debug
     from flux._project import load
+    from flux.replay._debug import diff_against, is_file_target, load_debug, replay_debug
 
     project = None if is_file_target(target) else load()  # a file needs no project
     data = load_debug(project, target)

@@ -1,7 +1,7 @@
 """The ``flux trace debug`` app: the span tree on the left, the selected span's detail on
 the right, a timeline strip, and keys to step, search, diff and replay.
 
-Everything it shows comes from :class:`flux._debug.DebugData`; diff and replay are
+Everything it shows comes from :class:`flux.replay._debug.DebugData`; diff and replay are
 callables handed in by the CLI, run in worker threads so the UI stays responsive.
 """
 
@@ -28,8 +28,8 @@ from textual.widget import Widget
 from textual.widgets import Footer, Input, Static, Tree
 from textual.widgets.tree import TreeNode
 
-from flux._debug import DebugData
 from flux._ids import short
+from flux.replay._debug import DebugData
 
 THEME = "ansi_dark"
 

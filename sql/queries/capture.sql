@@ -60,7 +60,7 @@ SELECT pg_log_standby_snapshot();
 SELECT pg_replication_slot_advance(%(slot)s, %(lsn)s::pg_lsn);
 
 -- name: types
--- What flux/_pgjson.py needs to turn a column's text into to_jsonb's JSON.
+-- What flux/capture/_pgjson.py needs to turn a column's text into to_jsonb's JSON.
 SELECT t.oid, t.typtype, t.typcategory, t.typelem, t.typdelim, t.typbasetype, t.typlen,
        (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
         WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS field_names,
@@ -120,7 +120,7 @@ SELECT coalesce((SELECT confirmed_flush_lsn >= %(lsn)s::pg_lsn FROM pg_replicati
                  WHERE slot_name = %(slot)s AND database = current_database()), true);
 
 -- name: start_replication
--- On a replication connection (flux/_walstream.py): stream the slot from {lsn} — 0/0 for
+-- On a replication connection (flux/capture/_walstream.py): stream the slot from {lsn} — 0/0 for
 -- its confirmed position — with the same options the SQL functions take.
 START_REPLICATION SLOT {slot} LOGICAL {lsn}
     (proto_version '1', publication_names {publication}, messages 'true')

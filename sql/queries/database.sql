@@ -1,4 +1,4 @@
--- Queries about the server itself (flux/_database.py, flux/_dbstatus.py).
+-- Queries about the server itself (flux/store/_database.py, flux/_dbstatus.py).
 
 -- name: database_exists
 SELECT 1 FROM pg_database WHERE datname = %(name)s;

@@ -1,4 +1,4 @@
--- The executor's statements around each execution (flux/_ctx_db.py, flux/_execution.py).
+-- The executor's statements around each execution (flux/runtime/_ctx_db.py, flux/runtime/_execution.py).
 
 -- name: begin
 -- Sent as a simple query: {request_id} is replaced by a UUID the executor generated.
@@ -11,7 +11,7 @@ BEGIN; SELECT set_config('flux.request_id', '{request_id}', true),
               set_config('flux.tenant', {tenant}, true);
 
 -- name: savepoint
--- Guards a statement once the execution has written something (flux/_ctx_db.py).
+-- Guards a statement once the execution has written something (flux/runtime/_ctx_db.py).
 SAVEPOINT flux_stmt;
 
 -- name: savepoint_next
@@ -76,7 +76,7 @@ WHERE pg_current_xact_id_if_assigned() IS NOT NULL;
 SELECT flux.end_execution(%(request_id)s, %(statements)s);
 
 -- name: commit
--- Sent after insert_record in the same simple query (flux/_record.py store_and_commit): a
+-- Sent after insert_record in the same simple query (flux/store/_record.py store_and_commit): a
 -- committing execution's record and its COMMIT cost one round trip.
 COMMIT;
 

@@ -1,4 +1,4 @@
--- Queries of flux explain (flux/_explain.py).
+-- Queries of flux explain (flux/replay/_explain.py).
 
 -- name: policies
 -- Row-level security on one table (named from parsed SQL, passed as a parameter).

@@ -1,4 +1,4 @@
--- Queries of the inspect commands (flux/_lookup.py, _why.py, _trace.py, _state.py, _ls.py).
+-- Queries of the inspect commands (flux/store/_lookup.py, _why.py, _trace.py, _state.py, _ls.py).
 
 -- name: ids_in_range
 -- Request ids starting with a prefix: a range scan of the primary key, not a LIKE.

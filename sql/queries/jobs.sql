@@ -1,5 +1,5 @@
--- The queue worker, the cron scheduler and `flux queue` (flux/_worker.py, flux/_cron.py,
--- flux/_queue_admin.py).
+-- The queue worker, the cron scheduler and `flux queue` (flux/jobs/_worker.py, flux/jobs/_cron.py,
+-- flux/jobs/_queue.py).
 
 -- name: claim
 -- One job for this worker: first a job whose lease ran out (its worker died), else the

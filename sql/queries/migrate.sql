@@ -1,4 +1,4 @@
--- Queries of the migration runner (flux/_migrate.py).
+-- Queries of the migration runner (flux/store/_migrate.py).
 
 -- name: bootstrap
 CREATE SCHEMA IF NOT EXISTS flux;

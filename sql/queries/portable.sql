@@ -1,4 +1,4 @@
--- Portable record files (flux/_portable.py).
+-- Portable record files (flux/store/_portable.py).
 
 -- name: mutations_of
 SELECT table_schema, table_name, pk, op, old, new, changed_cols, rolled_back, span_id,

@@ -1,4 +1,4 @@
--- Partitions, retention and pins (flux/_retention.py); the functions are in sql/0009.
+-- Partitions, retention and pins (flux/store/_retention.py); the functions are in sql/0009.
 
 -- name: ensure_partitions
 SELECT flux.ensure_partitions(%(ahead)s);

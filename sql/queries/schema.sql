@@ -1,4 +1,4 @@
--- Applying the application's schema/*.sql (flux/_schema.py).
+-- Applying the application's schema/*.sql (flux/capture/_schema.py).
 
 -- name: applied
 SELECT file, checksum FROM flux.app_schema;

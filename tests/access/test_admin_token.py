@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from flux._access import AdminAccess, is_loopback
+from flux.runtime._access import AdminAccess, is_loopback
 from tests.access.conftest import Served, serve_project
 from tests.fixtures.processes import FluxProcess
 from tests.fixtures.shop import copy_project

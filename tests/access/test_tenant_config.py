@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from flux._errors import ConfigError
-from flux._tenants import MAX_LENGTH, TenantRefused, load_tenants
+from flux.runtime._tenants import MAX_LENGTH, TenantRefused, load_tenants
 
 
 def request(**headers: str) -> SimpleNamespace:

@@ -16,11 +16,11 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from flux._access import AdminAccess
 from flux._project import parse
-from flux._runtime import Runtime
-from flux._schema import apply_schema
-from flux._worker import Worker
+from flux.capture._schema import apply_schema
+from flux.jobs._worker import Worker
+from flux.runtime._access import AdminAccess
+from flux.runtime._runtime import Runtime
 from tests.access.conftest import serve_project, with_tenants
 from tests.fixtures.processes import FluxProcess
 from tests.fixtures.shop import SECRET, Shop, copy_project, serve_app
@@ -210,7 +210,7 @@ async def test_the_runtime_role_writes_everything_and_reads_no_other_schema(
     runtime = Runtime(project, app_db, admin=AdminAccess())
     assert not await runtime.start()
     try:
-        from flux._executor import Invocation, execute
+        from flux.runtime._executor import Invocation, execute
 
         spec = runtime.registry.by_name["signup"]
         outcome = await execute(runtime, Invocation(

@@ -20,7 +20,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 
-from flux._access import AdminAccess
+from flux.runtime._access import AdminAccess
 from tests.access.conftest import Served
 
 FACTOR = 1.5  # medians of equal work sit within a few percent; a leak would not

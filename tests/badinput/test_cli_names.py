@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from flux._project import parse
-from flux._schema import apply_schema
+from flux.capture._schema import apply_schema
 from tests.fixtures.projects import run_flux
 from tests.fixtures.shop import copy_project
 
@@ -79,7 +79,7 @@ PASSED_ON = {
     ("_portable.py", "insert.encode()"): "a named query and a constant ON CONFLICT clause",
     ("_retention.py", "composed"): "a named query with a partition's sql.Identifier",
     ("_retention.py", "query"): "a named query passed in by its callers",
-    ("_runtime.py", "statement"): "the BEGIN of flux/_execution.py begin_statement",
+    ("_runtime.py", "statement"): "the BEGIN of flux/runtime/_execution.py begin_statement",
     ("_ctx_db.py", "f'/*flux:{span_id}*/ '.encode() + begin + b'; ' + query.encode()"):
         "BEGIN with a UUID Flux made and the tenant quoted by sql.Literal, then the "
         "function's own SQL",
@@ -120,7 +120,7 @@ def _safe(node: ast.expr) -> bool:
 
 def test_no_query_in_flux_is_assembled_from_text() -> None:
     found = set()
-    for path in sorted((REPO / "flux").glob("*.py")):
+    for path in sorted((REPO / "flux").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
                     node.func.attr in ("execute", "executemany") and node.args:

@@ -14,8 +14,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from flux._admin import ROUTES, admin_app
-from flux._openapi import description
+from flux.server._admin import ROUTES, admin_app
+from flux.server._openapi import description
 from tests.access.conftest import Served
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

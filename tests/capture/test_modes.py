@@ -18,10 +18,10 @@ from pathlib import Path
 import orjson
 import psycopg
 
-from flux import _capture
-from flux._database import ensure_database
-from flux._embedded import EmbeddedServer
-from flux._migrate import migrate
+from flux.capture import _consumer, _mode
+from flux.store._database import ensure_database
+from flux.store._embedded import EmbeddedServer
+from flux.store._migrate import migrate
 from tests.fixtures.projects import FLUX
 from tests.fixtures.shop import FakeProvider, Shop, serve_app
 
@@ -79,7 +79,7 @@ async def test_trigger_and_wal_store_identical_rows(tmp_path: Path, db: str,
             conn.execute("UPDATE accounts SET notes = repeat(md5(id::text), 400) WHERE id = 50")
             conn.execute("UPDATE accounts SET owner = 'renamed' WHERE id = 50")  # TOAST kept
             conn.execute("TRUNCATE events")
-        _capture.wait_caught_up(db)
+        _consumer.wait_caught_up(db)
         by_trigger, by_wal = rows(db, "trigger"), rows(db, "wal")
     wal_total = sum(by_wal.values())
     assert wal_total >= 10_000
@@ -143,7 +143,7 @@ async def test_consumer_killed_at_random_loses_and_doubles_nothing(
             assert final.stdout is not None
             banner = await asyncio.to_thread(final.stdout.readline)
             assert "Flux capture" in banner, banner
-            await asyncio.to_thread(_capture.wait_caught_up, db, 60)
+            await asyncio.to_thread(_consumer.wait_caught_up, db, 60)
         finally:
             final.send_signal(signal.SIGINT)
             assert final.wait(timeout=20) == 0
@@ -160,20 +160,20 @@ async def test_switching_modes_under_load_captures_each_change_once(
     root = tmp_path / "ledger"
     shutil.copytree(LEDGER, root)
     async with serve_app(root, db, provider) as app:  # starts in trigger mode
-        consumer = _capture.Background(db).start()
+        consumer = _consumer.Background(db).start()
         try:
             async def switches() -> list[str]:
                 done = []
                 for mode in ("wal", "trigger", "wal"):
                     await asyncio.sleep(0.8)
-                    result = await asyncio.to_thread(_capture.switch, db, mode)
+                    result = await asyncio.to_thread(_mode.switch, db, mode)
                     done.append(f"{result.previous}->{result.mode}")
                 return done
 
             switching = asyncio.create_task(switches())
             expected = await load_ledger(app, 1500)
             assert await switching == ["trigger->wal", "wal->trigger", "trigger->wal"]
-            await asyncio.to_thread(_capture.wait_caught_up, db)
+            await asyncio.to_thread(_consumer.wait_caught_up, db)
         finally:
             await asyncio.to_thread(consumer.stop)
         with psycopg.connect(db) as conn:
@@ -211,13 +211,13 @@ async def test_without_replication_connections_the_consumer_reads_through_sql(
     through the SQL functions and stores exactly what the triggers store."""
     with server_without_wal_senders() as db:
         async with ledger(tmp_path, db, provider, both=True, consume=False) as app:
-            consumer = _capture.Consumer(db)
+            consumer = _consumer.Consumer(db)
             stop = threading.Event()
             thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
             thread.start()
             try:
                 expected = await load_ledger(app, 300)
-                await asyncio.to_thread(_capture.wait_caught_up, db, 60)
+                await asyncio.to_thread(_consumer.wait_caught_up, db, 60)
             finally:
                 stop.set()
                 await asyncio.to_thread(thread.join, 20)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from flux._mutations import UNCHANGED_TOAST, Shape, changed_columns, image
-from flux._pgjson import TypeCatalog
-from flux._pgoutput import UNCHANGED, Column, Relation
+from flux.capture._mutations import UNCHANGED_TOAST, Shape, changed_columns, image
+from flux.capture._pgjson import TypeCatalog
+from flux.capture._pgoutput import UNCHANGED, Column, Relation
 
 TYPES = {"int4": 23, "text": 25, "numeric": 1700, "jsonb": 3802, "bool": 16}
 

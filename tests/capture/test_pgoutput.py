@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flux._pgjson import TypeCatalog
-from flux._pgoutput import (
+from flux.capture._pgjson import TypeCatalog
+from flux.capture._pgoutput import (
     PG_EPOCH,
     UNCHANGED,
     Begin,
@@ -258,7 +258,7 @@ def catalog_conn(pg_server: Any) -> Any:
         conn.execute("CREATE TYPE money_pair AS (amount numeric, note text)")
         catalog = TypeCatalog()
         with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-            from flux._queries import load
+            from flux.store._queries import load
 
             catalog.load(list(cur.execute(load("capture").types)))
         yield conn, catalog

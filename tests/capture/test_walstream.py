@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from flux._capture import APPLICATION_NAME
-from flux._pgoutput import Commit, Keepalive, XLogData, decode, parse_lsn
-from flux._walstream import ReplicationUnavailable, WalStream
+from flux.capture._consumer import APPLICATION_NAME
+from flux.capture._pgoutput import Commit, Keepalive, XLogData, decode, parse_lsn
+from flux.capture._walstream import ReplicationUnavailable, WalStream
 
 PEEK = ("SELECT data FROM pg_logical_slot_peek_binary_changes('s_slot', NULL, NULL, "
         "'proto_version', '1', 'publication_names', 's_pub', 'messages', 'true')")

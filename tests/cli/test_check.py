@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from flux._check import REASONS, check_paths, check_source
+from flux.inspect._check import REASONS, check_paths, check_source
 
 REPO = Path(__file__).resolve().parents[2]
 UNREPLAYABLE = REPO / "tests" / "fixtures" / "apps" / "unreplayable"
@@ -214,7 +214,7 @@ def test_pre_commit_hook_runs_flux_check_on_functions(flux_cli) -> None:
     files = re.compile(hook["files"])
     assert files.search("functions/checkout.py")
     assert files.search("examples/shop/functions/checkout.py")
-    assert not files.search("flux/_check.py")
+    assert not files.search("flux/inspect/_check.py")
     # pre-commit appends the staged file names to the entry
     staged = [str(p.relative_to(REPO)) for p in sorted((SHOP / "functions").glob("*.py"))]
     result = flux_cli([*hook["entry"].split()[1:], *staged], REPO)

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from flux import EmbeddedServerError
-from flux._embedded import SOCKET_PATH_LIMIT, EmbeddedServer
-from flux._embedded import ServerInfo as Info
+from flux.store._embedded import SOCKET_PATH_LIMIT, EmbeddedServer
+from flux.store._embedded import ServerInfo as Info
 
 
 def one_sentence(stderr: str) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flux._database import ensure_database
-from flux._embedded import EmbeddedServer, ServerInfo
-from flux._migrate import migrate
-from flux._worker import Background, QueueConfig
+from flux.jobs._worker import Background, QueueConfig
+from flux.store._database import ensure_database
+from flux.store._embedded import EmbeddedServer, ServerInfo
+from flux.store._migrate import migrate
 from tests.fixtures.shop import SECRET, Shop, copy_project, serve_app
 
 # Small on purpose: the pool runs out, and a slow store sheds load, within a few requests.

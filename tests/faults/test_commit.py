@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from flux._embedded import ServerInfo
+from flux.store._embedded import ServerInfo
 from tests.faults.conftest import fault_shop
 from tests.faults.load import tracebacks
 from tests.faults.proxy import CommitCutter

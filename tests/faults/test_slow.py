@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from flux._classify import classify
+from flux.inspect._classify import classify
 from tests.faults.load import Answer, Load, reconcile, tracebacks
 from tests.fixtures.shop import Shop, serve_app
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flux._classify import CLASSES, RootCause, classify, dependency_key
-from flux._shape import shape_change, shape_of
+from flux.inspect._classify import CLASSES, RootCause, classify, dependency_key
+from flux.inspect._shape import shape_change, shape_of
 
 RID = "01a1fc90-4269-7d58-8017-faf3ae3bb5ff"
 PROVIDER = "http://127.0.0.1:4010"
@@ -58,7 +58,7 @@ def record(*spans: dict[str, Any], error: dict[str, Any], function: str = "check
 
 def error(type: str, message: str, *, file: str | None = "functions/checkout.py",
           line: int | None = 73, source: str = "", **extra: Any) -> dict[str, Any]:
-    stack = [{"file": "/srv/flux/_executor.py", "line": 91, "function": "execute",
+    stack = [{"file": "/srv/flux/runtime/_executor.py", "line": 91, "function": "execute",
               "code": "result = await call_handler(spec, ctx, inv.input)"}]
     if file:
         stack.append({"file": file, "line": line, "function": "checkout", "code": source})

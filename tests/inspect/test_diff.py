@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flux._diff import align, departure, diff, json_diff, span_key, to_json
+from flux.inspect._diff import align, departure, diff, json_diff, span_key, to_json
 
 PROVIDER = "http://127.0.0.1:4010"
 SELECT_USER = "SELECT id FROM users WHERE id = %s"

@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from flux._classify import classify
-from flux._signature import DIM, features, signature_text, vector
+from flux.inspect._classify import classify
+from flux.inspect._signature import DIM, features, signature_text, vector
 from tests.inspect.test_classify import (
     CHARGE,
     CHARGES,

@@ -1,5 +1,5 @@
 """History and blame: inserts, updates, deletes, composite keys, outside writers, rolled-back
-attempts — through flux/_state.py and through the CLI."""
+attempts — through flux/inspect/_state.py and through the CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from flux import ConfigError, NotFound
-from flux._state import blame, history
+from flux.inspect._state import blame, history
 
 R1 = uuid.UUID("01900000-0000-7000-8000-000000000001")
 R2 = uuid.UUID("01900000-0000-7000-8000-000000000002")

@@ -15,8 +15,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from flux._project import parse
-from flux._runtime import Runtime
-from flux._worker import QueueConfig, Worker
+from flux.jobs._worker import QueueConfig, Worker
+from flux.runtime._runtime import Runtime
 from tests.fixtures.shop import Shop, serve_app
 
 APP = Path(__file__).resolve().parent / "app"

@@ -8,9 +8,9 @@ import datetime as dt
 
 import pytest
 
-from flux._cron import Scheduler, latest_tick
 from flux._errors import ConfigError
-from flux._worker import Worker
+from flux.jobs._cron import Scheduler, latest_tick
+from flux.jobs._worker import Worker
 from tests.jobs.conftest import FAST, query, runtime_for
 
 
@@ -54,7 +54,7 @@ async def test_each_tick_runs_once_across_two_schedulers(jobs_app) -> None:
 
 
 def test_a_bad_cron_expression_is_a_load_error_naming_the_line(tmp_path) -> None:
-    from flux._loader import load_file
+    from flux.runtime._loader import load_file
 
     module = tmp_path / "bad_cron.py"
     module.write_text("from flux import function\n\n\n@function(cron='every tuesday')\n"

@@ -10,8 +10,8 @@ import uuid
 
 import psycopg
 
-from flux._queue_admin import show_job
-from flux._worker import Background, Worker, backoff
+from flux.jobs._queue import show_job
+from flux.jobs._worker import Background, Worker, backoff
 from tests.fixtures.projects import run_flux
 from tests.jobs.conftest import FAST, next_attempt, query, runtime_for
 
@@ -201,7 +201,7 @@ async def test_trace_and_why_show_the_hand_off_both_ways(shop) -> None:
 
     import psycopg
 
-    from flux._worker import Worker
+    from flux.jobs._worker import Worker
     from tests.fixtures.projects import run_flux
 
     _, _, signup = await shop.post("signup", {"email": "handoff@example.com"})
@@ -227,7 +227,7 @@ async def test_a_job_execution_replays_from_its_tape(shop) -> None:
 
     import psycopg
 
-    from flux._worker import Worker
+    from flux.jobs._worker import Worker
     from tests.fixtures.projects import run_flux
 
     await shop.post("signup", {"email": "replayjob@example.com"})

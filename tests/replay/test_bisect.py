@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flux._bisect import BAD, GOOD, SKIP, classify, combine, search
+from flux.replay._bisect import BAD, GOOD, SKIP, classify, combine, search
 from tests.fixtures.projects import run_flux
 from tests.fixtures.shop import SECRET, FakeProvider, copy_project, serve_app
 

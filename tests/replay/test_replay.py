@@ -121,8 +121,8 @@ async def test_replay_serves_clock_uuid_random_from_the_tape(kitchen: Shop) -> N
 
 async def test_replay_in_process_fifty_times_gives_the_same_ids_and_times(kitchen: Shop
                                                                          ) -> None:
-    from flux._lookup import fetch_record
-    from flux._replay import replay as replay_record
+    from flux.replay._replay import replay as replay_record
+    from flux.store._lookup import fetch_record
 
     _, body, rid = await kitchen.post("fan_out", {"n": 2})
     with psycopg.connect(kitchen.db) as conn:

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flux._tape import Call, Tape
+from flux.replay._tape import Call, Tape
 
 
 def entry(seq: int, kind: str, key: str, span: str | None = None) -> dict[str, Any]:

@@ -126,7 +126,7 @@ async def test_resume_refuses_a_success_and_drift_under_strict(shop: Shop) -> No
 
 
 async def test_admin_api_resumes_and_guards_access(shop: Shop) -> None:
-    from flux._access import AdminAccess
+    from flux.runtime._access import AdminAccess
 
     rid, _ = await failed_after_the_charge(shop)
     shop.runtime.reload(shop.root / CHECKOUT)  # the server runs the fixed code
@@ -144,7 +144,7 @@ async def test_admin_api_resumes_and_guards_access(shop: Shop) -> None:
 
 
 async def test_resume_works_for_a_job_execution(shop: Shop) -> None:
-    from flux._worker import Worker
+    from flux.jobs._worker import Worker
 
     _, _, signup = await shop.post("signup", {"email": "job@example.com"})
     shop.provider.mode = "error"  # the mail provider fails: the job's first attempt fails

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from flux._retention import partitions
+from flux.store._retention import partitions
 from tests.retention.conftest import make_app, make_day_partitions, today
 from tests.runtime.test_serve import free_port, post
 

@@ -13,7 +13,7 @@ import pytest
 
 from flux import ConfigError
 from flux._project import parse
-from flux._retention import ensure_partitions, gc, partitions, pin, run_pass
+from flux.store._retention import ensure_partitions, gc, partitions, pin, run_pass
 from tests.fixtures.projects import run_flux
 from tests.fixtures.shop import Shop
 from tests.retention.conftest import age, make_day_partitions, today, where

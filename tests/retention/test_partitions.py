@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import psycopg
 
-from flux._migrate import migrate, migrations
-from flux._queries import load
-from flux._retention import ensure_partitions, partitions
+from flux.store._migrate import migrate, migrations
+from flux.store._queries import load
+from flux.store._retention import ensure_partitions, partitions
 from tests.fixtures.shop import Shop
 from tests.retention.conftest import today, where
 

@@ -11,7 +11,7 @@ import pytest
 
 from flux import ConfigError
 from flux._project import parse
-from flux._sampling import keeps
+from flux.runtime._sampling import keeps
 from tests.fixtures.projects import run_flux
 from tests.fixtures.shop import Shop
 
@@ -103,7 +103,7 @@ async def test_the_decision_is_a_function_of_the_request_id(ledger: Shop) -> Non
 @pytest.mark.parametrize("sample_rate", [0.0])
 async def test_a_sampled_out_job_attempt_keeps_its_outline(ledger: Shop) -> None:
     """`flux queue show` reads an attempt without a record as one whose worker died."""
-    from flux._worker import Worker
+    from flux.jobs._worker import Worker
 
     with psycopg.connect(ledger.db, autocommit=True) as conn:
         job = conn.execute("INSERT INTO flux.jobs (id, function, payload) VALUES "

@@ -14,9 +14,9 @@ import pytest
 import requests
 
 from flux._errors import ConfigError, UnrecordedIO
-from flux._intercept import install
-from flux._iowatch import IOAllowance, Watch, _describe
-from flux._recorder import CallSite, Recorder
+from flux.runtime._intercept import install
+from flux.runtime._iowatch import IOAllowance, Watch, _describe
+from flux.runtime._recorder import CallSite, Recorder
 from tests.fixtures.stub import Stub
 
 

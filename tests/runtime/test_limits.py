@@ -9,7 +9,7 @@ import pytest
 
 from flux._errors import ConfigError
 from flux._project import parse
-from flux._runtime import Runtime
+from flux.runtime._runtime import Runtime
 
 
 def project(tmp_path: Path, toml: str) -> Path:

@@ -30,10 +30,10 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 
 from flux._errors import ConfigError
-from flux._otel import endpoint_of, spans_of
 from flux._project import parse
-from flux._replay import replay
 from flux._tracecontext import span_id
+from flux.replay._replay import replay
+from flux.runtime._otel import endpoint_of, spans_of
 from tests.fixtures.projects import run_flux
 from tests.fixtures.shop import REPO, SECRET, FakeProvider, Shop, copy_project, serve_app
 
@@ -349,8 +349,8 @@ def test_sdk_is_not_imported_without_otel(tmp_path: Path) -> None:
     script = (
         "import sys, asyncio\n"
         "from flux._project import parse\n"
-        "from flux._runtime import Runtime\n"
-        "import flux._gateway, flux._executor\n"
+        "from flux.runtime._runtime import Runtime\n"
+        "import flux.runtime._gateway, flux.runtime._executor\n"
         f"rt = Runtime(parse(__import__('pathlib').Path({str(tmp_path)!r})), 'dbname=none')\n"
         "async def main():\n"
         "    await rt.start(open_pool=False)\n"

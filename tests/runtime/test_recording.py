@@ -6,7 +6,7 @@ import subprocess
 
 import psycopg
 
-from flux._embedded import install_dir
+from flux.store._embedded import install_dir
 from tests.fixtures.shop import SECRET, Shop
 
 

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flux._errors import ConfigError
-from flux._redact import RedactionPolicy, load_policy
+from flux.runtime._redact import RedactionPolicy, load_policy
 
 POLICY = RedactionPolicy(key=b"test-key")
 

@@ -15,7 +15,7 @@ import aiohttp
 import psutil
 import psycopg
 
-from flux._embedded import EmbeddedServer
+from flux.store._embedded import EmbeddedServer
 from tests.fixtures.shop import SECRET, copy_project
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import psycopg
 
-from flux._extension import extension_dir, render
-from flux._migrate import migrate, migrations
+from flux.store._extension import extension_dir, render
+from flux.store._migrate import migrate, migrations
 from tests.store.test_migrate import shape
 
 
 def test_extension_files_match_sql_dir() -> None:
     for name, text in render().items():
         on_disk = (extension_dir() / name).read_text(encoding="utf-8")
-        assert on_disk == text, f"extension/{name} is stale: run `python -m flux._extension`"
+        assert on_disk == text, f"extension/{name} is stale: run `python -m flux.store._extension`"
     assert sorted(p.name for p in extension_dir().iterdir()) == sorted(render())
 
 

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from flux import MigrationError
-from flux._migrate import migrate, migrations
+from flux.store._migrate import migrate, migrations
 
 SCHEMA_SHAPE = """
 SELECT c.relkind::text, c.relname, coalesce(string_agg(a.attname || ' ' || format_type(a.atttypid,

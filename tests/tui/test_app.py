@@ -14,9 +14,9 @@ import pytest
 from textual.widgets import Input
 
 from cli.tui.app import DebugApp
-from flux._compare import mutations
-from flux._debug import DebugData, load_debug
-from flux._lookup import fetch_record
+from flux.inspect._compare import mutations
+from flux.replay._debug import DebugData, load_debug
+from flux.store._lookup import fetch_record
 from tests.fixtures.shop import Shop
 
 HERE = Path(__file__).resolve().parent
@@ -99,7 +99,7 @@ async def test_diff_asks_for_an_id_and_shows_the_summary() -> None:
 
     def on_diff(other: str) -> dict[str, Any]:
         asked.append(other)
-        from flux._debug import diff_records
+        from flux.replay._debug import diff_records
 
         return diff_records(load_debug(None, other), app.data)
 
@@ -188,8 +188,8 @@ async def test_load_and_diff_by_id_prefix_through_the_store(
         shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
     """What ``flux trace debug ID`` loads: the record and its mutations via the project's
     read-only reader; d with an id compares in the store."""
-    from flux._debug import diff_against
     from flux._project import parse
+    from flux.replay._debug import diff_against
 
     monkeypatch.setenv("DATABASE_URL", shop.db)
     _, body, _ = await shop.post("signup", {"email": "bo@example.com"})
@@ -205,7 +205,7 @@ async def test_load_and_diff_by_id_prefix_through_the_store(
     assert insert["table_name"] == "orders" and insert["rolled_back"]
     result = diff_against(project, data, good[:23])
     assert result["a_id"] == bad and result["b_id"] == good
-    from flux._debug import replay_debug
+    from flux.replay._debug import replay_debug
 
     # r: the replay runs off the event loop (a worker thread in the app) and reproduces
     # the 429 from the tape, so it matches the original

@@ -1,4 +1,4 @@
-"""``flux._debug``: the facts the debugger shows, read from a fixed record file (a checkout
+"""``flux.replay._debug``: the facts the debugger shows, read from a fixed record file (a checkout
 whose payment provider answered 429), with no terminal and no database."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flux._debug import DebugData, diff_records, load_debug, mutation_changes, pretty_sql
 from flux._errors import ConfigError
+from flux.replay._debug import DebugData, diff_records, load_debug, mutation_changes, pretty_sql
 
 HERE = Path(__file__).resolve().parent
 FAILED = HERE / "checkout_failed.json"

@@ -11,7 +11,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from cli.tui.app import DebugApp
-from flux._debug import diff_against, load_debug
+from flux.replay._debug import diff_against, load_debug
 
 HERE = Path(__file__).resolve().parent
 FAILED = str(HERE / "checkout_failed.json")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cli.tui.app import DebugApp
-from flux._debug import load_debug
+from flux.replay._debug import load_debug
 
 REPO = Path(__file__).resolve().parents[2]
 RECORD = Path(__file__).resolve().parent / "checkout_failed.json"

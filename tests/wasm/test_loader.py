@@ -6,8 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from flux._loader import Registry, function_file, load_all, load_file
-from flux._wasm import shared_engine
+from flux.runtime._loader import Registry, function_file, load_all, load_file
+from flux.runtime.wasm._runner import shared_engine
 from tests.runtime.test_serve import free_port, post
 from tests.wasm.conftest import MODULES
 

@@ -1,0 +1,284 @@
+"""``ctx``: the only door from a function to the outside world.
+
+Every value that comes in through it — query results, HTTP answers, the clock, random
+numbers, uuids, secret fingerprints — goes on the execution's tape, so the execution can be
+replayed with the same IO. ``current()`` gives the running execution's context to code that
+was not handed ``ctx`` (a helper module), and raises outside an execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import datetime as dt
+import inspect
+import os
+import random as _random
+import re
+import uuid as _uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from psycopg.types.json import Jsonb
+
+from flux._errors import ConfigError, FluxError, FunctionError, NotFound
+from flux._ids import new_request_id
+from flux._jsoncodec import encode
+from flux.runtime._ctx_db import Database
+from flux.runtime._ctx_http import Http
+from flux.runtime._recorder import CallSite, Span
+from flux.runtime._step import run_step, run_step_async
+from flux.store._queries import load
+
+if TYPE_CHECKING:
+    from flux._function import FunctionSpec
+    from flux.runtime._execution import Execution
+
+_current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+    "flux_context", default=None)
+
+
+class OutsideExecution(FluxError):
+    code = "outside_execution"
+
+
+async def call_handler(spec: FunctionSpec, ctx: Context, input: Any) -> Any:
+    """Run a handler: awaited if async, in a worker thread (with our contextvars) if not."""
+    if spec.is_async:
+        return await spec.handler(ctx, input)
+    return await asyncio.to_thread(spec.handler, ctx, input)
+
+
+def current() -> Context:
+    """The context of the running execution."""
+    ctx = _current.get()
+    if ctx is None:
+        raise OutsideExecution("flux.current() was called outside a Flux execution")
+    return ctx
+
+
+@contextlib.contextmanager
+def activate(ctx: Context) -> Iterator[Context]:
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
+
+
+class Secrets:
+    """``ctx.secrets.get(name)``: the value from the environment variable ``[secrets]``
+    maps the name to (or the variable of that name). The value is never stored — only its
+    keyed fingerprint goes on the tape — and it is scrubbed from anything recorded."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def get(self, name: str) -> str | None:
+        ex = self._ctx._execution
+        rec = ex.recorder
+        site = rec.call_site()
+        if ex.replay is not None and (served := ex.replay.value("secret", name, site)):
+            value = served.value  # replay hands back a stand-in of the same fingerprint
+        else:
+            mapping = ex.runtime.secrets_map
+            value = os.environ.get(mapping.get(name, name))
+            rec.tape_append("secret", name,
+                            None if value is None else ex.policy.fingerprint(value), site=site)
+        if value and len(value) >= 4:
+            rec.secret_values.add(value)
+        return value
+
+
+class Log:
+    """``ctx.log.info("charged", order_id=…)``: structured lines, attached to the span."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
+        ex = self._ctx._execution
+        scrubbed = ex.policy.scrub_text(str(message), ex.recorder.secret_values)
+        ex.recorder.log(level, scrubbed, ex.prepare_body(encode(fields)),
+                        ex.recorder.call_site())
+        ex.runtime.echo_log(self._ctx, level, scrubbed, fields)
+
+    def debug(self, message: str, **fields: Any) -> None:
+        self._emit("debug", message, fields)
+
+    def info(self, message: str, **fields: Any) -> None:
+        self._emit("info", message, fields)
+
+    def warning(self, message: str, **fields: Any) -> None:
+        self._emit("warning", message, fields)
+
+    def error(self, message: str, **fields: Any) -> None:
+        self._emit("error", message, fields)
+
+
+_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_delay(delay: float | int | str | dt.timedelta | None) -> dt.timedelta:
+    """``"5m"``, ``"30s"``, ``90``, a timedelta → a timedelta."""
+    if delay is None:
+        return dt.timedelta(0)
+    if isinstance(delay, dt.timedelta):
+        return delay
+    if isinstance(delay, int | float) and not isinstance(delay, bool) and delay >= 0:
+        return dt.timedelta(seconds=delay)
+    match = _DELAY.match(str(delay))
+    if not match:
+        raise ConfigError(f"delay must look like 30s, 5m, 2h or a number of seconds, "
+                          f"not {delay!r}")
+    return dt.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+
+
+class Queue:
+    """``ctx.queue.push(fn, payload)``: a job row inserted in the execution's transaction,
+    so it exists only if the execution commits."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def push(self, function: str, payload: Any = None, *, delay: Any = None,
+             idempotency_key: str | None = None) -> Any:
+        ex = self._ctx._execution
+        return ex.bridge(self._push(function, payload, delay, idempotency_key,
+                                    ex.recorder.call_site()))
+
+    async def _push(self, function: str, payload: Any, delay: Any,
+                    idempotency_key: str | None, site: CallSite) -> str:
+        ex = self._ctx._execution
+        rec = ex.recorder
+        target = ex.runtime.registry.by_name.get(function)
+        if target is None:
+            raise NotFound(f"ctx.queue.push: no function named {function!r}")
+        wait = parse_delay(delay)
+        with rec.span(f"queue.push({function})", "queue", site,
+                      {"function": function, "delay_s": wait.total_seconds(),
+                       "idempotency_key": idempotency_key}) as span:
+            if ex.replay is not None and (served := ex.replay.value("queue", function, site)):
+                return str(served.value)
+            q = load("execution")
+            job_id = str(new_request_id())
+            async with ex.db_lock:
+                conn = await ex.connection()
+                row = await (await conn.execute(q.push_job, {
+                    "id": job_id, "function": function, "payload": Jsonb(encode(payload)),
+                    "max_attempts": target.retries + 1, "delay": wait,
+                    "idempotency_key": idempotency_key, "parent_id": ex.request_id,
+                })).fetchone()
+                if row is None:  # the idempotency key was used already: that job stands
+                    row = await (await conn.execute(q.existing_job, {
+                        "function": function, "idempotency_key": idempotency_key})).fetchone()
+            job_id = str(row[0]) if row else job_id
+            span.attrs["job_id"] = job_id
+            rec.tape_append("queue", function, job_id, site=site, span_id=span.id)
+            return job_id
+
+
+class SpanHandle:
+    """``with ctx.span("name"):`` or ``async with ctx.span("name"):`` — a custom span."""
+
+    def __init__(self, ctx: Context, name: str, attrs: dict[str, Any]) -> None:
+        self._ctx = ctx
+        self._name = name
+        self._attrs = attrs
+        self._cm: contextlib.AbstractContextManager[Span] | None = None
+
+    def __enter__(self) -> Span:
+        rec = self._ctx._execution.recorder
+        self._cm = rec.span(self._name, "custom", rec.call_site(), self._attrs)
+        return self._cm.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        assert self._cm is not None
+        return self._cm.__exit__(*exc)
+
+    async def __aenter__(self) -> Span:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return self.__exit__(*exc)
+
+
+class Context:
+    """What a function receives as ``ctx``."""
+
+    def __init__(self, execution: Execution, spec: FunctionSpec, *,
+                 headers: Mapping[str, str], is_replay: bool = False) -> None:
+        self._execution = execution
+        self.request_id: str = execution.request_id
+        self.function: str = spec.name
+        self.headers: dict[str, str] = dict(headers)
+        self.is_replay = is_replay
+        self.config: dict[str, Any] = execution.runtime.app_config
+        self.db = Database(execution)
+        self.http = Http(execution)
+        self.secrets = Secrets(self)
+        self.log = Log(self)
+        self.queue = Queue(self)
+
+    # -- values from outside: recorded, and served from the tape on replay ----------------
+
+    def _value(self, kind: str, key: str, live: Any, encode_: Any = encode) -> Any:
+        ex = self._execution
+        site = ex.recorder.call_site()
+        if ex.replay is not None and (served := ex.replay.value(kind, key, site)):
+            return served.value
+        ex.recorder.tape_append(kind, key, encode_(live), site=site)
+        return live
+
+    def now(self) -> dt.datetime:
+        """The current time (UTC, aware)."""
+        return self._value("clock", "now", dt.datetime.now(dt.UTC))
+
+    def uuid(self) -> _uuid.UUID:
+        """A random UUID (v4)."""
+        return self._value("uuid", "uuid4", _uuid.uuid4())
+
+    def random(self) -> float:
+        """A random float in [0, 1)."""
+        return self._value("random", "random", _random.random())
+
+    # -- any other outside call ------------------------------------------------------------
+
+    def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` once — a gRPC stub, an SMTP send, a cache read — with
+        its result or exception on the tape: replay and resume serve it from there and never
+        run ``fn`` again. An async ``fn`` gives an awaitable (run to completion for a sync
+        handler). What ``fn`` does inside is the step's, not unrecorded IO."""
+        ex = self._execution
+        site = ex.recorder.call_site()
+        if inspect.iscoroutinefunction(fn):
+            return ex.bridge(run_step_async(ex, name, site, fn, args, kwargs))
+        return run_step(ex, name, site, fn, args, kwargs)
+
+    # -- structure ------------------------------------------------------------------------
+
+    def span(self, name: str, **attrs: Any) -> SpanHandle:
+        return SpanHandle(self, name, attrs)
+
+    def error(self, status: int, code: str, message: str) -> FunctionError:
+        """An intended failure for the handler to raise: ``raise ctx.error(404, …)``."""
+        return FunctionError(status, code, message)
+
+    def invoke(self, function: str, input: Any = None) -> Any:
+        """Call another function inside this execution (same transaction, a child span)."""
+        ex = self._execution
+        return ex.bridge(self._invoke(function, input, ex.recorder.call_site()))
+
+    async def _invoke(self, function: str, input: Any, site: CallSite) -> Any:
+        ex = self._execution
+        rec = ex.recorder
+        target = ex.runtime.registry.by_name.get(function)
+        if target is None:
+            raise NotFound(f"ctx.invoke: no function named {function!r}")
+        with rec.span(f"invoke({function})", "invoke", site, {"function": function}) as span:
+            child = Context(ex, target, headers=self.headers, is_replay=self.is_replay)
+            output = await call_handler(target, child, input)
+            rec.tape_append("invoke", function, encode(output), site=site, span_id=span.id)
+            return output

@@ -1,0 +1,170 @@
+"""Loading the functions of a project from ``functions/``, and reloading one on change.
+
+Each Python module holds one ``@function`` handler; each ``.wasm`` or ``.wat`` module is one
+function named after its file (flux/runtime/wasm/_runner.py). A module that fails to load
+does not stop the others: its error is reported with file and line, and the previous
+version (if any) keeps serving until the file is fixed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from flux._errors import FluxError
+from flux._function import FunctionSpec, spec_of
+
+MODULE_PREFIX = "flux_fn"
+WASM_SUFFIXES = (".wasm", ".wat")
+SUFFIXES = (".py", *WASM_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class LoadError:
+    file: Path
+    message: str  # one sentence: "SyntaxError at line 3: invalid syntax"
+
+
+@dataclass
+class Registry:
+    """The functions being served, by name and by route."""
+
+    by_name: dict[str, FunctionSpec] = field(default_factory=dict)
+    by_file: dict[Path, str] = field(default_factory=dict)
+
+    def route(self, path: str) -> FunctionSpec | None:
+        path = path.strip("/")
+        for spec in self.by_name.values():
+            if spec.route == path:
+                return spec
+        return None
+
+    def put(self, file: Path, spec: FunctionSpec) -> None:
+        old = self.by_file.get(file)
+        if old is not None and old != spec.name:
+            self.by_name.pop(old, None)
+        self.by_name[spec.name] = spec
+        self.by_file[file] = spec.name
+
+    def drop(self, file: Path) -> str | None:
+        name = self.by_file.pop(file, None)
+        if name is not None:
+            self.by_name.pop(name, None)
+        return name
+
+
+@dataclass(frozen=True)
+class Loaded:
+    spec: FunctionSpec | None
+    error: LoadError | None
+    millis: float
+
+
+def load_file(path: Path) -> Loaded:
+    """Import (or re-import) one module and find its single @function handler."""
+    started = time.perf_counter()
+    if path.suffix in WASM_SUFFIXES:
+        return _load_wasm(path, started)
+    name = f"{MODULE_PREFIX}_{path.stem}"
+    try:
+        module = _import(name, path)
+    except SyntaxError as exc:
+        return _failed(path, f"SyntaxError at line {exc.lineno}: {exc.msg}", started)
+    except Exception as exc:
+        line = _line_in(path, exc)
+        where = f" at line {line}" if line else ""
+        return _failed(path, f"{type(exc).__name__}{where}: {exc}", started)
+    specs = {id(s): s for obj in vars(module).values() if (s := spec_of(obj)) is not None}
+    found = [s for s in specs.values() if Path(s.file).resolve() == path.resolve()]
+    if len(found) > 1:
+        names = ", ".join(sorted(s.name for s in found))
+        return _failed(path, f"holds {len(found)} @function handlers ({names}); "
+                             "put each in its own module", started)
+    millis = (time.perf_counter() - started) * 1000
+    return Loaded(spec=found[0] if found else None, error=None, millis=millis)
+
+
+def load_all(functions_dir: Path, registry: Registry) -> list[LoadError]:
+    """Load every module of ``functions/`` into ``registry``; return the errors."""
+    if str(functions_dir) not in sys.path:
+        sys.path.insert(0, str(functions_dir))  # so functions can import their helpers
+    errors = []
+    seen: dict[str, Path] = {}
+    for path in sorted(functions_dir.iterdir() if functions_dir.is_dir() else ()):
+        if path.suffix not in SUFFIXES or path.name.startswith(("_", ".")):
+            continue
+        loaded = load_file(path)
+        if loaded.error:
+            errors.append(loaded.error)
+        elif loaded.spec is not None:
+            if loaded.spec.route in seen:
+                errors.append(LoadError(path, f"route /{loaded.spec.route} is already served "
+                                              f"by {seen[loaded.spec.route].name}"))
+                continue
+            seen[loaded.spec.route] = path
+            registry.put(path, loaded.spec)
+    return errors
+
+
+def function_file(changed: Path) -> Path | None:
+    """The function file to reload when ``changed`` changed: itself for a module, the
+    module beside it for a Wasm function's sidecar ``<name>.toml``; None otherwise."""
+    if changed.name.startswith(("_", ".")):
+        return None
+    if changed.suffix in SUFFIXES:
+        return changed
+    if changed.suffix == ".toml":
+        for suffix in WASM_SUFFIXES:
+            if (module := changed.with_suffix(suffix)).exists():
+                return module
+    return None
+
+
+def _load_wasm(path: Path, started: float) -> Loaded:
+    # wasmtime (~100 ms): only when a project has Wasm functions
+    from flux.runtime.wasm._runner import (
+        load_module,  # wasmtime, only for projects with Wasm functions
+    )
+
+    try:
+        spec = load_module(path)
+    except FluxError as exc:
+        return _failed(path, exc.message, started)
+    except OSError as exc:
+        return _failed(path, f"cannot read {path.name}: {exc.strerror}", started)
+    return Loaded(spec=spec, error=None, millis=(time.perf_counter() - started) * 1000)
+
+
+def _import(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get(name)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        if previous is not None:
+            sys.modules[name] = previous
+        else:
+            sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _line_in(path: Path, exc: BaseException) -> int | None:
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if Path(frame.filename).resolve() == path.resolve():
+            return frame.lineno
+    return None
+
+
+def _failed(path: Path, message: str, started: float) -> Loaded:
+    return Loaded(spec=None, error=LoadError(path, message),
+                  millis=(time.perf_counter() - started) * 1000)

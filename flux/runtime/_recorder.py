@@ -1,0 +1,204 @@
+"""The recorder: one per execution, collecting the span tree, the tape and the logs.
+
+It is pure bookkeeping — no IO — so the ctx doors, the executor and replay can share it.
+Spans form a tree through ``parent_id``; the current span travels in a ContextVar so that
+concurrent calls (``asyncio.gather``) and sync handlers in threads get the right parent.
+The tape is the ordered list of every value that came from outside the function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import functools
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+_FLUX_DIR = str(Path(__file__).resolve().parent.parent)  # all of flux/, not only runtime/
+_PACKAGES = "-packages/"  # site-packages, dist-packages: libraries, even in the project's .venv
+_current_span: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "flux_current_span", default=None)
+_site_override: contextvars.ContextVar[CallSite | None] = contextvars.ContextVar(
+    "flux_site_override", default=None)
+
+
+@dataclass
+class Span:
+    id: str
+    parent_id: str | None
+    name: str
+    kind: str  # gateway | function | db | http | queue | invoke | custom | clock | …
+    start_ms: float
+    file: str | None = None
+    line: int | None = None
+    duration_ms: float | None = None
+    status: str = "ok"
+    attrs: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "parent_id": self.parent_id, "name": self.name, "kind": self.kind,
+            "start_ms": round(self.start_ms, 3),
+            "duration_ms": None if self.duration_ms is None else round(self.duration_ms, 3),
+            "status": self.status, "file": self.file, "line": self.line,
+            "attrs": self.attrs, "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class CallSite:
+    file: str | None
+    line: int | None
+    function: str | None = None
+
+
+class Recorder:
+    """Everything one execution did, in memory until the executor stores it."""
+
+    def __init__(self, request_id: str, *, project_root: Path, functions_dir: Path) -> None:
+        self.request_id = request_id
+        self.started_at = dt.datetime.now(dt.UTC)
+        self._t0 = time.perf_counter()
+        self.project_root = project_root
+        self._root = str(project_root)
+        self._functions_dir = str(functions_dir)  # as the loader imported the modules
+        self.spans: list[Span] = []
+        self.tape: list[dict[str, Any]] = []
+        self.logs: list[dict[str, Any]] = []
+        self.secret_values: set[str] = set()
+        self.http_calls = 0
+
+    # -- time ----------------------------------------------------------------------------
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self._t0) * 1000
+
+    # -- spans ---------------------------------------------------------------------------
+
+    @property
+    def current_span_id(self) -> str | None:
+        return _current_span.get()
+
+    def open_span(self, name: str, kind: str, site: CallSite | None = None,
+                  attrs: dict[str, Any] | None = None) -> Span:
+        span = Span(
+            id=f"s{len(self.spans) + 1}", parent_id=_current_span.get(), name=name, kind=kind,
+            start_ms=self.elapsed_ms(), file=site.file if site else None,
+            line=site.line if site else None, attrs=attrs or {},
+        )
+        self.spans.append(span)
+        return span
+
+    @contextlib.contextmanager
+    def span(self, name: str, kind: str, site: CallSite | None = None,
+             attrs: dict[str, Any] | None = None) -> Iterator[Span]:
+        """Open a span, make it the parent of what runs inside, close it on exit; an
+        exception marks it failed and propagates."""
+        span = self.open_span(name, kind, site, attrs)
+        token = _current_span.set(span.id)
+        try:
+            yield span
+        except BaseException as exc:
+            span.status = "error"
+            if span.error is None:
+                span.error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
+            raise
+        finally:
+            _current_span.reset(token)
+            span.duration_ms = self.elapsed_ms() - span.start_ms
+
+    def close_span(self, span: Span) -> None:
+        if span.duration_ms is None:
+            span.duration_ms = self.elapsed_ms() - span.start_ms
+
+    # -- tape ----------------------------------------------------------------------------
+
+    def tape_append(self, kind: str, key: str, value: Any, *, site: CallSite | None = None,
+                    span_id: str | None = None, **extra: Any) -> dict[str, Any]:
+        entry = {
+            "seq": len(self.tape) + 1, "kind": kind, "key": key, "value": value,
+            "span_id": span_id or _current_span.get(),
+            "file": site.file if site else None, "line": site.line if site else None,
+            **extra,
+        }
+        self.tape.append(entry)
+        return entry
+
+    # -- logs ----------------------------------------------------------------------------
+
+    def log(self, level: str, message: str, fields: dict[str, Any], site: CallSite) -> None:
+        self.logs.append({
+            "t_ms": round(self.elapsed_ms(), 3), "level": level, "message": message,
+            "fields": fields, "span_id": _current_span.get(), "file": site.file,
+            "line": site.line,
+        })
+
+    # -- call sites ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def calls_from(self, site: CallSite) -> Iterator[None]:
+        """Attribute the ctx calls made inside to ``site``. A Wasm guest calling its host
+        imports has no Python frame in ``functions/`` for ``call_site`` to find."""
+        token = _site_override.set(site)
+        try:
+            yield
+        finally:
+            _site_override.reset(token)
+
+    def call_site(self, depth: int = 1) -> CallSite:
+        """The user's line that made the current ctx call: the innermost frame in
+        ``functions/``, else the innermost frame outside Flux itself."""
+        override = _site_override.get()
+        if override is not None:
+            return override
+        frame: FrameType | None = sys._getframe(depth)
+        fallback: FrameType | None = None
+        project: FrameType | None = None  # a helper module of the project
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if filename.startswith(self._functions_dir):
+                return self._site(frame)
+            if fallback is None and not filename.startswith(_FLUX_DIR) and \
+                    "/asyncio/" not in filename and "/contextlib" not in filename \
+                    and not filename.startswith("<"):
+                fallback = frame
+            if project is None and filename.startswith(self._root) and \
+                    not filename.startswith(_FLUX_DIR) and _PACKAGES not in filename:
+                project = frame
+            frame = frame.f_back
+        # A captured client's call is the user's line, not the library's.
+        site = project or fallback
+        return self._site(site) if site else CallSite(None, None)
+
+    def site_of_traceback(self, tb: Any) -> CallSite:
+        """The deepest frame of a traceback that is user code (in ``functions/``)."""
+        found: CallSite | None = None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename.startswith(self._functions_dir):
+                found = self._site(tb.tb_frame, tb.tb_lineno)
+            tb = tb.tb_next
+        return found or CallSite(None, None)
+
+    def _site(self, frame: FrameType, line: int | None = None) -> CallSite:
+        return CallSite(self.relative(frame.f_code.co_filename), line or frame.f_lineno,
+                        frame.f_code.co_name)
+
+    def relative(self, filename: str) -> str:
+        return _relative(filename, self._root)
+
+
+@functools.lru_cache(maxsize=4096)
+def _relative(filename: str, root: str) -> str:
+    """A source file as the project names it (functions/checkout.py). Cached: resolving a
+    path costs a few lstat calls, and a call site is met on every ctx call."""
+    try:
+        return str(Path(filename).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return filename

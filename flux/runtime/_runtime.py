@@ -1,0 +1,265 @@
+"""The runtime: what every execution of a serving process shares — the connection pool, the
+outbound HTTP session, the loaded functions, the redaction policy and the code version."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from flux._errors import DatabaseUnavailable, Overloaded
+from flux._gitinfo import CodeVersion, code_version
+from flux._project import Project
+from flux.runtime._access import AdminAccess
+from flux.runtime._intercept import install as capture_clients
+from flux.runtime._iowatch import IOAllowance
+from flux.runtime._loader import LoadError, Registry, load_all, load_file
+from flux.runtime._otel import exporter_for
+from flux.runtime._redact import RedactionPolicy, load_policy
+from flux.runtime._tenants import TenantPolicy, load_tenants
+from flux.store._availability import PROBE_TIMEOUT, Availability, connection_lost
+from flux.store._record import ExecutionRecord, store
+
+if TYPE_CHECKING:
+    from flux.runtime._context import Context
+    from flux.runtime._otel import Exporter
+
+DEFAULT_MAX_BODY = 1024 * 1024
+# How long the pool keeps retrying a lost connection with its own backoff before it lets
+# the slot go; a later demand grows the pool again with a fresh, immediate attempt.
+RECONNECT_TIMEOUT = 2.0
+UNAVAILABLE = "the database is unavailable"
+INFLIGHT_PER_CONNECTION = 5  # default [server] max_inflight = 5 × [database] pool_size
+
+LogEcho = Callable[[str, str, str, dict[str, Any]], None]
+
+
+class Runtime:
+    """Shared state of one serving process. ``start()`` before use, ``close()`` after."""
+
+    def __init__(self, project: Project, conninfo: str | Callable[[], str], *,
+                 pool_size: int | None = None, pool_timeout: float | None = None,
+                 echo: LogEcho | None = None, keeps_records: bool = True,
+                 exports_spans: bool = True, admin: AdminAccess | None = None) -> None:
+        self.project = project
+        self.root = project.root
+        self.functions_dir = project.functions_dir
+        self.conninfo = conninfo
+        db = project.database
+        self.pool_timeout = db.pool_timeout if pool_timeout is None else pool_timeout
+        self.statement_timeout = db.statement_timeout
+        pool_size = db.pool_size if pool_size is None else pool_size
+        # Executions in flight at once. A burst of a few times the pool waits a few
+        # transactions' time for a connection; past this a request is refused at once (503)
+        # instead of queueing without bound behind a stuck store.
+        self.max_inflight = project.server.max_inflight or INFLIGHT_PER_CONNECTION * pool_size
+        self.inflight = 0
+        self.refused: dict[str, int] = {"overloaded": 0, "unavailable": 0}
+        self.availability = Availability(self._probe, self._pool_check)
+        self.registry = Registry()
+        record_cfg = project.raw.get("record", {})
+        self.max_body = int(record_cfg.get("max_request_bytes", DEFAULT_MAX_BODY))
+        self.sample_rate = project.record.sample_rate  # of successes (flux/runtime/_sampling.py)
+        self.policy: RedactionPolicy = load_policy(project.state_dir, project.raw,
+                                                   keep_key=keeps_records)
+        self.secrets_map: dict[str, str] = {
+            str(k): str(v) for k, v in project.raw.get("secrets", {}).items()}
+        self.app_config: dict[str, Any] = dict(project.raw.get("app", {}))
+        self.io_allow: IOAllowance = IOAllowance.of(project.root, project.raw)
+        self.tenants: TenantPolicy = load_tenants(project.root, project.raw)
+        # Who may call /_flux/: `flux dev` and `flux serve` say; otherwise a token from
+        # the environment, and without one the admin API is closed.
+        self.admin: AdminAccess = admin or AdminAccess.for_server(dev=False, host="")
+        self.code_version: CodeVersion = CodeVersion(None, False)
+        self._echo = echo
+        self._pool_size = pool_size
+        self._pool: AsyncConnectionPool | None = None
+        self.http_session: aiohttp.ClientSession
+        self._pool_lock = asyncio.Lock()
+        self.otel: Exporter | None = None  # [otel] endpoint: spans sent over OTLP/HTTP
+        self._exports_spans = exports_spans  # false where nothing is stored (dry runs)
+
+    async def start(self, *, open_pool: bool = True) -> list[LoadError]:
+        """Open the pool and the HTTP session, load the functions; returns load errors.
+        Without ``open_pool`` the pool opens on first use (a replay served from its tape
+        may never need the database)."""
+        if open_pool:
+            await self.ensure_pool()
+        self.http_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True))
+        capture_clients()  # the HTTP clients handlers use, captured while one runs
+        self.refresh_code_version()
+        if self._exports_spans:
+
+            self.otel = exporter_for(self.project)
+        return load_all(self.functions_dir, self.registry)
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        """The connection pool (not necessarily open: see ensure_pool). The database
+        address may be a callable, resolved only when a connection is first needed — a
+        replay served from its tape never starts a database."""
+        if self._pool is None:
+            if callable(self.conninfo):
+                self.conninfo = self.conninfo()
+            self._pool = AsyncConnectionPool(
+                self.conninfo, min_size=min(4, self._pool_size), max_size=self._pool_size,
+                open=False, kwargs=self._connect_kwargs(), name="flux",
+                reconnect_timeout=RECONNECT_TIMEOUT)
+        return self._pool
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"autocommit": True}  # BEGIN is ours
+        if self.statement_timeout is not None:
+            # A connection option, so it costs no round trip; added to any options the
+            # address already carries.
+            assert isinstance(self.conninfo, str)
+            given = psycopg.conninfo.conninfo_to_dict(self.conninfo).get("options") or ""
+            ms = max(1, round(self.statement_timeout * 1000))
+            kwargs["options"] = f"{given} -c statement_timeout={ms}".strip()
+        return kwargs
+
+    async def acquire(self, *, patience: float = 0.0) -> psycopg.AsyncConnection[Any]:
+        """A pooled connection (give it back with ``pool.putconn``). While the database is
+        down this is refused at once — unless ``patience`` seconds are given to wait for it
+        to come back, as the record of an execution that already ran gets. When no
+        connection comes free within ``pool_timeout`` the runtime is overloaded."""
+        health = self.availability
+        if health.down and not (patience and await health.wait_up(patience)):
+            raise DatabaseUnavailable(UNAVAILABLE)
+        pool = await self.ensure_pool()
+        try:
+            async with asyncio.timeout(self.pool_timeout) as deadline:
+                with health.waiting(deadline):
+                    return await pool.getconn(timeout=self.pool_timeout + 1.0)
+        except (TimeoutError, PoolTimeout) as exc:
+            if health.down:  # woken early: the database went away while we waited
+                raise DatabaseUnavailable(UNAVAILABLE) from exc
+            raise Overloaded(f"no database connection came free within {self.pool_timeout:g}s",
+                             hint="raise [database] pool_size or lower the load") from exc
+
+    async def begin(self, statement: bytes | Callable[[psycopg.AsyncConnection[Any]],
+                                                      Awaitable[None]]
+                    ) -> psycopg.AsyncConnection[Any]:
+        """A pooled connection with its transaction opened by ``statement`` (SQL, or a
+        coroutine function that sends it on the connection). A connection that went stale
+        while idle (the server restarted since) is replaced once, as soon as the server is
+        known to answer again."""
+        for attempt in (1, 2):
+            conn = await self.acquire()
+            try:
+                if callable(statement):
+                    await statement(conn)
+                else:
+                    await conn.execute(statement, prepare=False)
+            except BaseException as exc:
+                await self.pool.putconn(conn)
+                if not connection_lost(exc):
+                    raise
+                self.availability.lost(exc)
+                if attempt == 1 and await self.availability.answers():
+                    continue
+                raise DatabaseUnavailable(UNAVAILABLE) from exc
+            return conn
+        raise AssertionError("unreachable")
+
+    async def _probe(self) -> None:
+        assert isinstance(self.conninfo, str)
+        conn = await psycopg.AsyncConnection.connect(self.conninfo,
+                                                     connect_timeout=PROBE_TIMEOUT)
+        await conn.close()
+
+    async def _pool_check(self) -> None:
+        if self._pool is not None and not self._pool.closed:
+            await self._pool.check()
+
+    async def ensure_pool(self) -> AsyncConnectionPool:
+        if self._pool is None or self._pool.closed:
+            async with self._pool_lock:
+                if self._pool is None and callable(self.conninfo):
+                    resolve = self.conninfo
+                    self.conninfo = await asyncio.to_thread(resolve)
+                if self.pool.closed:
+                    await self.pool.open(wait=True, timeout=30)
+        return self.pool
+
+    async def close(self) -> None:
+        await self.availability.close()
+        if hasattr(self, "http_session"):
+            await self.http_session.close()
+        if self._pool is not None and not self._pool.closed:
+            await self._pool.close()
+        if self.otel is not None:
+            otel, self.otel = self.otel, None
+            await asyncio.to_thread(otel.shutdown)  # sends what is queued, in its thread
+
+    def refresh_code_version(self) -> None:
+        self.code_version = code_version(self.root)
+
+    def reload(self, path: Path) -> tuple[str | None, float, LoadError | None]:
+        """Reload one changed module; on error the previous version keeps serving."""
+        loaded = load_file(path)
+        self.refresh_code_version()
+        if loaded.error is not None:
+            return self.registry.by_file.get(path), loaded.millis, loaded.error
+        if loaded.spec is None:
+            return self.registry.drop(path), loaded.millis, None
+        self.registry.put(path, loaded.spec)
+        return loaded.spec.name, loaded.millis, None
+
+    @contextlib.asynccontextmanager
+    async def connection(self, *, patience: float = 0.0
+                         ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection for the block (see ``acquire``); a connection-level failure
+        inside it is reported and raised as DatabaseUnavailable."""
+        conn = await self.acquire(patience=patience)
+        try:
+            yield conn
+        except Exception as exc:
+            if not connection_lost(exc) or isinstance(exc, DatabaseUnavailable):
+                raise
+            self.availability.lost(exc)
+            raise DatabaseUnavailable(UNAVAILABLE) from exc
+        finally:
+            await self.pool.putconn(conn)
+
+    async def store_record(self, record: ExecutionRecord) -> None:
+        """Store a record on a pooled connection of its own (executions that held no
+        transaction, failed ones whose connection was lost, and requests rejected before any
+        function ran). The execution already ran, so a lost database is waited for up to
+        ``pool_timeout``; then DatabaseUnavailable says the record was not stored."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.pool_timeout
+        for attempt in (1, 2):
+            try:
+                async with self.connection(patience=max(0.0, deadline - loop.time())) as conn, \
+                        conn.transaction():
+                    await store(conn, record)
+                return
+            except DatabaseUnavailable:
+                # Once more if the server answers again (the connection had gone stale
+                # while idle) or comes back before the deadline.
+                if attempt == 2 or not await self.availability.wait_up(
+                        max(0.0, deadline - loop.time())):
+                    raise
+
+    def export_spans(self, record: ExecutionRecord) -> None:
+        """Queue a stored record's spans for OTLP export (with ``[otel]`` configured); never
+        raises, never waits: the SDK's batch thread sends them."""
+        if self.otel is not None:
+            self.otel.export(record)
+
+    def echo_log(self, ctx: Context, level: str, message: str, fields: dict[str, Any]) -> None:
+        if self._echo is not None:
+            self._echo(ctx.request_id, level, message, fields)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,251 @@
+"""The host side of the Wasm ABI: the imports of module ``flux`` through which a guest
+reaches the world, each a thin adapter over a ``ctx`` door — so a Wasm function's queries,
+HTTP calls, clock reads and random numbers are recorded, put on the tape and served from it
+on replay exactly as a Python function's are.
+
+A host import never raises into wasmtime. wasmtime-py hands a Python exception from a host
+function back to the caller through one process-wide variable, which two guests failing at
+once in two threads would swap. Instead a failing import keeps its exception on the
+guest's ``GuestCall``, answers a zero, and sets the store's epoch deadline to now: the guest
+traps at its next function entry or loop back-edge, and the exception is raised from there
+(``WasmFunction`` in ``flux/runtime/wasm/_runner.py``). Until then every further import
+refuses to act.
+
+The ABI itself is documented in docs/wasm-abi.md.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import wasmtime
+
+from flux._errors import FunctionError, WasmError
+from flux._jsoncodec import plain
+
+if TYPE_CHECKING:
+    from flux.runtime._context import Context
+
+MODULE = "flux"
+MASK32 = 0xFFFF_FFFF
+
+_I32, _I64, _F64 = wasmtime.ValType.i32(), wasmtime.ValType.i64(), wasmtime.ValType.f64()
+
+# name → (params, results): what a guest may import from module "flux".
+SIGNATURES: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType]]] = {
+    "db_query": ([_I32, _I32], [_I64]),
+    "http_fetch": ([_I32, _I32], [_I64]),
+    "now": ([], [_I64]),
+    "random": ([], [_F64]),
+    "log": ([_I32, _I32], []),
+    "error": ([_I32, _I32], []),
+    "config": ([_I32, _I32], [_I64]),
+}
+
+DB_MODES = ("all", "one", "value", "execute")
+_DB_METHODS = {"all": "fetchall", "one": "fetchone", "value": "fetchval", "execute": "execute"}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass
+class GuestCall:
+    """One call of a guest's ``handle``: what its host imports act for."""
+
+    ctx: Context
+    function: str
+    store: wasmtime.Store
+    memory: wasmtime.Memory
+    alloc: wasmtime.Func
+    failure: BaseException | None = None  # the exception a host import ended the call with
+    abandoned: bool = False  # the execution gave up waiting (its timeout): act no more
+
+    def stop(self, failure: BaseException) -> None:
+        """End the guest at its next epoch check, with ``failure`` as its outcome."""
+        if self.failure is None:
+            self.failure = failure
+        self.store.set_epoch_deadline(0)
+
+
+_current: contextvars.ContextVar[GuestCall | None] = contextvars.ContextVar(
+    "flux_wasm_call", default=None)
+
+
+def current_call() -> contextvars.ContextVar[GuestCall | None]:
+    """The ContextVar the running guest call is kept in (set by flux/runtime/wasm/_runner.py)."""
+    return _current
+
+
+# -- memory --------------------------------------------------------------------------------
+
+def unpack(packed: int) -> tuple[int, int]:
+    """(ptr, len) from the i64 ``ptr << 32 | len`` (wasmtime hands i64 back signed)."""
+    packed &= 0xFFFF_FFFF_FFFF_FFFF
+    return packed >> 32, packed & MASK32
+
+
+def read(store: Any, memory: wasmtime.Memory, ptr: int, length: int, what: str) -> bytes:
+    ptr &= MASK32
+    length &= MASK32
+    size = memory.data_len(store)
+    if ptr + length > size:
+        raise WasmError(f"{what}: bytes {ptr}..{ptr + length} lie outside the guest's "
+                        f"memory of {size} bytes")
+    return bytes(memory.read(store, ptr, ptr + length))
+
+
+def write(store: Any, call: GuestCall, data: bytes, what: str) -> int:
+    """Copy ``data`` into memory the guest's ``alloc`` gave; returns the packed ptr/len."""
+    ptr = call.alloc(store, len(data)) & MASK32
+    size = call.memory.data_len(store)
+    if ptr == 0 or ptr + len(data) > size:
+        raise WasmError(f"{what}: the guest's alloc({len(data)}) returned {ptr}, which is not "
+                        f"a block of its memory of {size} bytes (out of memory?)",
+                        details={"alloc_failed": True, "size": len(data)})
+    if data:
+        call.memory.write(store, data, ptr)
+    return (ptr << 32) | len(data)
+
+
+def json_in(store: Any, call: GuestCall, ptr: int, length: int, what: str) -> Any:
+    raw = read(store, call.memory, ptr, length, what)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise WasmError(f"{what}: the guest passed bytes that are not JSON ({exc})") from exc
+
+
+def canonical(value: Any) -> bytes:
+    """JSON with every object's keys sorted. A replay's answers come back from the tape,
+    which PostgreSQL keeps as jsonb (keys reordered): sorted, the guest gets the same
+    bytes live and replayed, so what it derives from them (a parameter, a key) matches."""
+    return orjson.dumps(plain(value), option=orjson.OPT_SORT_KEYS)
+
+
+def json_out(store: Any, call: GuestCall, value: Any, what: str) -> int:
+    return write(store, call, canonical(value), what)
+
+
+# -- the imports ---------------------------------------------------------------------------
+
+def _db_query(caller: Any, call: GuestCall, ptr: int, length: int) -> int:
+    request = json_in(caller, call, ptr, length, "db_query")
+    if isinstance(request, str):
+        request = {"sql": request}
+    if not isinstance(request, dict) or not isinstance(request.get("sql"), str):
+        raise WasmError('db_query takes {"sql": "...", "params": [...], "mode": "all"}')
+    mode = request.get("mode", "all")
+    if mode not in DB_MODES:
+        raise WasmError(f"db_query: mode must be one of {', '.join(DB_MODES)}, not {mode!r}")
+    method = getattr(call.ctx.db, _DB_METHODS[mode])
+    result = method(request["sql"], sql_params(request.get("params")))
+    return json_out(caller, call, result, "db_query")
+
+
+def sql_params(params: Any) -> Any:
+    """JSON parameters as psycopg takes them: arrays stay lists (PostgreSQL arrays), an
+    object becomes JSON text (``%s::jsonb`` in the SQL), scalars are themselves."""
+    if params is None:
+        return None
+
+    def one(value: Any) -> Any:
+        return orjson.dumps(value).decode() if isinstance(value, dict) else value
+
+    if isinstance(params, dict):
+        return {str(k): one(v) for k, v in params.items()}
+    if isinstance(params, list):
+        return [one(v) for v in params]
+    raise WasmError("db_query: params must be an array (%s) or an object (%(name)s)")
+
+
+def _http_fetch(caller: Any, call: GuestCall, ptr: int, length: int) -> int:
+    request = json_in(caller, call, ptr, length, "http_fetch")
+    if not isinstance(request, dict) or not isinstance(request.get("url"), str):
+        raise WasmError('http_fetch takes {"method": "POST", "url": "...", "json": {...}}')
+    kwargs: dict[str, Any] = {}
+    for key in ("json", "headers", "params", "timeout"):
+        if request.get(key) is not None:
+            kwargs[key] = request[key]
+    if isinstance(request.get("body"), str):
+        kwargs["data"] = request["body"]
+    response = call.ctx.http.request(str(request.get("method", "GET")), request["url"],
+                                     **kwargs)
+    try:
+        body: Any = response.json() if response.content else None
+    except ValueError:
+        body = response.text
+    headers = {name.lower(): value for name, value in response.headers.items()}
+    # The status first, always: a guest without a JSON parser finds it at byte 10.
+    answer = b"".join([
+        b'{"status":', str(int(response.status)).encode(), b',"headers":', canonical(headers),
+        b',"body":', canonical(body), b',"suppressed":true}' if response.suppressed else b"}"])
+    return write(caller, call, answer, "http_fetch")
+
+
+def _now(caller: Any, call: GuestCall) -> int:
+    return int(call.ctx.now().timestamp() * 1000)  # Unix milliseconds
+
+
+def _random(caller: Any, call: GuestCall) -> float:
+    return float(call.ctx.random())
+
+
+def _log(caller: Any, call: GuestCall, ptr: int, length: int) -> None:
+    entry = json_in(caller, call, ptr, length, "log")
+    if not isinstance(entry, dict):
+        entry = {"message": entry if isinstance(entry, str) else orjson.dumps(entry).decode()}
+    level = entry.pop("level", "info")
+    message = str(entry.pop("message", ""))
+    getattr(call.ctx.log, level if level in LOG_LEVELS else "info")(message, **entry)
+
+
+def _error(caller: Any, call: GuestCall, ptr: int, length: int) -> None:
+    """``raise ctx.error(status, code, message)`` for a guest: it never returns."""
+    spec = json_in(caller, call, ptr, length, "error")
+    if not isinstance(spec, dict):
+        spec = {"message": str(spec)}
+    status = spec.get("status", 500)
+    raise FunctionError(status if isinstance(status, int) and 400 <= status < 600 else 500,
+                        str(spec.get("code", "error")), str(spec.get("message", "")))
+
+
+def _config(caller: Any, call: GuestCall, ptr: int, length: int) -> int:
+    """A value of ``[app]`` in flux.toml (``ctx.config``), by key; the whole table for null."""
+    key = json_in(caller, call, ptr, length, "config")
+    value = call.ctx.config if key is None else call.ctx.config.get(str(key))
+    return json_out(caller, call, value, "config")
+
+
+_IMPLEMENTATIONS: dict[str, Callable[..., Any]] = {
+    "db_query": _db_query, "http_fetch": _http_fetch, "now": _now, "random": _random,
+    "log": _log, "error": _error, "config": _config,
+}
+
+
+def _guarded(name: str, implementation: Callable[..., Any], zero: Any) -> Callable[..., Any]:
+    def host(caller: Any, *args: Any) -> Any:
+        call = _current.get()
+        if call is None:  # a guest calling an import outside a Flux call: not ours to serve
+            return zero
+        if call.failure is not None or call.abandoned:
+            call.store.set_epoch_deadline(0)
+            return zero
+        try:
+            return implementation(caller, call, *args)
+        except BaseException as exc:  # kept for the guest's outcome, never raised into wasm
+            call.stop(exc)
+            return zero
+
+    host.__name__ = f"flux_{name}"
+    return host
+
+
+def define_imports(linker: wasmtime.Linker) -> None:
+    """Define every import of module ``flux`` on ``linker`` (once per engine)."""
+    for name, (params, results) in SIGNATURES.items():
+        zero: Any = None if not results else (0.0 if results[0] == _F64 else 0)
+        linker.define_func(MODULE, name, wasmtime.FuncType(params, results),
+                           _guarded(name, _IMPLEMENTATIONS[name], zero), access_caller=True)

@@ -1,0 +1,374 @@
+"""WebAssembly functions on wasmtime: a ``.wasm`` or ``.wat`` module in ``functions/`` is
+served like a Python function — same route, same record, same replay.
+
+A module becomes a plain ``FunctionSpec`` whose handler is a ``WasmFunction``: the
+executor, replay and resume see an async handler and nothing else. Its host imports
+(flux/runtime/wasm/_host.py) go through the same ``ctx`` doors as Python code.
+
+- One engine per process, with epoch interruption. A ticker thread advances the epoch every
+  ``TICK`` seconds while any guest runs; each call's store gets a deadline of its
+  function's timeout, so a runaway loop traps instead of holding its thread forever.
+- Modules are compiled once per content hash (``.wat`` through ``wasmtime.wat2wasm``) and
+  pre-linked (``InstancePre``); each call instantiates into a fresh ``Store`` of its own,
+  capped by ``store.set_limits(memory_size=…)``, so no state survives between requests
+  and a replay starts from the same memory as the original.
+- The guest runs in a worker thread of a pool of its own (wasmtime calls are synchronous
+  and release the GIL), and its ctx calls reach the event loop through
+  ``Execution.bridge``, as a sync Python handler's do.
+- Options come from a sidecar ``functions/<name>.toml`` (route, timeout, retries, cron,
+  memory_mb); they live beside the module as a decorator lives beside its Python function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextvars
+import functools
+import hashlib
+import math
+import threading
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import wasmtime
+
+from flux._errors import ConfigError, WasmError, WasmMemoryLimit, WasmTrap
+from flux._function import FunctionSpec, FunctionTimeout, validate_cron
+from flux.runtime._recorder import CallSite
+from flux.runtime.wasm._host import (
+    SIGNATURES,
+    GuestCall,
+    current_call,
+    define_imports,
+    read,
+    unpack,
+    write,
+)
+from flux.runtime.wasm._source import SourceMap, source_map
+
+if TYPE_CHECKING:
+    from flux.runtime._context import Context
+
+SUFFIXES = (".wasm", ".wat")
+TICK = 0.01  # seconds per epoch: the granularity of a Wasm timeout
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MEMORY_MB = 64
+PAGE = 65536
+CACHE_SIZE = 64
+POOL_THREADS = 32
+_OPTIONS = {"route", "timeout", "retries", "cron", "memory_mb"}
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A module compiled and linked against the host imports, ready to instantiate."""
+
+    digest: str
+    pre: wasmtime.InstancePre
+    source: SourceMap  # function lines (.wat), local declaration sizes
+
+
+class WasmEngine:
+    """The process's one wasmtime engine, its linker, compile cache, epoch ticker and
+    worker threads."""
+
+    def __init__(self) -> None:
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        self.engine = wasmtime.Engine(config)
+        self.linker = wasmtime.Linker(self.engine)
+        define_imports(self.linker)
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=POOL_THREADS, thread_name_prefix="flux-wasm")
+        self._cache: collections.OrderedDict[str, Compiled] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._running = 0
+        self._wake = threading.Condition()
+        self._ticker: threading.Thread | None = None
+
+    def compile(self, path: Path) -> Compiled:
+        """The module at ``path``, compiled once per content (a reload of an unchanged
+        file, or the same module under two names, costs a hash)."""
+        data = path.read_bytes()
+        digest = hashlib.sha256(path.suffix.encode() + data).hexdigest()
+        with self._lock:
+            if (hit := self._cache.get(digest)) is not None:
+                self._cache.move_to_end(digest)
+                return hit
+        text = None
+        try:
+            if path.suffix == ".wat":
+                text = data.decode("utf-8")
+                binary = bytes(wasmtime.wat2wasm(text))
+            else:
+                binary = data
+            module = wasmtime.Module(self.engine, binary)
+        except (wasmtime.WasmtimeError, UnicodeDecodeError) as exc:
+            raise WasmError(f"does not compile: {_first_line(exc)}") from exc
+        check_abi(module)
+        try:
+            pre = self.linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as exc:
+            raise WasmError(f"cannot be linked: {_first_line(exc)}") from exc
+        compiled = Compiled(digest, pre, source_map(binary, text))
+        with self._lock:
+            self._cache[digest] = compiled
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return compiled
+
+    # -- the epoch ticker: runs only while a guest does ----------------------------------
+
+    def enter(self) -> None:
+        with self._wake:
+            self._running += 1
+            self._wake.notify()
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick, name="flux-wasm-epoch",
+                                                daemon=True)
+                self._ticker.start()
+
+    def leave(self) -> None:
+        with self._wake:
+            self._running -= 1
+
+    def _tick(self) -> None:
+        while True:
+            with self._wake:
+                while self._running == 0:
+                    self._wake.wait()
+            time.sleep(TICK)
+            self.engine.increment_epoch()
+
+
+@functools.cache
+def shared_engine() -> WasmEngine:
+    """The process-wide engine (wasmtime's advice: one engine, many stores)."""
+    return WasmEngine()
+
+
+def check_abi(module: wasmtime.Module) -> None:
+    """Refuse, at load time and in one sentence, a module that cannot work."""
+    exports = {e.name: e.type for e in module.exports}
+    for name, kind in (("memory", wasmtime.MemoryType), ("alloc", wasmtime.FuncType),
+                       ("handle", wasmtime.FuncType)):
+        if not isinstance(exports.get(name), kind):
+            raise WasmError(f"does not export {name!r} (the ABI needs memory, alloc and "
+                            "handle; see docs/wasm-abi.md)")
+    for imp in module.imports:
+        if imp.module != "flux" or imp.name not in SIGNATURES:
+            raise WasmError(f"imports {imp.module}.{imp.name}; a Flux function may import "
+                            f"only flux.{{{','.join(SIGNATURES)}}}")
+
+
+def read_options(path: Path) -> dict[str, Any]:
+    """The sidecar ``<name>.toml`` beside the module, if any."""
+    sidecar = path.with_suffix(".toml")
+    if not sidecar.is_file():
+        return {}
+    try:
+        options = tomllib.loads(sidecar.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{sidecar.name} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise ConfigError(f"{sidecar.name}: unknown option {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(_OPTIONS))})")
+    return options
+
+
+def load_module(path: Path) -> FunctionSpec:
+    """A Wasm module as a FunctionSpec (raises WasmError or ConfigError)."""
+    options = read_options(path)
+    name = path.stem
+    timeout = options.get("timeout", DEFAULT_TIMEOUT)
+    memory_mb = options.get("memory_mb", DEFAULT_MEMORY_MB)
+    retries = options.get("retries", 0)
+    for key, value in (("timeout", timeout), ("memory_mb", memory_mb)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{name}.toml: {key} must be a positive number, not {value!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"{name}.toml: retries must be 0 or more, not {retries!r}")
+    cron = options.get("cron")
+    if cron is not None:
+        validate_cron(str(cron))
+    compiled = shared_engine().compile(path)
+    handler = WasmFunction(name, path, compiled, float(timeout),
+                           int(float(memory_mb) * 1024 * 1024))
+    handler.spec = FunctionSpec(
+        name=name, route=str(options.get("route", name)).strip("/"), handler=handler,
+        is_async=True, timeout=float(timeout), retries=retries,
+        cron=None if cron is None else str(cron), file=str(path),
+        line=compiled.source.handle_line, runtime="wasm")
+    return handler.spec
+
+
+class WasmFunction:
+    """The handler of a Wasm function: ``await handler(ctx, input)`` like any other."""
+
+    def __init__(self, name: str, path: Path, compiled: Compiled, timeout: float,
+                 memory_cap: int) -> None:
+        self.name = name
+        self.path = path
+        self.compiled = compiled
+        self.timeout = timeout
+        self.memory_cap = memory_cap
+        self.spec: FunctionSpec  # set by load_module, once the spec exists
+
+    async def __call__(self, ctx: Context, input: Any) -> Any:
+        engine = shared_engine()
+        holder: list[GuestCall] = []
+        context = contextvars.copy_context()  # activate(ctx), the current span
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                engine.pool, functools.partial(context.run, self._run, ctx, input, holder))
+        except asyncio.CancelledError:
+            # The execution gave up (its timeout): the guest may act no more, and its
+            # epoch deadline ends it within a tick of the same timeout.
+            for call in holder:
+                call.abandoned = True
+            raise
+
+    # -- in the worker thread ------------------------------------------------------------
+
+    def _run(self, ctx: Context, input: Any, holder: list[GuestCall]) -> Any:
+        engine = shared_engine()
+        rec = ctx._execution.recorder
+        file = rec.relative(str(self.path))
+        store = wasmtime.Store(engine.engine)
+        store.set_limits(memory_size=self.memory_cap)
+        store.set_epoch_deadline(math.ceil(self.timeout / TICK) + 2)
+        engine.enter()
+        try:
+            try:
+                instance = self.compiled.pre.instantiate(store)
+            except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+                raise self._instantiation_error(exc, file) from exc
+            exports = instance.exports(store)
+            memory, alloc, handle = exports["memory"], exports["alloc"], exports["handle"]
+            assert isinstance(memory, wasmtime.Memory)
+            assert isinstance(alloc, wasmtime.Func) and isinstance(handle, wasmtime.Func)
+            call = GuestCall(ctx, self.name, store, memory, alloc)
+            holder.append(call)
+            token = current_call().set(call)
+            try:
+                with rec.calls_from(CallSite(file, 0, self.name)):
+                    return self._handle(store, call, handle, input, file)
+            finally:
+                current_call().reset(token)
+        finally:
+            engine.leave()
+
+    def _handle(self, store: wasmtime.Store, call: GuestCall, handle: wasmtime.Func,
+                input: Any, file: str) -> Any:
+        output = b""
+        try:
+            ptr, length = unpack(write(store, call, orjson.dumps(input), "the input"))
+            packed = handle(store, ptr, length)
+            if call.failure is None:
+                ptr, length = unpack(packed)
+                output = read(store, call.memory, ptr, length, "handle's result")
+        except (wasmtime.Trap, wasmtime.WasmtimeError, WasmError) as exc:
+            raise self._failure(call, exc, file) from None
+        if call.failure is not None:  # a host import failed and the guest returned anyway
+            raise self._located(call.failure, None, file, from_host=True)
+        try:
+            return orjson.loads(output) if output else None
+        except orjson.JSONDecodeError as exc:
+            raise self._located(WasmError(
+                f"{self.name}: handle returned bytes that are not JSON ({exc})"), None, file
+            ) from None
+
+    def _failure(self, call: GuestCall, exc: Exception, file: str) -> BaseException:
+        """The exception a failed call ends in: the host import's own (a query that
+        failed, ctx.error), a timeout, the memory cap, or the trap itself."""
+        trap = exc if isinstance(exc, wasmtime.Trap) else None
+        if call.failure is not None:
+            return self._located(call.failure, trap, file, from_host=True)
+        if trap is not None and trap.trap_code == wasmtime.TrapCode.INTERRUPT:
+            return self._located(FunctionTimeout(self.spec), trap, file)
+        where = _where(wasm_frames(trap, self.compiled.source.lines))
+        reason = _reason(trap) if trap is not None else _first_line(exc)
+        size = call.memory.data_len(call.store)
+        if size + PAGE > self.memory_cap:
+            return self._located(WasmMemoryLimit(
+                f"{self.name} reached its memory cap of {_mib(self.memory_cap)} (memory.grow "
+                f"refused at {_mib(size)}), then failed: {reason}{where}",
+                details={"memory_cap": self.memory_cap, "memory": size}), trap, file)
+        if trap is not None:
+            return self._located(WasmTrap(f"{self.name} trapped: {reason}{where}",
+                                          details={"trap": reason}), trap, file)
+        if isinstance(exc, WasmError):
+            return self._located(exc, None, file)
+        return self._located(WasmError(f"{self.name}: {reason}"), None, file)
+
+    def _instantiation_error(self, exc: Exception, file: str) -> BaseException:
+        text = _first_line(exc)
+        if "memory" in text and ("limit" in text or "minimum" in text):
+            error: WasmError = WasmMemoryLimit(
+                f"{self.name} needs more memory than its cap of {_mib(self.memory_cap)} "
+                f"to start: {text}", details={"memory_cap": self.memory_cap})
+        else:
+            error = WasmError(f"{self.name} could not be instantiated: {text}")
+        return self._located(error, None, file)
+
+    def _located(self, exc: BaseException, trap: wasmtime.Trap | None, file: str, *,
+                 from_host: bool = False) -> BaseException:
+        """Say on the exception where in the module it happened, for the record."""
+        frames = wasm_frames(trap, self.compiled.source.lines)
+        if from_host and len(frames) > 1 and \
+                frames[0]["func_offset"] < self.compiled.source.prologue.get(frames[0]["index"], 1):
+            # A failed import stops the guest at its next epoch check. When that is the
+            # entry of a function, that function did not make the call: its caller did.
+            frames = frames[1:]
+        top = frames[0] if frames else None
+        exc.flux_site = CallSite(  # type: ignore[attr-defined]
+            file, top["line"] if top else self.compiled.source.handle_line,
+            top["function"] if top else "handle")
+        exc.flux_wasm = {  # type: ignore[attr-defined]
+            "module": file, "frames": frames,
+            "trap": _reason(trap) if trap is not None else None,
+            "offset": top["offset"] if top else None,
+            **(exc.details if isinstance(exc, WasmError) else {}),
+        }
+        return exc
+
+
+def wasm_frames(trap: wasmtime.Trap | None, lines: dict[int, int]) -> list[dict[str, Any]]:
+    """The guest's stack at a trap, innermost first: function name, offsets, .wat line."""
+    if trap is None:
+        return []
+    return [{"function": f.func_name or f"<wasm function {f.func_index}>",
+             "index": f.func_index, "offset": f.module_offset, "func_offset": f.func_offset,
+             "line": lines.get(f.func_index, 0)} for f in trap.frames]
+
+
+def _where(frames: list[dict[str, Any]]) -> str:
+    if not frames:
+        return ""
+    top = frames[0]
+    return f" in {top['function']} at offset {top['offset']:#x}"
+
+
+def _reason(trap: wasmtime.Trap | None) -> str:
+    if trap is None:
+        return ""
+    message = trap.message
+    tail = message.rsplit("Caused by:", 1)[-1].strip()
+    return tail.removeprefix("wasm trap: ").splitlines()[0] if tail else message
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MiB"

@@ -1,0 +1,231 @@
+"""The OpenAPI 3.1 description of the admin API, served at ``GET /_flux/openapi.json``.
+
+Written by hand next to the handlers (flux/server/_admin.py); a test checks that every route of
+the admin router is described here and every path here is routed, and schemathesis
+checks the answers against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flux._version import __version__
+
+_NULLABLE_TEXT: dict[str, Any] = {"type": ["string", "null"]}
+_ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    why = {
+        400: "Bad input: one sentence says which (a malformed id, status, time or key).",
+        401: "No token, or a wrong one (`Authorization: Bearer <FLUX_ADMIN_TOKEN>`).",
+        403: "The admin API is closed: the server was started without FLUX_ADMIN_TOKEN.",
+        404: "No such execution, table or row.",
+        409: "The id prefix matches several executions (`candidates` lists them).",
+        503: "The database is unavailable.",
+    }
+    return {str(s): _json(_ref("Error"), why[s]) for s in (401, 403, *statuses, 503)}
+
+
+_ID = {"name": "id", "in": "path", "required": True,
+       "description": "An execution id or any unique prefix of one (hex digits, dashes "
+                      "optional), as the CLI takes it.",
+       "schema": {"type": "string", "minLength": 1}}
+_TABLE = {"name": "table", "in": "path", "required": True,
+          "description": "A table, `users` or `schema.users`; resolved with to_regclass, "
+                         "never spliced into SQL.",
+          "schema": {"type": "string", "minLength": 1}}
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None,
+           required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+_FLAG = {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]}
+_LIMIT = {"type": "integer", "minimum": 1, "maximum": 10000}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error", "request_id"],
+        "properties": {
+            "error": {"type": "object", "required": ["code", "message"],
+                      "properties": {"code": {"type": "string"},
+                                     "message": {"type": "string"},
+                                     "hint": _NULLABLE_TEXT}},
+            "request_id": _NULLABLE_TEXT,
+            "candidates": {"type": "array", "items": {"type": "string"}},
+            "details": {"type": ["object", "null"]},
+        },
+    },
+    "ExecutionSummary": {
+        "type": "object",
+        "required": ["request_id", "kind", "function", "status", "http_status", "started_at",
+                     "duration_ms"],
+        "properties": {
+            "request_id": {"type": "string"}, "kind": {"type": "string"},
+            "function": _NULLABLE_TEXT, "method": _NULLABLE_TEXT, "route": _NULLABLE_TEXT,
+            "status": {"type": "string", "enum": ["ok", "error"]},
+            "http_status": {"type": ["integer", "null"]},
+            "started_at": {"type": "string"}, "duration_ms": {"type": "number"},
+            "error_type": _NULLABLE_TEXT, "error_message": _NULLABLE_TEXT,
+            "parent_id": _NULLABLE_TEXT, "replay_of": _NULLABLE_TEXT,
+            "resumed_from": _NULLABLE_TEXT,
+        },
+    },
+    "Executions": {
+        "type": "object", "required": ["executions"],
+        "properties": {"executions": {"type": "array", "items": _ref("ExecutionSummary")}},
+    },
+    "Record": {
+        "description": "What `flux record export` writes: the record and its mutations.",
+        "type": "object", "required": ["format", "version", "record", "mutations"],
+        "properties": {"format": {"const": "flux-record"}, "version": {"type": "integer"},
+                       "flux_version": {"type": "string"}, "exported_at": {"type": "string"},
+                       "record": _ANY_OBJECT, "mutations": {"type": "array"}},
+    },
+    "Why": {
+        "description": "What `flux why --json` prints (with `spans=true`, the spans too).",
+        "type": "object",
+        "required": ["request_id", "function", "status", "root_cause", "location",
+                     "mutations", "similar", "suggestion"],
+        "properties": {
+            "request_id": {"type": "string"}, "function": _NULLABLE_TEXT,
+            "status": {"type": "string"},
+            "root_cause": {"type": "object", "required": ["class", "message"],
+                           "properties": {"class": {"enum": [
+                               "timeout", "dependency_error", "rate_limit", "constraint",
+                               "payload_shape", "exception"]},
+                               "message": {"type": "string"}}},
+            "location": _ANY_OBJECT, "mutations": {"type": "array"},
+            "similar": {"type": "array"}, "suggestion": {"type": "string"},
+            "spans": {"type": "array"},
+        },
+    },
+    "Trace": {
+        "description": "What `flux trace --json` prints: the span tree and its facts.",
+        "type": "object",
+        "required": ["request_id", "status", "http_status", "duration_ms", "stats", "spans"],
+        "properties": {"request_id": {"type": "string"}, "status": {"type": "string"},
+                       "http_status": {"type": ["integer", "null"]},
+                       "duration_ms": {"type": "number"}, "stats": _ANY_OBJECT,
+                       "spans": {"type": "array"}, "jobs": {"type": "array"},
+                       "parent": {"type": ["object", "null"]}},
+    },
+    "History": {
+        "description": "What `flux state history --json` prints.",
+        "type": "object", "required": ["table", "pk", "rows"],
+        "properties": {"table": {"type": "string"}, "pk": _ANY_OBJECT,
+                       "record_id": {"type": "string"},
+                       "rows": {"type": "array", "items": {
+                           "type": "object",
+                           "required": ["at", "request_id", "op", "changes", "rolled_back",
+                                        "actor"]}}},
+    },
+    "Blame": {
+        "description": "What `flux state blame --json` prints: `columns` for one row "
+                       "(with id), `rows` for a table.",
+        "type": "object", "required": ["table"],
+        "properties": {"table": {"type": "string"}, "pk": _ANY_OBJECT,
+                       "columns": _ANY_OBJECT, "rows": {"type": "array"}},
+    },
+    "Resume": {
+        "description": "What `flux resume --json` prints. 200 whenever the resume ran; the "
+                       "resumed execution's own outcome is `status`.",
+        "type": "object", "required": ["resumed_from", "plan", "status"],
+        "properties": {"request_id": _NULLABLE_TEXT, "resumed_from": {"type": "string"},
+                       "status": {"type": "string"}, "plan": {"type": "array"}},
+    },
+}
+
+
+def description() -> dict[str, Any]:
+    """The OpenAPI document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Flux admin API",
+            "version": __version__,
+            "description": (
+                "The inspect commands and resume of a running Flux, over HTTP. Each read "
+                "answers exactly what the matching `flux … --json` prints; `flux --remote "
+                "URL …` is a client of it. Every call needs `Authorization: Bearer "
+                "<FLUX_ADMIN_TOKEN>`, except on `flux dev` bound to loopback; this "
+                "description needs none. Every answer carries `x-flux-request-id`."),
+        },
+        "servers": [{"url": "/_flux"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/executions": {"get": {
+                "operationId": "listExecutions", "summary": "flux ls",
+                "parameters": [
+                    _query("function", "Only this function."),
+                    _query("status", "ok, error, 4xx, 5xx or an HTTP status."),
+                    _query("since", "15m, 2h, 14:05 (the server's local time) or ISO."),
+                    _query("window", "START..END, e.g. 2026-03-10T14:00..2026-03-10T14:05."),
+                    _query("limit", "At most this many (default 20).", _LIMIT),
+                ],
+                "responses": {"200": _json(_ref("Executions"), "Newest first."),
+                              **_errors(400)},
+            }},
+            "/executions/{id}": {"get": {
+                "operationId": "getRecord", "summary": "flux record export",
+                "parameters": [_ID],
+                "responses": {"200": _json(_ref("Record"), "The portable record."),
+                              **_errors(400, 404, 409)},
+            }},
+            "/executions/{id}/why": {"get": {
+                "operationId": "why", "summary": "flux why",
+                "parameters": [_ID, _query("spans", "Include the flat span list.", _FLAG)],
+                "responses": {"200": _json(_ref("Why"), "Root cause and what surrounds it."),
+                              **_errors(400, 404, 409)},
+            }},
+            "/executions/{id}/trace": {"get": {
+                "operationId": "trace", "summary": "flux trace",
+                "parameters": [_ID],
+                "responses": {"200": _json(_ref("Trace"), "The span tree."),
+                              **_errors(400, 404, 409)},
+            }},
+            "/executions/{id}/resume": {"post": {
+                "operationId": "resume", "summary": "flux resume",
+                "parameters": [_ID,
+                               _query("dry_run", "Show the plan; run nothing.", _FLAG),
+                               _query("strict", "Stop if a read returns something else "
+                                      "now.", _FLAG)],
+                "responses": {"200": _json(_ref("Resume"), "The resume ran (or was planned)."),
+                              **_errors(400, 404, 409)},
+            }},
+            "/state/{table}/history": {"get": {
+                "operationId": "stateHistory", "summary": "flux state history",
+                "parameters": [_TABLE, _query("id", "Primary key: 42, a=1,b=2 or JSON.",
+                                              required=True)],
+                "responses": {"200": _json(_ref("History"), "Every change of one row."),
+                              **_errors(400, 404)},
+            }},
+            "/state/{table}/blame": {"get": {
+                "operationId": "stateBlame", "summary": "flux state blame",
+                "parameters": [_TABLE, _query("id", "Primary key; without it, the table."),
+                               _query("limit", "Rows, without id (default 50).", _LIMIT)],
+                "responses": {"200": _json(_ref("Blame"), "Who wrote each column's value."),
+                              **_errors(400, 404)},
+            }},
+            "/openapi.json": {"get": {
+                "operationId": "openapi", "summary": "This description",
+                "security": [],
+                "responses": {"200": _json(_ANY_OBJECT, "OpenAPI 3.1.")},
+            }},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": _SCHEMAS,
+        },
+    }

@@ -1,0 +1,144 @@
+"""The execution record as written to ``flux.trace_requests``, and the writes that store it.
+
+A record of an execution that committed data is written in the same transaction as that
+data; a failed execution's record is written after the rollback, with the mutations it had
+attempted copied back in, marked ``rolled_back``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from flux.store._queries import load
+
+
+@dataclass
+class ExecutionRecord:
+    """One row of flux.trace_requests, before it is stored."""
+
+    request_id: str
+    kind: str
+    function: str | None
+    status: str
+    http_status: int
+    started_at: dt.datetime
+    duration_ms: float
+    request: dict[str, Any]
+    response: dict[str, Any] | None
+    error: dict[str, Any] | None
+    spans: list[dict[str, Any]]
+    tape: list[dict[str, Any]]
+    logs: list[dict[str, Any]]
+    code_sha: str | None
+    code_dirty: bool
+    method: str | None = "POST"
+    route: str | None = None
+    runtime: str = "python"
+    tenant: str | None = None
+    parent_id: str | None = None
+    replay_of: str | None = None
+    resumed_from: str | None = None
+    sampled: bool = True  # False: an outline of a success that sampling left out
+    mutations: list[dict[str, Any]] = field(default_factory=list)
+    signature: dict[str, Any] | None = None  # a failure's, for "similar earlier failures"
+
+    def as_row(self) -> dict[str, Any]:
+        """The record as ``flux.trace_requests`` will return it (for pure readers)."""
+        return {k: v for k, v in vars(self).items() if k not in ("mutations", "signature")}
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id, "kind": self.kind, "function": self.function,
+            "runtime": self.runtime, "method": _text(self.method), "route": _text(self.route),
+            "status": self.status, "http_status": self.http_status,
+            "started_at": self.started_at, "duration_ms": self.duration_ms,
+            "request": _jsonb(self.request), "response": _jsonb(self.response),
+            "error": _jsonb(self.error), "spans": _jsonb(self.spans),
+            "tape": _jsonb(self.tape), "logs": _jsonb(self.logs),
+            "code_sha": self.code_sha, "code_dirty": self.code_dirty, "tenant": self.tenant,
+            "parent_id": self.parent_id, "replay_of": self.replay_of,
+            "resumed_from": self.resumed_from, "sampled": self.sampled,
+        }
+
+
+def _dumps(value: Any) -> bytes:
+    """orjson: the record is encoded on every request's path, and this is where the
+    recorder spends its time (several times faster than json.dumps). What orjson refuses
+    (integers beyond 64 bits, unpaired surrogates) takes json.dumps, with surrogates
+    replaced; U+0000, which jsonb refuses, becomes U+FFFD. A record is never lost to a
+    value it carries."""
+    try:
+        data = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        data = json.dumps(value, default=str, ensure_ascii=False).encode("utf-8", "replace")
+    if b"\\u0000" in data:
+        data = _NUL_ESCAPE.sub(rb"\1\\ufffd", data)
+    return data
+
+
+# \u0000 not preceded by an odd number of backslashes (which would make it literal text)
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _text(value: str | None) -> str | None:
+    """A text column from the request (a route may hold %00): PostgreSQL's text has no NUL."""
+    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
+
+
+def _jsonb(value: Any) -> Jsonb | None:
+    return None if value is None else Jsonb(value, dumps=_dumps)
+
+
+async def store(conn: AsyncConnection[Any], record: ExecutionRecord) -> None:
+    """Insert the record (and a failed execution's rolled-back mutations) on ``conn``
+    inside its current transaction; the caller commits."""
+    q = load("execution")
+    await conn.execute(q.insert_record, record.params())
+    if record.signature is not None:
+        await conn.execute(load("inspect").insert_signature, record.signature)
+    if record.mutations:
+        async with conn.cursor() as cur:
+            await cur.executemany(q.insert_rolled_back, [
+                {**m, "pk": _jsonb(m["pk"]), "old": _jsonb(m["old"]), "new": _jsonb(m["new"]),
+                 "tenant": m.get("tenant", record.tenant)}
+                for m in record.mutations])
+
+
+async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
+                           statements: list[list[Any]]) -> None:
+    """Store a committing execution's record and commit its transaction, in one round trip:
+    ``end_execution`` (WAL capture's stamp), the INSERT and the COMMIT as one simple query
+    (client-side binding, psycopg's quoting); if a statement fails the COMMIT does not run.
+    A failed execution's record (with a signature or salvaged mutations) is stored by
+    ``store`` instead. An HTTP execution's outline (``sampled`` false) is stored only if
+    the transaction wrote something (flux/runtime/_sampling.py)."""
+    q = load("execution")
+    params = {**record.params(), "statements": _jsonb(statements)}
+    if not record.sampled and record.kind == "http":
+        async with psycopg.AsyncClientCursor(conn) as cur:
+            await cur.execute(f"{q.insert_outline}; {q.end_execution}; {q.commit}", params)
+        return
+    if record.signature is None and not record.mutations:
+        async with psycopg.AsyncClientCursor(conn) as cur:
+            await cur.execute(f"{q.end_execution}; {q.insert_record}; {q.commit}", params)
+        return
+    await conn.execute(q.end_execution, params)
+    await store(conn, record)
+    await conn.commit()
+
+
+async def attempted_mutations(conn: AsyncConnection[Any], request_id: str
+                              ) -> list[dict[str, Any]]:
+    """The changes this execution's transaction made so far (read before the rollback)."""
+    async with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        await cur.execute(load("execution").attempted_mutations, {"request_id": request_id})
+        return list(await cur.fetchall())
