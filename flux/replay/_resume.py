@@ -51,7 +51,9 @@ def plan(record: dict[str, Any]) -> list[dict[str, Any]]:
             mode, note = "live", "runs live"
         else:
             mode, note = "tape", "served from tape"
-        steps.append({"seq": seq, "call": f"{kind} {entry.get('key')}", "kind": kind,
+        key = str(entry.get("key"))  # an HTTP call as people read it: no secrets note
+        steps.append({"seq": seq, "call": f"{kind} {endpoint_of(key) if kind == 'http' else key}",
+                      "kind": kind,
                       "mode": mode, "note": note, "file": entry.get("file"),
                       "line": entry.get("line"), "failed": seq == cut})
     return steps
