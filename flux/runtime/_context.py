@@ -102,7 +102,7 @@ class Log:
         scrubbed = ex.policy.scrub_text(str(message), ex.recorder.secret_values)
         ex.recorder.log(level, scrubbed, ex.prepare_body(encode(fields)),
                         ex.recorder.call_site())
-        ex.runtime.echo_log(self._ctx, level, scrubbed, fields)
+        ex.runtime.echo_log(self._ctx.request_id, level, scrubbed, fields)
 
     def debug(self, message: str, **fields: Any) -> None:
         self._emit("debug", message, fields)

@@ -28,7 +28,6 @@ from flux.store._availability import PROBE_TIMEOUT, Availability, connection_los
 from flux.store._record import ExecutionRecord, store
 
 if TYPE_CHECKING:
-    from flux.runtime._context import Context
     from flux.runtime._otel import Exporter
 
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -256,9 +255,11 @@ class Runtime:
         if self.otel is not None:
             self.otel.export(record)
 
-    def echo_log(self, ctx: Context, level: str, message: str, fields: dict[str, Any]) -> None:
+    def echo_log(self, request_id: str, level: str, message: str,
+                 fields: dict[str, Any]) -> None:
+        """Hand a ``ctx.log`` line to whoever serves (flux dev prints it)."""
         if self._echo is not None:
-            self._echo(ctx.request_id, level, message, fields)
+            self._echo(request_id, level, message, fields)
 
 
 def utcnow() -> dt.datetime:
