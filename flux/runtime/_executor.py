@@ -132,8 +132,7 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
             failure = Watch.error(watch.found[0])
         elif not watch.block:
             for found in watch.found:
-                runtime.echo_log(ex.request_id, "warning",
-                                 f"unrecorded IO: {found['what']} at "
+                runtime.echo_log(ex.request_id, "warning", f"unrecorded IO: {found['what']} at "
                                  f"{found['file']}:{found['line']} (the record is incomplete)",
                                  {})
     if failure is None:
