@@ -2,7 +2,12 @@
 aiohttp + psycopg app, measured side by side in one run.
 
 The handler does one SELECT, one INSERT and one outbound GET to a loopback stub, inside one
-transaction. Setup, all in a temporary directory under /tmp that is removed at the end:
+transaction. Two more sides make the GET through a plain ``httpx.AsyncClient`` instead:
+``httpx`` (Flux, the call captured transparently by flux/runtime/_intercept.py) and its baseline
+``plain-httpx`` (the hand-written app, the same httpx call). httpx itself costs several
+times aiohttp's CPU per request, so the capture is judged by what recording costs on each
+path: recorded/plain through httpx against recorded/plain through ``ctx.http`` (target:
+within 5%). Setup, all in a temporary directory under /tmp that is removed at the end:
 
 - one embedded PostgreSQL with two databases: ``bench_flux`` (flux schema migrated, the
   ``items`` table created through the project's ``schema/001.sql`` so capture triggers are
@@ -41,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import psutil
 import psycopg
 from _children import Child, scratch_dir, spawn, stop_all
@@ -58,6 +64,8 @@ from flux.store._migrate import migrate
 from flux.store._retention import maintain
 
 ROUTE = "bench_handler"
+HTTPX_ROUTE = "bench_httpx"  # the same handler, its GET through httpx (captured)
+HTTPX_TARGET = 0.95
 POOL_SIZE = 20  # Runtime's default pool_size; the plain side gets the same pool
 TARGET = 0.85
 FLUX_DB = "bench_flux"
@@ -89,6 +97,24 @@ async def {ROUTE}(ctx, input):
     row = await ctx.db.fetchone({SELECT_SQL!r}, [{COUNT_BELOW}])
     item = await ctx.db.fetchone({INSERT_SQL!r}, [input.get("name", "bench")])
     response = await ctx.http.get(ctx.config["stub_url"])
+    return {{"count": row["count"], "id": item["id"], "stub": response.json()}}
+'''
+
+HTTPX_PY = f'''\
+"""The benchmark handler with its outbound GET through httpx, as SDK-based code does."""
+
+import httpx
+
+from flux import function
+
+_client = httpx.AsyncClient(timeout=10)
+
+
+@function
+async def {HTTPX_ROUTE}(ctx, input):
+    row = await ctx.db.fetchone({SELECT_SQL!r}, [{COUNT_BELOW}])
+    item = await ctx.db.fetchone({INSERT_SQL!r}, [input.get("name", "bench")])
+    response = await _client.get(ctx.config["stub_url"])
     return {{"count": row["count"], "id": item["id"], "stub": response.json()}}
 '''
 
@@ -125,24 +151,36 @@ async def _plain_app(options: dict[str, Any]) -> tuple[web.Application, Cleanup]
     await pool.open(wait=True, timeout=30)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True))
+    client = httpx.AsyncClient(timeout=10)
     stub_url = options["stub_url"]
 
-    async def handle(request: web.Request) -> web.Response:
-        payload = json.loads(await request.read())
-        async with pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(SELECT_SQL, [COUNT_BELOW])
-            (count,) = await cur.fetchone()  # type: ignore[misc]
-            cur = await conn.execute(INSERT_SQL, [payload.get("name", "bench")])
-            (item_id,) = await cur.fetchone()  # type: ignore[misc]
-            async with session.get(stub_url, timeout=aiohttp.ClientTimeout(total=10)) as raw:
-                stub = json.loads(await raw.read())
-        return web.json_response({"count": count, "id": item_id, "stub": stub})
+    async def through_aiohttp() -> Any:
+        async with session.get(stub_url, timeout=aiohttp.ClientTimeout(total=10)) as raw:
+            return json.loads(await raw.read())
+
+    async def through_httpx() -> Any:
+        return (await client.get(stub_url)).json()
+
+    def handler(get: Callable[[], Awaitable[Any]]) -> Callable[[web.Request],
+                                                                Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            payload = json.loads(await request.read())
+            async with pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(SELECT_SQL, [COUNT_BELOW])
+                (count,) = await cur.fetchone()  # type: ignore[misc]
+                cur = await conn.execute(INSERT_SQL, [payload.get("name", "bench")])
+                (item_id,) = await cur.fetchone()  # type: ignore[misc]
+                stub = await get()
+            return web.json_response({"count": count, "id": item_id, "stub": stub})
+        return handle
 
     app = web.Application()
-    app.router.add_post(f"/{ROUTE}", handle)
+    app.router.add_post(f"/{ROUTE}", handler(through_aiohttp))
+    app.router.add_post(f"/{HTTPX_ROUTE}", handler(through_httpx))
 
     async def cleanup() -> None:
         await session.close()
+        await client.aclose()
         await pool.close()
 
     return app, cleanup
@@ -153,7 +191,8 @@ async def _recorded_app(options: dict[str, Any]) -> tuple[web.Application, Clean
     runtime = Runtime(parse(Path(options["project"])), options["conninfo"],
                       pool_size=POOL_SIZE)
     errors = await runtime.start()
-    if errors or runtime.registry.route(ROUTE) is None:
+    if errors or runtime.registry.route(ROUTE) is None or \
+            runtime.registry.route(HTTPX_ROUTE) is None:
         await runtime.close()
         raise RuntimeError(f"the bench project did not load: {errors}")
     return make_app(runtime), runtime.close
@@ -191,6 +230,7 @@ def _write_project(root: Path, stub_url: str) -> Path:
     (root / "schema").mkdir()
     (root / "flux.toml").write_text(f'name = "bench"\n\n[app]\nstub_url = "{stub_url}"\n')
     (root / "functions" / f"{ROUTE}.py").write_text(HANDLER_PY)
+    (root / "functions" / f"{HTTPX_ROUTE}.py").write_text(HTTPX_PY)
     (root / "schema" / "001.sql").write_text(TABLE_SQL)
     return root
 
@@ -255,12 +295,12 @@ async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
     warmups: dict[str, Round] = {}
     rounds: list[Round] = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        for side in ("plain", "recorded"):
+        for side in SIDES:
             warmups[side] = await closed_loop(session, side, urls[side], REQUEST_BODY,
                                               args.concurrency, args.warmup)
             _progress(f"warm-up   {_round_line(warmups[side])}")
         for number in range(1, args.rounds + 1):
-            for side in ("plain", "recorded"):
+            for side in SIDES:
                 before = meter.sample()
                 result = await closed_loop(session, side, urls[side], REQUEST_BODY,
                                            args.concurrency, args.seconds)
@@ -268,6 +308,9 @@ async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
                 rounds.append(result)
                 _progress(f"round {number:<3} {_round_line(result)}")
     return rounds, warmups
+
+
+SIDES = ("plain", "recorded", "plain-httpx", "httpx")
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -360,18 +403,24 @@ def main(argv: list[str] | None = None) -> int:
             children.append(spawn(_serve, "recorded", {
                 "conninfo": flux_db, "project": str(project), "profile": args.profile}))
             urls = {c.role: f"http://127.0.0.1:{c.port}/{ROUTE}" for c in children[1:]}
-            meter = CpuMeter({c.role: int(c.process.pid or 0) for c in children[1:]}, info.pid)
+            urls["httpx"] = urls["recorded"].replace(ROUTE, HTTPX_ROUTE)
+            urls["plain-httpx"] = urls["plain"].replace(ROUTE, HTTPX_ROUTE)
+            pids = {c.role: int(c.process.pid or 0) for c in children[1:]}
+            meter = CpuMeter({**pids, "httpx": pids["recorded"], "plain-httpx": pids["plain"]},
+                             info.pid)
 
             rounds, warmups = asyncio.run(_drive(urls, meter, args))
 
             plain, recorded = _summarise("plain", rounds), _summarise("recorded", rounds)
-            served = recorded.requests + warmups["recorded"].ok
-            executions = sum(r.answered for r in (*rounds, warmups["recorded"])
-                             if r.side == "recorded")
+            through_httpx = _summarise("httpx", rounds)
+            plain_httpx = _summarise("plain-httpx", rounds)
+            served = sum(s.requests + warmups[s.name].ok for s in (recorded, through_httpx))
+            executions = sum(r.answered for r in (*rounds, *warmups.values())
+                             if r.side in ("recorded", "httpx"))
             traces = _count(flux_db, TRACES_SQL) - traces_before
             mutations = _count(flux_db, MUTATIONS_SQL) - mutations_before
             plain_rows = _count(plain_db, "SELECT count(*) FROM items") - SEED_ROWS
-            plain_served = plain.requests + warmups["plain"].ok
+            plain_served = sum(s.requests + warmups[s.name].ok for s in (plain, plain_httpx))
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
@@ -379,12 +428,12 @@ def main(argv: list[str] | None = None) -> int:
             stop_all(children, server)
 
     print()
-    print(f"{'side':<9} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+    print(f"{'side':<11} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'non-200':>8} {'app cpu/req':>12} {'db cpu/req':>11}")
-    for side in (plain, recorded):
-        print(f"{side.name:<9} {side.requests:>9} {side.throughput:>9.1f} {side.p50:>8.1f} "
+    for side in (plain, recorded, plain_httpx, through_httpx):
+        print(f"{side.name:<11} {side.requests:>9} {side.throughput:>9.1f} {side.p50:>8.1f} "
               f"{side.p99:>8.1f} {side.bad:>8} {side.app_cpu:>9.2f} ms {side.db_cpu:>8.2f} ms")
-    for side in (plain, recorded):
+    for side in (plain, recorded, plain_httpx, through_httpx):
         if side.bad:
             print(f"{side.name}: first bad answer: {side.sample}")
     recorded_ok = traces == executions and mutations == served
@@ -394,12 +443,22 @@ def main(argv: list[str] | None = None) -> int:
     if plain_rows != plain_served:
         print(f"plain side inserted {plain_rows} rows for {plain_served} requests (MISMATCH)")
     ratio = recorded.throughput / plain.throughput if plain.throughput else 0.0
+    via_httpx = through_httpx.throughput / plain_httpx.throughput if plain_httpx.throughput \
+        else 0.0
+    relative = via_httpx / ratio if ratio else 0.0
+    print(f"through httpx, recorded/plain throughput: {via_httpx:.3f}; through ctx.http: "
+          f"{ratio:.3f}; httpx's over ctx.http's: {relative:.3f} (target >= {HTTPX_TARGET}: "
+          f"{'pass' if relative >= HTTPX_TARGET else 'FAIL'})")
+    print(f"recording's app cpu/req: through httpx "
+          f"{through_httpx.app_cpu - plain_httpx.app_cpu:+.2f} ms, through ctx.http "
+          f"{recorded.app_cpu - plain.app_cpu:+.2f} ms")
     verdict = "pass" if ratio >= TARGET else "FAIL"
     print(f"recorded/plain throughput: {ratio:.3f} (target >= {TARGET}: {verdict})")
     if args.profile:
         print(f"profile of the recorded server: {args.profile} (this run's ratio is skewed)")
     print(f"ratio: {ratio:.2f}")
-    healthy = not plain.bad and not recorded.bad and recorded_ok and plain_rows == plain_served
+    healthy = not any(s.bad for s in (plain, recorded, plain_httpx, through_httpx)) and \
+        recorded_ok and plain_rows == plain_served
     return 0 if healthy else 1
 
 

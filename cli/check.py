@@ -15,8 +15,10 @@ if TYPE_CHECKING:
     from flux.inspect._check import CheckResult
 
 CHECK_HELP = (
-    "Flag code in functions that reads the time, randomness, the environment, files or the "
-    "network behind ctx's back: a replay cannot reproduce it.\n\n"
+    "Flag code in functions, and the project modules they import, that reads the time, "
+    "randomness, the environment, files or the network behind ctx's back, or uses a library "
+    "whose traffic Flux cannot capture (databases, Redis, SMTP, gRPC…): a replay cannot "
+    "reproduce it.\n\n"
     "PATH is a file, a directory or a project (default: the functions/ of the project around "
     "the current directory). Exit 1 on findings, 0 when clean, 2 for a path that does not "
     "exist or a file that is not valid Python.\n\n"
@@ -75,7 +77,11 @@ def _human(result: CheckResult) -> None:
         out.print(f"\n[red]✗[/] {count} finding{'s' if count != 1 else ''} in {files}: "
                   "use the ctx call shown, or mark a deliberate line `# flux: allow`")
     else:
-        out.print(f"[green]✓[/] {files} checked: everything from outside goes through ctx")
+        out.print(f"[green]✓[/] {files} checked: no outside access found that Flux cannot "
+                  "record")
+        out.print("  [dim]HTTP through httpx, requests, aiohttp or urllib (and the SDKs "
+                  "built on them) is captured; libraries' own code is not read here — at "
+                  "run time Flux notes any access that no recorded path makes[/]")
 
 
 def github_annotation(file: str, line: int, col: int, rule: str, message: str,

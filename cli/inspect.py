@@ -242,7 +242,17 @@ def show_trace(request_id: str, as_json: bool) -> None:
         if record.get("caller_span_id") else ""
     out.print(f"  ── Trace id: {record['trace_id']}{joined}")
     _render_handoff({"jobs": record.get("jobs") or [], "parent": record.get("parent")})
+    _render_incomplete(record.get("incomplete") or [],
+                       lambda label, text: out.print(f"  ── {label}: {text}"))
     out.print("")
+
+
+def _render_incomplete(found: list[dict[str, Any]], row: Any) -> None:
+    """The record is incomplete: outside access no recorded path made, each with its line."""
+    for i, f in enumerate(found):
+        row("INCOMPLETE" if i == 0 else "",
+            f"[yellow]unrecorded IO: {escape(str(f['what']))} at "
+            f"{escape(str(f['file']))}:{f['line']}[/]")
 
 
 def _render_handoff(handoff: dict[str, Any]) -> None:
@@ -423,6 +433,7 @@ def _render_why(r: dict[str, Any]) -> None:
     else:
         row("SIMILAR", "[dim]first time seen[/]")
     row("SUGGESTION", f"[green]→[/] {escape(r['suggestion'])}")
+    _render_incomplete(r.get("incomplete") or [], row)
     if r.get("handoff"):
         _render_handoff(r["handoff"])
     out.print("\n  [bold]Spans[/]")

@@ -18,6 +18,10 @@
     ├── Overloaded                overloaded  the runtime sheds load (pool exhausted, queue full)
     ├── Unauthorized              unauthorized  the admin API refused the token (or has none)
     ├── ResumeRefused             resume_refused  a resume that would be unsafe or is a repeat
+    ├── UnrecordedIO              unrecorded_io   outside access that no recorded path made,
+    │                                             blocked where nothing may leave (replays)
+    ├── StepFailed                step        a ctx.step's recorded exception, when its own
+    │                                         class cannot be rebuilt on replay
     ├── WasmError                 wasm        a WebAssembly function broke the ABI or its limits
     │   ├── WasmTrap              wasm_trap     the guest trapped (unreachable, out of bounds…)
     │   └── WasmMemoryLimit       wasm_memory   the guest needed more memory than its cap
@@ -152,6 +156,26 @@ class ResumeRefused(FluxError):
                  details: dict[str, object] | None = None) -> None:
         super().__init__(message, hint=hint)
         self.details = details or {}
+
+
+class UnrecordedIO(FluxError):
+    """Outside access that went through no recorded path (a socket, DNS, a subprocess, a
+    file written outside temp, a database connection of the handler's own), stopped before
+    it left the process because the run may send nothing: a replay, an incident replay, a
+    resume, explain. ``str(err)`` is ``unrecorded IO: <what> at <file:line>``."""
+
+    code = "unrecorded_io"
+
+
+class StepFailed(FluxError):
+    """A ``ctx.step`` that failed in the original, replayed when its exception's class
+    cannot be rebuilt here (``type`` names the original class)."""
+
+    code = "step"
+
+    def __init__(self, message: str, *, type: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.type = type
 
 
 class WasmError(FluxError):

@@ -562,6 +562,7 @@ import os
 import random
 import time
 
+import redis
 import requests
 from flux import function
 
@@ -569,7 +570,8 @@ from flux import function
 @function
 def quote(ctx, input):
     started = time.time()
-    price = requests.get(os.environ["PRICES_URL"]).json()["price"]
+    price = requests.get(os.environ["PRICES_URL"]).json()["price"]  # captured: no finding
+    redis.Redis().set("last_price", price)
     return {"price": price * random.uniform(0.9, 1.1), "took": time.time() - started}
 '''
 

@@ -39,8 +39,8 @@ REASONS = {
     "env": "reads the process environment outside ctx: a replay may run where it differs",
     "file": "reads or writes a file outside ctx: neither is recorded for replay",
     "socket": "opens a network connection outside ctx: nothing it exchanges is recorded",
-    "http": "makes an HTTP request outside ctx: it is not recorded, and a replay would "
-            "send it again",
+    "uncaptured": "reaches outside through no recorded path: its calls are not on the "
+                  "tape, and a replay or resume would make them again",
     "subprocess": "runs a process outside ctx: its output and effects are not recorded",
     "db": "connects to a database outside ctx.db: its queries are not recorded and not "
           "part of the execution's transaction",
@@ -50,18 +50,46 @@ _CLOCK = "ctx.now()"
 _DURATION = "ctx.now(), or `with ctx.span(name):` to time a block"
 _ENV = 'ctx.secrets.get("NAME") for a secret, ctx.config["key"] for a setting ([app] in flux.toml)'
 _FILE = "ctx.db for data, ctx.config for settings ([app] in flux.toml)"
-_HTTP = "ctx.http.request(method, url, …)"
-_NETWORK = "ctx.http.request(method, url, …) for HTTP; no other protocol can be recorded"
-_PROCESS = "ctx.http.request(method, url, …) to a service that runs it: ctx records no process"
+_STEP = "ctx.step(name, fn, *args), which records its result once and serves it on replay"
+_NETWORK = f"ctx.http for HTTP (or any captured client: httpx, requests, aiohttp, urllib); {_STEP}"
+_PROCESS = f"{_STEP}"
 _DB = "ctx.db.execute / fetchone / fetchall / fetchval"
+_DB_OR_STEP = f"ctx.db for SQL on the execution's own database; {_STEP} for anything else"
 
-
-def _http_verbs(*libraries: str) -> list[tuple[str, str, str]]:
-    verbs = [(f"{lib}.{verb}", "http", f"ctx.http.{verb}(url, …)")
-             for lib in libraries for verb in ("get", "post", "put", "patch", "delete")]
-    return verbs + [(f"{lib}.{other}", "http", _HTTP) for lib in libraries
-                    for other in ("head", "options", "request", "stream", "Session", "session",
-                                  "Client", "AsyncClient")]
+# Libraries whose traffic goes through no recorded path. The HTTP clients (httpx, requests,
+# urllib3, aiohttp, http.client, urllib.request) and the SDKs built on them (stripe,
+# openai, boto3, twilio…) are captured at run time (flux/runtime/_intercept.py) and not listed.
+UNCAPTURED: dict[str, tuple[str, str]] = {
+    "sqlalchemy": ("SQLAlchemy (its own database connections)", _DB_OR_STEP),
+    "psycopg2": ("psycopg2 (its own database connections)", _DB),
+    "asyncpg": ("asyncpg (its own database connections)", _DB),
+    "pymysql": ("PyMySQL (a MySQL driver)", _STEP),
+    "MySQLdb": ("mysqlclient (a MySQL driver)", _STEP),
+    "mysql": ("mysql-connector (a MySQL driver)", _STEP),
+    "aiomysql": ("aiomysql (a MySQL driver)", _STEP),
+    "pymongo": ("PyMongo (a MongoDB driver)", _STEP),
+    "motor": ("Motor (a MongoDB driver)", _STEP),
+    "redis": ("redis (a Redis client)", _STEP),
+    "aioredis": ("aioredis (a Redis client)", _STEP),
+    "pymemcache": ("pymemcache (a memcached client)", _STEP),
+    "memcache": ("python-memcached", _STEP),
+    "smtplib": ("smtplib (SMTP)", _STEP),
+    "aiosmtplib": ("aiosmtplib (SMTP)", _STEP),
+    "grpc": ("gRPC", _STEP),
+    "kafka": ("kafka-python", _STEP),
+    "aiokafka": ("aiokafka", _STEP),
+    "confluent_kafka": ("confluent-kafka", _STEP),
+    "pika": ("pika (AMQP)", _STEP),
+    "aio_pika": ("aio-pika (AMQP)", _STEP),
+    "nats": ("nats (NATS)", _STEP),
+    "zmq": ("pyzmq (ZeroMQ)", _STEP),
+    "paramiko": ("paramiko (SSH)", _STEP),
+    "ftplib": ("ftplib (FTP)", _STEP),
+    "websockets": ("websockets", _STEP),
+    "cassandra": ("the Cassandra driver", _STEP),
+    "neo4j": ("the Neo4j driver", _STEP),
+    "ldap3": ("ldap3 (LDAP)", _STEP),
+}
 
 
 # Calls that bypass ctx, as (pattern on the resolved name, rule, what to use instead). The
@@ -135,21 +163,7 @@ CALLS: tuple[tuple[str, str, str], ...] = (
     ("asyncio.open_unix_connection", "socket", _NETWORK),
     ("asyncio.start_server", "socket", _NETWORK),
     ("asyncio.start_unix_server", "socket", _NETWORK),
-    ("smtplib.SMTP*", "socket", _NETWORK),
     ("ftplib.FTP*", "socket", _NETWORK),
-    *_http_verbs("requests", "httpx"),
-    ("aiohttp.ClientSession", "http", _HTTP),
-    ("aiohttp.request", "http", _HTTP),
-    ("urllib.request.urlopen", "http", "ctx.http.get(url, …)"),
-    ("urllib.request.urlretrieve", "http", "ctx.http.get(url, …)"),
-    ("urllib.request.build_opener", "http", _HTTP),
-    ("urllib.request.OpenerDirector", "http", _HTTP),
-    ("http.client.HTTPConnection", "http", _HTTP),
-    ("http.client.HTTPSConnection", "http", _HTTP),
-    ("urllib3.request", "http", _HTTP),
-    ("urllib3.PoolManager", "http", _HTTP),
-    ("urllib3.HTTPConnectionPool", "http", _HTTP),
-    ("urllib3.HTTPSConnectionPool", "http", _HTTP),
     ("subprocess.run", "subprocess", _PROCESS),
     ("subprocess.call", "subprocess", _PROCESS),
     ("subprocess.check_call", "subprocess", _PROCESS),
@@ -164,6 +178,7 @@ CALLS: tuple[tuple[str, str, str], ...] = (
     ("os.posix_spawn*", "subprocess", _PROCESS),
     ("os.fork", "subprocess", _PROCESS),
     ("asyncio.create_subprocess_*", "subprocess", _PROCESS),
+    ("smtplib.SMTP*", "socket", _STEP),
     ("psycopg.connect", "db", _DB),
     ("psycopg.Connection.connect", "db", _DB),
     ("psycopg.AsyncConnection.connect", "db", _DB),
@@ -214,10 +229,12 @@ class Finding:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """Every finding of a check, in file order, and how many files were read."""
+    """Every finding of a check, in file order, and how many files were read — of which
+    ``followed`` are the project's modules reached through the functions' imports."""
 
     findings: tuple[Finding, ...]
     files_checked: int
+    followed: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -228,17 +245,79 @@ class CheckResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"findings": [asdict(f) for f in self.findings],
-                "files_checked": self.files_checked}
+                "files_checked": self.files_checked, "followed": list(self.followed)}
 
 
 def check_paths(paths: Sequence[Path], *, cwd: Path | None = None) -> CheckResult:
-    """Check files and directories (none: the functions/ of the project around ``cwd``)."""
+    """Check files and directories (none: the functions/ of the project around ``cwd``),
+    and the project's own modules they import, transitively: a helper module that sends
+    mail is the function's outside access too."""
     here = (cwd or Path.cwd()).resolve()
     files = files_to_check(paths, here)
     findings: list[Finding] = []
-    for path in files:
+    seen = {p.resolve() for p in files}
+    queue = list(files)
+    followed: list[str] = []
+    while queue:
+        path = queue.pop(0)
         findings.extend(check_file(path, shown=_shown(path, here)))
-    return CheckResult(tuple(findings), len(files))
+        root = find_root(path.parent)
+        if root is None:
+            continue
+        for module in project_imports(path, root):
+            if module.resolve() not in seen:
+                seen.add(module.resolve())
+                queue.append(module)
+                followed.append(_shown(module, here))
+    return CheckResult(tuple(findings), len(seen), tuple(followed))
+
+
+def project_imports(path: Path, root: Path) -> list[Path]:
+    """The project's own modules ``path`` imports (resolved as the loader does: from
+    ``functions/`` and from the project root; relative imports from the file's package).
+    Installed libraries are not followed: the runtime captures what they send."""
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return []
+    bases = [root / "functions", root]
+    found: list[Path] = []
+    for node in ast.walk(tree):
+        names: list[tuple[list[Path], str]] = []
+        if isinstance(node, ast.Import):
+            names = [(bases, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = path.parent
+                for _ in range(node.level - 1):
+                    base = base.parent
+                dirs = [base]
+            else:
+                dirs = bases
+            module = node.module or ""
+            names = [(dirs, module)] if module else []
+            names += [(dirs, f"{module}.{a.name}" if module else a.name) for a in node.names]
+        for dirs, dotted in names:
+            for directory in dirs:
+                target = _module_file(directory, dotted, root)
+                if target is not None and target not in found:
+                    found.append(target)
+    return found
+
+
+def _module_file(directory: Path, dotted: str, root: Path) -> Path | None:
+    parts = [p for p in dotted.split(".") if p]
+    if not parts:
+        return None
+    candidate = directory.joinpath(*parts)
+    for path in (candidate.with_suffix(".py"), candidate / "__init__.py"):
+        if path.is_file():
+            inside = path.resolve().relative_to(root.resolve()).parts \
+                if path.resolve().is_relative_to(root.resolve()) else None
+            if inside is None or any(p.startswith(".") or p in _SKIP_DIRS for p in inside):
+                return None
+            return path
+    return None
 
 
 def files_to_check(paths: Sequence[Path], cwd: Path) -> list[Path]:
@@ -548,7 +627,21 @@ class _Checker(ast.NodeVisitor):
             return True
         return False
 
-    def _add(self, node: ast.expr, rule: str, what: str, suggestion: str) -> None:
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self._uncaptured(node, alias.name)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if not node.level and node.module:
+            self._uncaptured(node, node.module)
+
+    def _uncaptured(self, node: ast.Import | ast.ImportFrom, module: str) -> None:
+        top = module.split(".")[0]
+        if top in UNCAPTURED:
+            description, fix = UNCAPTURED[top]
+            self._add(node, "uncaptured", f"import {module}: {description}", fix)
+
+    def _add(self, node: ast.expr | ast.stmt, rule: str, what: str, suggestion: str) -> None:
         finding = Finding(self.filename, node.lineno, node.col_offset + 1, rule,
                           f"{what} {REASONS[rule]}", suggestion)
         self.found.append((finding, node.end_lineno or node.lineno))

@@ -71,6 +71,14 @@ def flatten(nodes: list[dict[str, Any]], parent_id: str | None = None
     return spans
 
 
+def incomplete(spans: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Where the record is incomplete: each outside access no recorded path made (spans of
+    kind ``unrecorded``, flux/runtime/_iowatch.py), with its file:line. Empty: nothing known."""
+    return [{"what": (s.get("attrs") or {}).get("what") or s.get("name"),
+             "file": s.get("file"), "line": s.get("line")}
+            for s in spans or [] if s.get("kind") == "unrecorded"]
+
+
 def trace_json(record: dict[str, Any], handoff: dict[str, Any] | None = None
                ) -> dict[str, Any]:
     """The facts ``flux trace --json`` prints."""
@@ -93,4 +101,5 @@ def trace_json(record: dict[str, Any], handoff: dict[str, Any] | None = None
         "spans": [node_json(n) for n in tree(record["spans"])],
         "jobs": (handoff or {}).get("jobs", []),
         "parent": (handoff or {}).get("parent"),
+        "incomplete": incomplete(record["spans"]),
     }

@@ -18,6 +18,7 @@ from flux._jsoncodec import plain
 from flux.inspect._classify import RootCause, classify, dependency_key
 from flux.inspect._diff import config_changes, departure
 from flux.inspect._signature import features, signature_text, vector
+from flux.inspect._trace import incomplete
 from flux.store._lookup import fetch_record, handoffs
 from flux.store._queries import load
 
@@ -164,6 +165,7 @@ def explain_failure(conn: psycopg.Connection[Any], prefix: str | dict[str, Any],
         "similar": alike["nearest"],
         "similar_summary": {k: v for k, v in alike.items() if k != "nearest"},
         "suggestion": cause.suggestion,
+        "incomplete": incomplete(record["spans"]),
         "parent_id": record.get("parent_id"),
         "pinned": record.get("pinned"),  # kept past retention (flux record pin)
         "handoff": handoffs(conn, record),

@@ -59,6 +59,9 @@ class TapeReplay:
     fingerprint: Callable[[str], str] | None = None
     stood_in: list[str] = field(default_factory=list)
     config_local: bool = False  # ctx.config from today's flux.toml, not the tape
+    # Whether a call the tape does not answer is sent for real (a resume's live part);
+    # a replay sends nothing.
+    sends: bool = False
 
     async def db(self, mode: str, query: str, params: Any, span: Span, site: CallSite, *,
                  key: str) -> Served | None:
@@ -145,7 +148,18 @@ class TapeReplay:
             return local, marker_of(fingerprint)
         if name not in self.stood_in:
             self.stood_in.append(name)
-        return f"flux-replay-secret:{name}", marker_of(fingerprint)
+        return self._stand_in(name, marker_of(fingerprint)), marker_of(fingerprint)
+
+    def _stand_in(self, name: str, marker: str) -> str:
+        """The value handed out for a secret this machine lacks. A secret the tape shows as
+        a URL's base gets one that parses as a URL's base: a captured client (httpx,
+        requests, urllib) normalises the URL before Flux sees it, and would mangle any
+        other text into a call the tape does not hold."""
+        for entry in self.tape.entries:
+            _, _, url = str(entry.get("key") or "").partition(" ")
+            if entry.get("kind") == "http" and url.startswith(marker):
+                return f"http://flux-replay-secret.invalid/{name}"
+        return f"flux-replay-secret:{name}"
 
 
 def local_secrets(runtime: Runtime, record: dict[str, Any]) -> dict[str, str]:

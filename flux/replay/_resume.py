@@ -47,7 +47,7 @@ def plan(record: dict[str, Any]) -> list[dict[str, Any]]:
         seq, kind = int(entry.get("seq") or 0), entry.get("kind")
         if kind in ("db", "queue"):
             mode, note = "db", "re-executed in DB"
-        elif seq >= cut or kind == "secret":
+        elif seq >= cut or kind in ("secret", "config"):
             mode, note = "live", "runs live"
         else:
             mode, note = "tape", "served from tape"
@@ -119,8 +119,10 @@ class ResumeSource(TapeReplay):
         queue = self.tape._pending.get(kind, [])
         before_cut = bool(queue) and int(queue[0].get("seq") or 0) < self.cut
         entry = self.tape.take(Call(kind, key, site.file, site.line)).entry
-        if kind in ("secret", "queue") or entry is None or not before_cut:
-            return None  # the real secret for live calls; the job in the new transaction
+        if kind in ("secret", "queue", "config") or entry is None or not before_cut:
+            # the real secret for live calls; the job in the new transaction; today's
+            # configuration, as today's code (a fix deployed as a flag applies)
+            return None
         return Served(decode(entry.get("value")))
 
 
@@ -131,11 +133,11 @@ async def _run(runtime: Runtime, record: dict[str, Any], *, rehearsal: bool,
         raise NotFound(f"no function named {record.get('function')!r} in "
                        f"{runtime.functions_dir}")
     request = record.get("request") or {}
-    # Only outside calls (HTTP, jobs, invokes) must keep their sequence before the
+    # Only outside calls (HTTP, steps, jobs, invokes) must keep their sequence before the
     # failure point: statements run again for real, and match by fingerprint.
-    watched = [k for k in KINDS if k in ("http", "queue", "invoke")]
+    watched = [k for k in KINDS if k in ("http", "step", "queue", "invoke")]
     source = ResumeSource(Tape.of(record, loose_db=True, watched=watched), db_mode="live",
-                          cut=failure_point(record), rehearsal=rehearsal)
+                          cut=failure_point(record), rehearsal=rehearsal, sends=not rehearsal)
     invocation = Invocation(
         request_id=request_id, spec=spec, input=decode(request.get("body")), kind="resume",
         method=request.get("method"), route=request.get("route"),
@@ -192,6 +194,9 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
             problem = ("today's code departs from the recorded execution before the point "
                        f"where it failed{because} ({divergence.file}:{divergence.line}: "
                        f"{divergence.reason}); nothing was executed")
+        elif (rehearsal.error or {}).get("type") == "UnrecordedIO":
+            problem = (f"{rehearsal.error['message']}: the resume would reach outside "
+                       "through no recorded path; nothing was executed")
         elif strict and source.drift:
             problem = (f"{len(source.drift)} read(s) return something else than when the "
                        f"execution ran (first: {source.drift[0]['call']} at "

@@ -1,7 +1,7 @@
 """Tape matching: which recorded value answers each call a replayed function makes.
 
 DESIGN.md's rules, exactly. Each tape entry has a kind (db, http, clock, random, uuid,
-secret, queue, invoke) and a key (for SQL the pglast fingerprint plus a hash of the
+secret, queue, invoke, step) and a key (for SQL the pglast fingerprint plus a hash of the
 parameters, for HTTP the method and URL). New calls are matched to the tape in order per
 kind. The first call that has no match is the divergence, reported with the entry that was
 expected, the call that was made and its file:line.
@@ -24,7 +24,8 @@ from typing import Any
 
 from flux.runtime._callkey import describe_difference
 
-KINDS = ("db", "http", "clock", "random", "uuid", "secret", "queue", "invoke", "config")
+KINDS = ("db", "http", "clock", "random", "uuid", "secret", "queue", "invoke", "step",
+         "config")
 # Kinds matched by key wherever they are: reading a configuration value is no event whose
 # order matters, and each key is read from the world once per execution.
 UNORDERED = frozenset({"config"})

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import contextvars
 import datetime as dt
+import inspect
 import os
 import random as _random
 import re
 import uuid as _uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
@@ -27,6 +28,7 @@ from flux._jsoncodec import encode
 from flux.runtime._ctx_db import Database
 from flux.runtime._ctx_http import Http
 from flux.runtime._recorder import CallSite, Span
+from flux.runtime._step import run_step, run_step_async
 from flux.store._queries import load
 
 if TYPE_CHECKING:
@@ -297,6 +299,19 @@ class Context:
     def random(self) -> float:
         """A random float in [0, 1)."""
         return self._value("random", "random", _random.random())
+
+    # -- any other outside call ------------------------------------------------------------
+
+    def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` once — a gRPC stub, an SMTP send, a cache read — with
+        its result or exception on the tape: replay and resume serve it from there and never
+        run ``fn`` again. An async ``fn`` gives an awaitable (run to completion for a sync
+        handler). What ``fn`` does inside is the step's, not unrecorded IO."""
+        ex = self._execution
+        site = ex.recorder.call_site()
+        if inspect.iscoroutinefunction(fn):
+            return ex.bridge(run_step_async(ex, name, site, fn, args, kwargs))
+        return run_step(ex, name, site, fn, args, kwargs)
 
     # -- structure ------------------------------------------------------------------------
 

@@ -9,20 +9,24 @@ the callee's spans join the execution's trace. Answers are not raised on: check
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import contextvars
 import json as jsonlib
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from flux._errors import HttpConnectionError, HttpStatusError, HttpTimeout
 from flux.runtime._callkey import http_key, redact
-from flux.runtime._recorder import CallSite
+from flux.runtime._recorder import CallSite, Span
 
 if TYPE_CHECKING:
     from flux.runtime._execution import Execution
+
+T = TypeVar("T")
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_TIMEOUT = 10.0
@@ -98,12 +102,7 @@ class Http:
                        headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
                        timeout: float = DEFAULT_TIMEOUT) -> Response:
         ex = self._ex
-        rec = ex.recorder
-        rec.http_calls += 1
-        call_seq = rec.http_calls
         sent_headers = dict(headers or {})
-        if method in UNSAFE and not any(k.lower() == "idempotency-key" for k in sent_headers):
-            sent_headers["Idempotency-Key"] = ex.idempotency_key(call_seq)
         if json is not None:
             body: bytes | None = jsonlib.dumps(json, default=str).encode()
             sent_headers.setdefault("Content-Type", "application/json")
@@ -111,77 +110,178 @@ class Http:
             body = data.encode()
         else:
             body = data
+        with Exchange(ex, method, url, sent_headers, body, site, timeout=timeout,
+                      params=params, shown=json) as call:
+            served = await call.served()
+            if served is not None:
+                return served
+            try:
+                with sending():
+                    async with ex.runtime.http_session.request(
+                        method, url, data=body, headers=call.headers, params=params,
+                        timeout=aiohttp.ClientTimeout(total=timeout),
+                    ) as raw:
+                        content = await raw.read()
+                        raw_headers = list(raw.headers.items())
+                        status, final_url = raw.status, str(raw.url)
+            except TimeoutError as exc:
+                raise call.timed_out(f"no answer within {timeout:g}s") from exc
+            except aiohttp.ClientError as exc:
+                raise call.failed(str(exc) or type(exc).__name__) from exc
+            return call.answered(status, raw_headers, content, final_url)
+
+
+_sending: contextvars.ContextVar[bool] = contextvars.ContextVar("flux_sending", default=False)
+
+
+@contextlib.contextmanager
+def sending() -> Iterator[None]:
+    """Mark a recorded call's own sending: the clients it goes through and the sockets it
+    opens are not captured again, nor reported as unrecorded IO."""
+    token = _sending.set(True)
+    try:
+        yield
+    finally:
+        _sending.reset(token)
+
+
+def is_sending() -> bool:
+    return _sending.get()
+
+
+def run_now(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (a replay source's answer) from sync code, even
+    on the event loop's own thread: a sync client called in an async handler has no other
+    way to ask the tape."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    coro.close()
+    raise RuntimeError("a replay source suspended while answering a sync client")
+
+
+class Exchange:
+    """One outbound HTTP call through the recorder: ``ctx.http``'s, and every captured
+    client's (flux/runtime/_intercept.py adapts httpx, requests/urllib3, aiohttp and http.client
+    requests into one). It adds ``Idempotency-Key`` (unsafe methods, when the caller set
+    none) and ``traceparent``, opens the span at the user's call site, asks the replay
+    source for the answer, and puts the answer — or the failure — on the tape keyed and
+    redacted in one way whatever the client."""
+
+    def __init__(self, ex: Execution, method: str, url: str, headers: dict[str, str],
+                 body: bytes | None, site: CallSite, *, timeout: float | None = None,
+                 params: dict[str, Any] | None = None, shown: Any = None,
+                 client: str | None = None) -> None:
+        self._ex = ex
+        rec = ex.recorder
+        rec.http_calls += 1
+        self.call_seq = rec.http_calls
+        self.method, self.url, self.body, self.site = method, url, body, site
+        self.timeout = timeout
+        self.headers = headers
+        self.added: dict[str, str] = {}  # the headers Flux adds to the caller's
+        if method in UNSAFE and not any(k.lower() == "idempotency-key" for k in headers):
+            self.added["Idempotency-Key"] = headers["Idempotency-Key"] = \
+                ex.idempotency_key(self.call_seq)
         policy = ex.policy
         secrets = rec.secret_values
         marks = rec.secret_marks
         # The call's canonical form: secrets replaced by their markers wherever they are.
         # The key, the span's name and every message are made from it, never from ``url``.
-        shown_url = redact(url, marks)
-        key = http_key(method, url, marks, params=params, headers=sent_headers,
-                       body=json if json is not None else body)
-        attrs: dict[str, Any] = {
-            "method": method, "url": shown_url, "call_seq": call_seq, "timeout_s": timeout,
+        self.shown_url = redact(url, marks)
+        self.key = http_key(method, url, marks, params=params, headers=headers,
+                            body=shown if shown is not None else body)
+        self.attrs: dict[str, Any] = {
+            "method": method, "url": self.shown_url, "call_seq": self.call_seq,
+            "timeout_s": timeout,
             "request": {
-                "headers": policy.redact_headers(sent_headers, secrets),
+                "headers": policy.redact_headers(headers, secrets),
                 "params": ex.prepare_body(params),
-                "body": ex.prepare_body(json if json is not None else _text(body)),
+                "body": ex.prepare_body(shown if shown is not None else _text(body)),
             },
         }
-        with rec.span(f"http.{method.lower()} {span_target(shown_url)}", "http", site,
-                      attrs) as span:
-            added = _propagate(ex, span, sent_headers)
-            attrs["request"]["headers"].update(added)
-            if ex.replay is not None:
-                served = await ex.replay.http(method, url, sent_headers, body, span, site,
-                                              key=key)
-                if served is not None:
-                    response = served.value
-                    span.attrs["status"] = response.status
-                    if response.suppressed:
-                        span.attrs["suppressed"] = True
-                    return response
-            try:
-                async with ex.runtime.http_session.request(
-                    method, url, data=body, headers=sent_headers, params=params,
-                    timeout=aiohttp.ClientTimeout(total=timeout),
-                ) as raw:
-                    content = await raw.read()
-                    response = Response(status=raw.status, headers=dict(raw.headers),
-                                        content=content, url=str(raw.url))
-                    raw_headers = list(raw.headers.items())
-            except TimeoutError as exc:
-                error = {"type": "timeout", "message": f"no answer within {timeout:g}s",
-                         "timeout_s": timeout}
-                span.error = error
-                rec.tape_append("http", key, {"error": error}, site=site, span_id=span.id,
-                                call_seq=call_seq)
-                raise HttpTimeout(f"{method} {shown_url} timed out after {timeout:g}s",
-                                  method=method, url=shown_url) from exc
-            except aiohttp.ClientError as exc:
-                error = {"type": "connection",
-                         "message": policy.scrub_text(str(exc) or type(exc).__name__, secrets)}
-                span.error = error
-                rec.tape_append("http", key, {"error": error}, site=site, span_id=span.id,
-                                call_seq=call_seq)
-                raise HttpConnectionError(f"{method} {shown_url} failed: {error['message']}",
-                                          method=method, url=shown_url) from exc
-            except asyncio.CancelledError:
-                raise
-            span.attrs["status"] = response.status
-            if response.status >= 400:
-                span.status = "error"
-                span.error = {"type": "http_status", "status": response.status,
-                              "message": f"answered {response.status}"}
-            recorded = {
-                "status": response.status,
-                "headers": policy.redact_headers(raw_headers, secrets),
-                "body": ex.prepare_body(_decode_body(response)),
-            }
-            # The answer is on the tape (linked by span id), not copied into the span: the
-            # record is encoded on the request path, and readers join the two.
-            rec.tape_append("http", key, recorded, site=site, span_id=span.id,
-                            call_seq=call_seq)
-            return response
+        if client is not None:
+            self.attrs["client"] = client
+        self._name = f"http.{method.lower()} {span_target(self.shown_url)}"
+        self._cm: contextlib.AbstractContextManager[Span] | None = None
+        self.span: Span
+
+    def __enter__(self) -> Exchange:
+        self._cm = self._ex.recorder.span(self._name, "http", self.site, self.attrs)
+        self.span = self._cm.__enter__()
+        added = _propagate(self._ex, self.span, self.headers)
+        self.attrs["request"]["headers"].update(added)
+        self.added.update(added)
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        assert self._cm is not None
+        return self._cm.__exit__(*exc)
+
+    async def served(self) -> Response | None:
+        """The replay source's answer (from the tape, a stub or a synthetic 200), or None
+        when the call is to be sent."""
+        ex = self._ex
+        if ex.replay is None:
+            return None
+        served = await ex.replay.http(self.method, self.url, self.headers, self.body,
+                                      self.span, self.site, key=self.key)
+        if served is None:
+            return None
+        response: Response = served.value
+        self.span.attrs["status"] = response.status
+        if response.suppressed:
+            self.span.attrs["suppressed"] = True
+        return response
+
+    def served_now(self) -> Response | None:
+        """``served`` for a sync client."""
+        return run_now(self.served())
+
+    def answered(self, status: int, headers: list[tuple[str, str]], content: bytes,
+                 url: str) -> Response:
+        """The live answer, recorded."""
+        ex = self._ex
+        response = Response(status=status, headers=dict(headers), content=content, url=url)
+        span = self.span
+        span.attrs["status"] = status
+        if status >= 400:
+            span.status = "error"
+            span.error = {"type": "http_status", "status": status,
+                          "message": f"answered {status}"}
+        recorded = {
+            "status": status,
+            "headers": ex.policy.redact_headers(headers, ex.recorder.secret_values),
+            "body": ex.prepare_body(_decode_body(response)),
+        }
+        # The answer is on the tape (linked by span id), not copied into the span: the
+        # record is encoded on the request path, and readers join the two.
+        ex.recorder.tape_append("http", self.key, recorded, site=self.site, span_id=span.id,
+                                call_seq=self.call_seq)
+        return response
+
+    def timed_out(self, message: str) -> HttpTimeout:
+        """A timeout, recorded; the error to raise (a captured client raises its own)."""
+        error = {"type": "timeout", "message": message, "timeout_s": self.timeout}
+        self._fail(error)
+        return HttpTimeout(f"{self.method} {self.shown_url} timed out"
+                           + (f" after {self.timeout:g}s" if self.timeout else ""),
+                           method=self.method, url=self.shown_url)
+
+    def failed(self, message: str) -> HttpConnectionError:
+        """A connection failure, recorded; the error to raise."""
+        ex = self._ex
+        error = {"type": "connection",
+                 "message": ex.policy.scrub_text(message, ex.recorder.secret_values)}
+        self._fail(error)
+        return HttpConnectionError(f"{self.method} {self.shown_url} failed: "
+                                   f"{error['message']}", method=self.method, url=self.shown_url)
+
+    def _fail(self, error: dict[str, Any]) -> None:
+        self.span.error = error
+        self._ex.recorder.tape_append("http", self.key, {"error": error}, site=self.site,
+                                      span_id=self.span.id, call_seq=self.call_seq)
 
 
 def span_target(shown_url: str) -> str:

@@ -27,6 +27,7 @@ from flux._errors import (
     HttpError,
     HttpStatusError,
     Overloaded,
+    UnrecordedIO,
     WasmError,
 )
 from flux._function import FunctionSpec, FunctionTimeout
@@ -36,6 +37,7 @@ from flux._tracecontext import TraceContext
 from flux.inspect._signature import failure_signature
 from flux.runtime._context import Context, activate, call_handler
 from flux.runtime._execution import Execution, ReplaySource
+from flux.runtime._iowatch import Watch, watching
 from flux.runtime._recorder import CallSite, Recorder
 from flux.runtime._sampling import keeps, outline_spans
 from flux.store._availability import connection_lost
@@ -105,7 +107,10 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
     ctx = Context(ex, spec, headers=inv.headers, is_replay=replay is not None)
     output: Any = None
     failure: BaseException | None = None
-    with activate(ctx):
+    # Outside access no recorded path made: noted in serving, refused where nothing may
+    # leave (every run with a replay source).
+    watch = Watch(rec, block=replay is not None, allow=runtime.io_allow)
+    with activate(ctx), watching(watch):
         try:
             with rec.span(f"{inv.method or inv.kind} /{inv.route or spec.route}", "gateway",
                           attrs={"kind": inv.kind}), \
@@ -122,6 +127,15 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
                 output = _json_output(result)
         except Exception as exc:
             failure = exc
+    if watch.found:
+        if watch.block and not isinstance(failure, UnrecordedIO):
+            # refused, even if the library that tried swallowed the refusal
+            failure = Watch.error(watch.found[0])
+        elif not watch.block:
+            for found in watch.found:
+                runtime.echo_log(ex.request_id, "warning", f"unrecorded IO: {found['what']} at "
+                                 f"{found['file']}:{found['line']} (the record is incomplete)",
+                                 {})
     if failure is None:
         outcome = await _succeed(ex, inv, output, persist, commit_data)
     else:

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 _FLUX_DIR = str(Path(__file__).resolve().parent.parent)  # all of flux/, not only runtime/
+_PACKAGES = "-packages/"  # site-packages, dist-packages: libraries, even in the project's .venv
 _current_span: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "flux_current_span", default=None)
 _site_override: contextvars.ContextVar[CallSite | None] = contextvars.ContextVar(
@@ -166,6 +167,7 @@ class Recorder:
             return override
         frame: FrameType | None = sys._getframe(depth)
         fallback: FrameType | None = None
+        project: FrameType | None = None  # a helper module of the project
         while frame is not None:
             filename = frame.f_code.co_filename
             if filename.startswith(self._functions_dir):
@@ -174,8 +176,13 @@ class Recorder:
                     "/asyncio/" not in filename and "/contextlib" not in filename \
                     and not filename.startswith("<"):
                 fallback = frame
+            if project is None and filename.startswith(self._root) and \
+                    not filename.startswith(_FLUX_DIR) and _PACKAGES not in filename:
+                project = frame
             frame = frame.f_back
-        return self._site(fallback) if fallback else CallSite(None, None)
+        # A captured client's call is the user's line, not the library's.
+        site = project or fallback
+        return self._site(site) if site else CallSite(None, None)
 
     def site_of_traceback(self, tb: Any) -> CallSite:
         """The deepest frame of a traceback that is user code (in ``functions/``)."""

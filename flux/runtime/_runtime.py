@@ -19,6 +19,8 @@ from flux._errors import DatabaseUnavailable, Overloaded
 from flux._gitinfo import CodeVersion, code_version
 from flux._project import Project
 from flux.runtime._access import AdminAccess
+from flux.runtime._intercept import install as capture_clients
+from flux.runtime._iowatch import IOAllowance
 from flux.runtime._loader import LoadError, Registry, load_all, load_file
 from flux.runtime._otel import exporter_for
 from flux.runtime._redact import RedactionPolicy, load_policy
@@ -71,6 +73,7 @@ class Runtime:
         self.secrets_map: dict[str, str] = {
             str(k): str(v) for k, v in project.raw.get("secrets", {}).items()}
         self.app_config: dict[str, Any] = dict(project.raw.get("app", {}))
+        self.io_allow: IOAllowance = IOAllowance.of(project.root, project.raw)
         self.tenants: TenantPolicy = load_tenants(project.root, project.raw)
         # Who may call /_flux/: `flux dev` and `flux serve` say; otherwise a token from
         # the environment, and without one the admin API is closed.
@@ -92,6 +95,7 @@ class Runtime:
             await self.ensure_pool()
         self.http_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True))
+        capture_clients()  # the HTTP clients handlers use, captured while one runs
         self.refresh_code_version()
         if self._exports_spans:
 

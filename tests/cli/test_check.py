@@ -54,9 +54,11 @@ def test_cli_prints_file_line_col_and_the_ctx_call(flux_cli) -> None:
     assert "→ use ctx.random()" in result.stdout
     assert "functions/environment.py:14:11  env  environ (os.environ)" in result.stdout
     assert 'ctx.secrets.get("NAME")' in result.stdout
-    assert "functions/http_clients.py:16:9  http  h.post() (httpx.post)" in result.stdout
-    assert "→ use ctx.http.post(url, …)" in result.stdout
-    assert "34 findings in 9 files" in result.stdout
+    assert "functions/databases.py:5:1  uncaptured  import redis: redis (a Redis client) " \
+        "reaches outside through no recorded path" in result.stdout
+    assert "→ use ctx.step(name, fn, *args)" in result.stdout
+    assert "http_clients.py" not in result.stdout  # captured clients are no finding
+    assert "32 findings in 9 files" in result.stdout
     assert result.stderr == ""
 
 
@@ -160,8 +162,8 @@ def test_imports_resolve_through_scopes_and_aliases() -> None:
         "    return open('x'), os.path.join('a', 'b')\n"
     )
     found = [(f.line, f.col, f.rule) for f in check_source(source)]
-    assert found == [(10, 12, "time"), (10, 30, "random"), (10, 44, "http"),
-                     (10, 62, "http"), (16, 16, "env")]
+    # urlopen and requests.get are captured at run time: no finding
+    assert found == [(10, 12, "time"), (10, 30, "random"), (16, 16, "env")]
 
 
 def test_bad_path_is_one_sentence_and_exit_2(tmp_path, flux_cli) -> None:
@@ -195,14 +197,14 @@ def test_json_has_findings_and_files_checked(flux_cli) -> None:
     result = flux_cli(["check", "--json", "functions/ids.py"], UNREPLAYABLE)
     assert result.returncode == 1
     document = json.loads(result.stdout)
-    assert set(document) == {"findings", "files_checked"}
+    assert set(document) == {"findings", "files_checked", "followed"}
     assert document["files_checked"] == 1
     assert document["findings"][0] == {
         "file": "functions/ids.py", "line": 11, "col": 13, "rule": "uuid",
         "message": "uuid.uuid1() makes a UUID outside ctx: a replay would make another one",
         "suggestion": "ctx.uuid()", "fix": "ctx.uuid()"}
     assert json.loads(flux_cli(["check", "--json"], SHOP).stdout) == {
-        "findings": [], "files_checked": 5}
+        "findings": [], "files_checked": 5, "followed": []}
 
 
 def test_pre_commit_hook_runs_flux_check_on_functions(flux_cli) -> None:
@@ -255,7 +257,7 @@ def test_github_format_is_one_annotation_per_finding(flux_cli) -> None:
     assert as_json.returncode == 1, as_json.stderr
     findings = json.loads(as_json.stdout)["findings"]
     annotations = parse_annotations(github.stdout)
-    assert len(annotations) == len(findings) == 34
+    assert len(annotations) == len(findings) == 32
     for note, f in zip(annotations, findings, strict=True):
         assert note["level"] == "error"
         assert (note["file"], int(note["line"]), int(note["col"])) == (f["file"], f["line"],
@@ -291,3 +293,66 @@ def test_json_format_lists_rule_file_line_message_and_fix(flux_cli) -> None:
     assert (clean.returncode, clean.stdout) == (0, "")
     wrong = flux_cli(["check", "--format", "xml"], SHOP)
     assert wrong.returncode != 0 and "--format takes human, github, json" in wrong.stderr
+
+
+def _project(tmp_path: Path, files: dict[str, str]) -> Path:
+    (tmp_path / "flux.toml").write_text('name = "p"\n')
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+def test_uncaptured_libraries_are_named_through_the_project_imports(tmp_path, flux_cli) -> None:
+    root = _project(tmp_path, {
+        "functions/signup.py": (
+            "import sqlalchemy\n"
+            "from redis import Redis\n"
+            "from lib.mail import welcome\n"
+            "from flux import function\n\n"
+            "@function\n"
+            "def signup(ctx, input):\n"
+            "    welcome(input['email'])\n"
+            "    return {'ok': True}\n"),
+        "lib/__init__.py": "",
+        "lib/mail.py": (
+            "import smtplib\n\n"
+            "def welcome(to):\n"
+            "    with smtplib.SMTP('mail.example.com') as smtp:\n"
+            "        smtp.sendmail('shop@example.com', [to], 'hello')\n"),
+    })
+    result = check_paths([], cwd=root)
+    where = {(f.file, f.line, f.rule) for f in result.findings}
+    assert {("functions/signup.py", 1, "uncaptured"), ("functions/signup.py", 2, "uncaptured"),
+            ("lib/mail.py", 1, "uncaptured"), ("lib/mail.py", 4, "socket")} <= where
+    assert "lib/mail.py" in result.followed
+    smtp = next(f for f in result.findings if f.file == "lib/mail.py" and f.line == 1)
+    assert smtp.suggestion.startswith("ctx.step(name, fn, *args)")
+    cli = flux_cli(["check", "--json"], root)
+    assert cli.returncode == 1
+    shown = {(f["file"], f["line"], f["rule"]) for f in json.loads(cli.stdout)["findings"]}
+    assert shown == where
+
+
+def test_a_project_calling_stripe_through_httpx_passes(tmp_path, flux_cli) -> None:
+    root = _project(tmp_path, {
+        "functions/pay.py": (
+            "import httpx\n"
+            "import stripe\n"
+            "from payments import charge\n"
+            "from flux import function\n\n"
+            "@function\n"
+            "def pay(ctx, input):\n"
+            "    stripe.api_key = ctx.secrets.get('STRIPE_KEY')\n"
+            "    httpx.post('https://hooks.example.com/paid', json={})\n"
+            "    return charge(input['amount'])\n"),
+        "functions/payments.py": (
+            "import stripe\n\n"
+            "def charge(amount):\n"
+            "    return stripe.Charge.create(amount=amount, currency='usd').id\n"),
+    })
+    result = flux_cli(["check"], root)
+    assert result.returncode == 0, result.stdout
+    assert "2 files checked" in result.stdout
+    assert "everything from outside goes through ctx" not in result.stdout
