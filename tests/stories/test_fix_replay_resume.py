@@ -5,7 +5,6 @@ the customer is charged exactly once, and no secret is ever printed or stored.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -52,16 +51,6 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS orders (
     charge_id    text
 );
 """
-
-
-@pytest.fixture
-async def provider() -> AsyncIterator[Provider]:
-    world = Provider()
-    await world.start()
-    try:
-        yield world
-    finally:
-        await world.stop()
 
 
 def orders(db: str) -> list[tuple[str, str | None]]:

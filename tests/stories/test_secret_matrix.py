@@ -4,7 +4,6 @@ resume all match the call to its tape. Nothing printed and nothing stored holds 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -47,16 +46,6 @@ async def {name}(ctx, input):
     response = {call}
     {FIXED}
 '''
-
-
-@pytest.fixture
-async def provider() -> AsyncIterator[Provider]:
-    world = Provider()
-    await world.start()
-    try:
-        yield world
-    finally:
-        await world.stop()
 
 
 async def test_every_secret_placement_matches_its_tape_everywhere(

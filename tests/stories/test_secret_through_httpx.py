@@ -7,7 +7,6 @@ machine with the production secrets and on one without them (stand-ins)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,16 +35,6 @@ async def charge_basket(ctx, input):
     charge = response.json()
     return {"charge": charge["id"], "amount": charge["amount"]}
 '''
-
-
-@pytest.fixture
-async def provider() -> AsyncIterator[Provider]:
-    world = Provider()
-    await world.start()
-    try:
-        yield world
-    finally:
-        await world.stop()
 
 
 async def test_httpx_behind_a_secret_url_and_key_replays_from_its_tape(

@@ -7,7 +7,6 @@ about different customers and shows the configuration that differed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -54,16 +53,6 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS contacts (
     expires_at timestamptz NOT NULL
 );
 """
-
-
-@pytest.fixture
-async def provider() -> AsyncIterator[Provider]:
-    world = Provider()
-    await world.start()
-    try:
-        yield world
-    finally:
-        await world.stop()
 
 
 def set_grace(project: Path, days: int) -> None:
