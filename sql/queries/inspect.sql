@@ -71,7 +71,7 @@ SELECT signature, vec FROM flux.failure_signatures WHERE request_id = %(request_
 -- name: list_executions
 SELECT request_id::text, kind, function, method, route, status, http_status, started_at,
        duration_ms, error ->> 'type' AS error_type, error ->> 'message' AS error_message,
-       parent_id::text, replay_of::text, resumed_from::text
+       parent_id::text, replay_of::text, resumed_from::text, imported IS NOT NULL AS imported
 FROM flux.trace_requests
 WHERE (%(function)s::text IS NULL OR function = %(function)s)
   AND (%(status)s::text IS NULL OR status = %(status)s)
@@ -140,12 +140,11 @@ LIMIT %(limit)s;
 
 -- name: lock_for_resume
 -- Held for the whole resume: a second resume, even from another process, is refused.
-SELECT status, resumed_by::text FROM flux.trace_requests
-WHERE request_id = %(request_id)s
-FOR UPDATE NOWAIT;
+-- Through SECURITY DEFINER functions (sql/0012): the runtime may not update records.
+SELECT status, resumed_by FROM flux.lock_for_resume(%(request_id)s);
 
 -- name: mark_resumed
-UPDATE flux.trace_requests SET resumed_by = %(resumed_by)s WHERE request_id = %(request_id)s;
+SELECT flux.mark_resumed(%(request_id)s, %(resumed_by)s);
 
 -- name: last_good_code
 -- bisect's default good commit: the code a function last ran successfully before a time.
