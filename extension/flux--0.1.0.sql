@@ -1539,9 +1539,10 @@ INSERT INTO flux.migrations (version, name, checksum) VALUES (11, 'hardening', '
 --   capture_row / capture_truncate  the capture triggers (the runtime's own writes still
 --                                   record their changes, stamped with session_user: in a
 --                                   SECURITY DEFINER function current_user is the owner)
---   keep_rolled_back                a failed execution's attempted changes, stored after
---                                   its rollback: only rolled back, only for a failed record
---                                   written in the same transaction (blame never counts them)
+--   keep_rolled_back                an execution's rolled-back changes (a failure's, or a
+--                                   replay's, whose data is never kept), stored after the
+--                                   rollback: only as rolled back (blame never counts them),
+--                                   only for a record written in the same transaction
 --   lock_for_resume / mark_resumed  one resume at a time; resumed_by only once, only by the
 --                                   successful resume of that execution
 --   pin / unpin                     flux record pin: the pins row and the record's flag
@@ -1622,9 +1623,10 @@ BEGIN
 END
 $$;
 
--- A failed execution's attempted change, kept after the rollback. Only as rolled back (blame
--- leaves those out) and only for the failed record this transaction has just written, so
--- the runtime can neither add a committed change nor hang one on another execution.
+-- An attempted change kept after the rollback (a failed execution's; a replay's, whose data
+-- is always rolled back). Only as rolled back (blame leaves those out) and only for the
+-- record this transaction has just written, so the runtime can neither add a committed
+-- change nor hang one on another execution.
 CREATE FUNCTION flux.keep_rolled_back(
     record_id uuid, table_oid oid, table_schema text, table_name text, pk jsonb, op text,
     old jsonb, new jsonb, changed_cols text[], request_id uuid, span_id text, actor text,
@@ -1635,10 +1637,10 @@ BEGIN
     -- recorded_at (clock_timestamp()) from this transaction's start (now()) on: written
     -- by it, savepoints or not (an xmin test would miss a subtransaction's row).
     IF NOT EXISTS (SELECT 1 FROM flux.trace_requests t
-                   WHERE t.request_id = keep_rolled_back.request_id AND t.status = 'error'
+                   WHERE t.request_id = keep_rolled_back.request_id
                      AND t.recorded_at >= now()) THEN
-        RAISE EXCEPTION 'a rolled-back change belongs to the failed record written in the '
-                        'same transaction' USING ERRCODE = '42501';
+        RAISE EXCEPTION 'a rolled-back change belongs to the record written in the same '
+                        'transaction' USING ERRCODE = '42501';
     END IF;
     INSERT INTO flux.state_mutations (
         record_id, table_oid, table_schema, table_name, pk, op, old, new, changed_cols,
@@ -1783,4 +1785,4 @@ BEGIN
     END IF;
 END
 $$;
-INSERT INTO flux.migrations (version, name, checksum) VALUES (12, 'append_only', '1ff37b5124d1ce0663cbeab4dc4b16c0b5c95675a76015e8d24b167daeeff598');
+INSERT INTO flux.migrations (version, name, checksum) VALUES (12, 'append_only', 'e63f897f8d891411a550b0662b599e8d2fe6c940029685b7fd775d68a8635b80');

@@ -19,8 +19,10 @@ ORDER BY id;
 -- name: last_success
 -- Outlines of sampled-out executions (sampled = false) have no tape to compare with. With
 -- same_tenant (flux why --ai), only executions of the failed one's tenant are candidates.
+-- Imported records (sql/0012) are never this database's baseline: a file could plant one.
 SELECT * FROM flux.trace_requests
 WHERE function = %(function)s AND status = 'ok' AND sampled AND started_at < %(before)s
+  AND imported IS NULL
   AND (NOT %(same_tenant)s OR tenant IS NOT DISTINCT FROM %(tenant)s::text)
 ORDER BY started_at DESC
 LIMIT 1;
@@ -28,6 +30,7 @@ LIMIT 1;
 -- name: recent_success_tapes
 SELECT tape FROM flux.trace_requests
 WHERE function = %(function)s AND status = 'ok' AND sampled AND started_at < %(before)s
+  AND imported IS NULL
   AND (NOT %(same_tenant)s OR tenant IS NOT DISTINCT FROM %(tenant)s::text)
 ORDER BY started_at DESC
 LIMIT %(limit)s;
@@ -148,9 +151,11 @@ SELECT flux.mark_resumed(%(request_id)s, %(resumed_by)s);
 
 -- name: last_good_code
 -- bisect's default good commit: the code a function last ran successfully before a time.
--- Replays are left out: they ran local code on recorded IO, not a real execution.
+-- Replays are left out: they ran local code on recorded IO, not a real execution;
+-- imported records are not this code's history.
 SELECT request_id::text, code_sha, code_dirty FROM flux.trace_requests
 WHERE function = %(function)s AND status = 'ok' AND kind <> 'replay'
+  AND imported IS NULL
   AND started_at < %(before)s
 ORDER BY started_at DESC
 LIMIT 1;
