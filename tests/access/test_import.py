@@ -108,6 +108,22 @@ async def test_an_imported_record_forges_no_local_history(shop: Shop, tmp_path: 
                             ).fetchall() == [("acme", "acme")]
     assert "printable" in refused_tenant(shop, path, "acme\x9b")
 
+    # A success planted just before the local failure is not what `why` compares it with.
+    with psycopg.connect(shop.db) as conn:
+        ok, failed_at = conn.execute(
+            "SELECT (SELECT request_id::text FROM flux.trace_requests WHERE status = 'ok' "
+            "AND function = 'signup'), (SELECT started_at FROM flux.trace_requests WHERE "
+            "request_id = %s)", [failed]).fetchone() or (None, None)
+    assert ok is not None and failed_at is not None
+    assert flux(shop, "why", failed[:18])["departure"]["from"] == ok
+    planted = json.loads(run_flux(["record", "export", ok], shop.root,
+                                  env={"DATABASE_URL": shop.db}).stdout)
+    planted["record"].update(request_id=str(uuid.uuid4()),
+                             started_at=(failed_at - dt.timedelta(milliseconds=1)).isoformat())
+    path.write_text(json.dumps(planted))
+    flux(shop, "record", "import", str(path))
+    assert flux(shop, "why", failed[:18])["departure"]["from"] == ok
+
 
 def refused_tenant(shop: Shop, path: Path, tenant: str) -> str:
     result = run_flux(["record", "import", str(path), "--tenant", tenant], shop.root,
