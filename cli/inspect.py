@@ -70,7 +70,8 @@ def ls(when: str = typer.Argument(None, metavar="[WINDOW]",
     table.add_column("status", no_wrap=True, justify="right", min_width=6)
     table.add_column("ms", no_wrap=True, justify="right", min_width=5)
     table.add_column("error")
-    whats = [r["function"] or f"{r['method'] or ''} /{r['route']}" for r in rows]
+    whats = [(r["function"] or f"{r['method'] or ''} /{r['route']}")
+             + (" (imported)" if r.get("imported") else "") for r in rows]
     # what the other columns take, the function column as wide as its longest name
     room = max(16, out.width - 58 - min(24, max(8, *map(len, whats))))
     for r, what in zip(rows, whats, strict=True):
@@ -388,7 +389,11 @@ def _render_why(r: dict[str, Any]) -> None:
     out.print(f"\n  [bold]Execution[/]  {short(r['request_id'])}")
     out.print(f"  {escape(where)}  →  function: {escape(r['function'] or '—')}")
     out.print(f"  [dim]{_local(r['started_at'])} · {r['duration_ms']:.0f}ms ·[/] "
-              f"[red]{r['http_status']}[/]\n")
+              f"[red]{r['http_status']}[/]")
+    if r.get("imported"):
+        out.print("  [yellow]imported[/] [dim]from a record file (flux record import); its "
+                  "changes are its own, not this database's[/]")
+    out.print("")
 
     def row(label: str, text: str) -> None:
         out.print(f"  [bold]{label:<13}[/]{text}")

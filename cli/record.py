@@ -77,22 +77,37 @@ def _export_selection(request_id: str | None, output: Path | None, window: str |
 
 
 @app.command("import")
-def import_(path: Path = typer.Argument(..., help="A file made by flux record export.")
+def import_(path: Path = typer.Argument(..., help="A file made by flux record export."),
+            tenant: str = typer.Option(None, "--tenant", help="The tenant the imported "
+                                       "execution belongs to here (default: none; the "
+                                       "file's own tenant is never taken)."),
+            as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")
             ) -> None:
-    """Store a record file's execution here, so why, trace and replay can read it."""
+    """Store a record file's execution here, marked imported, so why, trace and replay can
+    read it. Its changes are its own: no local row's history or blame shows them."""
     refuse_remote("record import")
+    from flux.runtime._tenants import TenantRefused, check
     from flux.store._database import connect, resolve
     from flux.store._migrate import migrate
     from flux.store._portable import import_record, read_file
 
-    document = read_file(path)
+    if tenant is not None:
+        try:
+            tenant = check(tenant)
+        except TenantRefused as exc:
+            raise ConfigError(f"--tenant: {exc}") from None
     project = load()
+    document = read_file(path, max_bytes=project.record.import_max_bytes)
     target = resolve(project)
     migrate(target.conninfo)
     with connect(target.conninfo) as conn:
-        new = import_record(conn, document)
-    rid = short(document["record"]["request_id"])
-    out.print(f"[green]✓[/] imported {rid}" if new else f"{rid} was already here")
+        new = import_record(conn, document, tenant=tenant)
+    rid = document["record"]["request_id"]
+    if as_json:
+        print_json({"request_id": rid, "imported": True, "new": new, "tenant": tenant,
+                    "mutations": len(document["mutations"]) if new else 0})
+        return
+    out.print(f"[green]✓[/] imported {short(rid)}" if new else f"{short(rid)} was already here")
 
 
 @app.command("pin")

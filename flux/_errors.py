@@ -29,6 +29,8 @@
     ├── OutsideExecution          outside_execution  flux.current() with no execution running
     │                                           (runtime/_context.py)
     ├── ReplayError               replay      a record cannot be replayed (replay/_replay.py)
+    ├── RecordFileError           record_file  a record file that is not one, or cannot be
+    │                                          stored (store/_portable.py)
     ├── BisectError               bisect      a bisect cannot run as asked (replay/_bisect.py)
     └── PolicyViolation           policy      an explain run broke its policy (replay/_explain.py)
 

@@ -61,6 +61,7 @@ class RecordConfig:
 
     retention: dt.timedelta | None = None  # None: records are kept until deleted by hand
     sample_rate: float = 1.0  # share of successful executions recorded in full
+    import_max_bytes: int = 64 * 1024 * 1024  # the largest file flux record import reads
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,11 @@ def _record_config(path: Path, raw: dict[str, Any]) -> RecordConfig:
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
         raise ConfigError(f"{path}: [record] sample_rate must be a number from 0 to 1 (the "
                           f"share of successful executions recorded in full), not {rate!r}")
-    return RecordConfig(retention=retention, sample_rate=float(rate))
+    cap = record.get("import_max_bytes", RecordConfig.import_max_bytes)
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ConfigError(f"{path}: [record] import_max_bytes must be a positive number of "
+                          f"bytes (the largest file flux record import reads), not {cap!r}")
+    return RecordConfig(retention=retention, sample_rate=float(rate), import_max_bytes=cap)
 
 
 def database_url_from_env() -> str | None:

@@ -168,6 +168,9 @@ def explain_failure(conn: psycopg.Connection[Any], prefix: str | dict[str, Any],
         "incomplete": incomplete(record["spans"]),
         "parent_id": record.get("parent_id"),
         "pinned": record.get("pinned"),  # kept past retention (flux record pin)
+        # from a record file (flux record import): what it knew, who imported it and when
+        "imported": record.get("imported") is not None,
+        "imported_from": record.get("imported"),
         "handoff": handoffs(conn, record),
         "spans": record["spans"],
     })

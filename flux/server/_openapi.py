@@ -82,6 +82,8 @@ _SCHEMAS: dict[str, Any] = {
             "error_type": _NULLABLE_TEXT, "error_message": _NULLABLE_TEXT,
             "parent_id": _NULLABLE_TEXT, "replay_of": _NULLABLE_TEXT,
             "resumed_from": _NULLABLE_TEXT,
+            "imported": {"type": "boolean", "description": "From a record file "
+                         "(flux record import), not an execution of this database."},
         },
     },
     "Executions": {
@@ -110,6 +112,7 @@ _SCHEMAS: dict[str, Any] = {
                                "message": {"type": "string"}}},
             "location": _ANY_OBJECT, "mutations": {"type": "array"},
             "similar": {"type": "array"}, "suggestion": {"type": "string"},
+            "imported": {"type": "boolean"}, "imported_from": {"type": ["object", "null"]},
             "spans": {"type": "array"},
         },
     },

@@ -34,14 +34,11 @@ WHERE request_id = %(request_id)s AND committed_at = now()
 ORDER BY id;
 
 -- name: insert_rolled_back
-INSERT INTO flux.state_mutations (
-    record_id, table_oid, table_schema, table_name, pk, op, old, new, changed_cols,
-    request_id, span_id, actor, application_name, txid, committed_at, source, rolled_back,
-    tenant)
-VALUES (
+-- Through flux.keep_rolled_back (sql/0012): the runtime may not write mutations itself.
+SELECT flux.keep_rolled_back(
     %(record_id)s, %(table_oid)s, %(table_schema)s, %(table_name)s, %(pk)s, %(op)s, %(old)s,
     %(new)s, %(changed_cols)s, %(request_id)s, %(span_id)s, %(actor)s, %(application_name)s,
-    %(txid)s, %(committed_at)s, 'executor', true, %(tenant)s);
+    %(txid)s, %(committed_at)s, %(tenant)s);
 
 -- name: insert_record
 INSERT INTO flux.trace_requests (

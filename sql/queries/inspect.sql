@@ -19,8 +19,10 @@ ORDER BY id;
 -- name: last_success
 -- Outlines of sampled-out executions (sampled = false) have no tape to compare with. With
 -- same_tenant (flux why --ai), only executions of the failed one's tenant are candidates.
+-- Imported records (sql/0012) are never this database's baseline: a file could plant one.
 SELECT * FROM flux.trace_requests
 WHERE function = %(function)s AND status = 'ok' AND sampled AND started_at < %(before)s
+  AND imported IS NULL
   AND (NOT %(same_tenant)s OR tenant IS NOT DISTINCT FROM %(tenant)s::text)
 ORDER BY started_at DESC
 LIMIT 1;
@@ -28,6 +30,7 @@ LIMIT 1;
 -- name: recent_success_tapes
 SELECT tape FROM flux.trace_requests
 WHERE function = %(function)s AND status = 'ok' AND sampled AND started_at < %(before)s
+  AND imported IS NULL
   AND (NOT %(same_tenant)s OR tenant IS NOT DISTINCT FROM %(tenant)s::text)
 ORDER BY started_at DESC
 LIMIT %(limit)s;
@@ -71,7 +74,7 @@ SELECT signature, vec FROM flux.failure_signatures WHERE request_id = %(request_
 -- name: list_executions
 SELECT request_id::text, kind, function, method, route, status, http_status, started_at,
        duration_ms, error ->> 'type' AS error_type, error ->> 'message' AS error_message,
-       parent_id::text, replay_of::text, resumed_from::text
+       parent_id::text, replay_of::text, resumed_from::text, imported IS NOT NULL AS imported
 FROM flux.trace_requests
 WHERE (%(function)s::text IS NULL OR function = %(function)s)
   AND (%(status)s::text IS NULL OR status = %(status)s)
@@ -140,18 +143,19 @@ LIMIT %(limit)s;
 
 -- name: lock_for_resume
 -- Held for the whole resume: a second resume, even from another process, is refused.
-SELECT status, resumed_by::text FROM flux.trace_requests
-WHERE request_id = %(request_id)s
-FOR UPDATE NOWAIT;
+-- Through SECURITY DEFINER functions (sql/0012): the runtime may not update records.
+SELECT status, resumed_by FROM flux.lock_for_resume(%(request_id)s);
 
 -- name: mark_resumed
-UPDATE flux.trace_requests SET resumed_by = %(resumed_by)s WHERE request_id = %(request_id)s;
+SELECT flux.mark_resumed(%(request_id)s, %(resumed_by)s);
 
 -- name: last_good_code
 -- bisect's default good commit: the code a function last ran successfully before a time.
--- Replays are left out: they ran local code on recorded IO, not a real execution.
+-- Replays are left out: they ran local code on recorded IO, not a real execution;
+-- imported records are not this code's history.
 SELECT request_id::text, code_sha, code_dirty FROM flux.trace_requests
 WHERE function = %(function)s AND status = 'ok' AND kind <> 'replay'
+  AND imported IS NULL
   AND started_at < %(before)s
 ORDER BY started_at DESC
 LIMIT 1;

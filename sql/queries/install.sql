@@ -61,29 +61,7 @@ CREATE EVENT TRIGGER flux_capture_new_tables ON ddl_command_end
 SELECT flux.grant_app_schema(%(schema)s);
 
 -- name: create_roles
--- Action. The roles and their rights on the flux schema, as sql/0010 makes them when the
--- migrating role may create roles — for a database migrated by one that could not.
-DO $$
-DECLARE
-    rel regclass;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'flux_runtime') THEN
-        CREATE ROLE flux_runtime NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'flux_reader') THEN
-        CREATE ROLE flux_reader NOLOGIN;
-    END IF;
-    GRANT USAGE ON SCHEMA flux TO flux_runtime, flux_reader;
-    FOR rel IN SELECT c.oid::regclass FROM pg_class c
-               WHERE c.relnamespace = 'flux'::regnamespace AND c.relkind IN ('r', 'p', 'v')
-                 AND NOT c.relispartition LOOP
-        EXECUTE format('GRANT SELECT ON %s TO flux_runtime, flux_reader', rel);
-    END LOOP;
-    GRANT INSERT, UPDATE ON flux.trace_requests, flux.jobs, flux.capture_state, flux.pins
-        TO flux_runtime;
-    GRANT INSERT ON flux.state_mutations, flux.failure_signatures, flux.job_attempts,
-        flux.cron_ticks TO flux_runtime;
-    GRANT DELETE ON flux.pins TO flux_runtime;
-    GRANT USAGE ON ALL SEQUENCES IN SCHEMA flux TO flux_runtime;
-END
-$$;
+-- Action. The roles and their rights on the flux schema (flux.grant_roles, sql/0012), as a
+-- migration makes them when the migrating role may create roles — for a database migrated
+-- by one that could not.
+SELECT flux.grant_roles();

@@ -73,23 +73,12 @@ WHERE s.at < %(cutoff)s
   AND NOT EXISTS (SELECT 1 FROM flux.pins p WHERE p.request_id = s.request_id);
 
 -- name: pin
--- The pins row first, then the record's flag: the same order as gc takes its locks.
-WITH pin AS (
-    INSERT INTO flux.pins (request_id, note) VALUES (%(request_id)s, %(note)s)
-    ON CONFLICT (request_id) DO UPDATE SET note = coalesce(excluded.note, flux.pins.note)
-    RETURNING request_id, pinned_at, note
-), flag AS (
-    UPDATE flux.trace_requests SET pinned = true WHERE request_id = %(request_id)s
-)
-SELECT request_id::text, pinned_at, note FROM pin;
+-- The pins row first, then the record's flag (sql/0012: a SECURITY DEFINER function, so
+-- that a runtime role pins without being able to update records).
+SELECT request_id, pinned_at, note FROM flux.pin(%(request_id)s, %(note)s);
 
 -- name: unpin
-WITH pin AS (
-    DELETE FROM flux.pins WHERE request_id = %(request_id)s RETURNING request_id
-), flag AS (
-    UPDATE flux.trace_requests SET pinned = false WHERE request_id = %(request_id)s
-)
-SELECT count(*) FROM pin;
+SELECT flux.unpin(%(request_id)s);
 
 -- name: try_lock
 SELECT pg_try_advisory_lock(%(key)s);

@@ -15,14 +15,17 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
 
 from flux._project import parse
 from flux.capture._schema import apply_schema
 from flux.jobs._worker import Worker
 from flux.runtime._access import AdminAccess
 from flux.runtime._runtime import Runtime
+from flux.store._queries import load
 from tests.access.conftest import serve_project, with_tenants
 from tests.fixtures.processes import FluxProcess
+from tests.fixtures.projects import run_flux
 from tests.fixtures.shop import SECRET, Shop, copy_project, serve_app
 
 TENANT_TABLES = ("trace_requests", "state_mutations", "failure_signatures", "jobs")
@@ -334,3 +337,45 @@ async def test_revoking_or_renaming_never_widens_a_tenant_reader(
     with psycopg.connect(db, autocommit=True) as conn, \
             pytest.raises(psycopg.errors.UndefinedObject):
         conn.execute("SELECT flux.grant_tenant('no_such_role_here', 'acme')")
+
+
+@pytest.mark.parametrize("capture_mode", ["trigger"])
+async def test_job_attempts_and_cron_ticks_follow_their_jobs_tenant(
+        tenant_shop: Shop, login_role: Callable[..., tuple[str, str]]) -> None:
+    """A tenant's reader sees its jobs' attempts and no other tenant's, nor the ticks of
+    cron (which run for no tenant); its explain shows plans, never row counts (issue 20,
+    item 13)."""
+    await traffic(tenant_shop)
+    with psycopg.connect(tenant_shop.db, autocommit=True) as conn:
+        tick = conn.execute(load("jobs").insert_tick, {
+            "function": "nightly", "tick_at": "2026-01-01T00:00:00+00:00",
+            "job_id": "01900000-0000-7000-8000-0000000000aa", "payload": Jsonb({}),
+            "max_attempts": 1}).fetchone()
+    assert tick is not None
+    acme, acme_db = login_role("acme_bi")
+    _, ops_db = login_role("ops", "flux_reader")
+    with psycopg.connect(tenant_shop.db, autocommit=True) as conn:
+        conn.execute("SELECT flux.grant_tenant(%s, 'acme')", [acme])
+    attempts = ("SELECT j.tenant FROM flux.job_attempts a "
+                "LEFT JOIN flux.jobs j ON j.id = a.job_id ORDER BY 1")
+    assert rows(ops_db, attempts) == [("acme",), ("acme",), ("globex",), (None,)]
+    assert rows(ops_db, "SELECT count(*) FROM flux.cron_ticks") == [(1,)]
+    assert rows(acme_db, attempts) == [("acme",), ("acme",)]
+    assert rows(acme_db, "SELECT count(*) FROM flux.cron_ticks") == [(0,)]
+    with psycopg.connect(tenant_shop.db) as conn:
+        forced = conn.execute("SELECT relname FROM pg_class WHERE relname IN ('job_attempts', "
+                              "'cron_ticks') AND relrowsecurity AND relforcerowsecurity "
+                              "ORDER BY 1").fetchall()
+    assert forced == [("cron_ticks",), ("job_attempts",)]
+
+    for sql_text in ("SELECT * FROM flux.trace_requests",
+                     "SELECT * FROM flux.job_attempts"):
+        result = run_flux(["explain", "--sql", sql_text, "--json"], tenant_shop.root,
+                          env={"DATABASE_URL": acme_db})
+        assert result.returncode == 0, result.stderr
+        plan = "\n".join(json.loads(result.stdout)["statements"][0]["plan"])
+        assert "Scan" in plan and "actual" not in plan and "Rows Removed" not in plan
+    analyze = run_flux(["explain", "--sql", "EXPLAIN ANALYZE SELECT * FROM "
+                        "flux.trace_requests"], tenant_shop.root,
+                       env={"DATABASE_URL": acme_db})
+    assert analyze.returncode != 0 and "Traceback" not in analyze.stderr
