@@ -47,14 +47,14 @@ Value = bytes | None | _Unchanged
 Row = tuple[Value, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Begin:
     final_lsn: int  # the LSN of the transaction's commit record
     commit_time: dt.datetime
     xid: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Commit:
     flags: int
     commit_lsn: int
@@ -92,13 +92,13 @@ class Type:
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Insert:
     relation_oid: int
     new: Row
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Update:
     relation_oid: int
     old: Row | None  # the old row (REPLICA IDENTITY FULL) or its key; None if not sent
@@ -106,7 +106,7 @@ class Update:
     new: Row
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Delete:
     relation_oid: int
     old: Row
@@ -120,7 +120,7 @@ class Truncate:
     restart_identity: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Message:
     transactional: bool
     lsn: int
