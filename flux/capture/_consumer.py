@@ -21,7 +21,6 @@ One consumer runs at a time per database: the one holding a session advisory loc
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import signal
 import threading
@@ -121,6 +120,11 @@ class _Progress:
     confirmed: int  # the slot's confirmed position when the session started
     applied: int  # the end of the last transaction stored (0: none yet)
 
+
+try:  # CPython's own MD5: for a key's few bytes, twice as fast as OpenSSL's (no EVP set-up)
+    from _md5 import md5  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import md5
 
 _CHANGES = (Insert, Update, Delete)
 
@@ -520,7 +524,7 @@ class Consumer:
                 key = copy_json(self._key(conn, shape.relation, new or old or {}))
                 lines = staged
             else:
-                h = hashlib.md5(f"{shape.relation.oid}:{key}".encode()).hexdigest()
+                h = md5(f"{shape.relation.oid}:{key}".encode()).hexdigest()
                 record_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
                 key = copy_text(key)
                 lines = direct if changed is not None else staged
