@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +64,7 @@ from flux.capture._pgoutput import (
     Update,
     XLogData,
     decode,
+    decode_change,
     format_lsn,
     parse_lsn,
 )
@@ -127,6 +129,7 @@ except ImportError:  # pragma: no cover - a Python built without it
     from hashlib import md5
 
 _CHANGES = (Insert, Update, Delete)
+_CHANGE_TAGS = frozenset(b"IUD")
 
 
 @dataclass
@@ -438,9 +441,13 @@ class Consumer:
     def _feed(self, conn: psycopg.Connection[Any], data: bytes
               ) -> tuple[Transaction, Commit] | None:
         """One pgoutput message; the transaction and its commit when it completes one."""
-        m = decode(data)
+        # Inserts, updates and deletes are most of the stream: straight to their decoder.
+        try:
+            m = decode_change(data) if data[0] in _CHANGE_TAGS else decode(data)
+        except (struct.error, IndexError):
+            m = decode(data)  # raises the DecodeError that says what is wrong
         txn = self._txn
-        if isinstance(m, _CHANGES):  # most of the stream: first
+        if isinstance(m, _CHANGES):
             assert txn is not None, "a change outside a transaction"
             relation = self.relations[m.relation_oid]
             if isinstance(m, Insert):

@@ -279,6 +279,10 @@ def _fast_change(buf: bytes) -> Decoded:
     return message
 
 
+# The consumer's hot path: Insert, Update and Delete, straight to their decoder (errors
+# other than DecodeError are decode's to translate: call it again on those).
+decode_change = _fast_change
+
 _BEGIN = struct.Struct("!QqI")
 _COMMIT = struct.Struct("!BQQq")
 _MESSAGE = struct.Struct("!BQ")
@@ -396,7 +400,7 @@ def _decode(buf: bytes) -> Decoded:
 # -- the replication stream's frames --------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class XLogData:
     """A frame of WAL data: ``payload`` is one pgoutput message."""
 
@@ -405,7 +409,7 @@ class XLogData:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Keepalive:
     """The server's heartbeat: ``wal_end`` is how far it has read (and sent) the WAL."""
 
