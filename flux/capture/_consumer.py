@@ -23,10 +23,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
+import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -35,12 +36,18 @@ from psycopg.rows import dict_row
 
 from flux._errors import DatabaseError, FluxError
 from flux.capture._mutations import (
+    NULL,
     Change,
     Shape,
     Transaction,
+    array_literal,
     assign_spans,
     changed_columns,
+    copy_json,
+    copy_text,
     image,
+    key_plan,
+    key_text,
 )
 from flux.capture._pgjson import TypeCatalog
 from flux.capture._pgoutput import (
@@ -51,11 +58,13 @@ from flux.capture._pgoutput import (
     Keepalive,
     Message,
     Relation,
+    Row,
     Truncate,
     Type,
     Update,
     XLogData,
     decode,
+    decode_change,
     format_lsn,
     parse_lsn,
 )
@@ -111,6 +120,28 @@ class _Progress:
     wal_until: int | None  # the switch back: triggers capture what commits after it
     generation: dt.datetime  # the row's created_at: a new switch to WAL resets the row
     confirmed: int  # the slot's confirmed position when the session started
+    applied: int  # the end of the last transaction stored (0: none yet)
+
+
+try:  # CPython's own MD5: for a key's few bytes, twice as fast as OpenSSL's (no EVP set-up)
+    from _md5 import md5  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import md5
+
+_CHANGES = (Insert, Update, Delete)
+_CHANGE_TAGS = frozenset(b"IUD")
+
+
+@dataclass
+class _Batch:
+    """COPY lines of one apply: ``direct`` into flux.state_mutations, ``staged`` for the
+    server to finish (sql/queries/capture.sql: apply_stage)."""
+
+    direct: list[str] = field(default_factory=list)
+    staged: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.direct or self.staged)
 
 
 class _StateReset(Exception):
@@ -138,6 +169,10 @@ class Consumer:
         self._shapes: dict[int, Shape] = {}
         self._last_progress = 0.0
         self._snapshot_at: float | None = 0.0  # the last running-xacts record; None: refused
+        # Per connection (its identity and backend): may it COPY into flux.state_mutations,
+        # and has it made its staging table.
+        self._copy_for: tuple[tuple[int, int], bool] | None = None
+        self._stage_for: tuple[int, int] | None = None
 
     # -- a session -----------------------------------------------------------------------
 
@@ -301,18 +336,28 @@ class Consumer:
         return _Progress(wal_from=parse_lsn(state[0]) if state[0] else None,
                          wal_until=parse_lsn(state[1]) if state[1] else None,
                          generation=state[7],
-                         confirmed=parse_lsn(slot[2]) if slot[2] else 0)
+                         confirmed=parse_lsn(slot[2]) if slot[2] else 0,
+                         applied=parse_lsn(state[2]) if state[2] else 0)
 
     def _apply(self, conn: psycopg.Connection[Any], progress: _Progress,
                transactions: list[tuple[Transaction, Commit]], *, caught_up: bool
                ) -> StepResult:
-        """Store the changes of whole transactions and the progress, in one transaction."""
+        """Store the changes of whole transactions and the progress, in one transaction.
+
+        A transaction the progress row says is stored (read again after a crash between
+        the commit and the server's being told) is skipped: the row commits with the
+        changes, so this is exact. The rows go to flux.state_mutations by COPY; those the
+        server must finish (a key Python cannot render as jsonb does, changed columns only
+        PostgreSQL can tell) and, where row-level security applies to the session (COPY
+        cannot pass it), all of them go through a staging table and one INSERT … SELECT."""
         q = load("capture")
         result = StepResult(transactions=len(transactions), caught_up=caught_up)
-        records: list[dict[str, Any]] = []
+        batch = _Batch()
         last_commit: dt.datetime | None = None
         end_lsn: int | None = None
         for txn, commit in transactions:
+            if commit.end_lsn <= progress.applied:
+                continue  # stored before a crash: the progress row committed with it
             lsn = commit.commit_lsn
             end_lsn = commit.end_lsn
             if progress.wal_from is None:
@@ -323,15 +368,23 @@ class Consumer:
                 continue  # after the switch back: triggers capture these
             if txn.switch == "trigger":
                 progress.wal_until = lsn
-            records.extend(self._records(conn, txn, lsn))
+            self._rows(conn, txn, lsn, batch)
             last_commit = commit.commit_time
         now = time.monotonic()
-        if not (records or transactions or now - self._last_progress > 5.0):
+        if not (batch or end_lsn is not None or now - self._last_progress > 5.0):
             return result
+        direct = self._copy_allowed(conn)
         with conn.transaction():
-            if records:
-                cur = conn.execute(q.apply, {"changes": orjson.dumps(records).decode()})
-                result.applied = max(cur.rowcount, 0)
+            if batch.direct and direct:
+                with conn.cursor().copy(q.copy_mutations) as copy:
+                    copy.write("".join(batch.direct).encode())
+                result.applied += len(batch.direct)
+            staged = batch.staged if direct else batch.direct + batch.staged
+            if staged:
+                self._ensure_stage(conn)
+                with conn.cursor().copy(q.copy_stage) as copy:
+                    copy.write("".join(staged).encode())
+                result.applied += max(conn.execute(q.apply_stage).rowcount, 0)
             saved = conn.execute(q.save_progress, {
                 "slot": self.slot, "generation": progress.generation,
                 "wal_from": format_lsn(progress.wal_from)
@@ -343,8 +396,26 @@ class Consumer:
                 "caught_up": caught_up})
             if saved.rowcount != 1:  # rolls the batch back: it belongs to a slot now gone
                 raise _StateReset(f"flux.capture_state of {self.slot} was reset")
+        if end_lsn is not None:
+            progress.applied = end_lsn
         self._last_progress = now
         return result
+
+    def _copy_allowed(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether this session may COPY into flux.state_mutations: COPY FROM refuses a
+        table whose row-level security applies to the session (FORCEd on it: every role
+        but a superuser or one with BYPASSRLS)."""
+        key = (id(conn), conn.info.backend_pid)
+        if self._copy_for is None or self._copy_for[0] != key:
+            row = conn.execute(load("capture").copy_allowed).fetchone()
+            self._copy_for = (key, bool(row and row[0]))
+        return self._copy_for[1]
+
+    def _ensure_stage(self, conn: psycopg.Connection[Any]) -> None:
+        key = (id(conn), conn.info.backend_pid)
+        if self._stage_for != key:
+            conn.execute(load("capture").create_stage)
+            self._stage_for = key
 
     def _drop_slot(self, conn: psycopg.Connection[Any]) -> None:
         # A walsender that just ended may hold the slot for a moment longer.
@@ -370,9 +441,13 @@ class Consumer:
     def _feed(self, conn: psycopg.Connection[Any], data: bytes
               ) -> tuple[Transaction, Commit] | None:
         """One pgoutput message; the transaction and its commit when it completes one."""
-        m = decode(data)
+        # Inserts, updates and deletes are most of the stream: straight to their decoder.
+        try:
+            m = decode_change(data) if data[0] in _CHANGE_TAGS else decode(data)
+        except (struct.error, IndexError):
+            m = decode(data)  # raises the DecodeError that says what is wrong
         txn = self._txn
-        if isinstance(m, Insert | Update | Delete):  # most of the stream: first
+        if isinstance(m, _CHANGES):
             assert txn is not None, "a change outside a transaction"
             relation = self.relations[m.relation_oid]
             if isinstance(m, Insert):
@@ -411,40 +486,72 @@ class Consumer:
                                            txn.actor))
         return None
 
-    def _records(self, conn: psycopg.Connection[Any], txn: Transaction, commit_lsn: int
-                 ) -> list[dict[str, Any]]:
+    def _rows(self, conn: psycopg.Connection[Any], txn: Transaction, commit_lsn: int,
+              batch: _Batch) -> None:
+        """A transaction's changes as COPY lines (sql/queries/capture.sql: copy_mutations
+        names the columns in this order)."""
         request = txn.request or {}
         spans = assign_spans(txn.changes, request.get("statements") or [])
-        committed = txn.begin.commit_time.isoformat()
-        lsn = format_lsn(commit_lsn)
-        out = []
+        # What every row of the transaction shares, rendered once (per writer: changes
+        # from outside Flux each carry the actor of the statement that made them).
+        tails: dict[int, str] = {}
+        tail_of = (f"\t{request.get('request_id') or NULL}\t{{}}\t{txn.begin.xid}\t"
+                   f"{txn.begin.commit_time.isoformat()}\twal\t{format_lsn(commit_lsn)}\n")
+        direct, staged = batch.direct, batch.staged
         for seq, (change, span_id) in enumerate(zip(txn.changes, spans, strict=True), 1):
-            rel = change.relation
-            shape = self._shape(conn, rel)
-            changed: list[str] | None = None  # None: flux.changed_columns decides
-            if change.op == "UPDATE":
-                if change.old is not None:
-                    changed = changed_columns(shape, change.old, change.new)  # type: ignore[arg-type]
-                    if changed == []:
-                        continue  # a no-op update: the trigger's WHEN skips it too
-            elif change.op != "TRUNCATE":
-                changed = shape.all_columns  # an insert or delete changes every column
-            old = image(shape, change.old) if change.old is not None else None
-            new = image(shape, change.new, old) if change.new is not None else None
             who = request if txn.request is not None else (change.actor or {})
-            out.append({
-                "table_oid": rel.oid, "table_schema": rel.namespace or "pg_catalog",
-                "table_name": rel.name,
-                "pk": None if change.op == "TRUNCATE"
-                else self._key(conn, rel, new or old or {}),
-                "op": change.op, "old": old, "new": new, "changed_cols": changed,
-                "request_id": request.get("request_id"), "span_id": span_id,
-                "actor": who.get("actor"), "application_name": who.get("application_name"),
-                "tenant": who.get("tenant"),
-                "txid": txn.begin.xid, "committed_at": committed, "lsn": lsn,
-                "lsn_seq": seq,
-            })
-        return out
+            tail = tails.get(id(who))
+            if tail is None:
+                tail = tail_of.format(
+                    f"{copy_text(who.get('actor'))}\t{copy_text(who.get('application_name'))}\t"
+                    f"{copy_text(who.get('tenant'))}")
+                tails[id(who)] = tail
+            shape = self._shape(conn, change.relation)
+            op = change.op
+            head = f"{copy_text(span_id)}\t{seq}\t{shape.copy_relation}"
+            if op == "TRUNCATE":
+                direct.append(f"\\N\t\\N\tTRUNCATE\t\\N\t\\N\t{{}}\t{head}{tail}")
+                continue
+            old_row, new_row = change.old, change.new
+            changed: str | None = shape.all_literal
+            if op == "UPDATE":
+                if old_row is None:
+                    changed = None
+                else:
+                    columns = changed_columns(shape, old_row, new_row)  # type: ignore[arg-type]
+                    if columns == []:
+                        continue  # a no-op update: the trigger's WHEN skips it too
+                    changed = None if columns is None else array_literal(columns)
+            old = image(shape, old_row) if old_row is not None else None
+            new = image(shape, new_row, old) if new_row is not None else None
+            row = new_row if new is not None else old_row
+            key = self._key_text(conn, shape, new or old or {}, row)  # type: ignore[arg-type]
+            if key is None:  # the server renders it
+                record_id = NULL
+                key = copy_json(self._key(conn, shape.relation, new or old or {}))
+                lines = staged
+            else:
+                h = md5(f"{shape.relation.oid}:{key}".encode()).hexdigest()
+                record_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+                key = copy_text(key)
+                lines = direct if changed is not None else staged
+            lines.append(f"{record_id}\t{key}\t{op}\t"
+                         f"{NULL if old is None else copy_json(old)}\t"
+                         f"{NULL if new is None else copy_json(new)}\t"
+                         f"{NULL if changed is None else changed}\t{head}{tail}")
+
+    def _key_text(self, conn: psycopg.Connection[Any], shape: Shape, image: dict[str, Any],
+                  row: Row) -> str | None:
+        """The row's key as jsonb's text output writes it, or None where only PostgreSQL
+        can say."""
+        plan = shape.key_plan
+        if plan is None:
+            columns = self._keys.get(shape.relation.oid)
+            if columns is None:
+                columns = self._primary_key(conn, shape.relation)
+                self._keys[shape.relation.oid] = columns
+            plan = shape.key_plan = key_plan(shape, columns)
+        return key_text(plan, image, row)
 
     def _shape(self, conn: psycopg.Connection[Any], rel: Relation) -> Shape:
         shape = self._shapes.get(rel.oid)

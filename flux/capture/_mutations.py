@@ -7,9 +7,13 @@ primary key, its columns in collation order) and hands it in.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
+
+import orjson
 
 from flux.capture._pgjson import TypeCatalog
 from flux.capture._pgoutput import UNCHANGED, Begin, Relation, Row
@@ -17,7 +21,7 @@ from flux.capture._pgoutput import UNCHANGED, Begin, Relation, Row
 UNCHANGED_TOAST = "[unchanged TOAST value: not in the WAL]"
 
 
-@dataclass
+@dataclass(slots=True)
 class Change:
     relation: Relation
     op: str
@@ -42,7 +46,8 @@ class Shape:
     changed it — so that flux.changed_columns (jsonb key by key, sorted by the database's
     collation) runs only where Python cannot decide."""
 
-    __slots__ = ("all_columns", "converters", "deciders", "rank", "relation")
+    __slots__ = ("all_columns", "all_literal", "converters", "copy_relation", "deciders",
+                 "integers", "key_plan", "rank", "relation")
 
     def __init__(self, relation: Relation, types: TypeCatalog, collated: list[str]) -> None:
         self.relation = relation
@@ -50,6 +55,83 @@ class Shape:
         self.deciders = [(c.name, types.distinct(c.type_oid)) for c in relation.columns]
         self.all_columns = collated
         self.rank = {name: i for i, name in enumerate(collated)}
+        # For COPY (flux/capture/_consumer.py): the changed columns of an insert or delete,
+        # the relation's three columns, which columns are integers (their text is their
+        # jsonb text), and the key's rendering plan, filled in by the consumer.
+        self.all_literal = array_literal(collated)
+        self.copy_relation = (f"{relation.oid}\t{copy_text(relation.namespace or 'pg_catalog')}"
+                              f"\t{copy_text(relation.name)}")
+        self.integers = {c.name: types.get(c.type_oid).integer for c in relation.columns}
+        self.key_plan: KeyPlan | None = None
+
+
+NULL = "\\N"  # COPY's text format: NULL
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_ARRAY_PLAIN = re.compile(r"[^\s{}\",\\]+")
+
+
+def copy_text(value: str | None) -> str:
+    """A text value in COPY's text format."""
+    if value is None:
+        return NULL
+    if _COPY_SPECIAL.search(value) is None:
+        return value
+    return _COPY_SPECIAL.sub(lambda m: _COPY_ESCAPES[m.group()], value)
+
+
+def copy_json(value: Any) -> str:
+    """A JSON value in COPY's text format (orjson escapes every control character, so only
+    a backslash needs doubling)."""
+    text = orjson.dumps(value).decode()
+    return text.replace("\\", "\\\\") if "\\" in text else text
+
+
+def array_literal(items: list[str]) -> str:
+    """A text[] literal, in COPY's text format: an element quoted where array_in needs it."""
+    parts = []
+    for item in items:
+        if _ARRAY_PLAIN.fullmatch(item) and item.upper() != "NULL":
+            parts.append(item)
+        else:
+            parts.append('"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return copy_text("{" + ",".join(parts) + "}")
+
+
+KeyPlan = list[tuple[str, str, int, bool]]  # per key column: quoted name, name, position, integer
+
+
+def key_plan(shape: Shape, columns: list[str]) -> KeyPlan:
+    """How ``key_text`` renders a relation's key: its primary key ``columns`` (none: the
+    whole row, as triggers take it) in jsonb's key order — shorter first, then by bytes."""
+    positions = {c.name: i for i, c in enumerate(shape.relation.columns)}
+    names = sorted(columns or [c.name for c in shape.relation.columns],
+                   key=lambda n: (len(n.encode()), n.encode()))
+    return [(encode_basestring(n), n, positions.get(n, -1), shape.integers.get(n, False))
+            for n in names]
+
+
+def key_text(plan: KeyPlan, image: dict[str, Any], row: Row) -> str | None:
+    """A row's key as jsonb's text output writes it — what flux.record_id hashes — or None
+    where only PostgreSQL can say (a number that is not an integer, json, an array, a
+    composite). Strings are escaped as PostgreSQL's escape_json escapes them (json's
+    encode_basestring: the same short escapes, ``\\u00XX`` for other control characters,
+    everything else as it is)."""
+    parts = []
+    for quoted, name, position, integer in plan:
+        value = image.get(name)
+        if value is None:
+            text = "null"
+        elif integer and 0 <= position < len(row) and row[position].__class__ is bytes:
+            text = row[position].decode()  # type: ignore[union-attr]
+        elif value.__class__ is str:
+            text = encode_basestring(value)
+        elif value is True or value is False:
+            text = "true" if value else "false"
+        else:
+            return None
+        parts.append(f"{quoted}: {text}")
+    return "{" + ", ".join(parts) + "}"
 
 
 def image(shape: Shape, row: Row, old: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -47,14 +47,14 @@ Value = bytes | None | _Unchanged
 Row = tuple[Value, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Begin:
     final_lsn: int  # the LSN of the transaction's commit record
     commit_time: dt.datetime
     xid: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Commit:
     flags: int
     commit_lsn: int
@@ -92,13 +92,13 @@ class Type:
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Insert:
     relation_oid: int
     new: Row
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Update:
     relation_oid: int
     old: Row | None  # the old row (REPLICA IDENTITY FULL) or its key; None if not sent
@@ -106,7 +106,7 @@ class Update:
     new: Row
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Delete:
     relation_oid: int
     old: Row
@@ -120,7 +120,7 @@ class Truncate:
     restart_identity: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Message:
     transactional: bool
     lsn: int
@@ -279,6 +279,10 @@ def _fast_change(buf: bytes) -> Decoded:
     return message
 
 
+# The consumer's hot path: Insert, Update and Delete, straight to their decoder (errors
+# other than DecodeError are decode's to translate: call it again on those).
+decode_change = _fast_change
+
 _BEGIN = struct.Struct("!QqI")
 _COMMIT = struct.Struct("!BQQq")
 _MESSAGE = struct.Struct("!BQ")
@@ -396,7 +400,7 @@ def _decode(buf: bytes) -> Decoded:
 # -- the replication stream's frames --------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class XLogData:
     """A frame of WAL data: ``payload`` is one pgoutput message."""
 
@@ -405,7 +409,7 @@ class XLogData:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Keepalive:
     """The server's heartbeat: ``wal_end`` is how far it has read (and sent) the WAL."""
 

@@ -76,32 +76,53 @@ SELECT array_agg(c ORDER BY c) FROM unnest(%(names)s::text[]) AS c;
 -- name: primary_key
 SELECT flux.primary_key_columns(%(oid)s::oid::regclass);
 
--- name: apply
--- One batch of decoded changes; a change already applied (same commit LSN and position)
--- is skipped, so a batch read again after a crash changes nothing. The key also holds the
--- commit time, the partition key (sql/0009): read from the same WAL record on every
--- replay of a transaction, it is the same each time.
+-- name: copy_allowed
+-- COPY FROM refuses a table whose row-level security applies to the session.
+SELECT NOT row_security_active('flux.state_mutations'::regclass);
+
+-- name: copy_mutations
+-- One batch of decoded changes (flux/capture/_consumer.py writes the lines in this order).
+-- Exactly once: the consumer skips what flux.capture_state says is stored, and that row
+-- commits with the batch.
+COPY flux.state_mutations (
+    record_id, pk, op, old, new, changed_cols, span_id, lsn_seq, table_oid, table_schema,
+    table_name, request_id, actor, application_name, tenant, txid, committed_at, source, lsn)
+FROM STDIN
+
+-- name: create_stage
+-- The rows the server finishes (apply_stage), and every row where COPY may not write
+-- flux.state_mutations; emptied at each commit.
+CREATE TEMP TABLE IF NOT EXISTS flux_capture_stage (
+    record_id uuid, pk jsonb, op text, old jsonb, new jsonb, changed_cols text[],
+    span_id text, lsn_seq integer, table_oid oid, table_schema text, table_name text,
+    request_id uuid, actor text, application_name text, tenant text, txid bigint,
+    committed_at timestamptz, source text, lsn pg_lsn) ON COMMIT DELETE ROWS;
+
+-- name: copy_stage
+COPY pg_temp.flux_capture_stage (
+    record_id, pk, op, old, new, changed_cols, span_id, lsn_seq, table_oid, table_schema,
+    table_name, request_id, actor, application_name, tenant, txid, committed_at, source, lsn)
+FROM STDIN
+
+-- name: apply_stage
+-- The key's record id where the consumer could not render the key as jsonb does; the
+-- changed columns where only the values' jsonb can tell (json, arrays, composites).
 INSERT INTO flux.state_mutations (
     record_id, table_oid, table_schema, table_name, pk, op, old, new, changed_cols,
     request_id, span_id, actor, application_name, txid, committed_at, source, lsn, lsn_seq,
     tenant)
 SELECT CASE WHEN c.pk IS NULL THEN NULL
-            ELSE md5(c.table_oid::text || ':' || c.pk::text)::uuid END,
+            ELSE coalesce(c.record_id, md5(c.table_oid::text || ':' || c.pk::text)::uuid) END,
        c.table_oid, c.table_schema, c.table_name, c.pk, c.op, c.old, c.new,
-       -- The consumer lists the changed columns itself where a value's text can say so.
        CASE WHEN c.op = 'TRUNCATE' THEN '{}'
             ELSE coalesce(c.changed_cols, flux.changed_columns(c.old, c.new)) END,
        c.request_id, c.span_id, c.actor, c.application_name, c.txid, c.committed_at, 'wal',
-       c.lsn::pg_lsn, c.lsn_seq, c.tenant
-FROM jsonb_to_recordset(%(changes)s::jsonb) AS c(
-    table_oid oid, table_schema text, table_name text, pk jsonb, op text, old jsonb,
-    new jsonb, changed_cols text[], request_id uuid, span_id text, actor text,
-    application_name text, txid bigint, committed_at timestamptz, lsn text, lsn_seq integer,
-    tenant text)
+       c.lsn, c.lsn_seq, c.tenant
+FROM pg_temp.flux_capture_stage AS c
 -- A no-op UPDATE: the trigger's WHEN (OLD.* IS DISTINCT FROM NEW.*) skips it too (the
 -- consumer leaves out those it could tell).
 WHERE NOT (c.op = 'UPDATE' AND c.changed_cols IS NULL AND c.old = c.new)
-ON CONFLICT (lsn, lsn_seq, committed_at) WHERE source = 'wal' DO NOTHING;
+ORDER BY c.lsn, c.lsn_seq;
 
 -- name: save_progress
 -- Only into the row the consumer read at its start (created_at): a switch to WAL that

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from flux.capture import _consumer, _mode
 from flux.store._database import ensure_database
@@ -225,3 +226,34 @@ async def test_without_replication_connections_the_consumer_reads_through_sql(
     assert consumer.stream is False  # it tried, was refused, and fell back
     assert sum(by_wal.values()) == expected
     assert by_wal == by_trigger
+
+
+async def test_a_consumer_under_row_level_security_stages_and_stores_the_same(
+        tmp_path: Path, db: str, provider: FakeProvider) -> None:
+    """COPY cannot write a table whose row-level security applies to the session: a consumer
+    role that is neither superuser nor BYPASSRLS (flux_runtime with REPLICATION) copies
+    into its staging table and lets one INSERT … SELECT store the batch — the same rows."""
+    role = f"capture_bot_{os.getpid()}"
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN REPLICATION IN ROLE flux_runtime")
+    try:
+        bot = make_conninfo(db, user=role)
+        async with ledger(tmp_path, db, provider, both=True, consume=False) as app:
+            consumer = _consumer.Consumer(bot)
+            stop = threading.Event()
+            thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+            thread.start()
+            try:
+                expected = await load_ledger(app, 150)
+                await asyncio.to_thread(_consumer.wait_caught_up, db, 60)
+            finally:
+                stop.set()
+                await asyncio.to_thread(thread.join, 20)
+            by_trigger, by_wal = rows(db, "trigger"), rows(db, "wal")
+        assert consumer._copy_for is not None and consumer._copy_for[1] is False
+        assert sum(by_wal.values()) == expected
+        assert by_wal == by_trigger
+    finally:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")

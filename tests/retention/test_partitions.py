@@ -8,7 +8,6 @@ import shutil
 import uuid
 from pathlib import Path
 
-import orjson
 import psycopg
 
 from flux.store._migrate import migrate, migrations
@@ -71,19 +70,31 @@ def test_a_row_no_day_covers_is_caught_by_the_default_partition(conn: psycopg.Co
         == ("flux.state_mutations_default",)
 
 
-def test_wal_apply_stays_idempotent_on_the_partitioned_key(conn: psycopg.Connection) -> None:
-    """A batch the consumer (flux/_capture.py) reads again after a crash — same commit LSN,
-    position and commit time — inserts nothing the second time."""
+def test_wal_apply_lands_in_the_partition_of_its_commit_day(conn: psycopg.Connection) -> None:
+    """The consumer's rows (flux/capture/_consumer.py) — by COPY, or staged and finished by
+    the server — go to the partition of their commit's day."""
     ensure_partitions(conn)
+    q = load("capture")
     committed = dt.datetime.now(dt.UTC).isoformat()
-    change = {"table_oid": 1, "table_schema": "public", "table_name": "t", "pk": {"id": 1},
-              "op": "INSERT", "old": None, "new": {"id": 1}, "request_id": None,
-              "span_id": None, "actor": "x", "application_name": "", "txid": 7,
-              "committed_at": committed, "lsn": "0/16B3748", "lsn_seq": 1}
-    batch = orjson.dumps([change, {**change, "lsn_seq": 2}]).decode()
-    assert conn.execute(load("capture").apply, {"changes": batch}).rowcount == 2
-    assert conn.execute(load("capture").apply, {"changes": batch}).rowcount == 0
-    assert conn.execute("SELECT count(*) FROM flux.state_mutations").fetchone() == (2,)
+
+    def line(seq: int) -> str:  # the columns in copy_mutations' order
+        return "\t".join(["\\N", '{"id": 1}', "INSERT", "\\N", '{"id": 1}', "{id}", "s1",
+                          str(seq), "1", "public", "t", "\\N", "x", "\\N", "\\N", "7",
+                          committed, "wal", "0/16B3748"]) + "\n"
+
+    with conn.transaction():
+        conn.execute(q.create_stage)
+        with conn.cursor().copy(q.copy_stage) as copy:
+            copy.write(line(1))
+        assert conn.execute(q.apply_stage).rowcount == 1
+        with conn.cursor().copy(q.copy_mutations) as copy:
+            copy.write(line(2))
+    found = conn.execute("SELECT lsn_seq, record_id::text, tableoid::regclass::text "
+                         "FROM flux.state_mutations ORDER BY lsn_seq").fetchall()
+    day = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
+    assert [(s, p.endswith(day)) for s, _, p in found] == [(1, True), (2, True)]
+    assert found[0][1] == conn.execute(
+        "SELECT flux.record_id(1, '{\"id\": 1}')::text").fetchone()[0]
 
 
 def test_migration_0009_keeps_existing_rows_pins_and_ids(empty_db: str, tmp_path: Path
