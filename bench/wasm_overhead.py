@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'side':<7} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'non-200':>8} {'cpu/req':>9}")
     medians: dict[str, float] = {}
+    cpus: dict[str, float] = {}
     bad = 0
     for side in SIDES:
         mine = [r for r in rounds if r.side == side]
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         medians[side] = statistics.median(r.throughput for r in mine)
         cpu = statistics.median(r.per_request(r.app_cpu)
                                 for r in mine)
+        cpus[side] = cpu
         bad += sum(r.bad for r in mine)
         print(f"{side:<7} {len(latencies):>9} {medians[side]:>9.1f} "
               f"{percentile_ms(latencies, 0.5):>8.1f} {percentile_ms(latencies, 0.99):>8.1f} "
@@ -249,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     if mismatch:
         print(mismatch)
     ratio = medians["wasm"] / medians["python"] if medians["python"] else 0.0
+    if cpus["wasm"]:
+        # On a loaded machine the servers starve and throughput says little; on a quiet one
+        # they are CPU-bound and this is about what the throughput ratio comes to.
+        print(f"python/wasm CPU per request: {cpus['python'] / cpus['wasm']:.3f}")
     print(f"wasm/python throughput: {ratio:.3f}")
     print(f"ratio: {ratio:.2f}")
     return 0 if records_ok and not bad and not mismatch else 1

@@ -1,10 +1,10 @@
 """The queue worker: runs the jobs of ``flux.jobs``, each attempt as one recorded execution.
 
-A worker claims one job at a time per free slot (``[queue] concurrency``, default 4) with
-``FOR UPDATE SKIP LOCKED``, so any number of workers in any number of processes share one
-table and never run a job twice at once. The claim — status ``running``, a lease
-(``locked_until``), ``attempts + 1`` and the attempt's request id — commits before the job
-runs. Then:
+A worker fills its free slots (``[queue] concurrency``, default 4) with one statement that
+claims as many due jobs as there are free slots, with ``FOR UPDATE SKIP LOCKED``, so any
+number of workers in any number of processes share one table and never run a job twice at
+once. The claim — status ``running``, a lease (``locked_until``), ``attempts + 1`` and the
+attempt's request id — commits before the jobs run. Then:
 
 - the job's function runs as an execution of kind ``job`` (``cron`` for a cron tick) whose
   ``parent_id`` is the execution that pushed the job, so ``flux why`` on any attempt leads
@@ -17,8 +17,15 @@ runs. Then:
   (``visibility_timeout``, at least the function's timeout) another worker claims it again
   as a new attempt.
 
-Delivery is at least once: the execution commits its data and record, then the job is
-marked in a second transaction; a crash in between runs the job again.
+A job's success is a fact once its execution commits: the record (status ``ok``, keyed by the
+attempt's request id, which the job row names) commits with the data it wrote. Marking the
+job ``done`` is bookkeeping that follows, so the worker does it in batches: the successes
+since its last claim ride along in its next claim statement (``sql/queries/jobs.sql``), and
+what is left when it stops goes in one last statement. A worker that dies between the
+commit and the mark leaves the job ``running``; when its lease runs out, the next claim sees
+the attempt's ``ok`` record and marks the job done instead of running it again. A job's
+effects are therefore exactly-once across a crash; an attempt that failed, or died before
+it committed, runs again (its rolled-back work is kept in its record).
 
 ``flux.toml``::
 
@@ -40,6 +47,7 @@ import os
 import random
 import signal
 import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -133,7 +141,10 @@ class Worker:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
+        self._busy = 0  # slots taken: an attempt frees its slot before its task ends
+        self._done: list[tuple[uuid.UUID, uuid.UUID]] = []  # successes not yet marked done
         self._q = load("jobs")
+        self._claims: dict[int, str] = {}  # the claim statement per batch size
 
     def wake(self) -> None:
         """Look for work now rather than at the next poll."""
@@ -145,44 +156,43 @@ class Worker:
 
     async def run(self) -> None:
         """Claim and run jobs until ``stop()``; then let the jobs in flight finish."""
-        slots = asyncio.Semaphore(max(1, self.config.concurrency))
+        slots = max(1, self.config.concurrency)
         try:
             while not self._stop.is_set():
-                await slots.acquire()
-                if self._stop.is_set():
-                    slots.release()
-                    break
-                try:
-                    job = await self.claim()
-                except (DatabaseError, Overloaded, psycopg.OperationalError) as exc:
-                    # The database restarting must not end the worker; the runtime logs
-                    # an outage once, so only other refusals are worth a line here.
-                    if not isinstance(exc, DatabaseUnavailable):
-                        log.warning("claiming a job failed: %s", first_line(exc))
-                    job = None
-                except Exception:
-                    log.exception("claiming a job failed")
-                    job = None
-                if job is None:
-                    slots.release()
-                    await self._idle()
-                    continue
-                task = asyncio.create_task(self._attempt(job, slots))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                self._wake.clear()
+                free = slots - self._busy
+                jobs: list[Claimed] = []
+                if free > 0:
+                    try:
+                        jobs = await self.claim_many(free)
+                    except (DatabaseError, Overloaded, psycopg.OperationalError) as exc:
+                        # The database restarting must not end the worker; the runtime logs
+                        # an outage once, so only other refusals are worth a line here.
+                        if not isinstance(exc, DatabaseUnavailable):
+                            log.warning("claiming a job failed: %s", first_line(exc))
+                    except Exception:
+                        log.exception("claiming a job failed")
+                for job in jobs:
+                    self._busy += 1
+                    task = asyncio.create_task(self._attempt(job))
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
+                if free > 0 and len(jobs) == free:
+                    continue  # every slot is taken; the next claim waits for a free one
+                await self._idle()
         finally:
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
+            await self._flush()
 
     async def _idle(self) -> None:
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.poll_interval):
                 await self._wake.wait()
 
-    async def _attempt(self, job: Claimed, slots: asyncio.Semaphore) -> None:
+    async def _attempt(self, job: Claimed) -> None:
         try:
-            await self.run_job(job)
+            await self.run_job(job, defer_done=True)
         except (DatabaseError, Overloaded, psycopg.OperationalError) as exc:
             # Its execution was not recorded, or the job could not be settled: the job stays
             # claimed and runs again once its lease runs out (at least once, as always).
@@ -191,7 +201,7 @@ class Worker:
         except Exception:
             log.exception("job %s (%s) failed outside its execution", job.id, job.function)
         finally:
-            slots.release()
+            self._busy -= 1
             self._wake.set()  # a slot is free: look for the next job at once
 
     def _lease(self) -> dt.timedelta:
@@ -200,22 +210,41 @@ class Worker:
 
     async def claim(self) -> Claimed | None:
         """Claim the next due job (or one whose lease ran out), committed before it runs."""
-        request_id = str(new_request_id())
-        async with self.runtime.connection() as conn, conn.transaction():
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(self._q.claim, {"lease": self._lease(), "worker": self.name,
-                                              "request_id": request_id})
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        return Claimed(id=str(row["id"]), function=row["function"], payload=row["payload"],
-                       kind=row["kind"], attempt=row["attempts"],
-                       max_attempts=row["max_attempts"],
-                       parent_id=str(row["parent_id"]) if row["parent_id"] else None,
-                       request_id=request_id, tenant=row["tenant"])
+        jobs = await self.claim_many(1)
+        return jobs[0] if jobs else None
 
-    async def run_job(self, job: Claimed) -> str:
-        """Run one claimed attempt and settle the job; returns its new status."""
+    async def claim_many(self, limit: int) -> list[Claimed]:
+        """Claim up to ``limit`` due jobs in one statement, committed before they run; the
+        successes not yet marked done are marked in the same statement."""
+        done, self._done = self._done, []
+        params = {"lease": self._lease(), "worker": self.name,
+                  "request_ids": [new_request_id() for _ in range(limit)],
+                  "done_ids": [d[0] for d in done], "done_requests": [d[1] for d in done]}
+        try:
+            async with self.runtime.connection() as conn:
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(self._claim_text(limit), params)
+                rows = await cur.fetchall()
+        except BaseException:
+            self._done[:0] = done  # not marked: they go with the next claim
+            raise
+        return [Claimed(id=str(row["id"]), function=row["function"], payload=row["payload"],
+                        kind=row["kind"], attempt=row["attempts"],
+                        max_attempts=row["max_attempts"],
+                        parent_id=str(row["parent_id"]) if row["parent_id"] else None,
+                        request_id=str(row["request_id"]), tenant=row["tenant"])
+                for row in rows]
+
+    def _claim_text(self, limit: int) -> str:
+        text = self._claims.get(limit)
+        if text is None:
+            text = self._claims[limit] = self._q.claim.replace("{limit}", str(int(limit)))
+        return text
+
+    async def run_job(self, job: Claimed, *, defer_done: bool = False) -> str:
+        """Run one claimed attempt and settle the job; returns its new status. With
+        ``defer_done`` a success is marked done by the worker's next claim (or when it
+        stops) rather than in a round trip of its own."""
 
         spec = self.runtime.registry.by_name.get(job.function)
         if spec is None:
@@ -228,7 +257,10 @@ class Worker:
             request_id=job.request_id, spec=spec, input=job.payload, kind=job.kind,
             method=None, route=spec.route, parent_id=job.parent_id, tenant=job.tenant))
         if outcome.status == "ok":
-            await self._settle("mark_done", job)
+            if defer_done:
+                self._done.append((uuid.UUID(job.id), uuid.UUID(job.request_id)))
+            else:
+                await self._settle("mark_done", job)
             return "done"
         error = {**(outcome.error or {}), "request_id": job.request_id}
         if job.attempt < job.max_attempts:
@@ -242,12 +274,27 @@ class Worker:
     async def _settle(self, query: str, job: Claimed, **params: Any) -> None:
         if "error" in params:
             params["error"] = Jsonb(params["error"])
-        async with self.runtime.connection(patience=self.runtime.pool_timeout) as conn, \
-                conn.transaction():
-            # last_request_id guards against a worker whose lease ran out settling a job
-            # another worker has claimed since.
+        # One statement on an autocommit connection: its own transaction, one round trip.
+        # last_request_id guards against a worker whose lease ran out settling a job
+        # another worker has claimed since.
+        async with self.runtime.connection(patience=self.runtime.pool_timeout) as conn:
             await conn.execute(getattr(self._q, query),
                                {"id": job.id, "request_id": job.request_id, **params})
+
+    async def _flush(self) -> None:
+        """Mark the successes not yet marked done (when the worker stops). If the database
+        refuses, their jobs are marked by the first claim after their leases run out."""
+        done, self._done = self._done, []
+        if not done:
+            return
+        try:
+            async with self.runtime.connection(patience=self.runtime.pool_timeout) as conn:
+                await conn.execute(self._q.settle_done,
+                                   {"done_ids": [d[0] for d in done],
+                                    "done_requests": [d[1] for d in done]})
+        except Exception as exc:
+            log.warning("%d finished jobs stay running until their leases run out: %s",
+                        len(done), first_line(exc))
 
     async def drain(self, *, timeout: float = 30.0) -> int:
         """Run due jobs one after another until none is due; returns how many ran (tests,

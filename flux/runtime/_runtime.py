@@ -240,9 +240,14 @@ class Runtime:
         deadline = loop.time() + self.pool_timeout
         for attempt in (1, 2):
             try:
-                async with self.connection(patience=max(0.0, deadline - loop.time())) as conn, \
-                        conn.transaction():
-                    await store(conn, record)
+                async with self.connection(patience=max(0.0, deadline - loop.time())) as conn:
+                    if record.signature is None and not record.mutations:
+                        # One INSERT on an autocommit connection is its own transaction:
+                        # one round trip instead of BEGIN, INSERT, COMMIT (a job's record).
+                        await store(conn, record)
+                    else:
+                        async with conn.transaction():
+                            await store(conn, record)
                 return
             except DatabaseUnavailable:
                 # Once more if the server answers again (the connection had gone stale

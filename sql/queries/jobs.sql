@@ -2,37 +2,82 @@
 -- flux/jobs/_queue.py).
 
 -- name: claim
--- One job for this worker: first a job whose lease ran out (its worker died), else the
--- oldest due queued job. Both skip rows another worker holds, and the claim (running,
--- lease, attempt + 1, the attempt's request id) commits before the job runs.
-WITH expired AS (
-    SELECT id FROM flux.jobs
+-- Up to {limit} jobs for this worker, in one statement (autocommit: it is its own
+-- transaction, one round trip): first jobs whose lease ran out (their worker died), then
+-- the oldest due queued jobs. Both skip rows another worker holds, and the claims (running,
+-- lease, attempt + 1, the attempt's request id — the n-th of %(request_ids)s) commit before
+-- the jobs run. {limit} is replaced by an integer the worker formats (flux/jobs/_worker.py),
+-- one text per batch size, so that PostgreSQL settles on a generic plan of each prepared
+-- statement rather than planning it again at every claim (a LIMIT given as a parameter
+-- makes the generic plan look dearer than it is). The same statement settles:
+-- - %(done_ids)s / %(done_requests)s: this worker's jobs whose attempts recorded success
+--   since its last claim (the worker marks them done here rather than in a round trip
+--   each — flux/jobs/_worker.py);
+-- - jobs whose lease ran out after their attempt recorded success (the worker died between
+--   the execution's commit and marking the job): done, never run again. A success's
+--   record commits with its data, so "done" is a fact in flux.trace_requests before it is
+--   one in flux.jobs — that makes a job's effects exactly-once across a worker's crash.
+WITH settled AS (
+    UPDATE flux.jobs j
+    SET status = 'done', locked_until = NULL, locked_by = NULL, last_error = NULL,
+        updated_at = now()
+    FROM unnest(%(done_ids)s::uuid[], %(done_requests)s::uuid[]) AS d (id, request_id)
+    WHERE j.id = d.id AND j.last_request_id = d.request_id
+), recorded AS (
+    SELECT id FROM flux.jobs j
     WHERE status = 'running' AND locked_until < now()
+      AND id <> ALL (%(done_ids)s::uuid[])
+      AND EXISTS (SELECT FROM flux.trace_requests r
+                  WHERE r.request_id = j.last_request_id AND r.status = 'ok')
+    FOR UPDATE SKIP LOCKED
+), finished AS (
+    UPDATE flux.jobs j
+    SET status = 'done', locked_until = NULL, locked_by = NULL, last_error = NULL,
+        updated_at = now()
+    FROM recorded
+    WHERE j.id = recorded.id
+), expired AS (
+    SELECT id FROM flux.jobs j
+    WHERE status = 'running' AND locked_until < now()
+      AND id <> ALL (%(done_ids)s::uuid[])
+      AND NOT EXISTS (SELECT FROM flux.trace_requests r
+                      WHERE r.request_id = j.last_request_id AND r.status = 'ok')
     ORDER BY locked_until
-    LIMIT 1
+    LIMIT {limit}
     FOR UPDATE SKIP LOCKED
 ), ready AS (
     SELECT id FROM flux.jobs
     WHERE status = 'queued' AND run_at <= now()
     ORDER BY run_at
-    LIMIT 1
+    LIMIT {limit}
     FOR UPDATE SKIP LOCKED
 ), pick AS (
-    (SELECT id FROM expired UNION ALL SELECT id FROM ready) LIMIT 1
+    SELECT id, row_number() OVER () AS n
+    FROM ((SELECT id FROM expired) UNION ALL (SELECT id FROM ready) LIMIT {limit}) AS p
 ), claimed AS (
     UPDATE flux.jobs j
     SET status = 'running', attempts = j.attempts + 1,
         locked_until = now() + %(lease)s, locked_by = %(worker)s,
-        last_request_id = %(request_id)s, updated_at = now()
+        last_request_id = (%(request_ids)s::uuid[])[pick.n], updated_at = now()
     FROM pick
     WHERE j.id = pick.id
     RETURNING j.id, j.function, j.payload, j.kind, j.attempts, j.max_attempts, j.parent_id,
-              j.tenant
+              j.tenant, j.last_request_id
 ), attempt AS (
     INSERT INTO flux.job_attempts (job_id, attempt, request_id, worker)
-    SELECT id, attempts, %(request_id)s, %(worker)s FROM claimed
+    SELECT id, attempts, last_request_id, %(worker)s FROM claimed
 )
-SELECT id, function, payload, kind, attempts, max_attempts, parent_id, tenant FROM claimed;
+SELECT id, function, payload, kind, attempts, max_attempts, parent_id, tenant,
+       last_request_id AS request_id
+FROM claimed;
+
+-- name: settle_done
+-- The successes of this worker not yet marked, when it stops (see claim).
+UPDATE flux.jobs j
+SET status = 'done', locked_until = NULL, locked_by = NULL, last_error = NULL,
+    updated_at = now()
+FROM unnest(%(done_ids)s::uuid[], %(done_requests)s::uuid[]) AS d (id, request_id)
+WHERE j.id = d.id AND j.last_request_id = d.request_id;
 
 -- name: mark_done
 UPDATE flux.jobs

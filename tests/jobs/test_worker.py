@@ -243,3 +243,58 @@ async def test_a_job_execution_replays_from_its_tape(shop) -> None:
     assert facts["passed"] and facts["replayed"]["output"] == {
         "sent_to": "replayjob@example.com"}
     assert shop.provider.emails == emails  # the email was not sent again
+
+
+async def test_one_claim_takes_a_batch_and_marks_the_previous_successes_done(jobs_app) -> None:
+    query(jobs_app.db, "INSERT INTO flux.jobs (id, function, payload) "
+                       "SELECT gen_random_uuid(), 'noop', jsonb_build_object('i', i) "
+                       "FROM generate_series(1, 5) AS i")
+    worker = Worker(jobs_app.runtime, FAST, name="batch")
+    first = await worker.claim_many(3)
+    assert len(first) == 3 and len({j.request_id for j in first}) == 3
+    for job in first:  # as the run loop does: successes wait for the next claim
+        assert await worker.run_job(job, defer_done=True) == "done"
+    statuses = query(jobs_app.db, "SELECT status, count(*) AS n FROM flux.jobs GROUP BY 1")
+    assert {r["status"]: r["n"] for r in statuses} == {"running": 3, "queued": 2}
+    second = await worker.claim_many(3)  # the two left, and the three successes marked
+    assert len(second) == 2
+    statuses = query(jobs_app.db, "SELECT status, count(*) AS n FROM flux.jobs GROUP BY 1")
+    assert {r["status"]: r["n"] for r in statuses} == {"done": 3, "running": 2}
+    attempts = query(jobs_app.db, "SELECT a.request_id, j.last_request_id FROM "
+                                  "flux.job_attempts a JOIN flux.jobs j ON j.id = a.job_id")
+    assert sorted(str(a["request_id"]) for a in attempts) == \
+        sorted(j.request_id for j in first + second)
+    assert all(a["request_id"] == a["last_request_id"] for a in attempts)
+
+
+async def test_a_success_not_yet_marked_when_its_worker_died_is_done_not_run_again(
+        jobs_app) -> None:
+    _, _, request_id = await jobs_app.post("enqueue", {"payload": {"n": 1}})
+    worker = Worker(jobs_app.runtime, FAST)
+    job = await worker.claim()
+    assert job is not None and await worker.run_job(job, defer_done=True) == "done"
+    # The worker dies here: its execution committed (record ok), the job is still running.
+    assert query(jobs_app.db, "SELECT status FROM flux.jobs")[0]["status"] == "running"
+    query(jobs_app.db, "UPDATE flux.jobs SET locked_until = now() - interval '1 second'")
+    other = Worker(jobs_app.runtime, FAST, name="after")
+    assert await other.claim() is None  # nothing to run: the lost success is marked
+    [row] = query(jobs_app.db, "SELECT status, attempts, last_request_id FROM flux.jobs")
+    assert (row["status"], row["attempts"], str(row["last_request_id"])) == \
+        ("done", 1, job.request_id)
+    assert [(r["kind"], r["status"]) for r in _executions(jobs_app.db, request_id)] == \
+        [("job", "ok")]
+
+
+async def test_a_stopping_worker_marks_its_last_successes_done(jobs_app) -> None:
+    query(jobs_app.db, "INSERT INTO flux.jobs (id, function) "
+                       "SELECT gen_random_uuid(), 'noop' FROM generate_series(1, 3)")
+    worker = Worker(jobs_app.runtime, FAST)
+    task = asyncio.create_task(worker.run())
+    async with asyncio.timeout(20):
+        while query(jobs_app.db, "SELECT count(*) AS n FROM flux.trace_requests "
+                                 "WHERE kind = 'job' AND status = 'ok'")[0]["n"] < 3:
+            await asyncio.sleep(0.02)
+    worker.stop()
+    await task
+    assert query(jobs_app.db, "SELECT count(*) AS n FROM flux.jobs "
+                              "WHERE status = 'done'")[0]["n"] == 3

@@ -6,7 +6,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import wasmtime
+
 from flux.runtime._loader import Registry, function_file, load_all, load_file
+from flux.runtime.wasm._host import call_guest
 from flux.runtime.wasm._runner import shared_engine
 from tests.runtime.test_serve import free_port, post
 from tests.wasm.conftest import MODULES
@@ -113,3 +116,28 @@ def test_dev_reloads_a_wasm_function_when_it_or_its_sidecar_changes(
     echo.write_text("(module (func $oops (i32.nope)))")
     assert "does not compile" in dev.wait_for("echo.wat:")
     assert post(f"{url}/say", {"a": 4})[0] == 200  # the last good version keeps serving
+
+
+def test_modules_with_the_abi_types_take_the_direct_call_path(tmp_path: Path) -> None:
+    """alloc (i32) -> i32 and handle (i32, i32) -> i64 are called without wasmtime-py's
+    per-call type lookups; any other types go through Func.__call__ (and its checks)."""
+    engine = shared_engine()
+    body = ('(memory (export "memory") 1) '
+            '(func (export "alloc") (param i32) (result i32) (i32.add (local.get 0) '
+            '(i32.const 100)))')
+    exact = tmp_path / "exact.wat"
+    exact.write_text(f'(module {body} (func (export "handle") (param i32 i32) (result i64) '
+                     '(i64.const 7)))')
+    other = tmp_path / "other.wat"
+    other.write_text(f'(module {body} (func (export "handle") (param i32 i32) (result i32) '
+                     '(i32.const 7)))')
+    fast, slow = engine.compile(exact), engine.compile(other)
+    assert fast.fast and not slow.fast
+    for compiled in (fast, slow):
+        store = wasmtime.Store(engine.engine)
+        store.set_epoch_deadline(1000)
+        exports = compiled.pre.instantiate(store).exports(store)
+        alloc, handle = exports["alloc"], exports["handle"]
+        assert isinstance(alloc, wasmtime.Func) and isinstance(handle, wasmtime.Func)
+        assert call_guest(store, alloc, compiled.fast, 5) == 105 == alloc(store, 5)
+        assert call_guest(store, handle, compiled.fast, 1, 2) == 7

@@ -44,6 +44,8 @@ from flux.runtime._recorder import CallSite
 from flux.runtime.wasm._host import (
     SIGNATURES,
     GuestCall,
+    abi_types,
+    call_guest,
     current_call,
     define_imports,
     read,
@@ -72,6 +74,7 @@ class Compiled:
     digest: str
     pre: wasmtime.InstancePre
     source: SourceMap  # function lines (.wat), local declaration sizes
+    fast: bool = False  # alloc and handle have the ABI's exact types (host.call_guest)
 
 
 class WasmEngine:
@@ -116,7 +119,7 @@ class WasmEngine:
             pre = self.linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:
             raise WasmError(f"cannot be linked: {_first_line(exc)}") from exc
-        compiled = Compiled(digest, pre, source_map(binary, text))
+        compiled = Compiled(digest, pre, source_map(binary, text), abi_types(module))
         with self._lock:
             self._cache[digest] = compiled
             while len(self._cache) > CACHE_SIZE:
@@ -255,7 +258,7 @@ class WasmFunction:
             memory, alloc, handle = exports["memory"], exports["alloc"], exports["handle"]
             assert isinstance(memory, wasmtime.Memory)
             assert isinstance(alloc, wasmtime.Func) and isinstance(handle, wasmtime.Func)
-            call = GuestCall(ctx, self.name, store, memory, alloc)
+            call = GuestCall(ctx, self.name, store, memory, alloc, fast=self.compiled.fast)
             holder.append(call)
             token = current_call().set(call)
             try:
@@ -271,7 +274,7 @@ class WasmFunction:
         output = b""
         try:
             ptr, length = unpack(write(store, call, orjson.dumps(input), "the input"))
-            packed = handle(store, ptr, length)
+            packed = call_guest(store, handle, call.fast, ptr, length)
             if call.failure is None:
                 ptr, length = unpack(packed)
                 output = read(store, call.memory, ptr, length, "handle's result")
