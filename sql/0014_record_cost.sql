@@ -2,7 +2,7 @@
 --
 -- A record is a few KB of jsonb (a typical request's: 2–4 KB). Past 2 KB (the default
 -- toast_tuple_target) every INSERT first compresses the row's largest columns with pglz —
--- measured as about a third of the record INSERT's server CPU, on the request path of
+-- measured as a sixth to a third of the record INSERT's server CPU, on the request path of
 -- every execution. Records are written once and read rarely, so they are stored as they
 -- come, uncompressed, up to a page (8160 bytes is the largest target PostgreSQL accepts);
 -- larger records are still compressed and moved out of line as before. The cost is disk:
