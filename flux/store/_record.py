@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
 from flux.store._queries import load
@@ -111,9 +111,10 @@ def _template(query: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def _literal(value: Any) -> str:
     """A record parameter as an SQL literal, typed as psycopg's client-side binding types
-    it. Text goes dollar-quoted — read as is, no escaping to do or undo — unless it holds
-    the tag, when it takes the E'' form (backslashes and quotes doubled), which reads the
-    same whatever standard_conforming_strings says."""
+    it (by psycopg itself for a type a record rarely holds). Text goes dollar-quoted — read
+    as is, no escaping to do or undo — unless it holds the tag, when it takes the E'' form
+    (backslashes and quotes doubled), which reads the same whatever
+    standard_conforming_strings says."""
     if value is None:
         return "NULL"
     if isinstance(value, bool):
@@ -129,8 +130,8 @@ def _literal(value: Any) -> str:
         text, cast = value.isoformat(), "::timestamptz"
     elif isinstance(value, float):
         text, cast = repr(value), "::float8"
-    else:
-        raise TypeError(f"a record parameter of type {type(value).__name__}")
+    else:  # a uuid.UUID read back from a record (a replay's parent), anything else
+        return sql.Literal(value).as_string(None)
     # ...and the tag cannot begin inside the text's end: no "$" among its last 5 characters.
     if _TAG not in text and "$" not in text[-5:]:
         return f"{_TAG}{text}{_TAG}{cast}"

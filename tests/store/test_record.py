@@ -5,6 +5,7 @@ stored uncompressed up to a page (sql/0014)."""
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import uuid
 
 import psycopg
@@ -60,9 +61,11 @@ def test_bind_turns_nul_into_the_replacement_character(conn: psycopg.Connection)
     assert conn.execute(query).fetchone() == ("a\ufffdb", {"v": "a\ufffdb"})
 
 
-def test_bind_refuses_a_type_a_record_never_holds() -> None:
-    with pytest.raises(TypeError, match="bytes"):
-        bind("SELECT %(x)s", {"x": b"raw"})
+def test_bind_quotes_other_types_as_psycopg_does(conn: psycopg.Connection) -> None:
+    # a replay's or resume's parent id is the uuid.UUID read back from its record
+    parent = uuid.UUID("01f00000-0000-7000-8000-0000000000aa")
+    query = bind("SELECT %(u)s, %(d)s", {"u": parent, "d": decimal.Decimal("1.50")})
+    assert conn.execute(query).fetchone() == (parent, decimal.Decimal("1.50"))
 
 
 def test_record_partitions_keep_rows_uncompressed_up_to_a_page(conn: psycopg.Connection) -> None:
@@ -73,7 +76,8 @@ def test_record_partitions_keep_rows_uncompressed_up_to_a_page(conn: psycopg.Con
     assert made == (True, True)
     options = dict(
         conn.execute(
-            "SELECT c.relname, c.reloptions FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            "SELECT c.relname, c.reloptions FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid"
             " WHERE i.inhparent IN ('flux.trace_requests'::regclass,"
             " 'flux.state_mutations'::regclass)"
         ).fetchall()
