@@ -179,10 +179,34 @@ class RedactionPolicy:
         here is exactly what reaches the store.
         """
         pattern = _secret_pattern(secrets)
-        redacted = self.redact_body(body)
-        if pattern is None and _plain_json(redacted):
-            return self.cap(redacted)  # nothing to scrub, nothing to convert
-        return self.cap(self._scrub(redacted, pattern))
+        if pattern is None:
+            # One walk redacts and tells whether the copy is plain JSON (then scrubbing
+            # without secrets would change nothing): this runs for every recorded body.
+            redacted, plain = self._redact_plain(body, 0)
+            return self.cap(redacted if plain else self._scrub(redacted, None))
+        return self.cap(self._scrub(self.redact_body(body), pattern))
+
+    def _redact_plain(self, body: Any, depth: int) -> tuple[Any, bool]:
+        """``redact_body(body)`` and ``_plain_json`` of the result, in one walk."""
+        if body is None or isinstance(body, str | bool | int | float):
+            return body, True
+        if isinstance(body, dict):
+            out: dict[Any, Any] = {}
+            plain = depth <= 64
+            for k, v in body.items():
+                if isinstance(k, str):
+                    if k.lower() in self.fields:
+                        out[k] = self._hide(v)  # a marker: text
+                        continue
+                else:
+                    plain = False
+                out[k], ok = self._redact_plain(v, depth + 1)
+                plain = plain and ok
+            return out, plain
+        if isinstance(body, list | tuple):
+            items = [self._redact_plain(v, depth + 1) for v in body]
+            return [v for v, _ in items], depth <= 64 and all(ok for _, ok in items)
+        return body, False
 
     def _sensitive(self, key: Any) -> bool:
         return isinstance(key, str) and key.lower() in self.fields
@@ -301,6 +325,8 @@ def _load_key(state_dir: Path) -> bytes:
 
 
 def _secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    if not secrets:  # the common case: an execution that read no secret
+        return None
     usable = frozenset(s for s in secrets if len(s) >= MIN_SECRET_CHARS)
     return _compiled(usable) if usable else None
 

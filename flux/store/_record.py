@@ -8,6 +8,7 @@ attempted copied back in, marked ``rolled_back``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
 from flux.store._queries import load
@@ -98,6 +99,63 @@ def _jsonb(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value, dumps=_dumps)
 
 
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+@functools.lru_cache(maxsize=16)
+def _template(query: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A query's text around its ``%(name)s`` placeholders, and the names, in order."""
+    parts = _NAMED.split(query)
+    return tuple(p.replace("%%", "%") for p in parts[0::2]), tuple(parts[1::2])
+
+
+def _literal(value: Any) -> str:
+    """A record parameter as an SQL literal, typed as psycopg's client-side binding types
+    it (by psycopg itself for a type a record rarely holds). Text goes dollar-quoted — read
+    as is, no escaping to do or undo — unless it holds the tag, when it takes the E'' form
+    (backslashes and quotes doubled), which reads the same whatever
+    standard_conforming_strings says."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    cast = ""
+    if isinstance(value, Jsonb):
+        text, cast = _dumps(value.obj).decode("utf-8"), "::jsonb"
+    elif isinstance(value, str):
+        text = value.replace("\x00", "\ufffd")  # text has no NUL (nor does libpq's query)
+    elif isinstance(value, dt.datetime):
+        text, cast = value.isoformat(), "::timestamptz"
+    elif isinstance(value, float):
+        text, cast = repr(value), "::float8"
+    else:  # a uuid.UUID read back from a record (a replay's parent), anything else
+        return sql.Literal(value).as_string(None)
+    # ...and the tag cannot begin inside the text's end: no "$" among its last 5 characters.
+    if _TAG not in text and "$" not in text[-5:]:
+        return f"{_TAG}{text}{_TAG}{cast}"
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'" + cast
+
+
+_TAG = "$flux$"
+
+
+def bind(query: str, params: dict[str, Any], encoding: str = "utf-8") -> bytes:
+    """``query`` with the record's parameters inlined, ready to send as one simple query.
+
+    This is client-side binding, as psycopg's ``ClientCursor`` does, for the few types a
+    record holds (text, numbers, booleans, timestamps, jsonb): psycopg adapts each of the
+    record's 25 parameters through its generic machinery, which measured several times the
+    cost of serialising the record itself (docs/decisions.md, "What recording costs")."""
+    literals, names = _template(query)
+    out = [literals[0]]
+    for name, literal in zip(names, literals[1:], strict=True):
+        out.append(_literal(params[name]))
+        out.append(literal)
+    return "".join(out).encode(encoding, "replace")
+
+
 async def store(conn: AsyncConnection[Any], record: ExecutionRecord) -> None:
     """Insert the record (and a failed execution's rolled-back mutations) on ``conn``
     inside its current transaction; the caller commits."""
@@ -124,12 +182,12 @@ async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
     q = load("execution")
     params = {**record.params(), "statements": _jsonb(statements)}
     if not record.sampled and record.kind == "http":
-        async with psycopg.AsyncClientCursor(conn) as cur:
-            await cur.execute(f"{q.insert_outline}; {q.end_execution}; {q.commit}", params)
+        text = f"{q.insert_outline}; {q.end_execution}; {q.commit}"
+        await conn.execute(bind(text, params, conn.info.encoding), prepare=False)
         return
     if record.signature is None and not record.mutations:
-        async with psycopg.AsyncClientCursor(conn) as cur:
-            await cur.execute(f"{q.end_execution}; {q.insert_record}; {q.commit}", params)
+        text = f"{q.end_execution}; {q.insert_record}; {q.commit}"
+        await conn.execute(bind(text, params, conn.info.encoding), prepare=False)
         return
     await conn.execute(q.end_execution, params)
     await store(conn, record)

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flux._errors import ConfigError
-from flux.runtime._redact import RedactionPolicy, load_policy
+from flux.runtime._redact import RedactionPolicy, _plain_json, load_policy
 
 POLICY = RedactionPolicy(key=b"test-key")
 
@@ -164,6 +164,40 @@ def test_prepare_never_raises_and_is_idempotent(body: object, secrets: list[str]
     dump(once).encode("utf-8")
     if not secrets:
         assert dump(POLICY.prepare(once)) == dump(once)
+
+
+def odd_values() -> st.SearchStrategy[object]:
+    """JSON and what handlers also hand over: tuples, non-text keys, dates, bytes, sets."""
+    scalars = (st.none() | st.booleans() | st.integers() | st.text(max_size=5)
+               | st.floats(allow_nan=False) | st.binary(max_size=4) | st.dates())
+    keys = st.text(max_size=5) | st.sampled_from(sorted(POLICY.fields)) | st.integers()
+    return st.recursive(scalars, lambda children: (
+        st.lists(children, max_size=4) | st.tuples(children, children)
+        | st.dictionaries(keys, children, max_size=4)), max_leaves=20)
+
+
+def nested(depth: int) -> object:
+    value: object = {"password": "x", "k": [1, (2, 3)]}
+    for _ in range(depth):
+        value = {"a": [value]}
+    return value
+
+
+@given(odd_values())
+def test_prepare_without_secrets_is_redact_then_scrub_in_one_walk(body: object) -> None:
+    # prepare's one-walk path against its definition: redact, then scrub unless plain
+    redacted = POLICY.redact_body(body)
+    expected = redacted if _plain_json(redacted) else POLICY._scrub(redacted, None)
+    assert POLICY.prepare(body) == POLICY.cap(expected)
+    assert POLICY.prepare(body, set()) == POLICY.cap(expected)
+
+
+@pytest.mark.parametrize("depth", [30, 31, 32, 33, 34, 70])
+def test_prepare_one_walk_agrees_at_the_depth_limit(depth: int) -> None:
+    body = nested(depth)
+    redacted = POLICY.redact_body(body)
+    expected = redacted if _plain_json(redacted) else POLICY._scrub(redacted, None)
+    assert POLICY.prepare(body) == POLICY.cap(expected)
 
 
 @given(st.text(string.ascii_letters + string.digits, min_size=8, max_size=20), st.data())
