@@ -128,9 +128,9 @@ def _events(name: str, *, mode: str) -> ServeEvents:
                  "token": "needs Authorization: Bearer $FLUX_ADMIN_TOKEN",
                  "closed": "closed (set FLUX_ADMIN_TOKEN to open it)"}[info.admin]
         out.print(f"  [dim]admin API /_flux/ {admin}[/]")
-        out.print(f"\n  {len(info.functions)} function(s)")
-        for route, fn in info.functions:
-            out.print(f"    POST /{escape(route):<28} {escape(fn)}")
+        out.print(f"\n  {len({fn for _, _, fn in info.functions})} function(s)")
+        for method, route, fn in info.functions:
+            out.print(f"    {method:<4} {escape(route):<29} {escape(fn)}")
         for error in info.load_errors:
             _load_error(error)
         out.print("\n  [dim]ready — Ctrl-C to stop[/]\n")

@@ -27,6 +27,7 @@ _EXPORTS = {
     "MigrationError": "flux._errors",
     "NotFound": "flux._errors",
     "Overloaded": "flux._errors",
+    "Response": "flux.runtime._response",
     "current": "flux.runtime._context",
     "function": "flux._function",
 }
@@ -46,6 +47,7 @@ __all__ = [
     "MigrationError",
     "NotFound",
     "Overloaded",
+    "Response",
     "__version__",
     "current",
     "function",
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     )
     from flux._function import function
     from flux.runtime._context import Context, current
+    from flux.runtime._response import Response
 
 
 def __getattr__(name: str) -> Any:
