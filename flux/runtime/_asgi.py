@@ -85,8 +85,11 @@ class Reply:
     def plain_headers(self) -> list[tuple[str, str]]:
         """The headers to send on, without those of the transfer (and the content type,
         which travels on its own)."""
-        return [(k, v) for k, v in self.headers
-                if k.lower() not in _WIRE and k.lower() != "content-type"]
+        return [
+            (k, v)
+            for k, v in self.headers
+            if k.lower() not in _WIRE and k.lower() != "content-type"
+        ]
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -113,23 +116,29 @@ def load_app(spec: str, root: Path, config: AsgiConfig) -> LoadedApp:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise AppError(f"cannot import {module_name} for [asgi] app = {spec!r}: no such "
-                           f"module in {root}") from exc
+            raise AppError(
+                f"cannot import {module_name} for [asgi] app = {spec!r}: no such module in {root}"
+            ) from exc
         raise AppError(f"importing {module_name} failed: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         raise AppError(f"importing {module_name} failed: {type(exc).__name__}: {exc}") from exc
     app: Any = module
     for part in attribute.split("."):
         if not hasattr(app, part):
-            raise AppError(f"{module_name} has no attribute {attribute!r} (from [asgi] app = "
-                           f"{spec!r})")
+            raise AppError(
+                f"{module_name} has no attribute {attribute!r} (from [asgi] app = {spec!r})"
+            )
         app = getattr(app, part)
     if not callable(app):
-        raise AppError(f"{spec} is not an ASGI application: {type(app).__name__} is not "
-                       "callable")
+        raise AppError(f"{spec} is not an ASGI application: {type(app).__name__} is not callable")
     file = getattr(module, "__file__", None) or "?"
-    return LoadedApp(app=app, spec=spec, file=file, line=_line_of(file, attribute),
-                     lifespan=Lifespan(app, config.lifespan))
+    return LoadedApp(
+        app=app,
+        spec=spec,
+        file=file,
+        line=_line_of(file, attribute),
+        lifespan=Lifespan(app, config.lifespan),
+    )
 
 
 def _line_of(file: str, attribute: str) -> int:
@@ -148,19 +157,31 @@ def _line_of(file: str, attribute: str) -> int:
 # -- one request -------------------------------------------------------------------------
 
 
-def http_scope(method: str, path: str, query: Iterable[tuple[str, str]],
-               headers: Iterable[tuple[str, str]], *, state: dict[str, Any] | None = None
-               ) -> Scope:
+def http_scope(
+    method: str,
+    path: str,
+    query: Iterable[tuple[str, str]],
+    headers: Iterable[tuple[str, str]],
+    *,
+    state: dict[str, Any] | None = None,
+) -> Scope:
     """The ``http`` scope of one request, from what its record keeps. The client's address
     is not kept, so it is absent (``None``) live and in replay alike."""
     return {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1", "method": method.upper(), "scheme": "http",
-        "path": path, "raw_path": quote(path, safe=_SAFE_PATH).encode("ascii"),
-        "query_string": urlencode(list(query)).encode("ascii"), "root_path": "",
-        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1", "replace"))
-                    for k, v in headers],
-        "client": None, "server": None,
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method.upper(),
+        "scheme": "http",
+        "path": path,
+        "raw_path": quote(path, safe=_SAFE_PATH).encode("ascii"),
+        "query_string": urlencode(list(query)).encode("ascii"),
+        "root_path": "",
+        "headers": [
+            (k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in headers
+        ],
+        "client": None,
+        "server": None,
         "state": dict(state or {}),  # a shallow copy per request, as the spec says
     }
 
@@ -197,8 +218,9 @@ async def call_app(app: App, scope: Scope, body: bytes, *, max_bytes: int) -> Re
             chunk = bytes(message.get("body") or b"")
             size += len(chunk)
             if size > max_bytes:
-                raise ResponseTooLarge(f"the ASGI app's response is over [asgi] "
-                                       f"max_response_bytes ({max_bytes} bytes)")
+                raise ResponseTooLarge(
+                    f"the ASGI app's response is over [asgi] max_response_bytes ({max_bytes} bytes)"
+                )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 complete.set()
@@ -262,8 +284,10 @@ class Lifespan:
         self.unsupported_reason = str(message.get("error") or "it returned")
         await self._finish()
         if self.mode == "on":
-            raise AppError("the ASGI app does not support lifespan ([asgi] lifespan = "
-                           f'"on"): {self.unsupported_reason}')
+            raise AppError(
+                "the ASGI app does not support lifespan ([asgi] lifespan = "
+                f'"on"): {self.unsupported_reason}'
+            )
 
     async def shutdown(self) -> None:
         """Run the app's shutdown (within SHUTDOWN_TIMEOUT); a failure is reported by
@@ -276,15 +300,20 @@ class Lifespan:
             async with asyncio.timeout(SHUTDOWN_TIMEOUT):
                 message = await self._outbox.get()
         except TimeoutError:
-            message = {"type": "lifespan.shutdown.failed",
-                       "message": f"it did not finish within {SHUTDOWN_TIMEOUT:g}s"}
+            message = {
+                "type": "lifespan.shutdown.failed",
+                "message": f"it did not finish within {SHUTDOWN_TIMEOUT:g}s",
+            }
         await self._finish()
         if message.get("type") == "lifespan.shutdown.failed":
             raise AppError(f"the ASGI app's shutdown failed: {_sentence(message)}")
 
     async def _main(self) -> None:
-        scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
-                        "state": self.state}
+        scope: Scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": self.state,
+        }
         try:
             await self.app(scope, self._inbox.get, self._send)
         except Exception as exc:

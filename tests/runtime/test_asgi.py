@@ -7,7 +7,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -37,12 +37,17 @@ def shop() -> tuple[FastAPI, list[str]]:
     app = FastAPI(lifespan=lifespan)
 
     @app.get("/orders/{order_id}")
-    async def order(order_id: int, request: Request,
-                    tag: list[str] = Query(default=[])) -> dict[str, Any]:  # noqa: B008
+    async def order(
+        order_id: int, request: Request, tag: Annotated[list[str] | None, Query()] = None
+    ) -> dict[str, Any]:
         if order_id == 404:
             raise HTTPException(404, "no such order")
-        return {"id": order_id, "tags": tag, "greeting": request.state.greeting,
-                "agent": request.headers.get("user-agent")}
+        return {
+            "id": order_id,
+            "tags": tag,
+            "greeting": request.state.greeting,
+            "agent": request.headers.get("user-agent"),
+        }
 
     @app.post("/echo", status_code=201)
     async def echo(request: Request) -> dict[str, Any]:
@@ -53,6 +58,7 @@ def shop() -> tuple[FastAPI, list[str]]:
         async def parts() -> AsyncIterator[bytes]:
             for i in range(n):
                 yield f"part {i}\n".encode()
+
         return StreamingResponse(parts(), media_type="text/plain")
 
     @app.get("/boom")
@@ -67,17 +73,31 @@ async def test_a_fastapi_app_answers_through_scope_receive_send() -> None:
     life = Lifespan(app)
     await life.startup()
     assert life.supported and events == ["startup"]
-    scope = http_scope("GET", "/orders/7", [("tag", "a"), ("tag", "b")],
-                       [("User-Agent", "story/1")], state=life.state)
+    scope = http_scope(
+        "GET",
+        "/orders/7",
+        [("tag", "a"), ("tag", "b")],
+        [("User-Agent", "story/1")],
+        state=life.state,
+    )
     reply = await call_app(app, scope, b"", max_bytes=10_000)
     assert reply.status == 200 and reply.content_type == "application/json"
-    assert json.loads(reply.body) == {"id": 7, "tags": ["a", "b"], "greeting": "hello",
-                                      "agent": "story/1"}
-    missing = await call_app(app, http_scope("GET", "/orders/404", [], [], state=life.state),
-                             b"", max_bytes=10_000)
+    assert json.loads(reply.body) == {
+        "id": 7,
+        "tags": ["a", "b"],
+        "greeting": "hello",
+        "agent": "story/1",
+    }
+    missing = await call_app(
+        app, http_scope("GET", "/orders/404", [], [], state=life.state), b"", max_bytes=10_000
+    )
     assert missing.status == 404 and json.loads(missing.body) == {"detail": "no such order"}
-    created = await call_app(app, http_scope("POST", "/echo", [], [], state=life.state),
-                             b"exact \x00 bytes", max_bytes=10_000)
+    created = await call_app(
+        app,
+        http_scope("POST", "/echo", [], [], state=life.state),
+        b"exact \x00 bytes",
+        max_bytes=10_000,
+    )
     assert created.status == 201 and json.loads(created.body) == {"raw": "exact \x00 bytes"}
     await life.shutdown()
     assert events == ["startup", "shutdown"]
@@ -89,8 +109,7 @@ async def test_a_streaming_response_is_collected_within_the_cap() -> None:
     assert reply.status == 200 and reply.body == b"part 0\npart 1\npart 2\n"
     assert ("content-type", "text/plain; charset=utf-8") in reply.headers
     with pytest.raises(ResponseTooLarge, match="max_response_bytes"):
-        await call_app(app, http_scope("GET", "/stream", [("n", "50")], []), b"",
-                       max_bytes=100)
+        await call_app(app, http_scope("GET", "/stream", [("n", "50")], []), b"", max_bytes=100)
 
 
 async def test_what_the_app_raises_propagates_with_its_own_traceback() -> None:
@@ -130,15 +149,14 @@ async def test_a_failed_startup_is_one_sentence() -> None:
         raise ConnectionRefusedError("the cache is down")
         yield
 
-    with pytest.raises(AppError, match="startup failed: .*the cache is down"):
+    with pytest.raises(AppError, match=r"startup failed: .*the cache is down"):
         await Lifespan(FastAPI(lifespan=lifespan)).startup()
 
 
 def test_loading_names_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "svc").mkdir()
     (tmp_path / "svc" / "__init__.py").write_text("")
-    (tmp_path / "svc" / "web.py").write_text(
-        "from fastapi import FastAPI\n\n\napi = FastAPI()\n")
+    (tmp_path / "svc" / "web.py").write_text("from fastapi import FastAPI\n\n\napi = FastAPI()\n")
     loaded = load_app("svc.web:api", tmp_path, AsgiConfig())
     assert loaded.line == 4 and loaded.file.endswith("svc/web.py")
     with pytest.raises(AppError, match="has no attribute 'app'"):
