@@ -27,6 +27,7 @@ _EXPORTS = {
     "MigrationError": "flux._errors",
     "NotFound": "flux._errors",
     "Overloaded": "flux._errors",
+    "context": "flux.runtime._context",
     "current": "flux.runtime._context",
     "function": "flux._function",
 }
@@ -47,6 +48,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "__version__",
+    "context",
     "current",
     "function",
 ]
@@ -68,7 +70,7 @@ if TYPE_CHECKING:
         Overloaded,
     )
     from flux._function import function
-    from flux.runtime._context import Context, current
+    from flux.runtime._context import Context, context, current
 
 
 def __getattr__(name: str) -> Any:

@@ -6,6 +6,7 @@ A project is the nearest directory upward that holds a ``flux.toml``. Its privat
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -290,6 +291,15 @@ def check_app_spec(spec: Any, where: str) -> str:
         raise ConfigError(f"{where} must name an ASGI application as module:attribute, such "
                           f'as "shop.api:app", not {spec!r}')
     return spec.strip()
+
+
+def with_asgi(project: Project, spec: str | None) -> Project:
+    """``project`` serving the ASGI app ``spec`` (``--asgi shop.api:app``) instead of the one
+    flux.toml names, if any."""
+    if spec is None:
+        return project
+    app = check_app_spec(spec, "--asgi")
+    return dataclasses.replace(project, asgi=dataclasses.replace(project.asgi, app=app))
 
 
 def asgi_config(section: Any, where: str) -> AsgiConfig:

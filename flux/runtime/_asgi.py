@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -42,6 +43,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from flux._errors import FluxError
+from flux._function import FunctionSpec
 from flux._project import AsgiConfig
 
 Scope = MutableMapping[str, Any]
@@ -78,6 +80,10 @@ class Reply:
     headers: list[tuple[str, str]]
     body: bytes
 
+    def answer(self) -> Any:
+        """What the app sent, as the handler's return value."""
+        return json.loads(self.body) if self.body else None
+
     @property
     def content_type(self) -> str | None:
         return next((v for k, v in self.headers if k.lower() == "content-type"), None)
@@ -112,6 +118,7 @@ def load_app(spec: str, root: Path, config: AsgiConfig) -> LoadedApp:
     module_name, _, attribute = spec.partition(":")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))  # the app's package lives in the project
+    _forget_foreign(module_name.split(".")[0], root)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -141,6 +148,16 @@ def load_app(spec: str, root: Path, config: AsgiConfig) -> LoadedApp:
     )
 
 
+def _forget_foreign(package: str, root: Path) -> None:
+    """Drop an already imported ``package`` that is not this project's (another project of
+    the same process, as in tests), so the import finds the project's own."""
+    home = root.resolve()
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        file = getattr(sys.modules[name], "__file__", None)
+        if file and not Path(file).resolve().is_relative_to(home):
+            del sys.modules[name]
+
+
 def _line_of(file: str, attribute: str) -> int:
     """The line that assigns the app (``app = FastAPI()``): where its span points."""
     name = re.escape(attribute.split(".")[0])
@@ -152,6 +169,37 @@ def _line_of(file: str, attribute: str) -> int:
         if re.match(rf"{name}\s*(:[^=]*)?=", line):
             return number
     return 1
+
+
+def function_spec(loaded: LoadedApp, config: AsgiConfig) -> FunctionSpec:
+    """The app as a function of the registry: its handler drives the app with
+    ``ctx.request`` — the request as it came, or as its record gives it back in replay —
+    and answers with what the app sent."""
+    app, lifespan, cap = loaded.app, loaded.lifespan, config.max_response_bytes
+
+    async def handler(ctx: Any, input: Any) -> Any:
+        request = ctx.request
+        scope = http_scope(
+            request.method or "GET",
+            request.path,
+            request.query.items(),
+            request.headers.items(),
+            state=lifespan.state,
+        )
+        reply = await call_app(app, scope, request.body, max_bytes=cap)
+        return reply.answer()
+
+    return FunctionSpec(
+        name=config.name,
+        route="",
+        handler=handler,
+        is_async=True,
+        timeout=config.timeout,
+        retries=0,
+        cron=None,
+        file=loaded.file,
+        line=loaded.line,
+    )
 
 
 # -- one request -------------------------------------------------------------------------
