@@ -117,6 +117,11 @@ def _render_replay(r: dict[str, Any]) -> None:
         out.print(f"  [dim]config[/] {escape(diff['key'])}: recorded "
                   f"{escape(json.dumps(diff['recorded']))}, today "
                   f"{escape(json.dumps(diff['today']))} [dim](replayed with {used})[/]")
+    body = r.get("request_body") or {}
+    if not body.get("exact", True) and body.get("read"):
+        out.print(f"  [yellow]request body[/] the handler read the raw body, but "
+                  f"{escape(str(body.get('reason')))}: it got the recorded body instead, so "
+                  "a signature over the bytes cannot match")
     for call in r["beyond_tape"]:
         out.print(f"  [dim]beyond the tape:[/] {escape(call['call'])} at "
                   f"{escape(str(call['file']))}:{call['line']} — {escape(call['handled'])}")

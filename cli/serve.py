@@ -136,11 +136,11 @@ def _events(name: str, *, mode: str) -> ServeEvents:
                  "token": "needs Authorization: Bearer $FLUX_ADMIN_TOKEN",
                  "closed": "closed (set FLUX_ADMIN_TOKEN to open it)"}[info.admin]
         out.print(f"  [dim]admin API /_flux/ {admin}[/]")
-        out.print(f"\n  {len(info.functions)} function(s)")
-        for route, fn in info.functions:
-            out.print(f"    POST /{escape(route):<28} {escape(fn)}")
+        out.print(f"\n  {len({fn for _, _, fn in info.functions})} function(s)")
+        for method, route, fn in info.functions:
+            out.print(f"    {method:<4} {escape(route):<29} {escape(fn)}")
         if info.asgi is not None:
-            out.print(f"    *    /{'…':<28} {escape(info.asgi)} (ASGI app: every other "
+            out.print(f"    *    {'/…':<29} {escape(info.asgi)} (ASGI app: every other "
                       "request)")
         for error in info.load_errors:
             _load_error(error)

@@ -27,6 +27,7 @@ _EXPORTS = {
     "MigrationError": "flux._errors",
     "NotFound": "flux._errors",
     "Overloaded": "flux._errors",
+    "Response": "flux.runtime._response",
     "context": "flux.runtime._context",
     "current": "flux.runtime._context",
     "function": "flux._function",
@@ -47,6 +48,7 @@ __all__ = [
     "MigrationError",
     "NotFound",
     "Overloaded",
+    "Response",
     "__version__",
     "context",
     "current",
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
     )
     from flux._function import function
     from flux.runtime._context import Context, context, current
+    from flux.runtime._response import Response
 
 
 def __getattr__(name: str) -> Any:

@@ -15,9 +15,8 @@ def test_exported_members() -> None:
     assert flux.__all__ == [
         "AmbiguousId", "ConfigError", "Context", "DatabaseError", "EmbeddedServerError",
         "FluxError", "FunctionError", "HttpConnectionError", "HttpError", "HttpStatusError",
-        "HttpTimeout", "MigrationError", "NotFound", "Overloaded", "__version__", "context",
-        "current",
-        "function",
+        "HttpTimeout", "MigrationError", "NotFound", "Overloaded", "Response", "__version__",
+        "context", "current", "function",
     ]
     for name in flux.__all__:
         assert hasattr(flux, name)

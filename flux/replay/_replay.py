@@ -32,6 +32,7 @@ from flux.runtime._ctx_http import Response, suppressed_response
 from flux.runtime._execution import Served
 from flux.runtime._executor import Invocation, Outcome, execute
 from flux.runtime._recorder import CallSite, Span
+from flux.runtime._request import Request, from_record
 from flux.runtime._runtime import Runtime
 from flux.store._database import reader, resolve
 from flux.store._lookup import fetch_record
@@ -188,8 +189,9 @@ def _database_error(error: dict[str, Any]) -> psycopg.Error:
     return cls(message)
 
 
-def _outcome_facts(status: str, body: Any, error: dict[str, Any] | None) -> dict[str, Any]:
-    return {"status": status, "output": body,
+def _outcome_facts(status: str, body: Any, error: dict[str, Any] | None,
+                   headers: Any = None) -> dict[str, Any]:
+    return {"status": status, "output": body, "headers": headers or {},
             "error": None if not error else {"type": error.get("type"),
                                              "message": error.get("message"),
                                              "code": error.get("code"),
@@ -198,12 +200,15 @@ def _outcome_facts(status: str, body: Any, error: dict[str, Any] | None) -> dict
 
 
 def same_outcome(original: dict[str, Any], replayed: dict[str, Any]) -> bool:
-    """Whether a replay reproduced the original exactly: same status, and the same output
-    (for a failure: the same error type and code; its body names another request id)."""
+    """Whether a replay reproduced the original exactly: same status, and the same answer —
+    HTTP status, headers (as recorded: redacted) and output — (for a failure: the same
+    error type and code; its body names another request id)."""
     if original["status"] != replayed["status"]:
         return False
     if original["status"] == "ok":
-        return original["output"] == replayed["output"]
+        return (original["output"] == replayed["output"]
+                and original.get("headers", {}) == replayed.get("headers", {})
+                and original.get("http_status", 200) == replayed.get("http_status", 200))
     a, b = original["error"] or {}, replayed["error"] or {}
     return a.get("type") == b.get("type") and a.get("code") == b.get("code")
 
@@ -242,18 +247,23 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
                         local_secrets=local_secrets(runtime, record),
                         fingerprint=runtime.policy.fingerprint, config_local=config_local)
     headers = {**(request.get("headers") or {}), REPLAY_HEADER: "true"}
+    payload = decode(request.get("body"))
+    given = from_record(request, kind=str(record.get("kind")), input=payload,
+                        route=str(request.get("route") or spec.route), headers=headers)
     invocation = Invocation(
-        request_id=str(new_request_id()), spec=spec, input=decode(request.get("body")),
+        request_id=str(new_request_id()), spec=spec, input=payload,
         kind="replay", method=request.get("method"), route=request.get("route"),
         headers=headers, query=request.get("query") or {}, replay_of=str(record["request_id"]),
-        parent_id=record.get("parent_id"), tenant=record.get("tenant"),
+        parent_id=record.get("parent_id"), tenant=record.get("tenant"), request=given,
     )
     outcome: Outcome = await execute(runtime, invocation, replay=source, persist=persist,
                                      commit_data=False)
     divergence = source.tape.finish()
-    original = _outcome_facts(record["status"], (record.get("response") or {}).get("body"),
-                              record.get("error"))
-    replayed = _outcome_facts(outcome.status, outcome.body, outcome.error)
+    response = record.get("response") or {}
+    original = _outcome_facts(record["status"], response.get("body"), record.get("error"),
+                              response.get("headers"))
+    replayed = _outcome_facts(outcome.status, outcome.body, outcome.error,
+                              (outcome.record.response or {}).get("headers"))
     original["http_status"], replayed["http_status"] = (record.get("http_status"),
                                                         outcome.http_status)
     # "The same" is the same outcome reached the same way: a replay that diverged from its
@@ -282,7 +292,17 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
                    "differs": config_differences(record, runtime.app_config)},
         "http_status": {"original": record.get("http_status"),
                         "replayed": outcome.http_status},
+        "request_body": request_body(given),
     }
+
+
+def request_body(given: Request | None) -> dict[str, Any]:
+    """Whether the handler got the original request body's bytes: ``exact`` false with
+    ``reason`` when the record could not keep them (a redacted field, a secret, the cap) —
+    and whether the handler read them, when a signature over them cannot match."""
+    if given is None:
+        return {"exact": True, "read": False, "reason": None}
+    return {"exact": given.exact, "read": given.body_read, "reason": given.why_inexact}
 
 
 def load_target(project: Any, target: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from flux.runtime._callkey import endpoint_of
 from flux.runtime._execution import Served
 from flux.runtime._executor import Invocation, execute
 from flux.runtime._recorder import CallSite, Span
+from flux.runtime._request import from_record
 from flux.runtime._runtime import Runtime
 from flux.store._database import reader, resolve
 from flux.store._lookup import fetch_record
@@ -138,12 +139,16 @@ async def _run(runtime: Runtime, record: dict[str, Any], *, rehearsal: bool,
     watched = [k for k in KINDS if k in ("http", "step", "queue", "invoke")]
     source = ResumeSource(Tape.of(record, loose_db=True, watched=watched), db_mode="live",
                           cut=failure_point(record), rehearsal=rehearsal, sends=not rehearsal)
+    payload = decode(request.get("body"))
+    headers = request.get("headers") or {}
     invocation = Invocation(
-        request_id=request_id, spec=spec, input=decode(request.get("body")), kind="resume",
+        request_id=request_id, spec=spec, input=payload, kind="resume",
         method=request.get("method"), route=request.get("route"),
-        headers=request.get("headers") or {}, query=request.get("query") or {},
+        headers=headers, query=request.get("query") or {},
         parent_id=record.get("parent_id"), resumed_from=str(record["request_id"]),
-        tenant=record.get("tenant"))
+        tenant=record.get("tenant"),
+        request=from_record(request, kind=str(record.get("kind")), input=payload,
+                            route=str(request.get("route") or spec.route), headers=headers))
     outcome = await execute(runtime, invocation, replay=source,
                             idempotency_prefix=str(record["request_id"]),
                             persist=not rehearsal, commit_data=not rehearsal)

@@ -42,9 +42,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from multidict import CIMultiDict
+
 from flux._errors import FluxError
 from flux._function import FunctionSpec
+from flux._jsoncodec import encode
 from flux._project import AsgiConfig
+from flux.runtime._body import FORM, is_json_type, media_type
+from flux.runtime._response import Answer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -80,9 +85,23 @@ class Reply:
     headers: list[tuple[str, str]]
     body: bytes
 
-    def answer(self) -> Any:
-        """What the app sent, as the handler's return value."""
-        return json.loads(self.body) if self.body else None
+    def answer(self) -> Answer:
+        """What the app sent, as the execution's answer: these bytes, with the app's status,
+        headers and content type. The record keeps the body as JSON when it is JSON, as
+        text when it is text, else as bytes."""
+        kind = self.content_type
+        media = media_type(kind)
+        body: Any = encode(self.body)
+        if not self.body:
+            body = None
+        elif is_json_type(media):
+            with contextlib.suppress(ValueError):
+                body = json.loads(self.body)
+        elif media.startswith("text/") or media in ("application/xml", FORM):
+            with contextlib.suppress(UnicodeDecodeError):
+                body = self.body.decode("utf-8")
+        headers = CIMultiDict(self.plain_headers())
+        return Answer(self.status, body, headers, kind or "", self.body)
 
     @property
     def content_type(self) -> str | None:

@@ -1,4 +1,12 @@
-"""Request bodies as the gateway takes them: JSON that the record can hold as it came.
+"""Request bodies as the gateway takes them: JSON (or a form) that the record can hold as
+it came.
+
+What a body decodes to — the function's ``input`` — follows its ``Content-Type``: JSON for a
+JSON type, ``text/plain`` or none (as before routes and forms: a client that says nothing is
+taken to send JSON); for ``application/x-www-form-urlencoded`` a form, as a dict whose
+repeated fields are lists — unless the body starts with ``{`` or ``[`` (``curl -d '{…}'``
+sends JSON with the form type); for any other type (XML, bytes, multipart) ``None``, and the
+handler reads the bytes from ``ctx.request.body``.
 
 ``json.loads`` accepts more than a record can keep, so these are refused too, each with one
 sentence and a 400 that is recorded like any other answer:
@@ -21,14 +29,70 @@ import json
 import math
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 MAX_DEPTH = 128
 MAX_DIGITS = 4300
 _BAD_CHAR = re.compile(r"[\x00\ud800-\udfff]")
 
 
+FORM = "application/x-www-form-urlencoded"
+
+
 class BodyError(ValueError):
     """A body the gateway refuses; ``str()`` is the sentence for the client."""
+
+    code = "invalid_json"
+
+
+class FormError(BodyError):
+    code = "invalid_form"
+
+
+def media_type(content_type: str | None) -> str:
+    """``application/json; charset=utf-8`` → ``application/json``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_json_type(media: str) -> bool:
+    return media == "application/json" or media.endswith("+json")
+
+
+def decode_input(raw: bytes, media: str) -> Any:
+    """The function's ``input`` for a body of media type ``media`` (see above)."""
+    if media == FORM and raw.lstrip()[:1] not in (b"{", b"["):
+        return parse_form(raw)
+    if media in ("", "text/plain", FORM) or is_json_type(media):
+        return parse_body(raw)
+    return None
+
+
+def form_pairs(raw: bytes) -> list[tuple[str, str]]:
+    """The fields of a form body, in order, repeated ones repeated."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormError("the form body is not valid UTF-8") from None
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise FormError("the form body has a %-escape that is not UTF-8") from None
+    if any(_BAD_CHAR.search(k) or _BAD_CHAR.search(v) for k, v in pairs):
+        raise FormError("the form body has a field with U+0000, which cannot be recorded")
+    return pairs
+
+
+def parse_form(raw: bytes) -> dict[str, Any]:
+    """A form body as a dict: a field given once is a string, a repeated one a list."""
+    out: dict[str, Any] = {}
+    for key, value in form_pairs(raw):
+        if key not in out:
+            out[key] = value
+        elif isinstance(out[key], list):
+            out[key].append(value)
+        else:
+            out[key] = [out[key], value]
+    return out
 
 
 def parse_body(raw: bytes) -> Any:

@@ -34,6 +34,7 @@ from flux.store._queries import load
 if TYPE_CHECKING:
     from flux._function import FunctionSpec
     from flux.runtime._execution import Execution
+    from flux.runtime._request import Request
 
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
     "flux_context", default=None)
@@ -279,11 +280,13 @@ class Context:
     """What a function receives as ``ctx``."""
 
     def __init__(self, execution: Execution, spec: FunctionSpec, *,
-                 headers: Mapping[str, str], is_replay: bool = False) -> None:
+                 headers: Mapping[str, str], request: Request,
+                 is_replay: bool = False) -> None:
         self._execution = execution
         self.request_id: str = execution.request_id
         self.function: str = spec.name
         self.headers: dict[str, str] = dict(headers)
+        self.request: Request = request  # as it came (flux/runtime/_request.py)
         self.is_replay = is_replay
         self.config: Config = Config(execution, execution.runtime.app_config)
         self.db = Database(execution)
@@ -348,7 +351,8 @@ class Context:
         if target is None:
             raise NotFound(f"ctx.invoke: no function named {function!r}")
         with rec.span(f"invoke({function})", "invoke", site, {"function": function}) as span:
-            child = Context(ex, target, headers=self.headers, is_replay=self.is_replay)
+            child = Context(ex, target, headers=self.headers, is_replay=self.is_replay,
+                            request=self.request)
             output = await call_handler(target, child, input)
             rec.tape_append("invoke", function, encode(output), site=site, span_id=span.id)
             return output

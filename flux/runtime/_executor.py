@@ -39,6 +39,8 @@ from flux.runtime._context import Context, activate, call_handler
 from flux.runtime._execution import Execution, ReplaySource
 from flux.runtime._iowatch import Watch, watching
 from flux.runtime._recorder import CallSite, Recorder
+from flux.runtime._request import Request, recorded, synthetic
+from flux.runtime._response import Answer, answer_of
 from flux.runtime._sampling import keeps, outline_spans
 from flux.store._availability import connection_lost
 from flux.store._database import db_error
@@ -77,6 +79,7 @@ class Invocation:
     replay_of: str | None = None
     resumed_from: str | None = None
     trace: TraceContext | None = None  # the caller's (a traceparent); None: a new trace
+    request: Request | None = None  # as it came over HTTP; None: made from the input
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,9 @@ class Outcome:
     body: Any
     error: dict[str, Any] | None
     record: ExecutionRecord
+    headers: Mapping[str, str] = field(default_factory=dict)  # a flux.Response's
+    content_type: str | None = None  # None: JSON of ``body``
+    raw: bytes | None = None  # the bytes to send when not JSON
 
 
 async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | None = None,
@@ -104,8 +110,11 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
     rec.secret_values.update(runtime.configured_secrets())
     ex = Execution(runtime, rec, replay=replay, idempotency_prefix=idempotency_prefix,
                    trace=inv.trace, tenant=inv.tenant)
-    ctx = Context(ex, spec, headers=inv.headers, is_replay=replay is not None)
-    output: Any = None
+    request = inv.request or synthetic(inv.method, inv.route or spec.route, inv.input,
+                                       inv.headers)
+    ctx = Context(ex, spec, headers=inv.headers, is_replay=replay is not None,
+                  request=request)
+    output = Answer()
     failure: BaseException | None = None
     # Outside access no recorded path made: noted in serving, refused where nothing may
     # leave (every run with a replay source).
@@ -124,7 +133,7 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
                     if deadline.expired():  # ours, not a TimeoutError the handler raised
                         raise FunctionTimeout(spec) from exc
                     raise
-                output = _json_output(result)
+                output = answer_of(result, _json_output)
         except Exception as exc:
             failure = exc
     if watch.found:
@@ -159,8 +168,8 @@ def _json_output(result: Any) -> Any:
 
 
 def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
-            body: Any, error: dict[str, Any] | None, outline: bool = False
-            ) -> ExecutionRecord:
+            body: Any, error: dict[str, Any] | None, outline: bool = False,
+            answer: Answer | None = None) -> ExecutionRecord:
     """The execution's record; with ``outline``, the outline of a success that sampling
     left out (flux/runtime/_sampling.py): no bodies, tape or logs, spans without attributes."""
     rec = ex.recorder
@@ -182,7 +191,13 @@ def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
                    "query": scrub(dict(inv.query), secrets),
                    "body": ex.prepare_body(encode(inv.input)),
                    "trace": ex.trace.to_json()}
+        if inv.request is not None:
+            request.update(recorded(inv.request, inv.input, ex.policy, secrets, scrub))
         response = {"status": http_status, "body": ex.prepare_body(body)}
+        if answer is not None and answer.headers:
+            response["headers"] = ex.policy.redact_headers(answer.headers, secrets)
+        if answer is not None and answer.content_type is not None:
+            response["content_type"] = answer.content_type
         tape, logs = scrub(rec.tape, secrets), scrub(rec.logs, secrets)
     return ExecutionRecord(
         request_id=inv.request_id, kind=inv.kind, function=inv.spec.name, status=status,
@@ -196,22 +211,28 @@ def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
     )
 
 
-async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool,
+async def _succeed(ex: Execution, inv: Invocation, answer: Answer, persist: bool,
                    commit_data: bool = True) -> Outcome:
     # Sampling ([record] sample_rate) applies to live executions only, never to replays.
     outline = ex.replay is None and persist and commit_data and \
         not keeps(inv.request_id, ex.runtime.sample_rate)
-    record = _record(ex, inv, status="ok", http_status=200, body=output, error=None,
-                     outline=outline)
+    output, status = answer.body, answer.status
+    record = _record(ex, inv, status="ok", http_status=status, body=output, error=None,
+                     outline=outline, answer=answer)
+
+    def done() -> Outcome:
+        return Outcome(inv.request_id, "ok", status, output, None, record,
+                       answer.headers, answer.content_type, answer.raw)
+
     if outline and ex.conn is None and inv.kind == "http":  # it wrote nothing: no record
-        return Outcome(inv.request_id, "ok", 200, output, None, record)
+        return done()
     if not persist or not commit_data:
         mutations = await _salvage(ex, ex.conn) if ex.conn is not None else []
         record.mutations = [{**m, "request_id": inv.request_id} for m in mutations]
         await _discard(ex)
         if persist:  # a replay's record, with the mutations it would have made
             await ex.runtime.store_record(record)
-        return Outcome(inv.request_id, "ok", 200, output, None, record)
+        return done()
     conn = ex.conn
     try:
         if conn is not None:
@@ -229,14 +250,14 @@ async def _succeed(ex: Execution, inv: Invocation, output: Any, persist: bool,
         except psycopg.errors.UniqueViolation:
             if not connection_lost(exc):
                 raise
-            return Outcome(inv.request_id, "ok", 200, output, None, record)
+            return done()
         except Exception as again:
             if connection_lost(exc):
                 raise DatabaseUnavailable(IN_DOUBT, in_doubt=True) from again
             raise
     finally:
         await ex.release()
-    return Outcome(inv.request_id, "ok", 200, output, None, record)
+    return done()
 
 
 async def _fail(ex: Execution, inv: Invocation, failure: BaseException, persist: bool, *,

@@ -1,10 +1,14 @@
 """The gateway: a thin aiohttp app in front of the executor.
 
-``POST /<route>`` runs a function; ``GET /health`` answers for load balancers; the admin API
-is a sub-application under ``/_flux/`` (flux/server/_admin.py). A body that is not JSON a record
-can hold is a 400 (flux/runtime/_body.py), an unknown route a 404, another method a 405, a body
-over the limit a 413, a bad tenant a 400 — each answered with one sentence and the request
-id, and each recorded like any execution. The tenant comes from ``[tenants]``
+``POST /<route>`` runs a function — or whatever methods and route (with typed path
+parameters) it declares (flux/_function.py); ``GET /health`` answers for load balancers; the
+admin API is a sub-application under ``/_flux/`` (flux/server/_admin.py). A body that is not
+JSON (or a form) a record can hold is a 400 (flux/runtime/_body.py), an unknown route — or a
+path parameter of the wrong type — a 404, a method the route does not take a 405 with
+``Allow``, a body over the limit a 413, a bad tenant a 400 — each answered with one sentence
+and the request id, and each recorded like any execution. The request as it came is
+``ctx.request`` (flux/runtime/_request.py); a handler's ``flux.Response`` chooses the status,
+headers and body type of the answer (flux/runtime/_response.py). The tenant comes from ``[tenants]``
 (flux/runtime/_tenants.py). Every response carries ``x-flux-request-id``.
 
 Two refusals come before anything runs, each a 503 with ``Retry-After`` and
@@ -35,9 +39,11 @@ from flux._errors import DatabaseUnavailable, Overloaded
 from flux._ids import new_request_id
 from flux._tracecontext import TraceContext, from_headers
 from flux.inspect._signature import failure_signature
-from flux.runtime._body import BodyError, parse_body, preview
+from flux.runtime._body import BodyError, decode_input, media_type, preview
 from flux.runtime._executor import IN_DOUBT, Invocation, Outcome, execute
+from flux.runtime._loader import RouteMatch
 from flux.runtime._recorder import Span
+from flux.runtime._request import Request
 from flux.runtime._runtime import Runtime, utcnow
 from flux.runtime._tenants import TenantRefused
 from flux.store._record import ExecutionRecord
@@ -106,11 +112,12 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         return _unavailable(runtime, request_id, NOT_RUN)
     foreign = runtime.admin.foreign(request.headers, admin=False, method=request.method)
     if foreign is not None:  # a web page's request (flux/runtime/_access.py): recorded, not run
-        spec = runtime.registry.route(path)
+        spec = runtime.registry.route(path) or runtime.registry.asgi
         return await _reject(request, foreign.status, foreign.code, foreign.message,
                              function=spec.name if spec else None)
     body: bytes | _BodyProblem | None = None
-    if request.method == "POST" and runtime.registry.route(path) is not None:
+    found = _take(runtime, request.method, path)
+    if found is not None and found.spec is not None:
         body = await _read_body(request, runtime)
         if isinstance(body, _BodyProblem):  # answered and recorded, nothing run: no slot
             return await _run(request, runtime, path, request_id, body)
@@ -149,22 +156,37 @@ async def _read_body(request: web.Request, runtime: Runtime) -> bytes | _BodyPro
         return _BodyProblem.UNDECODABLE
 
 
+def _take(runtime: Runtime, method: str, path: str) -> RouteMatch | None:
+    """What answers ``method`` at ``path``: the function that takes it; else the ASGI app
+    Flux serves, if any (flux/runtime/_asgi.py) — so one endpoint can move into a function
+    while the app keeps the rest; else what the functions say (a 405, or None: a 404)."""
+    found = runtime.registry.match(method, path)
+    app = runtime.registry.asgi
+    if app is not None and (found is None or found.spec is None):
+        return RouteMatch(app, {}, ())
+    return found
+
+
 async def _run(request: web.Request, runtime: Runtime, path: str, request_id: str,
                body: bytes | _BodyProblem | None) -> web.StreamResponse:
-    spec = runtime.registry.route(path)
+    found = _take(runtime, request.method, path)
+    spec = found.spec if found is not None else None
     try:
         tenant = runtime.tenants.resolve(request)
     except TenantRefused as refused:
+        named = spec or runtime.registry.route(path)
         return await _reject(request, refused.status, "invalid_tenant", refused.message,
-                             function=spec.name if spec else None)
-    if spec is None:
+                             function=named.name if named else None)
+    if found is None:
         return await _reject(request, 404, "not_found", f"no function is routed at /{path}",
                              function=None, tenant=tenant)
-    if request.method != "POST":
+    if spec is None:
+        allowed = ", ".join(found.allowed)
+        named = runtime.registry.route(path)
         response = await _reject(request, 405, "method_not_allowed",
-                                 f"/{path} takes POST, not {request.method}",
-                                 function=spec.name, tenant=tenant)
-        response.headers["Allow"] = "POST"
+                                 f"/{path} takes {allowed}, not {request.method}",
+                                 function=named.name if named else None, tenant=tenant)
+        response.headers["Allow"] = allowed
         return response
     raw = body if body is not None else await _read_body(request, runtime)
     if raw is _BodyProblem.TOO_LARGE:
@@ -188,15 +210,21 @@ async def _run(request: web.Request, runtime: Runtime, path: str, request_id: st
                              "connection before its request body was complete",
                              function=spec.name, tenant=tenant)
     assert isinstance(raw, bytes)
+    media = media_type(request.headers.get("Content-Type"))
     try:
-        payload = parse_body(raw)
+        payload = decode_input(raw, media)
     except BodyError as exc:
-        return await _reject(request, 400, "invalid_json", str(exc), function=spec.name,
-                             body=preview(raw), tenant=tenant)
+        if spec is not runtime.registry.asgi:
+            return await _reject(request, 400, exc.code, str(exc), function=spec.name,
+                                 body=preview(raw), tenant=tenant)
+        payload = None  # the app reads the bytes and answers as it does (FastAPI: a 422)
     invocation = Invocation(
         request_id=request_id, spec=spec, input=payload, kind="http", method=request.method,
         route=path, headers=dict(request.headers), query=dict(request.query), tenant=tenant,
         trace=from_headers(request.headers),  # a malformed traceparent starts a new trace
+        request=Request(method=request.method, path=request.path, path_params=found.params,
+                        query=request.query.items(), headers=request.headers.items(),
+                        body=raw, content_type=media),
     )
     try:
         outcome = await execute(runtime, invocation)
@@ -206,7 +234,14 @@ async def _run(request: web.Request, runtime: Runtime, path: str, request_id: st
 
 
 def _respond(outcome: Outcome) -> web.Response:
-    response = web.json_response(outcome.body, status=outcome.http_status)
+    if outcome.content_type is None:
+        response = web.json_response(outcome.body, status=outcome.http_status,
+                                     headers=outcome.headers or None)
+    else:  # a flux.Response with a body of its own type (or none)
+        response = web.Response(body=outcome.raw, status=outcome.http_status,
+                                headers=outcome.headers)
+        if outcome.content_type:
+            response.headers["Content-Type"] = outcome.content_type
     if outcome.http_status == 503:
         response.headers["Retry-After"] = RETRY_AFTER
     return response

@@ -15,6 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from flux._errors import FluxError
 from flux._function import FunctionSpec, spec_of
@@ -28,6 +29,16 @@ SUFFIXES = (".py", *WASM_SUFFIXES)
 class LoadError:
     file: Path
     message: str  # one sentence: "SyntaxError at line 3: invalid syntax"
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """What is routed at a path: the function taking the request's method (None: none
+    does — a 405) with its typed path parameters, and every method the path takes."""
+
+    spec: FunctionSpec | None
+    params: dict[str, Any]
+    allowed: tuple[str, ...]
 
 
 @dataclass
@@ -49,11 +60,40 @@ class Registry:
         return self.by_name.get(name)
 
     def route(self, path: str) -> FunctionSpec | None:
-        path = path.strip("/")
+        """A function routed at ``path``, whatever its methods."""
+        found = self._matching(path.strip("/"))
+        return found[0][0] if found else None
+
+    def match(self, method: str, path: str) -> RouteMatch | None:
+        """The function for ``method`` at ``path`` (None: nothing is routed there). Literal
+        routes come before those with parameters; among those, the order of loading."""
+        found = self._matching(path.strip("/"))
+        if not found:
+            return None
+        allowed: list[str] = []
+        for spec, params in found:
+            if spec.allows(method):
+                return RouteMatch(spec, params, ())
+            for name in (*spec.methods, *(("HEAD",) if "GET" in spec.methods else ())):
+                if name not in allowed:
+                    allowed.append(name)
+        return RouteMatch(None, {}, tuple(allowed))
+
+    def table(self) -> list[tuple[str, str, FunctionSpec]]:
+        """The route table: (method, /route, spec), in the order requests are matched."""
+        specs = sorted(self.by_name.values(),
+                       key=lambda s: (not s.pattern.literal, s.route if s.pattern.literal else ""))
+        return [(m, "/" + s.route, s) for s in specs for m in s.methods]
+
+    def _matching(self, path: str) -> list[tuple[FunctionSpec, dict[str, Any]]]:
+        literal: list[tuple[FunctionSpec, dict[str, Any]]] = []
+        patterned: list[tuple[FunctionSpec, dict[str, Any]]] = []
         for spec in self.by_name.values():
-            if spec.route == path:
-                return spec
-        return None
+            pattern = spec.pattern
+            params = pattern.match(path)
+            if params is not None:
+                (literal if pattern.literal else patterned).append((spec, params))
+        return literal + patterned
 
     def put(self, file: Path, spec: FunctionSpec) -> None:
         old = self.by_file.get(file)
@@ -105,7 +145,7 @@ def load_all(functions_dir: Path, registry: Registry) -> list[LoadError]:
     if str(functions_dir) not in sys.path:
         sys.path.insert(0, str(functions_dir))  # so functions can import their helpers
     errors = []
-    seen: dict[str, Path] = {}
+    seen: dict[tuple[str, str], Path] = {}
     for path in sorted(functions_dir.iterdir() if functions_dir.is_dir() else ()):
         if path.suffix not in SUFFIXES or path.name.startswith(("_", ".")):
             continue
@@ -113,12 +153,16 @@ def load_all(functions_dir: Path, registry: Registry) -> list[LoadError]:
         if loaded.error:
             errors.append(loaded.error)
         elif loaded.spec is not None:
-            if loaded.spec.route in seen:
-                errors.append(LoadError(path, f"route /{loaded.spec.route} is already served "
-                                              f"by {seen[loaded.spec.route].name}"))
+            spec = loaded.spec
+            taken = [(m, seen[(spec.route, m)]) for m in spec.methods if (spec.route, m) in seen]
+            if taken:
+                method, other = taken[0]
+                shown = f"route /{spec.route}" if spec.methods == ("POST",) and \
+                    method == "POST" else f"{method} /{spec.route}"
+                errors.append(LoadError(path, f"{shown} is already served by {other.name}"))
                 continue
-            seen[loaded.spec.route] = path
-            registry.put(path, loaded.spec)
+            seen.update({(spec.route, m): path for m in spec.methods})
+            registry.put(path, spec)
     return errors
 
 

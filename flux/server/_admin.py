@@ -12,6 +12,7 @@ what ``flux why ID`` would on the server's machine:
     POST /_flux/executions/{id}/resume           flux resume
     GET  /_flux/state/{table}/history?id=        flux state history
     GET  /_flux/state/{table}/blame[?id=]        flux state blame
+    GET  /_flux/functions/openapi.json           the functions' routes (OpenAPI 3.1)
     GET  /_flux/openapi.json                     this API, described (OpenAPI 3.1)
 
 Access is decided by flux/runtime/_access.py (a token, except in ``flux dev`` on loopback). Errors
@@ -45,7 +46,7 @@ from flux.replay._resume import resume as run_resume
 from flux.runtime._access import AdminAccess
 from flux.runtime._gateway import ID_KEY, RETRY_AFTER, RUNTIME_KEY
 from flux.server._inspector import Local
-from flux.server._openapi import description
+from flux.server._openapi import description, functions_description
 from flux.store._database import read_only
 from flux.store._lookup import fetch_record
 
@@ -256,6 +257,11 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(description())
 
 
+async def functions_openapi(request: web.Request) -> web.Response:
+    runtime = _runtime(request)
+    return _json(functions_description(runtime.registry, f"{runtime.project.name} functions"))
+
+
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/executions", executions),
     ("GET", "/executions/{id}", record),
@@ -265,5 +271,6 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/executions/{id}/resume", resume),
     ("GET", "/state/{table}/history", history),
     ("GET", "/state/{table}/blame", blame),
+    ("GET", "/functions/openapi.json", functions_openapi),
     ("GET", "/openapi.json", openapi),
 ]

@@ -1,15 +1,21 @@
-"""The OpenAPI 3.1 description of the admin API, served at ``GET /_flux/openapi.json``.
+"""The OpenAPI 3.1 description of the admin API, served at ``GET /_flux/openapi.json``,
+and of the project's own functions — their route table — at
+``GET /_flux/functions/openapi.json``.
 
-Written by hand next to the handlers (flux/server/_admin.py); a test checks that every route of
-the admin router is described here and every path here is routed, and schemathesis
-checks the answers against it.
+The admin API's is written by hand next to the handlers (flux/server/_admin.py); a test
+checks that every route of the admin router is described here and every path here is
+routed, and schemathesis checks the answers against it. The functions' is made from the
+registry: a path, its typed parameters and its methods per function.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from flux._function import FunctionSpec
 from flux._version import __version__
+from flux.runtime._loader import Registry
 
 _NULLABLE_TEXT: dict[str, Any] = {"type": ["string", "null"]}
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
@@ -255,6 +261,12 @@ def description() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Blame"), "Who wrote each column's value."),
                               **_errors(400, 404)},
             }},
+            "/functions/openapi.json": {"get": {
+                "operationId": "functionsOpenapi", "summary": "The functions' routes",
+                "responses": {"200": _json(_ANY_OBJECT, "OpenAPI 3.1 of the project's "
+                                           "functions: each route, its methods and "
+                                           "typed path parameters."), **_errors()},
+            }},
             "/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This description",
                 "security": [],
@@ -266,3 +278,52 @@ def description() -> dict[str, Any]:
             "schemas": _SCHEMAS,
         },
     }
+
+
+_PARAM_SCHEMA: dict[str, dict[str, Any]] = {
+    "str": {"type": "string"}, "path": {"type": "string"}, "int": {"type": "integer",
+                                                                   "minimum": 0},
+    "float": {"type": "number", "minimum": 0}, "uuid": {"type": "string", "format": "uuid"},
+}
+_BODYLESS = ("GET", "HEAD", "DELETE", "OPTIONS")
+
+
+def functions_description(registry: Registry, title: str = "Flux functions"
+                          ) -> dict[str, Any]:
+    """The OpenAPI document of the functions ``registry`` serves: one path per route (its
+    parameters typed as declared), one operation per method."""
+    paths: dict[str, dict[str, Any]] = {}
+    for method, _, spec in registry.table():
+        path = "/" + re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[A-Za-z]+)?\}", r"{\1}",
+                            spec.route)
+        paths.setdefault(path, {})[method.lower()] = _operation(spec, method)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": __version__,
+                 "description": "The functions this Flux serves. Every answer carries "
+                                "`x-flux-request-id`; an error answer is `{\"error\": "
+                                "{\"code\", \"message\"}, \"request_id\"}`."},
+        "paths": paths,
+        "components": {"schemas": {"Error": _SCHEMAS["Error"]}},
+    }
+
+
+def _operation(spec: FunctionSpec, method: str) -> dict[str, Any]:
+    several = len(spec.methods) > 1
+    operation: dict[str, Any] = {
+        "operationId": f"{spec.name}_{method.lower()}" if several else spec.name,
+        "summary": spec.name,
+        "parameters": [{"name": name, "in": "path", "required": True,
+                        "schema": _PARAM_SCHEMA[kind]} for name, kind in spec.pattern.params],
+        "responses": {
+            "200": {"description": "The function's answer: JSON, or the status, headers "
+                                   "and body its flux.Response chose."},
+            "4XX": _json(_ref("Error"), "Bad input, or an error the function raised."),
+            "5XX": _json(_ref("Error"), "The function failed (`flux why <request_id>`)."),
+        },
+    }
+    if method not in _BODYLESS:
+        operation["requestBody"] = {"required": False, "content": {
+            "application/json": {"schema": {}},
+            "application/x-www-form-urlencoded": {"schema": {"type": "object"}}}}
+    return operation

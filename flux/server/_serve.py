@@ -80,7 +80,7 @@ class ServeInfo:
     url: str
     database: str
     embedded: bool
-    functions: list[tuple[str, str]]  # (route, name)
+    functions: list[tuple[str, str, str]]  # the route table: (method, /route, name)
     load_errors: list[LoadError]
     schema: SchemaResult
     data_dir: str | None = None
@@ -151,7 +151,8 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
         events.ready(ServeInfo(
             url=f"http://{shown_host}:{port}", database=target.display,
             embedded=target.embedded is not None,
-            functions=sorted((s.route, s.name) for s in runtime.registry.by_name.values()),
+            functions=[(method, route, spec.name)
+                       for method, route, spec in runtime.registry.table()],
             load_errors=load_errors, schema=schema,
             data_dir=str(target.embedded.data_dir) if target.embedded else None,
             admin=_admin_state(access), asgi=_asgi_state(runtime)))

@@ -39,7 +39,13 @@ import orjson
 import wasmtime
 
 from flux._errors import ConfigError, WasmError, WasmMemoryLimit, WasmTrap
-from flux._function import FunctionSpec, FunctionTimeout, validate_cron
+from flux._function import (
+    FunctionSpec,
+    FunctionTimeout,
+    parse_methods,
+    parse_route,
+    validate_cron,
+)
 from flux.runtime._recorder import CallSite
 from flux.runtime.wasm._host import (
     SIGNATURES,
@@ -62,7 +68,7 @@ DEFAULT_MEMORY_MB = 64
 PAGE = 65536
 CACHE_SIZE = 64
 POOL_THREADS = 32
-_OPTIONS = {"route", "timeout", "retries", "cron", "memory_mb"}
+_OPTIONS = {"route", "methods", "timeout", "retries", "cron", "memory_mb"}
 
 
 @dataclass(frozen=True)
@@ -202,7 +208,8 @@ def load_module(path: Path) -> FunctionSpec:
     handler = WasmFunction(name, path, compiled, float(timeout),
                            int(float(memory_mb) * 1024 * 1024))
     handler.spec = FunctionSpec(
-        name=name, route=str(options.get("route", name)).strip("/"), handler=handler,
+        name=name, route=parse_route(str(options.get("route", name))).text,
+        methods=parse_methods(options.get("methods"), f"{name}.toml"), handler=handler,
         is_async=True, timeout=float(timeout), retries=retries,
         cron=None if cron is None else str(cron), file=str(path),
         line=compiled.source.handle_line, runtime="wasm")
