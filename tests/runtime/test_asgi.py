@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +14,8 @@ import pytest
 from fastapi import FastAPI, HTTPException, Query, Request
 from starlette.responses import StreamingResponse
 
-from flux._project import AsgiConfig
+from flux._errors import ConfigError
+from flux._project import AsgiConfig, parse, with_asgi
 from flux.runtime._asgi import (
     AppError,
     Lifespan,
@@ -163,3 +165,26 @@ def test_loading_names_what_is_missing(tmp_path: Path) -> None:
         load_app("svc.web:app", tmp_path, AsgiConfig())
     with pytest.raises(AppError, match="no such module"):
         load_app("svc.nowhere:app", tmp_path, AsgiConfig())
+
+
+def test_the_asgi_table_and_flag_are_checked_in_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "flux.toml").write_text('[asgi]\napp = "shop.api:app"\nlifespan = "off"\n')
+    project = parse(tmp_path)
+    assert (project.asgi.app, project.asgi.lifespan, project.asgi.name) == (
+        "shop.api:app",
+        "off",
+        "asgi",
+    )
+    assert with_asgi(project, "svc.web:api").asgi.app == "svc.web:api"
+    assert with_asgi(project, None) is project
+    with pytest.raises(ConfigError, match="--asgi must name an ASGI application"):
+        with_asgi(project, "shop/api.py")
+    for table, message in (
+        ('app = "shop.api"', "module:attribute"),
+        ('lifespan = "sometimes"', 'asgi.lifespan must be "auto", "on" or "off"'),
+        ('apps = "x:y"', "has no option 'apps'"),
+        ("max_response_bytes = 0", "at least 1"),
+    ):
+        (tmp_path / "flux.toml").write_text(f"[asgi]\n{table}\n")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse(tmp_path)
