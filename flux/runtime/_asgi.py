@@ -94,6 +94,8 @@ class Reply:
         body: Any = encode(self.body)
         if not self.body:
             body = None
+        elif b"\x00" in self.body or b"\\u0000" in self.body:
+            pass  # jsonb holds no U+0000: kept as bytes
         elif is_json_type(media):
             with contextlib.suppress(ValueError):
                 body = json.loads(self.body)
