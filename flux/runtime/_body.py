@@ -2,11 +2,13 @@
 it came.
 
 What a body decodes to — the function's ``input`` — follows its ``Content-Type``: JSON for a
-JSON type, ``text/plain`` or none (as before routes and forms: a client that says nothing is
-taken to send JSON); for ``application/x-www-form-urlencoded`` a form, as a dict whose
-repeated fields are lists — unless the body starts with ``{`` or ``[`` (``curl -d '{…}'``
-sends JSON with the form type); for any other type (XML, bytes, multipart) ``None``, and the
-handler reads the bytes from ``ctx.request.body``.
+JSON type, ``text/plain``, ``application/octet-stream`` or none (as before routes and forms:
+a client that says nothing — aiohttp's client calls any bytes ``octet-stream`` — is taken to
+send JSON, and a body that is not JSON is a 400); for ``application/x-www-form-urlencoded`` a
+form, as a dict whose repeated fields are lists — unless the body starts with ``{`` or ``[``
+(``curl -d '{…}'`` sends JSON with the form type); for any other type (XML, CSV, a PDF,
+multipart) JSON if the body is JSON, else ``None``, and the handler reads the bytes from
+``ctx.request.body``.
 
 ``json.loads`` accepts more than a record can keep, so these are refused too, each with one
 sentence and a 400 that is recorded like any other answer:
@@ -37,6 +39,7 @@ _BAD_CHAR = re.compile(r"[\x00\ud800-\udfff]")
 
 
 FORM = "application/x-www-form-urlencoded"
+UNLABELLED = ("", "text/plain", "application/octet-stream")  # taken to be JSON, as ever
 
 
 class BodyError(ValueError):
@@ -62,9 +65,12 @@ def decode_input(raw: bytes, media: str) -> Any:
     """The function's ``input`` for a body of media type ``media`` (see above)."""
     if media == FORM and raw.lstrip()[:1] not in (b"{", b"["):
         return parse_form(raw)
-    if media in ("", "text/plain", FORM) or is_json_type(media):
+    if media in UNLABELLED or media == FORM or is_json_type(media):
         return parse_body(raw)
-    return None
+    try:
+        return parse_body(raw)
+    except BodyError:
+        return None  # not JSON, and it never said it was: the handler reads the bytes
 
 
 def form_pairs(raw: bytes) -> list[tuple[str, str]]:

@@ -33,7 +33,14 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from flux._jsoncodec import decode, encode
-from flux.runtime._body import FORM, form_pairs, is_json_type, media_type, parse_body
+from flux.runtime._body import (
+    FORM,
+    UNLABELLED,
+    form_pairs,
+    is_json_type,
+    media_type,
+    parse_body,
+)
 
 if TYPE_CHECKING:
     from flux.runtime._redact import RedactionPolicy
@@ -142,7 +149,7 @@ def _raw(raw: bytes, media: str, input: Any, policy: RedactionPolicy,
         why = (f"it carried the redacted field(s) {', '.join(fields)}" if fields
                else "it carried a secret value")
         return {"redacted": why, "size": size, "sha256": hashlib.sha256(raw).hexdigest()}
-    if (is_json_type(media) or media in ("", "text/plain")) and input is not None:
+    if (is_json_type(media) or media in UNLABELLED) and input is not None:
         try:
             if orjson.dumps(input) == raw:
                 return {"json": "compact"}
