@@ -35,7 +35,7 @@ def init(name: str = typer.Argument(..., help="Directory to create.")) -> None:
               "-d '{\"email\": \"ada@example.com\"}'\n")
 
 
-ASGI_HELP = ("An ASGI app (FastAPI, Starlette) to serve for every path no function takes, "
+ASGI_HELP = ("An ASGI app (FastAPI, Starlette) to serve every request no function takes, "
              "as module:attribute (default: [asgi] app in flux.toml).")
 
 
