@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from cli._output import err, out
 from flux._ids import short
-from flux._project import load
+from flux._project import load, with_asgi
 
 if TYPE_CHECKING:
     from flux.runtime._loader import LoadError
@@ -35,14 +35,19 @@ def init(name: str = typer.Argument(..., help="Directory to create.")) -> None:
               "-d '{\"email\": \"ada@example.com\"}'\n")
 
 
+ASGI_HELP = ("An ASGI app (FastAPI, Starlette) to serve every request no function takes, "
+             "as module:attribute (default: [asgi] app in flux.toml).")
+
+
 def dev(port: int = typer.Option(None, "--port", "-p", help="Port (default: flux.toml, 4000)."),
-        host: str = typer.Option("127.0.0.1", "--host", help="Address to bind.")) -> None:
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+        asgi: str = typer.Option(None, "--asgi", help=ASGI_HELP)) -> None:
     """Run the project locally: embedded PostgreSQL, reload on change, until Ctrl-C."""
     import asyncio
 
     from flux.server._serve import serve
 
-    project = load()
+    project = with_asgi(load(), asgi)
     events = _events(project.name, mode="dev")
     asyncio.run(serve(project, host=host, port=port or project.port, reload=True,
                       events=events, dev=True))
@@ -54,6 +59,7 @@ def serve_command(
     host: str = typer.Option("0.0.0.0", "--host", help="Address to bind."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, max=64,
                                 help="Worker processes sharing the port."),
+    asgi: str = typer.Option(None, "--asgi", help=ASGI_HELP),
 ) -> None:
     """Run the project in production: DATABASE_URL, no reload, several workers allowed."""
     import asyncio
@@ -61,7 +67,7 @@ def serve_command(
     from flux.capture._schema import SchemaResult
     from flux.server._serve import prepare_database, serve
 
-    project = load()
+    project = with_asgi(load(), asgi)
     port = port or project.port
     if os.environ.get(WORKER_ENV):
         from flux.store._database import resolve
@@ -78,13 +84,15 @@ def serve_command(
         asyncio.run(serve(project, host=host, port=port, reload=False, prepared=prepared,
                           events=_events(project.name, mode="serve")))
         return
-    _supervise(workers, port, host, prepared[0].started)
+    _supervise(workers, port, host, prepared[0].started, asgi)
 
 
-def _supervise(workers: int, port: int, host: str, started_db: bool) -> None:
+def _supervise(workers: int, port: int, host: str, started_db: bool,
+               asgi: str | None = None) -> None:
     """Run ``workers`` serving processes on one port (SO_REUSEPORT) until SIGINT/SIGTERM."""
     env = {**os.environ, WORKER_ENV: "1"}
-    argv = [sys.executable, "-m", "cli", "serve", "--port", str(port), "--host", host]
+    argv = [sys.executable, "-m", "cli", "serve", "--port", str(port), "--host", host,
+            *(["--asgi", asgi] if asgi else [])]
     children = [subprocess.Popen(argv, env=env) for _ in range(workers)]
     out.print(f"[green]✓[/] {workers} workers serving on {host}:{port}")
     stopping = False
@@ -131,6 +139,9 @@ def _events(name: str, *, mode: str) -> ServeEvents:
         out.print(f"\n  {len({fn for _, _, fn in info.functions})} function(s)")
         for method, route, fn in info.functions:
             out.print(f"    {method:<4} {escape(route):<29} {escape(fn)}")
+        if info.asgi is not None:
+            out.print(f"    *    {'/…':<29} {escape(info.asgi)} (ASGI app: every other "
+                      "request)")
         for error in info.load_errors:
             _load_error(error)
         out.print("\n  [dim]ready — Ctrl-C to stop[/]\n")

@@ -28,6 +28,7 @@ _EXPORTS = {
     "NotFound": "flux._errors",
     "Overloaded": "flux._errors",
     "Response": "flux.runtime._response",
+    "context": "flux.runtime._context",
     "current": "flux.runtime._context",
     "function": "flux._function",
 }
@@ -49,6 +50,7 @@ __all__ = [
     "Overloaded",
     "Response",
     "__version__",
+    "context",
     "current",
     "function",
 ]
@@ -70,7 +72,7 @@ if TYPE_CHECKING:
         Overloaded,
     )
     from flux._function import function
-    from flux.runtime._context import Context, current
+    from flux.runtime._context import Context, context, current
     from flux.runtime._response import Response
 
 

@@ -6,6 +6,7 @@ A project is the nearest directory upward that holds a ``flux.toml``. Its privat
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -85,6 +86,19 @@ class AiConfig:
 
 
 @dataclass(frozen=True)
+class AsgiConfig:
+    """``[asgi]`` in flux.toml: an existing ASGI application (FastAPI, Starlette) served
+    inside Flux, each request it handles one recorded execution (flux/runtime/_asgi.py).
+    ``flux serve --asgi module:app`` sets ``app`` for one run."""
+
+    app: str | None = None  # "shop.api:app": a module importable from the project root
+    name: str = "asgi"  # the function name its executions are recorded under
+    lifespan: str = "auto"  # auto: run it if the app supports it; on: it must; off: never
+    timeout: float = 30.0  # seconds one request may take, as @function(timeout=)
+    max_response_bytes: int = 10 * 1024 * 1024  # a response is collected whole, up to this
+
+
+@dataclass(frozen=True)
 class Project:
     """A Flux project: its root directory and its parsed configuration."""
 
@@ -97,6 +111,7 @@ class Project:
     server: ServerConfig = field(default_factory=ServerConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     ai: AiConfig = field(default_factory=AiConfig)
+    asgi: AsgiConfig = field(default_factory=AsgiConfig)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -185,6 +200,7 @@ def parse(root: Path) -> Project:
         otel=_otel(path, raw.get("otel", {})),
         record=_record_config(path, raw),
         ai=_ai_config(path, raw.get("ai", {})),
+        asgi=asgi_config(raw.get("asgi", {}), str(path)),
         raw=raw,
     )
 
@@ -262,6 +278,57 @@ def _ai_config(path: Path, section: Any) -> AiConfig:
         max_prompt_chars=cap,
         max_tokens=_count_option(path, "ai.max_tokens", section.get("max_tokens", 1024)),
         stream=stream)
+
+
+_ASGI_KEYS = frozenset({"app", "name", "lifespan", "timeout", "max_response_bytes"})
+_APP_SPEC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+                       r":[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def check_app_spec(spec: Any, where: str) -> str:
+    """``module:attribute`` (``shop.api:app``), or one sentence saying how to spell it."""
+    if not isinstance(spec, str) or not _APP_SPEC.match(spec.strip()):
+        raise ConfigError(f"{where} must name an ASGI application as module:attribute, such "
+                          f'as "shop.api:app", not {spec!r}')
+    return spec.strip()
+
+
+def with_asgi(project: Project, spec: str | None) -> Project:
+    """``project`` serving the ASGI app ``spec`` (``--asgi shop.api:app``) instead of the one
+    flux.toml names, if any."""
+    if spec is None:
+        return project
+    app = check_app_spec(spec, "--asgi")
+    return dataclasses.replace(project, asgi=dataclasses.replace(project.asgi, app=app))
+
+
+def asgi_config(section: Any, where: str) -> AsgiConfig:
+    """``[asgi]``: checked here, so a typo is one sentence before anything is served."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: [asgi] must be a table")
+    unknown = sorted(set(section) - _ASGI_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: [asgi] has no option {unknown[0]!r}",
+                          hint="the options are " + ", ".join(sorted(_ASGI_KEYS)))
+    app = section.get("app")
+    if app is not None:
+        app = check_app_spec(app, f"{where}: asgi.app")
+    name = section.get("name", AsgiConfig.name)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{where}: asgi.name must be a function name (letters, digits, _ . "
+                          f"-), not {name!r}")
+    lifespan = section.get("lifespan", "auto")
+    if lifespan not in ("auto", "on", "off"):
+        raise ConfigError(f'{where}: asgi.lifespan must be "auto", "on" or "off", '
+                          f"not {lifespan!r}")
+    return AsgiConfig(
+        app=app, name=name, lifespan=lifespan,
+        timeout=_seconds_option(Path(where), "asgi.timeout", section.get("timeout"))
+        or AsgiConfig.timeout,
+        max_response_bytes=_count_option(Path(where), "asgi.max_response_bytes",
+                                         section.get("max_response_bytes",
+                                                     AsgiConfig.max_response_bytes)))
 
 
 def _int_option(path: Path, key: str, value: Any) -> int:

@@ -619,7 +619,7 @@ METAVARS = {"request": "ID", "request_id": "ID", "target": "ID|FILE", "good": "R
             "status": "S", "since": "T", "limit": "N", "port": "N", "workers": "N",
             "concurrency": "N", "id": "PK", "input": "JSON", "sql": "SQL", "db": "tape|live",
             "expect": "same", "output": "FILE", "path": "FILE", "paths": "PATH", "job": "JOB",
-            "host": "HOST"}
+            "host": "HOST", "asgi": "MODULE:APP"}
 
 
 def _metavar(param: Any) -> str:

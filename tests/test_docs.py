@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flux._project import parse
+from flux._project import AsgiConfig, parse
 from flux.jobs._worker import QueueConfig
 from flux.replay._explain import policy_for
 from flux.runtime._iowatch import IOAllowance
@@ -91,6 +91,7 @@ def test_the_flux_toml_of_the_configuration_reference_is_accepted(tmp_path: Path
     assert (project.ai.timeout_s, project.ai.max_prompt_chars, project.ai.stream) == (
         60.0, 24000, True)  # the defaults, as documented
     assert "git" in IOAllowance.of(tmp_path, project.raw).commands
+    assert project.asgi == AsgiConfig(app="shop.api:app")  # the defaults, as documented
     headings = re.findall(r"^## `\[([^\]]+)\]`", text, re.MULTILINE)
     for table in re.findall(r"^\[([^\]]+)\]", toml, re.MULTILINE):
         assert any(table == h or table.startswith(h + ".") for h in headings), \

@@ -16,7 +16,7 @@ def test_exported_members() -> None:
         "AmbiguousId", "ConfigError", "Context", "DatabaseError", "EmbeddedServerError",
         "FluxError", "FunctionError", "HttpConnectionError", "HttpError", "HttpStatusError",
         "HttpTimeout", "MigrationError", "NotFound", "Overloaded", "Response", "__version__",
-        "current", "function",
+        "context", "current", "function",
     ]
     for name in flux.__all__:
         assert hasattr(flux, name)

@@ -237,7 +237,7 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
                           "([record] sample_rate): only its outline was kept, not its tape, "
                           "so it cannot be replayed")
     function = record.get("function")
-    spec = runtime.registry.by_name.get(function or "")
+    spec = runtime.registry.named(function)
     if spec is None:
         raise NotFound(f"no function named {function!r} in {runtime.functions_dir}",
                        hint="replay runs today's code: is this the right project?")
@@ -330,7 +330,7 @@ def replay_command(project: Any, target: str, *, db_mode: str = "tape",
                           pool_size=2, keeps_records=False, exports_spans=False)
         errors = await runtime.start(open_pool=False)
         try:
-            if record.get("function") not in runtime.registry.by_name and errors:
+            if runtime.registry.named(record.get("function")) is None and errors:
                 broken = "; ".join(f"{e.file.name}: {e.message}" for e in errors)
                 raise ReplayError(f"{record.get('function')} is not loaded; modules that fail "
                                   f"to load: {broken}")

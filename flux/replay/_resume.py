@@ -129,7 +129,7 @@ class ResumeSource(TapeReplay):
 
 async def _run(runtime: Runtime, record: dict[str, Any], *, rehearsal: bool,
                request_id: str) -> tuple[Any, ResumeSource]:
-    spec = runtime.registry.by_name.get(record.get("function") or "")
+    spec = runtime.registry.named(record.get("function"))
     if spec is None:
         raise NotFound(f"no function named {record.get('function')!r} in "
                        f"{runtime.functions_dir}")

@@ -59,6 +59,20 @@ def current() -> Context:
     return ctx
 
 
+def context() -> Context:
+    """The ``ctx`` of the running execution, for code Flux did not call with one: a route
+    handler of an ASGI app Flux serves (``[asgi]`` in flux.toml), a helper module.
+    ``flux.context().db``, ``.now()``, ``.step(…)``, ``.queue.push(…)`` are recorded as
+    ``ctx``'s are. Outside an execution it raises OutsideExecution (a FluxError)."""
+    ctx = _current.get()
+    if ctx is None:
+        raise OutsideExecution(
+            "flux.context() was called outside a Flux execution",
+            hint="call it while Flux runs a request: inside a function, or a route of the "
+            "ASGI app Flux serves ([asgi] in flux.toml)")
+    return ctx
+
+
 @contextlib.contextmanager
 def activate(ctx: Context) -> Iterator[Context]:
     token = _current.set(ctx)

@@ -41,6 +41,7 @@ from flux._tracecontext import TraceContext, from_headers
 from flux.inspect._signature import failure_signature
 from flux.runtime._body import BodyError, decode_input, media_type, preview
 from flux.runtime._executor import IN_DOUBT, Invocation, Outcome, execute
+from flux.runtime._loader import RouteMatch
 from flux.runtime._recorder import Span
 from flux.runtime._request import Request
 from flux.runtime._runtime import Runtime, utcnow
@@ -111,11 +112,11 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         return _unavailable(runtime, request_id, NOT_RUN)
     foreign = runtime.admin.foreign(request.headers, admin=False, method=request.method)
     if foreign is not None:  # a web page's request (flux/runtime/_access.py): recorded, not run
-        spec = runtime.registry.route(path)
+        spec = runtime.registry.route(path) or runtime.registry.asgi
         return await _reject(request, foreign.status, foreign.code, foreign.message,
                              function=spec.name if spec else None)
     body: bytes | _BodyProblem | None = None
-    found = runtime.registry.match(request.method, path)
+    found = _take(runtime, request.method, path)
     if found is not None and found.spec is not None:
         body = await _read_body(request, runtime)
         if isinstance(body, _BodyProblem):  # answered and recorded, nothing run: no slot
@@ -155,9 +156,20 @@ async def _read_body(request: web.Request, runtime: Runtime) -> bytes | _BodyPro
         return _BodyProblem.UNDECODABLE
 
 
+def _take(runtime: Runtime, method: str, path: str) -> RouteMatch | None:
+    """What answers ``method`` at ``path``: the function that takes it; else the ASGI app
+    Flux serves, if any (flux/runtime/_asgi.py) — so one endpoint can move into a function
+    while the app keeps the rest; else what the functions say (a 405, or None: a 404)."""
+    found = runtime.registry.match(method, path)
+    app = runtime.registry.asgi
+    if app is not None and (found is None or found.spec is None):
+        return RouteMatch(app, {}, ())
+    return found
+
+
 async def _run(request: web.Request, runtime: Runtime, path: str, request_id: str,
                body: bytes | _BodyProblem | None) -> web.StreamResponse:
-    found = runtime.registry.match(request.method, path)
+    found = _take(runtime, request.method, path)
     spec = found.spec if found is not None else None
     try:
         tenant = runtime.tenants.resolve(request)
@@ -202,8 +214,10 @@ async def _run(request: web.Request, runtime: Runtime, path: str, request_id: st
     try:
         payload = decode_input(raw, media)
     except BodyError as exc:
-        return await _reject(request, 400, exc.code, str(exc), function=spec.name,
-                             body=preview(raw), tenant=tenant)
+        if spec is not runtime.registry.asgi:
+            return await _reject(request, 400, exc.code, str(exc), function=spec.name,
+                                 body=preview(raw), tenant=tenant)
+        payload = None  # the app reads the bytes and answers as it does (FastAPI: a 422)
     invocation = Invocation(
         request_id=request_id, spec=spec, input=payload, kind="http", method=request.method,
         route=path, headers=dict(request.headers), query=dict(request.query), tenant=tenant,

@@ -47,6 +47,17 @@ class Registry:
 
     by_name: dict[str, FunctionSpec] = field(default_factory=dict)
     by_file: dict[Path, str] = field(default_factory=dict)
+    # The ASGI app Flux serves ([asgi]): every request no function takes. Not routed like a
+    # function, nor a target for jobs and invoke; found by name for replay and resume.
+    asgi: FunctionSpec | None = None
+
+    def named(self, name: str | None) -> FunctionSpec | None:
+        """The function (or the ASGI app) a record names."""
+        if name is None:
+            return None
+        if self.asgi is not None and name == self.asgi.name:
+            return self.asgi
+        return self.by_name.get(name)
 
     def route(self, path: str) -> FunctionSpec | None:
         """A function routed at ``path``, whatever its methods."""

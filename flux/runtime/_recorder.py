@@ -185,13 +185,20 @@ class Recorder:
         return self._site(site) if site else CallSite(None, None)
 
     def site_of_traceback(self, tb: Any) -> CallSite:
-        """The deepest frame of a traceback that is user code (in ``functions/``)."""
+        """The deepest frame of a traceback that is user code: in ``functions/``, else
+        elsewhere in the project outside libraries and Flux (the route handler of an ASGI
+        app Flux serves, in its own package)."""
         found: CallSite | None = None
+        project: CallSite | None = None
         while tb is not None:
-            if tb.tb_frame.f_code.co_filename.startswith(self._functions_dir):
+            filename = tb.tb_frame.f_code.co_filename
+            if filename.startswith(self._functions_dir):
                 found = self._site(tb.tb_frame, tb.tb_lineno)
+            elif filename.startswith(self._root) and not filename.startswith(_FLUX_DIR) \
+                    and _PACKAGES not in filename:
+                project = self._site(tb.tb_frame, tb.tb_lineno)
             tb = tb.tb_next
-        return found or CallSite(None, None)
+        return found or project or CallSite(None, None)
 
     def _site(self, frame: FrameType, line: int | None = None) -> CallSite:
         return CallSite(self.relative(frame.f_code.co_filename), line or frame.f_lineno,

@@ -70,6 +70,8 @@ class Answer:
 def answer_of(result: Any, json_value: Callable[[Any], Any]) -> Answer:
     """The answer for what a handler returned; ``json_value`` checks a value JSON can
     encode (raising TypeError with a sentence when it cannot)."""
+    if isinstance(result, Answer):  # made by Flux itself (an ASGI app's reply)
+        return result
     if not isinstance(result, Response):
         return Answer(body=json_value(result))
     headers = result.headers

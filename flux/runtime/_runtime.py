@@ -19,6 +19,7 @@ from flux._errors import DatabaseUnavailable, Overloaded
 from flux._gitinfo import CodeVersion, code_version
 from flux._project import Project
 from flux.runtime._access import AdminAccess
+from flux.runtime._asgi import AppError, LoadedApp, function_spec, load_app
 from flux.runtime._intercept import install as capture_clients
 from flux.runtime._iowatch import IOAllowance
 from flux.runtime._loader import LoadError, Registry, load_all, load_file
@@ -85,6 +86,7 @@ class Runtime:
         self.http_session: aiohttp.ClientSession
         self._pool_lock = asyncio.Lock()
         self.otel: Exporter | None = None  # [otel] endpoint: spans sent over OTLP/HTTP
+        self.asgi: LoadedApp | None = None  # [asgi] app, once loaded and started
         self._exports_spans = exports_spans  # false where nothing is stored (dry runs)
 
     async def start(self, *, open_pool: bool = True) -> list[LoadError]:
@@ -100,7 +102,28 @@ class Runtime:
         if self._exports_spans:
 
             self.otel = exporter_for(self.project)
-        return load_all(self.functions_dir, self.registry)
+        errors = load_all(self.functions_dir, self.registry)
+        if self.project.asgi.app is not None:
+            errors.extend(await self._start_asgi(self.project.asgi.app))
+        return errors
+
+    async def _start_asgi(self, spec: str) -> list[LoadError]:
+        """Load the ASGI app of ``[asgi]`` and run its startup. An app that cannot be
+        imported is a load error (the functions still serve, as with a broken function);
+        a startup that fails stops the runtime from starting (AppError), as in uvicorn."""
+        config = self.project.asgi
+        where = self.root / "flux.toml"
+        if config.name in self.registry.by_name:
+            return [LoadError(where, f"[asgi] name {config.name!r} is also a function's name; "
+                                     "give the app another with [asgi] name")]
+        try:
+            loaded = load_app(spec, self.root, config)  # before serving: blocking is fine
+        except AppError as exc:
+            return [LoadError(where, exc.message)]
+        await loaded.lifespan.startup()
+        self.asgi = loaded
+        self.registry.asgi = function_spec(loaded, config)
+        return []
 
     @property
     def pool(self) -> AsyncConnectionPool:
@@ -192,6 +215,16 @@ class Runtime:
         return self.pool
 
     async def close(self) -> None:
+        """Run the ASGI app's shutdown, then close the HTTP session, the pool and the
+        exporter."""
+        asgi, self.asgi = self.asgi, None
+        try:
+            if asgi is not None:
+                await asgi.lifespan.shutdown()
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
         await self.availability.close()
         if hasattr(self, "http_session"):
             await self.http_session.close()

@@ -86,6 +86,16 @@ class ServeInfo:
     data_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     admin: str = "closed"  # open (flux dev on loopback), token, or closed
+    asgi: str | None = None  # "shop.api:app as asgi (lifespan on)": the ASGI app served
+
+
+def _asgi_state(runtime: Runtime) -> str | None:
+    loaded = runtime.asgi
+    if loaded is None:
+        return None
+    life = "on" if loaded.lifespan.supported else \
+        "off" if loaded.lifespan.mode == "off" else "not supported by the app"
+    return f"{loaded.spec} as {runtime.project.asgi.name} (lifespan {life})"
 
 
 def _admin_state(access: AdminAccess) -> str:
@@ -145,7 +155,7 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
                        for method, route, spec in runtime.registry.table()],
             load_errors=load_errors, schema=schema,
             data_dir=str(target.embedded.data_dir) if target.embedded else None,
-            admin=_admin_state(access)))
+            admin=_admin_state(access), asgi=_asgi_state(runtime)))
 
         jobs = await start_jobs(runtime)
         # Always: idle in trigger mode, it takes over when `flux capture switch wal` runs.
