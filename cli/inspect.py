@@ -48,12 +48,14 @@ def ls(when: str = typer.Argument(None, metavar="[WINDOW]",
        since: str = typer.Option(None, "--since", help="15m, 2h, 14:05 or an ISO time."),
        window: str = typer.Option(None, "--window", help=WINDOW_HELP),
        limit: int = typer.Option(20, "--limit", "-n", help="At most this many."),
+       kind: str = typer.Option(None, "--kind",
+                                help="http, job, cron, replay, resume or invoke."),
        as_json: bool = JSON) -> None:
     """Recent executions, newest first."""
     chosen = one_window(when, window)
     facts = source().window(chosen) if chosen else None
     rows = source().executions(function=function, status=status, since=since,
-                               window=chosen, limit=limit)
+                               window=chosen, limit=limit, kind=kind)
     if as_json:
         print_json({"executions": rows, **({"window": facts} if facts else {})})
         return
