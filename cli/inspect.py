@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli._output import out, print_json, shorten
-from cli._source import refuse_remote, remote_url, source
+from cli._source import refuse_remote, remote_url, source, web_link
 from flux._ids import short
 from flux._project import load
 
@@ -246,6 +246,9 @@ def show_trace(request_id: str, as_json: bool) -> None:
     _render_handoff({"jobs": record.get("jobs") or [], "parent": record.get("parent")})
     _render_incomplete(record.get("incomplete") or [],
                        lambda label, text: out.print(f"  ── {label}: {text}"))
+    link = web_link(record["request_id"])
+    if link:
+        out.print(f"  ── Web: [cyan]{escape(link)}[/]", soft_wrap=True)
     out.print("")
 
 
@@ -445,4 +448,7 @@ def _render_why(r: dict[str, Any]) -> None:
         mark = "  [red]✗[/]" if span["id"] == failing else ""
         out.print(f"  {prefix}{escape(span['name'])}  [dim]{latency}[/]{mark}")
     out.print("")
+    link = web_link(r["request_id"])
+    if link:
+        out.print(f"  [bold]{'WEB':<13}[/][cyan]{escape(link)}[/]\n", soft_wrap=True)
 

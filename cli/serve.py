@@ -128,6 +128,9 @@ def _events(name: str, *, mode: str) -> ServeEvents:
                  "token": "needs Authorization: Bearer $FLUX_ADMIN_TOKEN",
                  "closed": "closed (set FLUX_ADMIN_TOKEN to open it)"}[info.admin]
         out.print(f"  [dim]admin API /_flux/ {admin}[/]")
+        if info.admin != "closed":
+            out.print(f"  ➜ web view [bold cyan]{info.url}/_flux/ui/[/]"
+                      + ("" if info.admin == "open" else "  [dim](sign in with the token)[/]"))
         out.print(f"\n  {len(info.functions)} function(s)")
         for route, fn in info.functions:
             out.print(f"    POST /{escape(route):<28} {escape(fn)}")

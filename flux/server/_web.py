@@ -61,7 +61,9 @@ def session_of(request: web.Request) -> str | None:
 def _secure(response: web.StreamResponse, csp: str = CSP) -> web.StreamResponse:
     response.headers["Content-Security-Policy"] = csp
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on the
+    # sign-in form's POST, which could then not be told from another site's.
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -148,7 +150,7 @@ async def sign_in(request: web.Request, access: AdminAccess) -> web.StreamRespon
         )
     if not token or not access.matches(token):
         return _signin_page(next_page, "that is not this server's admin token")
-    response = web.HTTPSeeOther(next_page)
+    response = web.Response(status=303, headers={"Location": next_page})
     response.set_cookie(
         SESSION_COOKIE,
         access.session() or "",
