@@ -447,8 +447,8 @@ def _render_why(r: dict[str, Any]) -> None:
         latency = "—" if span.get("duration_ms") is None else f"{span['duration_ms']:.0f}ms"
         mark = "  [red]✗[/]" if span["id"] == failing else ""
         out.print(f"  {prefix}{escape(span['name'])}  [dim]{latency}[/]{mark}")
-    out.print("")
     link = web_link(r["request_id"])
     if link:
-        out.print(f"  [bold]{'WEB':<13}[/][cyan]{escape(link)}[/]\n", soft_wrap=True)
+        out.print(f"\n  [bold]{'WEB':<13}[/][cyan]{escape(link)}[/]", soft_wrap=True)
+    out.print("")
 
