@@ -1,4 +1,4 @@
-"""The web view in a real browser: Playwright driving Debian's Chromium (one per session)
+"""The web view in a real browser: Playwright driving Debian's Chromium (one per module)
 against the example shop served in-process (one server per module, on its own event loop in
 a thread, so the synchronous Playwright API drives the page from the test's thread).
 
@@ -45,8 +45,10 @@ def chromium_path() -> str:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # Per module, not per session: while it runs, Playwright's sync API holds an event loop
+    # running on this thread, and every async test after it would find it there.
     with sync_playwright() as playwright:
         # --no-sandbox: the suite may run as root, where Chromium's sandbox refuses to start
         launched = playwright.chromium.launch(

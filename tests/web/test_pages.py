@@ -80,6 +80,8 @@ def test_execution_shows_why_location_and_waterfall(page: Page, live: Live) -> N
     expect(page.locator(".code .hit")).to_contain_text("charge_status = charge")
     expect(page.locator("#suggestion")).to_contain_text("flux replay")
     expect(page.locator(".rolled").first).to_contain_text("rolled back")
+    page.locator("#ai-ask").click()  # the shop has no [ai] table: one sentence says so
+    expect(page.locator("#ai-answer")).to_contain_text("[ai]")
     spans = page.locator("#waterfall .span")
     expect(spans).to_have_count(6)
     expect(page.locator("#waterfall .span.err")).to_have_count(2)
@@ -93,6 +95,9 @@ def test_execution_shows_why_location_and_waterfall(page: Page, live: Live) -> N
     page.locator("#waterfall .span", has_text="db.insert(orders)").click()
     expect(page.locator("#waterfall .detail", has_text="INSERT INTO orders")).to_have_count(1)
     screenshot(page, "execution")
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # a phone's width
+    screenshot(page, "execution-phone")
 
 
 def test_a_mutation_opens_the_rows_history(page: Page, live: Live) -> None:
@@ -149,6 +154,7 @@ def test_resume_from_the_page_charges_once(page: Page, live: Live) -> None:
     done.locator("a").first.click()
     expect(page).to_have_url(re.compile(f"/_flux/ui/x/{resumed}$"))
     expect(page.locator(".links")).to_contain_text(live.ids["failed"][:18])
+    expect(page.locator("table.log")).to_contain_text("checkout done")
     open_failed(page, live)  # and the original links to its resume
     expect(page.locator(".link-derived")).to_contain_text(resumed[:18])
 

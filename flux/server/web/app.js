@@ -293,7 +293,26 @@ async function whyPanel(why, record) {
       similar.map((n) => [idLink(n.request_id), " "]))
     : h("span", { class: "muted" }, "no earlier failure like it")]);
   if (why.suggestion) rows.push(["Suggestion", h("div", { id: "suggestion" }, why.suggestion)]);
+  rows.push(["Model", askModel(record)]);
   return section("Why it failed", h("dl", { class: "why" }, rows.map(([label, value]) => [h("dt", {}, label), h("dd", {}, value)])));
+}
+
+function askModel(record) {
+  // flux why --ai, asked by the server (its [ai] table, its key, its code). The answer is
+  // the model's text: shown as text, like everything else.
+  const out = h("div", { id: "ai-answer" });
+  const ask = h("button", { type: "button", id: "ai-ask" }, "Ask the model (flux why --ai)");
+  ask.addEventListener("click", async () => {
+    ask.disabled = true;
+    out.replaceChildren(h("p", { class: "muted" }, "Asking…"));
+    try {
+      const { ai } = await post(`/executions/${encodeURIComponent(record.request_id)}/why/ai`, {});
+      out.replaceChildren(ai.answer ? h("pre", {}, ai.answer) : h("div", { class: "banner warn" }, ai.error || "no answer"),
+        ai.model ? h("div", { class: "muted" }, `${ai.model}${ai.truncated ? " · prompt cut to the size cap" : ""}`) : null);
+    } catch (error) { out.replaceChildren(problem(error)); }
+    ask.disabled = false;
+  });
+  return h("div", {}, ask, out);
 }
 
 function exchange(record) {
