@@ -61,3 +61,18 @@ def source() -> Inspector:
     from flux.server._inspector import Local
 
     return Local.of_project(load())
+
+
+def web_link(request_id: str) -> str | None:
+    """The web view's page of an execution on the server that is known: ``--remote``, or
+    this project's running ``flux dev``; None when there is neither."""
+    from flux.server._running import dev_url
+    from flux.server._running import web_link as link
+
+    base = _remote.get()
+    if not base:
+        from flux._project import find_root
+
+        root = find_root()
+        base = dev_url(root / ".flux") if root is not None else None
+    return link(base, request_id) if base else None

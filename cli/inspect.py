@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli._output import out, print_json, shorten
-from cli._source import refuse_remote, remote_url, source
+from cli._source import refuse_remote, remote_url, source, web_link
 from flux._ids import short
 from flux._project import load
 
@@ -48,12 +48,14 @@ def ls(when: str = typer.Argument(None, metavar="[WINDOW]",
        since: str = typer.Option(None, "--since", help="15m, 2h, 14:05 or an ISO time."),
        window: str = typer.Option(None, "--window", help=WINDOW_HELP),
        limit: int = typer.Option(20, "--limit", "-n", help="At most this many."),
+       kind: str = typer.Option(None, "--kind",
+                                help="http, job, cron, replay, resume or invoke."),
        as_json: bool = JSON) -> None:
     """Recent executions, newest first."""
     chosen = one_window(when, window)
     facts = source().window(chosen) if chosen else None
     rows = source().executions(function=function, status=status, since=since,
-                               window=chosen, limit=limit)
+                               window=chosen, limit=limit, kind=kind)
     if as_json:
         print_json({"executions": rows, **({"window": facts} if facts else {})})
         return
@@ -245,6 +247,9 @@ def show_trace(request_id: str, as_json: bool) -> None:
     _render_handoff({"jobs": record.get("jobs") or [], "parent": record.get("parent")})
     _render_incomplete(record.get("incomplete") or [],
                        lambda label, text: out.print(f"  ── {label}: {text}"))
+    link = web_link(record["request_id"])
+    if link:
+        out.print(f"  ── Web: [cyan]{escape(link)}[/]", soft_wrap=True)
     out.print("")
 
 
@@ -447,5 +452,8 @@ def _render_why(r: dict[str, Any]) -> None:
         latency = "—" if span.get("duration_ms") is None else f"{span['duration_ms']:.0f}ms"
         mark = "  [red]✗[/]" if span["id"] == failing else ""
         out.print(f"  {prefix}{escape(span['name'])}  [dim]{latency}[/]{mark}")
+    link = web_link(r["request_id"])
+    if link:
+        out.print(f"\n  [bold]{'WEB':<13}[/][cyan]{escape(link)}[/]", soft_wrap=True)
     out.print("")
 

@@ -136,6 +136,9 @@ def _events(name: str, *, mode: str) -> ServeEvents:
                  "token": "needs Authorization: Bearer $FLUX_ADMIN_TOKEN",
                  "closed": "closed (set FLUX_ADMIN_TOKEN to open it)"}[info.admin]
         out.print(f"  [dim]admin API /_flux/ {admin}[/]")
+        if info.admin != "closed":
+            out.print(f"  ➜ web view [bold cyan]{info.url}/_flux/ui/[/]"
+                      + ("" if info.admin == "open" else "  [dim](sign in with the token)[/]"))
         out.print(f"\n  {len({fn for _, _, fn in info.functions})} function(s)")
         for method, route, fn in info.functions:
             out.print(f"    {method:<4} {escape(route):<29} {escape(fn)}")

@@ -1921,3 +1921,14 @@ BEGIN
 END
 $$;
 INSERT INTO flux.migrations (version, name, checksum) VALUES (15, 'capture_cost', '01c492a0a421fce906fe4ac315f146399dedecd60b99d2c061700f77dadc5233');
+
+-- 0018_web.sql
+-- 0018: the web view (issue 22) links an execution to its replays and resumes, which
+-- point back at it through replay_of and resumed_from. Few rows have either: partial
+-- indexes keep "what replayed or resumed this one" an index lookup on any partition.
+
+CREATE INDEX trace_requests_replay_of_idx
+    ON flux.trace_requests (replay_of) WHERE replay_of IS NOT NULL;
+CREATE INDEX trace_requests_resumed_from_idx
+    ON flux.trace_requests (resumed_from) WHERE resumed_from IS NOT NULL;
+INSERT INTO flux.migrations (version, name, checksum) VALUES (18, 'web', '710bfb38b6c86f33a6c0ae3302cc130792c934bbd8bc837e1c36d9bee3884af2');

@@ -23,3 +23,16 @@ install_flux() {
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
 }
+
+# The browser tests (tests/web) drive Debian's chromium package with Playwright; Playwright's
+# own browser downloads are never used. Installed here when missing and we are root.
+install_chromium() {
+    if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    else
+        echo "tests/web need Chromium: sudo apt-get install -y chromium" >&2
+    fi
+}

@@ -80,6 +80,8 @@ def check_contents(wheel: Path) -> None:
     for package in ("flux", "cli"):
         modules = {str(p.relative_to(REPO)) for p in (REPO / package).rglob("*.py")}
         assert modules <= names, f"missing from the wheel: {sorted(modules - names)}"
+    web = {str(p.relative_to(REPO)) for p in (REPO / "flux/server/web").iterdir()}
+    assert web and web <= names, f"the web view is missing from the wheel: {sorted(web - names)}"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     entry_text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "flux = cli.main:main" in entry_text

@@ -17,6 +17,9 @@ from flux.inspect._window import parse_time as _parse_time
 from flux.inspect._window import parse_window as _parse_window
 from flux.store._queries import load
 
+# What started an execution (flux.trace_requests.kind).
+KINDS = ("http", "job", "cron", "replay", "resume", "invoke")
+
 
 @dataclass(frozen=True)
 class StatusFilter:
@@ -78,9 +81,12 @@ def describe_window(conn: psycopg.Connection[Any] | None, text: str) -> dict[str
 
 def list_executions(conn: psycopg.Connection[Any], *, function: str | None = None,
                     status: str | None = None, since: str | None = None,
-                    window: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+                    window: str | None = None, limit: int = 20,
+                    kind: str | None = None) -> list[dict[str, Any]]:
     if limit < 1:
         raise ConfigError("--limit must be at least 1")
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(f"--kind takes {', '.join(KINDS)}, not {kind!r}")
     filt = parse_status(status)
     start = parse_time(since) if since else None
     end = None
@@ -90,5 +96,6 @@ def list_executions(conn: psycopg.Connection[Any], *, function: str | None = Non
         rows = cur.execute(load("inspect").list_executions, {
             "function": function, "status": filt.status, "http_min": filt.http_min,
             "http_max": filt.http_max, "since": start, "until": end, "limit": limit,
+            "kind": kind,
         }).fetchall()
     return [plain(r) for r in rows]

@@ -101,5 +101,6 @@ def trace_json(record: dict[str, Any], handoff: dict[str, Any] | None = None
         "spans": [node_json(n) for n in tree(record["spans"])],
         "jobs": (handoff or {}).get("jobs", []),
         "parent": (handoff or {}).get("parent"),
+        "derived": (handoff or {}).get("derived", []),
         "incomplete": incomplete(record["spans"]),
     }

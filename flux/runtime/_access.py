@@ -16,6 +16,12 @@ or the ``X-Flux-Client`` header (the CLI sends it). Function calls from another 
 with a content type a form could send (``text/plain``, a form, none) are refused on every
 server: a cross-site page could otherwise run a function with a JSON body it calls text.
 
+The web view (``/_flux/ui/``) signs a browser in with a form POST of the token, answered with
+an HttpOnly, SameSite=Strict cookie holding ``session()`` — a keyed digest of the token,
+never the token itself, the same in every worker of a server — so the token stays out of
+URLs and history, and no other site's page can make the browser send the cookie. The cookie
+stands for the ``Authorization`` header; a state change still needs the custom header.
+
 The token is kept only as its SHA-256 digest. A presented token is hashed too and the two
 digests — always 32 bytes — are compared with ``hmac.compare_digest``, so neither how much
 of a guess is right nor how long the token is shows in the time an answer takes. The token
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 TOKEN_ENV = "FLUX_ADMIN_TOKEN"
+SESSION_COOKIE = "flux_session"
 CLIENT_HEADER = "X-Flux-Client"  # a custom header: a page cannot send it without a preflight
 
 
@@ -66,14 +73,23 @@ class AdminAccess:
     def with_token(cls, token: str) -> AdminAccess:
         return cls(token_digest=digest(token))
 
-    def refusal(self, authorization: str | None) -> Refusal | None:
-        """None if a call with this ``Authorization`` header may proceed."""
+    def refusal(self, authorization: str | None, session: str | None = None
+                ) -> Refusal | None:
+        """None if a call with this ``Authorization`` header (or the web view's
+        ``session`` cookie) may proceed."""
         if self.open_locally:
             return None
         if self.token_digest is None:
             return Refusal(403, "admin_closed",
                            f"the admin API is closed on this server: start it with "
                            f"{TOKEN_ENV} set to open it to callers with that token")
+        if not authorization and session:
+            expected = self.session()
+            if expected is not None and hmac.compare_digest(session.encode(
+                    "utf-8", "surrogateescape"), expected.encode()):
+                return None
+            return Refusal(401, "unauthorized", "the web view's sign-in has expired: "
+                           "sign in again with the admin token")
         scheme, _, given = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             return Refusal(401, "unauthorized",
@@ -114,6 +130,13 @@ class AdminAccess:
             return None
         return Refusal(403, "simple_request", f"a call that changes state needs a JSON "
                        f"Content-Type or the {CLIENT_HEADER} header")
+
+    def session(self) -> str | None:
+        """The web view's cookie value: derived from the token (so a new token signs every
+        browser out), useless as a token itself, equal in every worker."""
+        if self.token_digest is None:
+            return None
+        return hmac.new(self.token_digest, b"flux web session", hashlib.sha256).hexdigest()
 
     def matches(self, given: str) -> bool:
         """Whether ``given`` is the token: digests of equal length, compared in constant

@@ -13,7 +13,11 @@ what ``flux why ID`` would on the server's machine:
     GET  /_flux/state/{table}/history?id=        flux state history
     GET  /_flux/state/{table}/blame[?id=]        flux state blame
     GET  /_flux/functions/openapi.json           the functions' routes (OpenAPI 3.1)
+    GET  /_flux/diff?a=&b=                       flux trace diff
+    GET  /_flux/source?file=&line=               the lines around a location (the web view)
     GET  /_flux/openapi.json                     this API, described (OpenAPI 3.1)
+
+and the web view's pages under ``/_flux/ui/`` (flux/server/_web.py), behind the same door.
 
 Access is decided by flux/runtime/_access.py (a token, except in ``flux dev`` on loopback). Errors
 are ``{"error": {"code", "message", "hint"}, "request_id"}`` with the status of their kind
@@ -45,8 +49,10 @@ from flux.inspect import _ai
 from flux.replay._resume import resume as run_resume
 from flux.runtime._access import AdminAccess
 from flux.runtime._gateway import ID_KEY, RETRY_AFTER, RUNTIME_KEY
+from flux.server import _web
 from flux.server._inspector import Local
 from flux.server._openapi import description, functions_description
+from flux.server._source import code_around
 from flux.store._database import read_only
 from flux.store._lookup import fetch_record
 
@@ -57,7 +63,7 @@ def admin_app() -> web.Application:
     """The admin API as an aiohttp sub-application (the gateway mounts it at ``/_flux/``);
     who may call it is the runtime's ``admin`` (flux/runtime/_access.py)."""
     app = web.Application(middlewares=[_guard])
-    for method, path, handler in ROUTES:
+    for method, path, handler in [*ROUTES, *WEB_ROUTES]:
         app.router.add_route(method, path, handler)
     return app
 
@@ -87,11 +93,18 @@ def _status_of(error: FluxError) -> int:
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Access first, then every way a call can fail as one sentence with its status."""
     access: AdminAccess = _runtime(request).admin
+    web_page = _web.is_web(request.path)
     foreign = access.foreign(request.headers, admin=True, method=request.method)
     if foreign is not None:
+        if web_page:
+            return _web.refused(request, foreign)
         return _error(request, foreign.status, foreign.code, foreign.message)
+    if _web.is_signin(request):  # the token itself arrives here, in a form
+        return await _web.sign_in(request, access)
     if request.path.rstrip("/") != "/_flux/openapi.json":
-        refusal = access.refusal(request.headers.get("Authorization"))
+        refusal = access.refusal(request.headers.get("Authorization"), _web.session_of(request))
+        if refusal is not None and web_page:
+            return _web.refused(request, refusal)
         if refusal is not None:
             response = _error(request, refusal.status, refusal.code, refusal.message)
             if refusal.status == 401:
@@ -183,7 +196,7 @@ async def executions(request: web.Request) -> web.Response:
     rows = await asyncio.to_thread(
         local.executions, function=_text(request, "function"), status=_text(request, "status"),
         since=_text(request, "since"), window=_text(request, "window"),
-        limit=_int(request, "limit", 20))
+        limit=_int(request, "limit", 20), kind=_text(request, "kind"))
     return _json({"executions": rows})
 
 
@@ -253,6 +266,25 @@ async def resume(request: web.Request) -> web.Response:
     return _json(await run_resume(runtime, found, dry_run=dry_run, strict=strict))
 
 
+async def diff(request: web.Request) -> web.Response:
+    a, b = _text(request, "a"), _text(request, "b")
+    if a is None or b is None:
+        raise ConfigError("a diff needs two executions: ?a=ID&b=ID")
+    local = await _local(request)
+    return _json(await asyncio.to_thread(local.diff, a, b))
+
+
+async def source(request: web.Request) -> web.Response:
+    """A few lines of the project's code around ``line`` of ``file``, as the file reads on
+    this server now (the web view's location panel)."""
+    file = _text(request, "file")
+    if file is None:
+        raise ConfigError("source needs a file: ?file=functions/checkout.py&line=12")
+    line = _int(request, "line", 1)
+    root = _runtime(request).project.root
+    return _json(await asyncio.to_thread(code_around, root, file, line))
+
+
 async def openapi(request: web.Request) -> web.Response:
     return _json(description())
 
@@ -272,5 +304,11 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/state/{table}/history", history),
     ("GET", "/state/{table}/blame", blame),
     ("GET", "/functions/openapi.json", functions_openapi),
+    ("GET", "/diff", diff),
+    ("GET", "/source", source),
     ("GET", "/openapi.json", openapi),
+]
+WEB_ROUTES: list[tuple[str, str, Handler]] = [
+    ("POST", "/ui/signin", _web.sign_in_route),  # answered by the guard
+    *_web.WEB_ROUTES,
 ]

@@ -31,7 +31,7 @@ class Inspector(Protocol):
 
     def executions(self, *, function: str | None = None, status: str | None = None,
                    since: str | None = None, window: str | None = None,
-                   limit: int = 20) -> list[dict[str, Any]]: ...
+                   limit: int = 20, kind: str | None = None) -> list[dict[str, Any]]: ...
 
     def window(self, text: str) -> dict[str, Any]: ...
 
@@ -42,6 +42,8 @@ class Inspector(Protocol):
     def trace(self, prefix: str) -> dict[str, Any]: ...
 
     def history(self, table: str, key: str) -> dict[str, Any]: ...
+
+    def diff(self, a: str, b: str) -> dict[str, Any]: ...
 
     def blame(self, table: str, key: str | None, *, limit: int = 50) -> dict[str, Any]: ...
 
@@ -75,14 +77,14 @@ class Local:
 
     def executions(self, *, function: str | None = None, status: str | None = None,
                    since: str | None = None, window: str | None = None,
-                   limit: int = 20) -> list[dict[str, Any]]:
+                   limit: int = 20, kind: str | None = None) -> list[dict[str, Any]]:
         """``flux ls``: recent executions, newest first."""
         # lazy: only what this command reads (module docstring)
         from flux.inspect._ls import list_executions
 
         with self._connect() as conn:
             return list_executions(conn, function=function, status=status, since=since,
-                                   window=window, limit=limit)
+                                   window=window, limit=limit, kind=kind)
 
     def window(self, text: str) -> dict[str, Any]:
         """How a window is read: in this machine's zone, and the database server's."""
@@ -117,6 +119,14 @@ class Local:
         with self._connect() as conn:
             record = fetch_record(conn, prefix)
             return trace_json(record, handoffs(conn, record))
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        """``flux trace diff``: execution ``b`` against execution ``a``."""
+        # lazy: only what this command reads (module docstring)
+        from flux.inspect._compare import compare
+
+        with self._connect() as conn:
+            return compare(conn, a, b)
 
     def history(self, table: str, key: str) -> dict[str, Any]:
         """``flux state history``."""

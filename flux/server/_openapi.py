@@ -204,6 +204,8 @@ def description() -> dict[str, Any]:
                     _query("since", "15m, 2h, 14:05 (the server's local time) or ISO."),
                     _query("window", "START..END, e.g. 2026-03-10T14:00..2026-03-10T14:05."),
                     _query("limit", "At most this many (default 20).", _LIMIT),
+                    _query("kind", "What started it.", {"type": "string", "enum": [
+                        "http", "job", "cron", "replay", "resume", "invoke"]}),
                 ],
                 "responses": {"200": _json(_ref("Executions"), "Newest first."),
                               **_errors(400)},
@@ -269,6 +271,26 @@ def description() -> dict[str, Any]:
                 "responses": {"200": _json(_ANY_OBJECT, "OpenAPI 3.1 of the project's "
                                            "functions: each route, its methods and "
                                            "typed path parameters."), **_errors()},
+            }},
+            "/diff": {"get": {
+                "operationId": "traceDiff", "summary": "flux trace diff",
+                "parameters": [_query("a", "The execution compared against (an id or a "
+                                      "unique prefix).", {"type": "string", "minLength": 1},
+                                      required=True),
+                               _query("b", "The execution compared.",
+                                      {"type": "string", "minLength": 1}, required=True)],
+                "responses": {"200": _json(_ANY_OBJECT, "Spans aligned: same, changed, "
+                                           "added, removed; input, output, mutations."),
+                              **_errors(400, 404, 409)},
+            }},
+            "/source": {"get": {
+                "operationId": "source", "summary": "Code around a location (web view)",
+                "parameters": [_query("file", "A project-relative source file.",
+                                      {"type": "string", "minLength": 1}, required=True),
+                               _query("line", "The line (default 1).", _LIMIT)],
+                "responses": {"200": _json(_ANY_OBJECT, "The lines around it, as the file "
+                                           "reads on the server now."),
+                              **_errors(400, 404)},
             }},
             "/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This description",

@@ -61,7 +61,7 @@ class Remote:
 
     def executions(self, *, function: str | None = None, status: str | None = None,
                    since: str | None = None, window: str | None = None,
-                   limit: int = 20) -> list[dict[str, Any]]:
+                   limit: int = 20, kind: str | None = None) -> list[dict[str, Any]]:
         # Times are read here, in this machine's zone, and sent as ISO: "14:05" means
         # what the person typing it means, wherever the server is.
         from flux.inspect._ls import parse_time, parse_window
@@ -72,7 +72,7 @@ class Remote:
             start, end = parse_window(window)
             window = f"{start.isoformat()}..{end.isoformat()}"
         document = self._call("GET", "/_flux/executions", function=function, status=status,
-                              since=since, window=window, limit=limit)
+                              since=since, window=window, limit=limit, kind=kind)
         return list(document["executions"])
 
     def window(self, text: str) -> dict[str, Any]:
@@ -90,6 +90,9 @@ class Remote:
 
     def trace(self, prefix: str) -> dict[str, Any]:
         return self._call("GET", f"/_flux/executions/{_segment(prefix)}/trace")
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        return self._call("GET", "/_flux/diff", a=a, b=b)
 
     def history(self, table: str, key: str) -> dict[str, Any]:
         return self._call("GET", f"/_flux/state/{_segment(table)}/history", id=key)

@@ -30,6 +30,7 @@ from flux.runtime._gateway import Observer, make_app
 from flux.runtime._loader import LoadError, function_file
 from flux.runtime._runtime import LogEcho, Runtime
 from flux.server._admin import admin_app
+from flux.server._running import announce, withdraw
 from flux.store._database import Target, resolve
 from flux.store._migrate import migrate
 from flux.store._retention import Background as Retention
@@ -148,6 +149,8 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "") else host
+        if dev:  # flux why / flux trace print links to this server's web view
+            announce(project, f"http://{shown_host}:{port}")
         events.ready(ServeInfo(
             url=f"http://{shown_host}:{port}", database=target.display,
             embedded=target.embedded is not None,
@@ -172,6 +175,8 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
     finally:
+        if dev:
+            withdraw(project)
         if retention is not None:
             await retention.stop()
         if jobs is not None:

@@ -93,7 +93,7 @@ def _dashed(digits: str) -> str:
 
 def handoffs(conn: psycopg.Connection[Any], record: dict[str, Any]) -> dict[str, Any]:
     """Both directions of a queue hand-off: the jobs this execution enqueued (and their
-    fate), and the execution that enqueued this one."""
+    fate), and the execution that enqueued this one; and the replays and resumes of it."""
 
     q = load("inspect")
     with conn.cursor(row_factory=dict_row) as cur:
@@ -101,5 +101,7 @@ def handoffs(conn: psycopg.Connection[Any], record: dict[str, Any]) -> dict[str,
         parent = None
         if record.get("parent_id"):
             parent = cur.execute(q.parent, {"request_id": record["parent_id"]}).fetchone()
+        derived = cur.execute(q.derived, {"request_id": record["request_id"]}).fetchall()
     return plain({"jobs": jobs, "parent": parent or (
-        {"request_id": record["parent_id"]} if record.get("parent_id") else None)})
+        {"request_id": record["parent_id"]} if record.get("parent_id") else None),
+        "derived": derived})

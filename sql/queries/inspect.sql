@@ -77,6 +77,7 @@ SELECT request_id::text, kind, function, method, route, status, http_status, sta
        parent_id::text, replay_of::text, resumed_from::text, imported IS NOT NULL AS imported
 FROM flux.trace_requests
 WHERE (%(function)s::text IS NULL OR function = %(function)s)
+  AND (%(kind)s::text IS NULL OR kind = %(kind)s)
   AND (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(http_min)s::int IS NULL OR http_status BETWEEN %(http_min)s AND %(http_max)s)
   AND (%(since)s::timestamptz IS NULL OR started_at >= %(since)s)
@@ -175,3 +176,13 @@ WHERE request_id = %(request_id)s;
 
 -- name: server_timezone
 SELECT current_setting('TimeZone');
+
+-- name: derived
+-- The replays and resumes of an execution: ids are time-ordered and the partitions are
+-- ranges of them, so only partitions from the original's on are read.
+SELECT request_id::text, kind, status, http_status, started_at
+FROM flux.trace_requests
+WHERE request_id > %(request_id)s
+  AND (replay_of = %(request_id)s OR resumed_from = %(request_id)s)
+ORDER BY request_id
+LIMIT 50;

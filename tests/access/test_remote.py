@@ -4,6 +4,7 @@ screens as the local commands, the same one-line errors, from a directory with n
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -63,8 +64,12 @@ def test_remote_commands_print_what_local_ones_print(served: Served) -> None:
             if command[0] == "record":
                 mine.pop("exported_at"), theirs.pop("exported_at")
             assert mine == theirs, command
-        else:
-            assert here.stdout == there.stdout, command
+        else:  # and, remotely, the link to the server's web view
+            link = f"{served.url}/_flux/ui/x/"
+            assert (link in there.stdout) == (command[0] in ("why", "trace")), command
+            shown = re.sub(r"\n  WEB +\S+\n", "", there.stdout)
+            shown = re.sub(r"(?m)^  ── Web: \S+\n", "", shown)
+            assert here.stdout == shown, command
     why = json.loads(remote(served, "why", failed[:18], "--json").stdout)
     assert why["root_cause"]["class"] == "constraint" and "spans" not in why
 

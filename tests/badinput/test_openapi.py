@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from flux.server._admin import ROUTES, admin_app
+from flux.server._admin import ROUTES, WEB_ROUTES, admin_app
 from flux.server._openapi import description
 from tests.access.conftest import Served
 
@@ -27,7 +27,9 @@ def test_every_route_is_described_and_every_description_is_routed() -> None:
               for route in admin_app().router.routes() if route.method != "HEAD"}
     described = {(method.upper(), path) for path, operations in description()["paths"].items()
                   for method in operations}
-    assert routed == described == {(m, p) for m, p, _ in ROUTES}
+    web = {(m, p) for m, p in routed if p == "/" or p.startswith("/ui")}  # the web view
+    assert len(web) == len(WEB_ROUTES)  # its pages are HTML, not the API
+    assert routed - web == described == {(m, p) for m, p, _ in ROUTES}
     operation_ids = [op["operationId"] for ops in description()["paths"].values()
                      for op in ops.values()]
     assert len(operation_ids) == len(set(operation_ids))
@@ -62,6 +64,8 @@ def test_schemathesis_finds_no_server_error(served: Served) -> None:
             ("/state/{table}/history", "GET", {"table": "users"}, {"id": "1"}),
             ("/state/{table}/blame", "GET", {"table": "public.users"}, {"id": "1"}),
             ("/state/{table}/blame", "GET", {"table": "users"}, {"limit": "3"}),
+            ("/diff", "GET", {}, {"a": ok, "b": failed[:18]}),
+            ("/source", "GET", {}, {"file": "functions/signup.py", "line": "3"}),
             ("/openapi.json", "GET", {}, {})]
     for path, method, parameters, query in real:
         case = schema[path][method].Case(path_parameters=parameters, query=query)
