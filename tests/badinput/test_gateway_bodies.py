@@ -11,6 +11,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -38,6 +39,15 @@ async def keep(ctx, input):
         "INSERT INTO notes (body) VALUES (%s::jsonb) RETURNING id", [json.dumps(input)])
     return {"id": row["id"], "input": input}
 '''
+ITEM = '''from flux import Response, function
+
+
+@function(route="/items/{id:int}", methods=["GET", "PUT"])
+async def item(ctx, input):
+    if ctx.request.method == "PUT":
+        return Response({"id": ctx.request.path_params["id"], "input": input}, status=201)
+    return Response(ctx.request.body, content_type="application/octet-stream")
+'''
 ROUTES = ("echo", "keep")
 
 
@@ -50,6 +60,7 @@ def bodies_server(db: str, tmp_path: Path, flux_process: type[FluxProcess]
     (root / "flux.toml").write_text('name = "bodies"\n')
     (root / "functions" / "echo.py").write_text(ECHO)
     (root / "functions" / "keep.py").write_text(KEEP)
+    (root / "functions" / "item.py").write_text(ITEM)
     (root / "schema" / "001_notes.sql").write_text(
         "CREATE TABLE notes (id bigserial PRIMARY KEY, body jsonb NOT NULL);\n")
     server = serve_project(root, db, flux_process, token=None)
@@ -231,3 +242,41 @@ def test_huge_headers_are_stored_capped_as_bodies_are(bodies_server: Served) -> 
     assert len(sizes) == 5
     assert all(text < 70_000 for _, text in sizes), sizes  # 64 KiB cap, not 800 KB
     assert "left out" in headers["x-flux-truncated"]
+
+
+def test_routes_methods_and_content_types_get_clean_answers_and_one_record_each(
+        bodies_server: Served) -> None:
+    """Issue 19: every new path — typed path parameters, methods, form and other bodies —
+    keeps the guarantees: never a 5xx, a 4xx in one sentence, one record per answer."""
+    port = int(bodies_server.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    ids: list[str] = []
+    segments = st.one_of(st.integers(0, 10**30).map(str), st.text(max_size=12),
+                         st.sampled_from(["-1", "1.5", "0x1", "%00", "%ff", "1/extra", ""]))
+
+    @given(method=st.sampled_from(["GET", "PUT", "POST", "DELETE", "PATCH", "HEAD"]),
+           segment=segments, body=hostile | st.binary(max_size=32),
+           kind=st.sampled_from(["application/json", "application/x-www-form-urlencoded",
+                                 "text/xml", "application/octet-stream", None]))
+    @settings(max_examples=150, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def send(method: str, segment: str, body: bytes, kind: str | None) -> None:
+        path = "/items/" + quote(segment, safe="/%")
+        headers = {"Content-Type": kind} if kind else {}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        rid = response.getheader("x-flux-request-id")
+        assert rid and response.status in (200, 201, 400, 404, 405), (response.status, data)
+        if response.status == 405:
+            assert response.getheader("Allow") == "GET, PUT, HEAD"
+        if response.status >= 400 and method != "HEAD":
+            answer = json.loads(data)
+            assert answer["request_id"] == rid and "\n" not in answer["error"]["message"]
+        ids.append(rid)
+
+    send()
+    with psycopg.connect(bodies_server.db) as conn:
+        stored = conn.execute("SELECT count(*) FROM flux.trace_requests WHERE request_id = "
+                              "ANY(%s::uuid[])", [ids]).fetchone()[0]
+    assert stored == len(ids) > 0
