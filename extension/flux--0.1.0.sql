@@ -1707,6 +1707,40 @@ CREATE FUNCTION flux.unpin(uuid) RETURNS bigint
         SELECT count(*) FROM pin;
     END;
 
+-- flux.switch_capture (sql/0008) as it was, but for the order of the tables: by oid (the
+-- order they were made in), not pg_class's physical order, which any catalog change (the
+-- functions above) reshuffles. A switch takes each table's lock in turn while executions
+-- write them; in an order that is not stable, a switch that took `entries` before
+-- `accounts` deadlocked with transfers writing `accounts` and then `entries`.
+CREATE OR REPLACE FUNCTION flux.switch_capture(mode text) RETURNS integer
+    LANGUAGE plpgsql AS $$
+DECLARE
+    rel regclass;
+    tables integer := 0;
+BEGIN
+    IF mode NOT IN ('trigger', 'wal') THEN
+        RAISE EXCEPTION 'capture mode must be trigger or wal, not %', mode;
+    END IF;
+    IF mode = 'wal' AND NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'flux_capture') THEN
+        CREATE PUBLICATION flux_capture;
+    END IF;
+    INSERT INTO flux.settings (key, value) VALUES ('capture', mode)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+    FOR rel IN SELECT c.oid::regclass FROM pg_class c WHERE flux.capturable(c.oid)
+               ORDER BY c.oid LOOP
+        IF mode = 'wal' THEN
+            PERFORM flux.install_wal_capture(rel);
+        ELSE
+            PERFORM flux.uninstall_wal_capture(rel);
+            PERFORM flux.install_capture(rel);
+        END IF;
+        tables := tables + 1;
+    END LOOP;
+    PERFORM pg_logical_emit_message(true, 'flux.switch', mode);
+    RETURN tables;
+END
+$$;
+
 -- Row-level security on a job's attempts and on cron ticks: visible to whoever sees their
 -- job (flux.jobs carries the tenant, sql/0010), as a pin is to whoever sees its execution.
 -- Writes are the runtime's and the owner's, held by the grants.
@@ -1785,7 +1819,7 @@ BEGIN
     END IF;
 END
 $$;
-INSERT INTO flux.migrations (version, name, checksum) VALUES (12, 'append_only', 'e63f897f8d891411a550b0662b599e8d2fe6c940029685b7fd775d68a8635b80');
+INSERT INTO flux.migrations (version, name, checksum) VALUES (12, 'append_only', '731218dad6a461770531cd79e6f0ba430759ff9811c082f3bb1facaa248ae6ef');
 
 -- 0014_record_cost.sql
 -- 0014: what storing a record costs PostgreSQL.
