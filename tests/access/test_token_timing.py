@@ -1,5 +1,7 @@
 """A wrong token that is right but for its last character costs the same time as one that is
-wrong from its first: no timing signal a test can measure.
+wrong from its first: no timing signal a test can measure. (Measured at the comparison, not
+over HTTP: a loopback round trip on a loaded two-core machine varies more than any factor a
+test could fix, and the suite keeps timings out of its assertions.)
 
 Robust on a noisy two-core machine: the two kinds of guess are interleaved in a shuffled
 order (drift and bursts of load hit both alike), the first tries warm up and are dropped,
@@ -12,16 +14,13 @@ same for both.
 
 from __future__ import annotations
 
-import http.client
 import random
 import secrets
 import statistics
 import time
-import urllib.parse
 from collections.abc import Callable
 
 from flux.runtime._access import AdminAccess
-from tests.access.conftest import Served
 
 FACTOR = 1.5  # medians of equal work sit within a few percent; a leak would not
 
@@ -44,29 +43,6 @@ def medians(attempt: Callable[[str], float], guesses: dict[str, str], rounds: in
     for kind in order:
         times[kind].append(attempt(guesses[kind]))
     return {kind: statistics.median(values) for kind, values in times.items()}
-
-
-def test_a_near_miss_and_a_far_miss_take_as_long_over_http(served: Served) -> None:
-    near, far = near_and_far(served.token)
-    address = urllib.parse.urlsplit(served.url)
-    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
-
-    def attempt(token: str) -> float:
-        started = time.perf_counter()
-        connection.request("GET", "/_flux/executions",
-                           headers={"Authorization": f"Bearer {token}"})
-        response = connection.getresponse()
-        response.read()
-        elapsed = time.perf_counter() - started
-        assert response.status == 401
-        return elapsed
-
-    try:
-        got = medians(attempt, {"near": near, "far": far}, rounds=150)
-    finally:
-        connection.close()
-    ratio = got["near"] / got["far"]
-    assert 1 / FACTOR < ratio < FACTOR, got
 
 
 def test_the_comparison_costs_the_same_for_a_near_miss_and_a_far_miss() -> None:
