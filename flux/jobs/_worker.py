@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -144,7 +145,6 @@ class Worker:
         self._busy = 0  # slots taken: an attempt frees its slot before its task ends
         self._done: list[tuple[uuid.UUID, uuid.UUID]] = []  # successes not yet marked done
         self._q = load("jobs")
-        self._claims: dict[int, str] = {}  # the claim statement per batch size
 
     def wake(self) -> None:
         """Look for work now rather than at the next poll."""
@@ -223,7 +223,9 @@ class Worker:
         try:
             async with self.runtime.connection() as conn:
                 cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(self._claim_text(limit), params)
+                # The batch size as a literal: see {limit} in sql/queries/jobs.sql.
+                await cur.execute(sql.SQL(self._q.claim).format(limit=sql.Literal(limit)),
+                                  params)
                 rows = await cur.fetchall()
         except BaseException:
             self._done[:0] = done  # not marked: they go with the next claim
@@ -234,12 +236,6 @@ class Worker:
                         parent_id=str(row["parent_id"]) if row["parent_id"] else None,
                         request_id=str(row["request_id"]), tenant=row["tenant"])
                 for row in rows]
-
-    def _claim_text(self, limit: int) -> str:
-        text = self._claims.get(limit)
-        if text is None:
-            text = self._claims[limit] = self._q.claim.replace("{limit}", str(int(limit)))
-        return text
 
     async def run_job(self, job: Claimed, *, defer_done: bool = False) -> str:
         """Run one claimed attempt and settle the job; returns its new status. With

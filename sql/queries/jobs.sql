@@ -6,7 +6,7 @@
 -- transaction, one round trip): first jobs whose lease ran out (their worker died), then
 -- the oldest due queued jobs. Both skip rows another worker holds, and the claims (running,
 -- lease, attempt + 1, the attempt's request id — the n-th of %(request_ids)s) commit before
--- the jobs run. {limit} is replaced by an integer the worker formats (flux/jobs/_worker.py),
+-- the jobs run. {limit} is the batch size as a literal (psycopg.sql, flux/jobs/_worker.py),
 -- one text per batch size, so that PostgreSQL settles on a generic plan of each prepared
 -- statement rather than planning it again at every claim (a LIMIT given as a parameter
 -- makes the generic plan look dearer than it is). The same statement settles:
