@@ -83,6 +83,10 @@ PASSED_ON = {
     ("_ctx_db.py", "f'/*flux:{span_id}*/ '.encode() + begin + b'; ' + query.encode()"):
         "BEGIN with a UUID Flux made and the tenant quoted by sql.Literal, then the "
         "function's own SQL",
+    ("_record.py", "bind(text, params, conn.info.encoding)"):
+        "named queries of sql/queries/execution.sql with the record's values inlined by "
+        "_record._literal (dollar-quoted, or E'' with quotes and backslashes doubled; "
+        "tests/store/test_record.py)",
 }
 
 

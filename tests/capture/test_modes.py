@@ -231,11 +231,13 @@ async def test_without_replication_connections_the_consumer_reads_through_sql(
 async def test_a_consumer_under_row_level_security_stages_and_stores_the_same(
         tmp_path: Path, db: str, provider: FakeProvider) -> None:
     """COPY cannot write a table whose row-level security applies to the session: a consumer
-    role that is neither superuser nor BYPASSRLS (flux_runtime with REPLICATION) copies
-    into its staging table and lets one INSERT … SELECT store the batch — the same rows."""
+    role that is neither superuser nor BYPASSRLS (flux_runtime with REPLICATION, granted
+    INSERT on the mutations by its operator: sql/0012 gives flux_runtime none) copies into
+    its staging table and lets one INSERT … SELECT store the batch — the same rows."""
     role = f"capture_bot_{os.getpid()}"
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN REPLICATION IN ROLE flux_runtime")
+        conn.execute(f"GRANT INSERT ON flux.state_mutations TO {role}")
     try:
         bot = make_conninfo(db, user=role)
         async with ledger(tmp_path, db, provider, both=True, consume=False) as app:

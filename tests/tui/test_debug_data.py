@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flux._errors import ConfigError
 from flux.replay._debug import DebugData, diff_records, load_debug, mutation_changes, pretty_sql
+from flux.store._portable import RecordFileError
 
 HERE = Path(__file__).resolve().parent
 FAILED = HERE / "checkout_failed.json"
@@ -111,5 +111,5 @@ def test_diff_of_two_files(failed: DebugData) -> None:
 def test_not_a_record_file(tmp_path: Path) -> None:
     bad = tmp_path / "x.json"
     bad.write_text("{}")
-    with pytest.raises(ConfigError):
+    with pytest.raises(RecordFileError, match="is not a Flux record file"):
         load_debug(None, str(bad))
