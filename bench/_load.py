@@ -40,6 +40,13 @@ class Round:
     def throughput(self) -> float:
         return self.ok / self.elapsed if self.elapsed > 0 else 0.0
 
+    def summary(self, width: int = 6) -> str:
+        """Requests, throughput, p50/p99 and non-200s: the part of a round's line every
+        bench prints (``width``: the latency columns')."""
+        return (f"{self.ok:>6} req {self.throughput:>7.1f} req/s  "
+                f"p50 {percentile_ms(self.latencies, 0.50):>{width}.1f} ms  "
+                f"p99 {percentile_ms(self.latencies, 0.99):>{width}.1f} ms  non-200 {self.bad}")
+
     def per_request(self, seconds: float) -> float:
         """CPU milliseconds per 200 answer."""
         return seconds / self.ok * 1000 if self.ok else math.nan

@@ -316,9 +316,7 @@ SIDES = ("plain", "recorded", "plain-httpx", "httpx")
 # -- the report ---------------------------------------------------------------------------
 
 def _round_line(r: Round) -> str:
-    line = (f"{r.side:<9} {r.ok:>6} req {r.throughput:>7.1f} req/s  "
-            f"p50 {percentile_ms(r.latencies, 0.50):>5.1f} ms  "
-            f"p99 {percentile_ms(r.latencies, 0.99):>5.1f} ms  non-200 {r.bad}")
+    line = f"{r.side:<9} {r.summary(5)}"
     if r.app_cpu:
         line += (f"  cpu/req app {r.per_request(r.app_cpu):.2f} ms"
                  f" db {r.per_request(r.db_cpu):.2f} ms")

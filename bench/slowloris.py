@@ -26,7 +26,7 @@ import time
 
 import aiohttp
 from _children import Child, scratch_dir, spawn, stop_all
-from _load import Round, closed_loop, percentile_ms
+from _load import Round, closed_loop
 from recording_overhead import REQUEST_BODY, ROUTE, _serve, _write_project
 
 from flux._project import parse
@@ -96,7 +96,7 @@ async def _measure(port: int, args: argparse.Namespace) -> tuple[Round, Round, A
         await closed_loop(session, "warm-up", url, REQUEST_BODY, args.concurrency, 2.0)
         alone = await closed_loop(session, "alone", url, REQUEST_BODY, args.concurrency,
                                   args.seconds)
-        print(f"alone     {_line(alone)}", flush=True)
+        print(f"alone     {alone.summary()}", flush=True)
         stop = asyncio.Event()
         attack = Attack(port, stop)
         tasks = attack.run(args.bodies, args.headers)
@@ -105,16 +105,10 @@ async def _measure(port: int, args: argparse.Namespace) -> tuple[Round, Round, A
               f"({args.bodies} slow bodies, {args.headers} slow headers)", flush=True)
         during = await closed_loop(session, "attacked", url, REQUEST_BODY, args.concurrency,
                                    args.seconds)
-        print(f"attacked  {_line(during)}", flush=True)
+        print(f"attacked  {during.summary()}", flush=True)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
     return alone, during, attack
-
-
-def _line(r: Round) -> str:
-    return (f"{r.ok:>6} req {r.throughput:>7.1f} req/s  "
-            f"p50 {percentile_ms(r.latencies, 0.50):>6.1f} ms  "
-            f"p99 {percentile_ms(r.latencies, 0.99):>6.1f} ms  non-200 {r.bad}")
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -67,7 +67,7 @@ async def _soak(url: str, pid: int, args: argparse.Namespace) -> tuple[list[Roun
             warm = await closed_loop(session, "warm-up", url, REQUEST_BODY, args.concurrency,
                                      args.warmup)
             windows.append(warm)
-            print(f"warm-up   {_line(warm)}", flush=True)
+            print(f"warm-up   {warm.summary()}", flush=True)
         start = rss_kib(pid)
         print(f"start RSS {_mib(start)} (Flux server, pid {pid})", flush=True)
         elapsed = 0.0
@@ -77,15 +77,9 @@ async def _soak(url: str, pid: int, args: argparse.Namespace) -> tuple[list[Roun
                                        url, REQUEST_BODY, args.concurrency, length)
             windows.append(window)
             elapsed += length
-            print(f"{window.side:<9} {_line(window)}  RSS {_mib(rss_kib(pid))}", flush=True)
+            print(f"{window.side:<9} {window.summary()}  RSS {_mib(rss_kib(pid))}", flush=True)
         end = rss_kib(pid)
     return windows, start, end
-
-
-def _line(r: Round) -> str:
-    return (f"{r.ok:>6} req {r.throughput:>7.1f} req/s  "
-            f"p50 {percentile_ms(r.latencies, 0.50):>6.1f} ms  "
-            f"p99 {percentile_ms(r.latencies, 0.99):>6.1f} ms  non-200 {r.bad}")
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

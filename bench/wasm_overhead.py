@@ -174,9 +174,7 @@ async def _drive(urls: dict[str, str], pids: dict[str, int], args: argparse.Name
 
 
 def _line(r: Round) -> str:
-    line = (f"{r.side:<7} {len(r.latencies):>6} req {r.throughput:>7.1f} req/s  "
-            f"p50 {percentile_ms(r.latencies, 0.5):>5.1f} ms  "
-            f"p99 {percentile_ms(r.latencies, 0.99):>5.1f} ms  non-200 {r.bad}")
+    line = f"{r.side:<7} {r.summary(5)}"
     if r.app_cpu and r.latencies:
         line += f"  cpu/req {r.per_request(r.app_cpu):.2f} ms"
     return line
