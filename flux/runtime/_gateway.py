@@ -71,7 +71,7 @@ def make_app(runtime: Runtime, *, observer: Observer | None = None,
     app.router.add_get("/health", _health)
     if admin is not None:
         app.add_subapp("/_flux/", admin)
-    app.router.add_route("*", "/{path:.*}", _dispatch)
+    app.router.add_route("*", "/{path:[\\s\\S]*}", _dispatch)
     return app
 
 
@@ -177,14 +177,15 @@ async def _run(request: web.Request, runtime: Runtime, path: str, request_id: st
         named = spec or runtime.registry.route(path)
         return await _reject(request, refused.status, "invalid_tenant", refused.message,
                              function=named.name if named else None)
+    shown = request.rel_url.raw_path  # as sent: percent-encoded, never a control character
     if found is None:
-        return await _reject(request, 404, "not_found", f"no function is routed at /{path}",
+        return await _reject(request, 404, "not_found", f"no function is routed at {shown}",
                              function=None, tenant=tenant)
     if spec is None:
         allowed = ", ".join(found.allowed)
         named = runtime.registry.route(path)
         response = await _reject(request, 405, "method_not_allowed",
-                                 f"/{path} takes {allowed}, not {request.method}",
+                                 f"{shown} takes {allowed}, not {request.method}",
                                  function=named.name if named else None, tenant=tenant)
         response.headers["Allow"] = allowed
         return response

@@ -201,5 +201,5 @@ WEB_ROUTES = [
     ("GET", "/ui", to_list),
     ("GET", "/ui/static/{name}", asset),
     ("POST", "/ui/signout", sign_out),
-    ("GET", "/ui/{tail:.*}", page),
+    ("GET", "/ui/{tail:[\\s\\S]*}", page),
 ]
