@@ -36,7 +36,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from flux._errors import DatabaseUnavailable, Overloaded
-from flux._ids import new_request_id
+from flux._ids import new_request_id_text
 from flux._tracecontext import TraceContext, from_headers
 from flux.inspect._signature import failure_signature
 from flux.runtime._body import BodyError, decode_input, media_type, preview
@@ -79,7 +79,7 @@ def make_app(runtime: Runtime, *, observer: Observer | None = None,
 async def _request_id_middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    request_id = str(new_request_id())
+    request_id = new_request_id_text()
     request[ID_KEY] = request_id
     started = time.perf_counter()
     try:
