@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, generators, pq, sql
 from psycopg.types.json import Jsonb
 
 from flux.store._queries import load
@@ -183,15 +183,32 @@ async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
     params = {**record.params(), "statements": _jsonb(statements)}
     if not record.sampled and record.kind == "http":
         text = f"{q.insert_outline}; {q.end_execution}; {q.commit}"
-        await conn.execute(bind(text, params, conn.info.encoding), prepare=False)
+        await simple_query(conn, bind(text, params, conn.info.encoding))
         return
     if record.signature is None and not record.mutations:
         text = f"{q.end_execution}; {q.insert_record}; {q.commit}"
-        await conn.execute(bind(text, params, conn.info.encoding), prepare=False)
+        await simple_query(conn, bind(text, params, conn.info.encoding))
         return
     await conn.execute(q.end_execution, params)
     await store(conn, record)
     await conn.commit()
+
+
+async def simple_query(conn: AsyncConnection[Any], text: bytes) -> None:
+    """Send ``text`` (statements with their values inlined, no result wanted) as one
+    simple query and wait for all of its results. What ``conn.execute(text,
+    prepare=False)`` does, without the cursor it builds around the results — which cost
+    more client CPU than the send (docs/decisions.md, "The app's Python per recorded
+    request"). The first statement that failed is raised as psycopg raises it; after it
+    PostgreSQL ran none of the rest."""
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    async with conn.lock:
+        conn.pgconn.send_query(text)
+        results = await conn.wait(generators.execute(conn.pgconn))
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
 
 
 async def attempted_mutations(conn: AsyncConnection[Any], request_id: str
