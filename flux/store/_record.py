@@ -115,23 +115,30 @@ def _literal(value: Any) -> str:
     as is, no escaping to do or undo — unless it holds the tag, when it takes the E'' form
     (backslashes and quotes doubled), which reads the same whatever
     standard_conforming_strings says."""
+    kind = type(value)  # by exact type first: a record has 25 parameters, mostly these
+    if kind is str:
+        return _quoted(value.replace("\x00", "\ufffd") if "\x00" in value else value, "")
+    if kind is Jsonb:
+        return _quoted(_dumps(value.obj).decode("utf-8"), "::jsonb")
     if value is None:
         return "NULL"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    cast = ""
     if isinstance(value, Jsonb):
-        text, cast = _dumps(value.obj).decode("utf-8"), "::jsonb"
-    elif isinstance(value, str):
-        text = value.replace("\x00", "\ufffd")  # text has no NUL (nor does libpq's query)
-    elif isinstance(value, dt.datetime):
-        text, cast = value.isoformat(), "::timestamptz"
-    elif isinstance(value, float):
-        text, cast = repr(value), "::float8"
-    else:  # a uuid.UUID read back from a record (a replay's parent), anything else
-        return sql.Literal(value).as_string(None)
+        return _quoted(_dumps(value.obj).decode("utf-8"), "::jsonb")
+    if isinstance(value, str):
+        return _quoted(value.replace("\x00", "\ufffd"), "")  # text has no NUL (nor libpq)
+    if isinstance(value, dt.datetime):
+        return _quoted(value.isoformat(), "::timestamptz")
+    if isinstance(value, float):
+        return _quoted(repr(value), "::float8")
+    # a uuid.UUID read back from a record (a replay's parent), anything else
+    return sql.Literal(value).as_string(None)
+
+
+def _quoted(text: str, cast: str) -> str:
     # ...and the tag cannot begin inside the text's end: no "$" among its last 5 characters.
     if _TAG not in text and "$" not in text[-5:]:
         return f"{_TAG}{text}{_TAG}{cast}"
