@@ -18,7 +18,14 @@ TAG = "$t"
 
 def encode(value: Any) -> Any:
     """A JSON-able version of ``value`` that ``decode`` turns back into it."""
-    if value is None or isinstance(value, bool | int | str):
+    kind = type(value)
+    if kind is str or kind is int or value is None or kind is bool:  # most values, at once
+        return value
+    if kind is list or kind is tuple:
+        return [encode(v) for v in value]
+    if kind is dict:
+        return {str(k): encode(v) for k, v in value.items()}
+    if isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else \
