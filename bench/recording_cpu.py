@@ -11,8 +11,9 @@ runs in a child process; PostgreSQL is the embedded server, its CPU read per blo
 
     .venv/bin/python bench/recording_cpu.py [--requests 400] [--blocks 6] [--profile FILE]
 
-``--profile FILE`` cProfiles the recorded side's blocks only (pstats); its CPU figures then
-mean nothing. The last line is ``added: <app ms> app, <db ms> db`` (medians per request).
+``--profile FILE`` cProfiles each side's blocks into ``FILE.plain`` and ``FILE.recorded``
+(pstats); the CPU figures of such a run mean nothing. The last line is
+``added: <app ms> app, <db ms> db`` (medians per request).
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ async def _run(
         runners.append(runner)
         cleanups.append(cleanup)
         urls[side] = f"http://127.0.0.1:{runner.addresses[0][1]}/{ROUTE}"
-    profiler = cProfile.Profile() if args.profile else None
+    # CPU time, not wall time: on a loaded machine a wall-clock profile charges a send()
+    # with the time the process then waited for a core.
+    profilers = {side: cProfile.Profile(time.thread_time) for side in urls} if args.profile else {}
     figures: dict[str, list[tuple[float, float]]] = {"plain": [], "recorded": []}
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -87,11 +90,11 @@ async def _run(
                 for side in ("plain", "recorded") if number % 2 == 0 else ("recorded", "plain"):
                     db_before = meter.sample()[1]
                     cpu = time.process_time()
-                    if profiler is not None and side == "recorded":
-                        profiler.enable()
+                    if profilers:
+                        profilers[side].enable()
                     ok = await _block(session, urls[side], args.requests, args.concurrency)
-                    if profiler is not None:
-                        profiler.disable()
+                    if profilers:
+                        profilers[side].disable()
                     app = time.process_time() - cpu
                     db_after = meter.sample()[1]
                     db = sum(t - db_before.get(pid, 0.0) for pid, t in db_after.items())
@@ -108,8 +111,8 @@ async def _run(
             await runner.cleanup()
         for cleanup in cleanups:
             await cleanup()
-    if profiler is not None:
-        profiler.dump_stats(args.profile)
+    for side, profiler in profilers.items():
+        profiler.dump_stats(f"{args.profile}.{side}")
     return figures
 
 
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=400, help="requests per block")
     parser.add_argument("--blocks", type=int, default=6, help="blocks per side, alternating")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--profile", metavar="FILE", help="cProfile the recorded blocks")
+    parser.add_argument("--profile", metavar="FILE", help="cProfile each side into FILE.<side>")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.blocks < 1 or args.concurrency < 1:
         parser.error("--requests, --blocks and --concurrency must be at least 1")

@@ -80,6 +80,13 @@ def decode(value: Any) -> Any:
 
 def plain(value: Any) -> Any:
     """A JSON-able version for people (API responses, rendering): no type tags."""
+    kind = type(value)
+    if kind is str or kind is int or value is None or kind is bool or kind is float:
+        return value
+    if kind is dict:
+        return {str(k): plain(v) for k, v in value.items()}
+    if kind is list:
+        return [plain(v) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, dict):

@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import orjson
 
-from flux._jsoncodec import decode, encode
+from flux._jsoncodec import decode, encode, plain
 
 
 class Colour(enum.IntEnum):
@@ -51,3 +51,26 @@ def test_values_survive_the_tape_and_subclasses_keep_what_they_were() -> None:
     assert back["nan"] != back["nan"]  # NaN, tagged on the way in
     assert back["enum"] == 1 and back["name"] == "ada"
     assert encode(value)["enum"] is Colour.RED  # ints and strs are kept as they are
+
+
+def test_plain_values_for_people_have_no_tags() -> None:
+    value = {
+        "n": 1,
+        2: [1.5, (True, None)],
+        "when": dt.date(2026, 1, 2),
+        "b": b"\x00",
+        "s": {3},
+        "u": uuid.UUID(int=1),
+        "name": Name("ada"),
+        "od": OrderedDict(a=[1]),
+    }
+    assert plain(value) == {
+        "n": 1,
+        "2": [1.5, [True, None]],
+        "when": "2026-01-02",
+        "b": "AA==",
+        "s": [3],
+        "u": str(uuid.UUID(int=1)),
+        "name": "ada",
+        "od": {"a": [1]},
+    }

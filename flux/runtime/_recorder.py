@@ -75,12 +75,16 @@ class Recorder:
         # Each secret value the execution read, to the marker that stands for it: what
         # redaction writes and what call keys are made over (flux.runtime._callkey).
         self.secret_marks: dict[str, str] = {}
+        # The values of the project's [secrets] set in the environment: scrubbed from the
+        # record whether or not the execution read them (a client may send one back).
+        self.configured_secrets: frozenset[str] = frozenset()
         self.http_calls = 0
 
     @property
     def secret_values(self) -> set[str]:
-        """The secret values the execution read (each scrubbed from the record)."""
-        return set(self.secret_marks)
+        """The secret values the execution read, and the configured ones: each is
+        scrubbed from the record."""
+        return set(self.secret_marks).union(self.configured_secrets)
 
     # -- time ----------------------------------------------------------------------------
 
