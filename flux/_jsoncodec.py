@@ -18,7 +18,14 @@ TAG = "$t"
 
 def encode(value: Any) -> Any:
     """A JSON-able version of ``value`` that ``decode`` turns back into it."""
-    if value is None or isinstance(value, bool | int | str):
+    kind = type(value)
+    if kind is str or kind is int or value is None or kind is bool:  # most values, at once
+        return value
+    if kind is list or kind is tuple:
+        return [encode(v) for v in value]
+    if kind is dict:
+        return {str(k): encode(v) for k, v in value.items()}
+    if isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else \
@@ -73,6 +80,13 @@ def decode(value: Any) -> Any:
 
 def plain(value: Any) -> Any:
     """A JSON-able version for people (API responses, rendering): no type tags."""
+    kind = type(value)
+    if kind is str or kind is int or value is None or kind is bool or kind is float:
+        return value
+    if kind is dict:
+        return {str(k): plain(v) for k, v in value.items()}
+    if kind is list:
+        return [plain(v) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, dict):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import pytest
 
-from flux._ids import clean_id, split_ids
+from flux._ids import clean_id, new_request_id, new_request_id_text, split_ids
 from flux.store._lookup import id_range
 
 
@@ -43,3 +46,17 @@ def test_what_is_not_an_id_still_says_so() -> None:
         id_range("req:")
     with pytest.raises(ConfigError):
         id_range("req:xyz")
+
+
+def test_request_ids_are_uuid7_made_in_order_and_now() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [new_request_id_text() if n % 2 else str(new_request_id()) for n in range(2000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)  # text order is time order
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    first = int(uuid.UUID(ids[0]).hex[:12], 16)  # its 48-bit millisecond
+    assert before <= first <= time.time_ns() // 1_000_000
+    # 74 random bits: two ids of the same millisecond differ below the timestamp too
+    assert len({uuid.UUID(t).int & ((1 << 62) - 1) for t in ids}) == len(ids)

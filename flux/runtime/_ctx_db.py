@@ -143,12 +143,14 @@ async def _first_statement(conn: psycopg.AsyncConnection[Any], request_id: str,
     that statement's result."""
     cur = psycopg.AsyncClientCursor(conn, row_factory=dict_row)
     begin = begin_statement(request_id, tenant, conn)
-    if params is not None:  # the tenant's literal may hold a %, which is not a placeholder
-        begin = begin.replace(b"%", b"%%")
-    # The span comment goes first: the capture trigger reads it from the start of
-    # current_query(), which is this whole string (sql/0007).
-    await cur.execute(f"/*flux:{span_id}*/ ".encode()
-                      + begin + b"; " + query.encode(), params)
+    # The statement is bound on its own (psycopg caches how to bind a text it has seen, and
+    # the user's text repeats while the BEGIN, which holds the request id, never does), then
+    # sent with the BEGIN as one text without parameters. The span comment goes first: the
+    # capture trigger reads it from the start of current_query(), which is this whole
+    # string (sql/0007).
+    bound = query.encode() if params is None else \
+        cur.mogrify(query, params).encode(conn.info.encoding)
+    await cur.execute(f"/*flux:{span_id}*/ ".encode() + begin + b"; " + bound)
     while cur.nextset():
         pass  # BEGIN and set_config come first; the caller reads the last result
     return cur

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -56,14 +57,19 @@ def begin_statement(request_id: str, tenant: str | None = None,
                     context: AdaptContext | None = None) -> bytes:
     """BEGIN and the execution's GUCs, as one simple query."""
     rid = uuid.UUID(request_id)  # only a real UUID ever reaches the SQL text
-    q = load("execution")
-    template = q.begin if tenant is None else q.begin_tenant
-    text = "\n".join(line for line in template.splitlines() if not line.startswith("--"))
-    text = text.replace("{request_id}", str(rid))
+    text = _begin_template(tenant is not None).replace("{request_id}", str(rid))
     if tenant is not None:
         # The tenant comes from a request: quoted by psycopg, put in last.
         text = text.replace("{tenant}", sql.Literal(tenant).as_string(context))
     return text.encode()
+
+
+@functools.cache
+def _begin_template(tenant: bool) -> str:
+    """The BEGIN statement's text without its comment lines (made once: each execution
+    that uses the database sends it)."""
+    template = load("execution").begin_tenant if tenant else load("execution").begin
+    return "\n".join(line for line in template.splitlines() if not line.startswith("--"))
 
 
 class Execution:

@@ -107,7 +107,7 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
     spec = inv.spec
     rec = Recorder(inv.request_id, project_root=runtime.root,
                    functions_dir=runtime.functions_dir)
-    rec.secret_values.update(runtime.configured_secrets())
+    rec.configured_secrets = frozenset(runtime.configured_secrets())
     ex = Execution(runtime, rec, replay=replay, idempotency_prefix=idempotency_prefix,
                    trace=inv.trace, tenant=inv.tenant)
     request = inv.request or synthetic(inv.method, inv.route or spec.route, inv.input,

@@ -36,7 +36,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from flux._errors import DatabaseUnavailable, Overloaded
-from flux._ids import new_request_id
+from flux._ids import new_request_id_text
 from flux._tracecontext import TraceContext, from_headers
 from flux.inspect._signature import failure_signature
 from flux.runtime._body import BodyError, decode_input, media_type, preview
@@ -79,7 +79,7 @@ def make_app(runtime: Runtime, *, observer: Observer | None = None,
 async def _request_id_middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    request_id = str(new_request_id())
+    request_id = new_request_id_text()
     request[ID_KEY] = request_id
     started = time.perf_counter()
     try:
@@ -120,7 +120,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     if found is not None and found.spec is not None:
         body = await _read_body(request, runtime)
         if isinstance(body, _BodyProblem):  # answered and recorded, nothing run: no slot
-            return await _run(request, runtime, path, request_id, body)
+            return await _run(request, runtime, path, request_id, body, found)
     if runtime.inflight >= runtime.max_inflight:
         runtime.refused["overloaded"] += 1
         return _refusal(request_id, "overloaded",
@@ -128,7 +128,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
                         "was not run", recorded=False)
     runtime.inflight += 1
     try:
-        return await _run(request, runtime, path, request_id, body)
+        return await _run(request, runtime, path, request_id, body, found)
     finally:
         runtime.inflight -= 1
 
@@ -168,8 +168,9 @@ def _take(runtime: Runtime, method: str, path: str) -> RouteMatch | None:
 
 
 async def _run(request: web.Request, runtime: Runtime, path: str, request_id: str,
-               body: bytes | _BodyProblem | None) -> web.StreamResponse:
-    found = _take(runtime, request.method, path)
+               body: bytes | _BodyProblem | None, found: RouteMatch | None
+               ) -> web.StreamResponse:
+    # ``found``: what _dispatch matched, once per request (matching walks every route).
     spec = found.spec if found is not None else None
     try:
         tenant = runtime.tenants.resolve(request)

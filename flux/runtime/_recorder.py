@@ -75,12 +75,16 @@ class Recorder:
         # Each secret value the execution read, to the marker that stands for it: what
         # redaction writes and what call keys are made over (flux.runtime._callkey).
         self.secret_marks: dict[str, str] = {}
+        # The values of the project's [secrets] set in the environment: scrubbed from the
+        # record whether or not the execution read them (a client may send one back).
+        self.configured_secrets: frozenset[str] = frozenset()
         self.http_calls = 0
 
     @property
     def secret_values(self) -> set[str]:
-        """The secret values the execution read (each scrubbed from the record)."""
-        return set(self.secret_marks)
+        """The secret values the execution read, and the configured ones: each is
+        scrubbed from the record."""
+        return set(self.secret_marks).union(self.configured_secrets)
 
     # -- time ----------------------------------------------------------------------------
 
@@ -103,23 +107,11 @@ class Recorder:
         self.spans.append(span)
         return span
 
-    @contextlib.contextmanager
     def span(self, name: str, kind: str, site: CallSite | None = None,
-             attrs: dict[str, Any] | None = None) -> Iterator[Span]:
+             attrs: dict[str, Any] | None = None) -> SpanScope:
         """Open a span, make it the parent of what runs inside, close it on exit; an
         exception marks it failed and propagates."""
-        span = self.open_span(name, kind, site, attrs)
-        token = _current_span.set(span.id)
-        try:
-            yield span
-        except BaseException as exc:
-            span.status = "error"
-            if span.error is None:
-                span.error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
-            raise
-        finally:
-            _current_span.reset(token)
-            span.duration_ms = self.elapsed_ms() - span.start_ms
+        return SpanScope(self, self.open_span(name, kind, site, attrs))
 
     def close_span(self, span: Span) -> None:
         if span.duration_ms is None:
@@ -201,11 +193,44 @@ class Recorder:
         return found or project or CallSite(None, None)
 
     def _site(self, frame: FrameType, line: int | None = None) -> CallSite:
-        return CallSite(self.relative(frame.f_code.co_filename), line or frame.f_lineno,
-                        frame.f_code.co_name)
+        code = frame.f_code
+        return _call_site(code.co_filename, line or frame.f_lineno, code.co_name, self._root)
 
     def relative(self, filename: str) -> str:
         return _relative(filename, self._root)
+
+
+class SpanScope(contextlib.AbstractContextManager[Span]):
+    """``Recorder.span``'s context: a class rather than a generator, as every ctx call
+    opens one (a generator-based context costs several times as much to enter and leave)."""
+
+    __slots__ = ("_recorder", "_span", "_token")
+
+    def __init__(self, recorder: Recorder, span: Span) -> None:
+        self._recorder = recorder
+        self._span = span
+        self._token: contextvars.Token[str | None] | None = None
+
+    def __enter__(self) -> Span:
+        self._token = _current_span.set(self._span.id)
+        return self._span
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        span = self._span
+        if exc is not None:
+            span.status = "error"
+            if span.error is None:
+                span.error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
+        if self._token is not None:
+            _current_span.reset(self._token)
+        span.duration_ms = self._recorder.elapsed_ms() - span.start_ms
+
+
+@functools.lru_cache(maxsize=4096)
+def _call_site(filename: str, line: int, function: str, root: str) -> CallSite:
+    """The same line of code gives the same (frozen) CallSite: each ctx call finds one."""
+    return CallSite(_relative(filename, root), line, function)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -188,9 +188,10 @@ class RedactionPolicy:
 
     def _redact_plain(self, body: Any, depth: int) -> tuple[Any, bool]:
         """``redact_body(body)`` and ``_plain_json`` of the result, in one walk."""
-        if body is None or isinstance(body, str | bool | int | float):
+        kind = type(body)
+        if kind is str or kind is int or body is None or kind is bool or kind is float:
             return body, True
-        if isinstance(body, dict):
+        if kind is dict or isinstance(body, dict):
             out: dict[Any, Any] = {}
             plain = depth <= 64
             for k, v in body.items():

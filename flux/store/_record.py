@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, generators, pq, sql
 from psycopg.types.json import Jsonb
 
 from flux.store._queries import load
@@ -115,23 +115,30 @@ def _literal(value: Any) -> str:
     as is, no escaping to do or undo — unless it holds the tag, when it takes the E'' form
     (backslashes and quotes doubled), which reads the same whatever
     standard_conforming_strings says."""
+    kind = type(value)  # by exact type first: a record has 25 parameters, mostly these
+    if kind is str:
+        return _quoted(value.replace("\x00", "\ufffd") if "\x00" in value else value, "")
+    if kind is Jsonb:
+        return _quoted(_dumps(value.obj).decode("utf-8"), "::jsonb")
     if value is None:
         return "NULL"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    cast = ""
     if isinstance(value, Jsonb):
-        text, cast = _dumps(value.obj).decode("utf-8"), "::jsonb"
-    elif isinstance(value, str):
-        text = value.replace("\x00", "\ufffd")  # text has no NUL (nor does libpq's query)
-    elif isinstance(value, dt.datetime):
-        text, cast = value.isoformat(), "::timestamptz"
-    elif isinstance(value, float):
-        text, cast = repr(value), "::float8"
-    else:  # a uuid.UUID read back from a record (a replay's parent), anything else
-        return sql.Literal(value).as_string(None)
+        return _quoted(_dumps(value.obj).decode("utf-8"), "::jsonb")
+    if isinstance(value, str):
+        return _quoted(value.replace("\x00", "\ufffd"), "")  # text has no NUL (nor libpq)
+    if isinstance(value, dt.datetime):
+        return _quoted(value.isoformat(), "::timestamptz")
+    if isinstance(value, float):
+        return _quoted(repr(value), "::float8")
+    # a uuid.UUID read back from a record (a replay's parent), anything else
+    return sql.Literal(value).as_string(None)
+
+
+def _quoted(text: str, cast: str) -> str:
     # ...and the tag cannot begin inside the text's end: no "$" among its last 5 characters.
     if _TAG not in text and "$" not in text[-5:]:
         return f"{_TAG}{text}{_TAG}{cast}"
@@ -183,15 +190,32 @@ async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
     params = {**record.params(), "statements": _jsonb(statements)}
     if not record.sampled and record.kind == "http":
         text = f"{q.insert_outline}; {q.end_execution}; {q.commit}"
-        await conn.execute(bind(text, params, conn.info.encoding), prepare=False)
+        await simple_query(conn, bind(text, params, conn.info.encoding))
         return
     if record.signature is None and not record.mutations:
         text = f"{q.end_execution}; {q.insert_record}; {q.commit}"
-        await conn.execute(bind(text, params, conn.info.encoding), prepare=False)
+        await simple_query(conn, bind(text, params, conn.info.encoding))
         return
     await conn.execute(q.end_execution, params)
     await store(conn, record)
     await conn.commit()
+
+
+async def simple_query(conn: AsyncConnection[Any], text: bytes) -> None:
+    """Send ``text`` (statements with their values inlined, no result wanted) as one
+    simple query and wait for all of its results. What ``conn.execute(text,
+    prepare=False)`` does, without the cursor it builds around the results — which cost
+    more client CPU than the send (docs/decisions.md, "The app's Python per recorded
+    request"). The first statement that failed is raised as psycopg raises it; after it
+    PostgreSQL ran none of the rest."""
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    async with conn.lock:
+        conn.pgconn.send_query(text)
+        results = await conn.wait(generators.execute(conn.pgconn))
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
 
 
 async def attempted_mutations(conn: AsyncConnection[Any], request_id: str

@@ -80,9 +80,12 @@ PASSED_ON = {
     ("_retention.py", "composed"): "a named query with a partition's sql.Identifier",
     ("_retention.py", "query"): "a named query passed in by its callers",
     ("_runtime.py", "statement"): "the BEGIN of flux/runtime/_execution.py begin_statement",
-    ("_ctx_db.py", "f'/*flux:{span_id}*/ '.encode() + begin + b'; ' + query.encode()"):
+    ("_ctx_db.py", "f'/*flux:{span_id}*/ '.encode() + begin + b'; ' + bound"):
         "BEGIN with a UUID Flux made and the tenant quoted by sql.Literal, then the "
-        "function's own SQL",
+        "function's own SQL with its parameters bound by psycopg (ClientCursor.mogrify)",
+    ("_record.py", "text"): "simple_query's text: each call of simple_query is checked",
+    ("_walstream.py", "command"): "START_REPLICATION, a named query formatted with "
+        "sql.Identifier/Literal in WalStream.open",
     ("_record.py", "bind(text, params, conn.info.encoding)"):
         "named queries of sql/queries/execution.sql with the record's values inlined by "
         "_record._literal (dollar-quoted, or E'' with quotes and backslashes doubled; "
@@ -126,9 +129,19 @@ def test_no_query_in_flux_is_assembled_from_text() -> None:
     found = set()
     for path in sorted((REPO / "flux").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                    node.func.attr in ("execute", "executemany") and node.args:
-                query = node.args[0]
+            if not isinstance(node, ast.Call):
+                continue
+            # conn.execute(text), cur.executemany(text), pgconn.send_query(text), and
+            # simple_query(conn, text) (flux/store/_record.py), which sends text as it is
+            if isinstance(node.func, ast.Attribute):
+                position = {"execute": 0, "executemany": 0, "send_query": 0}.get(
+                    node.func.attr)
+                if ast.unparse(node.func.value) == "generators":  # psycopg's, on a pgconn
+                    position = None
+            else:
+                position = 1 if ast.unparse(node.func) == "simple_query" else None
+            if position is not None and len(node.args) > position:
+                query = node.args[position]
                 if _safe(query):
                     continue
                 key = (path.name, ast.unparse(query))

@@ -176,3 +176,16 @@ async def test_queue_push_is_transactional(shop: Shop) -> None:
     record = shop.record(failed)
     # The failed signup pushed no job (its INSERT failed first) and left none behind.
     assert all(s["kind"] != "queue" for s in record["spans"])
+
+
+async def test_a_configured_secret_is_scrubbed_from_a_record_that_never_read_it(
+        shop: Shop) -> None:
+    # signup reads no secret; a client sends the payments key anyway ([secrets] in flux.toml)
+    status, body, rid = await shop.post("signup", {"email": f"{SECRET}@example.com"})
+    assert status == 200, body
+    with psycopg.connect(shop.db) as conn:
+        row = conn.execute("SELECT t::text FROM flux.trace_requests t WHERE request_id = %s",
+                           [rid]).fetchone()
+    assert row is not None and "@example.com" in row[0]
+    assert SECRET not in row[0]  # not in the body, the SQL parameters, the tape or the answer
+    assert "hmac-sha256:" in row[0]

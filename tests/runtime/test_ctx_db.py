@@ -1,0 +1,32 @@
+"""``ctx.db``'s first statement (flux/runtime/_ctx_db.py): sent with the BEGIN and the
+execution's GUCs as one text, its parameters bound on their own."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+
+from flux._ids import new_request_id_text
+from flux.runtime._ctx_db import _first_statement
+
+GUCS = "SELECT current_setting('flux.request_id'), current_setting('flux.tenant', true)"
+
+
+async def test_the_first_statement_binds_its_own_percents_and_begins(db: str) -> None:
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+        for tenant in (None, "50%'off\\"):  # a tenant's literal with a % is not a placeholder
+            for query, params, want in [
+                ("SELECT %s::text || '%%' AS v", ["a%b"], "a%b%"),
+                ("SELECT %(x)s::int + 1 AS v", {"x": 41}, 42),
+                ("SELECT '100%' AS v", None, "100%"),  # no parameters: no % is special
+            ]:
+                rid = new_request_id_text()
+                cur = await _first_statement(conn, rid, tenant, query, params, "s3")
+                assert (await cur.fetchone()) == {"v": want}
+                assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+                row = await (await conn.execute(GUCS)).fetchone()
+                assert row is not None and uuid.UUID(row[0]) == uuid.UUID(rid)
+                if tenant is not None:
+                    assert row[1] == tenant
+                await conn.rollback()
