@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import AsyncConnection, generators, pq, sql
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 from flux.store._queries import load
 
@@ -62,9 +62,9 @@ class ExecutionRecord:
             "runtime": self.runtime, "method": _text(self.method), "route": _text(self.route),
             "status": self.status, "http_status": self.http_status,
             "started_at": self.started_at, "duration_ms": self.duration_ms,
-            "request": _jsonb(self.request), "response": _jsonb(self.response),
-            "error": _jsonb(self.error), "spans": _jsonb(self.spans),
-            "tape": _jsonb(self.tape), "logs": _jsonb(self.logs),
+            "request": _json(self.request), "response": _json(self.response),
+            "error": _json(self.error), "spans": _json(self.spans),
+            "tape": _json(self.tape), "logs": _json(self.logs),
             "code_sha": self.code_sha, "code_dirty": self.code_dirty, "tenant": self.tenant,
             "parent_id": self.parent_id, "replay_of": self.replay_of,
             "resumed_from": self.resumed_from, "sampled": self.sampled,
@@ -99,6 +99,11 @@ def _jsonb(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value, dumps=_dumps)
 
 
+def _json(value: Any) -> Json | None:
+    """A record document: json, stored as sent, not parsed into jsonb (sql/0019)."""
+    return None if value is None else Json(value, dumps=_dumps)
+
+
 _NAMED = re.compile(r"%\((\w+)\)s")
 
 
@@ -118,6 +123,8 @@ def _literal(value: Any) -> str:
     kind = type(value)  # by exact type first: a record has 25 parameters, mostly these
     if kind is str:
         return _quoted(value.replace("\x00", "\ufffd") if "\x00" in value else value, "")
+    if kind is Json:  # the record's documents (sql/0019)
+        return _quoted(_dumps(value.obj).decode("utf-8"), "::json")
     if kind is Jsonb:
         return _quoted(_dumps(value.obj).decode("utf-8"), "::jsonb")
     if value is None:
@@ -128,6 +135,8 @@ def _literal(value: Any) -> str:
         return str(value)
     if isinstance(value, Jsonb):
         return _quoted(_dumps(value.obj).decode("utf-8"), "::jsonb")
+    if isinstance(value, Json):
+        return _quoted(_dumps(value.obj).decode("utf-8"), "::json")
     if isinstance(value, str):
         return _quoted(value.replace("\x00", "\ufffd"), "")  # text has no NUL (nor libpq)
     if isinstance(value, dt.datetime):
