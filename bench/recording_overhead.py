@@ -8,10 +8,9 @@ transaction. Two more sides make the GET through a plain ``httpx.AsyncClient`` i
 times aiohttp's CPU per request, so the capture is judged by what recording costs on each
 path: recorded/plain through httpx against recorded/plain through ``ctx.http`` (target:
 within 5%), both as throughput and as the app CPU recording adds per request. Both httpx
-clients start with their pool full (one connection per request in flight, never expired)
-and the httpx sides run in three alternating blocks per round (see ``_fill_pool`` and
-``HTTPX_BLOCKS`` for why). Setup, all in a temporary directory under /tmp that is removed
-at the end:
+clients keep no idle connection, and the httpx sides run in three alternating blocks per
+round (see ``HTTPX_LIMITS`` and ``HTTPX_BLOCKS`` for why). Setup, all in a temporary
+directory under /tmp that is removed at the end:
 
 - one embedded PostgreSQL with two databases: ``bench_flux`` (flux schema migrated, the
   ``items`` table created through the project's ``schema/001.sql`` so capture triggers are
@@ -71,6 +70,14 @@ ROUTE = "bench_handler"
 HTTPX_ROUTE = "bench_httpx"  # the same handler, its GET through httpx (captured)
 HTTPX_TARGET = 0.95  # httpx's recorded/plain throughput over ctx.http's, at least
 HTTPX_CPU_TARGET = 1.05  # recording's added app CPU through httpx over ctx.http's, at most
+# Both httpx clients (the handler's, written out in HTTPX_PY, and the plain app's) keep no
+# idle connection: each GET opens its own, and closes it once answered. httpcore's pool
+# does work per request over every idle connection it holds (``has_expired`` polls its
+# socket, ``is_idle`` is scanned quadratically), and the slower recorded server holds more
+# of them idle: with keep-alive, recording through httpx looked 0.4-0.8 ms dearer per
+# request than through ctx.http for that alone — httpcore's bookkeeping, not capture. One
+# connection per GET costs the same on both sides whatever the timing.
+HTTPX_LIMITS = httpx.Limits(max_keepalive_connections=0)
 POOL_SIZE = 20  # Runtime's default pool_size; the plain side gets the same pool
 TARGET = 0.8  # issue 21 (moonshot 0.9)
 FLUX_DB = "bench_flux"
@@ -108,20 +115,12 @@ async def {ROUTE}(ctx, input):
 HTTPX_PY = f'''\
 """The benchmark handler with its outbound GET through httpx, as SDK-based code does."""
 
-import asyncio
-
 import httpx
 
 from flux import function
 
-# The pool never drops a connection (no keep-alive expiry): the bench opens it full.
-_client = httpx.AsyncClient(timeout=10, limits=httpx.Limits(keepalive_expiry=None))
-
-
-async def fill_pool(url, connections):
-    """Open ``connections`` pooled connections at once (the bench calls it at start)."""
-    await asyncio.gather(*(_client.get(url) for _ in range(connections)))
-    return len(_client._transport._pool.connections)
+# No idle connections kept: see HTTPX_LIMITS in bench/recording_overhead.py.
+_client = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 @function
@@ -165,10 +164,8 @@ async def _plain_app(options: dict[str, Any]) -> tuple[web.Application, Cleanup]
     await pool.open(wait=True, timeout=30)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True))
-    client = httpx.AsyncClient(timeout=10, limits=httpx.Limits(keepalive_expiry=None))
+    client = httpx.AsyncClient(timeout=10, limits=HTTPX_LIMITS)
     stub_url = options["stub_url"]
-    if options.get("connections"):
-        await _fill_pool(client, stub_url, options["connections"])
 
     async def through_aiohttp() -> Any:
         async with session.get(stub_url, timeout=aiohttp.ClientTimeout(total=10)) as raw:
@@ -211,30 +208,7 @@ async def _recorded_app(options: dict[str, Any]) -> tuple[web.Application, Clean
             runtime.registry.route(HTTPX_ROUTE) is None:
         await runtime.close()
         raise RuntimeError(f"the bench project did not load: {errors}")
-    if options.get("connections"):  # outside an execution: these GETs are not captured
-        spec = runtime.registry.route(HTTPX_ROUTE)
-        assert spec is not None
-        pooled = await spec.handler.__globals__["fill_pool"](options["stub_url"],
-                                                             options["connections"])
-        if pooled != options["connections"]:
-            raise RuntimeError(f"the handler's httpx pool holds {pooled} connections, "
-                               f"not {options['connections']}")
     return make_app(runtime), runtime.close
-
-
-async def _fill_pool(client: httpx.AsyncClient, url: str, connections: int) -> None:
-    """Open as many pooled connections as there are requests in flight, on both httpx
-    sides alike. httpcore's pool does per-request work over every connection it holds
-    (``is_idle``, ``has_expired``: one socket poll per idle connection, and a scan that
-    grows with the square of the pool), and a pool grows to the most GETs ever in flight
-    at once: left to grow, the slower recorded server's GETs bunch up more, its pool
-    held 7-9 connections where the plain one held 5-6, and httpcore's bookkeeping per
-    request differed by about half a millisecond — not capture's cost, but the bench's.
-    Full from the start and never expired, both pools hold exactly ``connections``."""
-    await asyncio.gather(*(client.get(url) for _ in range(connections)))
-    pooled = len(client._transport._pool.connections)  # type: ignore[attr-defined]
-    if pooled != connections:
-        raise RuntimeError(f"the plain httpx pool holds {pooled} connections, not {connections}")
 
 
 BUILDERS = {"stub": _stub_app, "plain": _plain_app, "recorded": _recorded_app}
@@ -481,11 +455,9 @@ def main(argv: list[str] | None = None) -> int:
                                    f"plain {triggers[1]} (want some and none)")
             traces_before = _count(flux_db, TRACES_SQL)
             mutations_before = _count(flux_db, MUTATIONS_SQL)
-            children.append(spawn(_serve, "plain", {"conninfo": plain_db, "stub_url": stub_url,
-                                                    "connections": args.concurrency}))
+            children.append(spawn(_serve, "plain", {"conninfo": plain_db, "stub_url": stub_url}))
             children.append(spawn(_serve, "recorded", {
-                "conninfo": flux_db, "project": str(project), "profile": args.profile,
-                "stub_url": stub_url, "connections": args.concurrency}))
+                "conninfo": flux_db, "project": str(project), "profile": args.profile}))
             urls = {c.role: f"http://127.0.0.1:{c.port}/{ROUTE}" for c in children[1:]}
             urls["httpx"] = urls["recorded"].replace(ROUTE, HTTPX_ROUTE)
             urls["plain-httpx"] = urls["plain"].replace(ROUTE, HTTPX_ROUTE)
