@@ -353,12 +353,10 @@ def _merged(side: str, blocks: list[Round]) -> Round:
 
 
 SIDES = ("plain", "recorded", "plain-httpx", "httpx")
-# httpx costs about three times aiohttp's CPU per request, so its sides answer a third as
-# many requests in the same time, and httpcore's pool does per-request work that depends on
-# how many connections it holds (is_idle, has_expired over every pooled connection). One
-# block per round left their CPU per request swinging by ±20 % from run to run; three
-# alternating blocks give them about as many requests per round as the ctx.http sides and
-# expose both to the same stretch of machine noise.
+# httpx costs about three times aiohttp's CPU per request, so in one block of --seconds its
+# sides answer a third as many requests as the ctx.http sides, and their CPU per request
+# swung most from run to run; three alternating blocks per round give them about as many
+# requests per round as the ctx.http sides and expose both to the same stretch of noise.
 HTTPX_BLOCKS = 3
 
 
