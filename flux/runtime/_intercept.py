@@ -23,7 +23,9 @@ import http.client
 import importlib.util
 import io
 import json as jsonlib
+import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -100,8 +102,10 @@ def _patch_httpx(module: str = "httpx") -> None:
     async_send = httpx.AsyncHTTPTransport.handle_async_request
 
     def answer(response: Response, request: Any) -> Any:
-        return httpx.Response(response.status, headers=_content_headers(response),
-                              content=response.content, request=request)
+        served = httpx.Response(response.status, headers=_content_headers(response),
+                                content=response.content, request=request)
+        served.elapsed = timedelta(0)  # answered by the tape: nothing was waited for
+        return served
 
     def replayed_error(exc: Exception, request: Any) -> Exception:
         if isinstance(exc, HttpTimeout):
@@ -122,6 +126,7 @@ def _patch_httpx(module: str = "httpx") -> None:
         if ex is None:
             return sync_send(self, request)
         request.read()
+        start = time.perf_counter()
         with begin(ex, request) as call:
             try:
                 served = call.served_now()
@@ -144,7 +149,10 @@ def _patch_httpx(module: str = "httpx") -> None:
                 call.failed(str(exc) or type(exc).__name__)
                 raise
             call.answered(raw.status_code, raw.headers.multi_items(), content, str(request.url))
-            return raw  # read and closed: the client finds its content in place
+            # Read and closed here, so the client finds its content in place but never
+            # closes the stream it wraps, which is where httpx sets ``elapsed``.
+            raw.elapsed = timedelta(seconds=time.perf_counter() - start)
+            return raw
 
     @functools.wraps(async_send)
     async def handle_async_request(self: Any, request: Any) -> Any:
@@ -152,6 +160,7 @@ def _patch_httpx(module: str = "httpx") -> None:
         if ex is None:
             return await async_send(self, request)
         await request.aread()
+        start = time.perf_counter()
         with begin(ex, request) as call:
             try:
                 served = await call.served()
@@ -174,6 +183,7 @@ def _patch_httpx(module: str = "httpx") -> None:
                 call.failed(str(exc) or type(exc).__name__)
                 raise
             call.answered(raw.status_code, raw.headers.multi_items(), content, str(request.url))
+            raw.elapsed = timedelta(seconds=time.perf_counter() - start)
             return raw
 
     httpx.HTTPTransport.handle_request = handle_request  # type: ignore[method-assign]

@@ -40,6 +40,7 @@ HANDLERS: dict[str, str] = {
                 r = client.post(ctx.config["stub"] + "/v1/charges",  # the call
                                 data={"amount": 900},
                                 headers={"Authorization": f"Bearer {key}"})
+            r.elapsed  # httpx raises here if it never saw the response closed
             # TAIL
             return {"charge": r.json()["id"]}
     ''',
@@ -54,6 +55,7 @@ HANDLERS: dict[str, str] = {
                 r = await client.post(ctx.config["stub"] + "/v1/charges",  # the call
                                       json={"amount": 900},
                                       headers={"Authorization": f"Bearer {key}"})
+            r.elapsed  # live and served from the tape alike
             # TAIL
             return {"charge": r.json()["id"]}
     ''',
