@@ -27,6 +27,14 @@ the attempt's ``ok`` record and marks the job done instead of running it again. 
 effects are therefore exactly-once across a crash; an attempt that failed, or died before
 it committed, runs again (its rolled-back work is kept in its record).
 
+A success that opened no transaction (it wrote nothing to the database) has only its record
+to write. The run loop keeps such records (``records_to``) and writes them in the round trip
+of its next claim, one multi-row INSERT pipelined before the claim statement: both run in
+one implicit transaction, so each record commits together with its job's done-mark, and
+the claim, the records and the marks of several jobs cost one round trip. A worker that
+dies before that leaves the job ``running`` without a record; after its lease the job runs
+again — it had written nothing, so nothing is done twice in the database.
+
 ``flux.toml``::
 
     [queue]
@@ -62,9 +70,12 @@ from flux._ids import new_request_id
 from flux.jobs._cron import Scheduler
 from flux.runtime._context import parse_delay
 from flux.runtime._executor import Invocation, execute
-from flux.runtime._runtime import Runtime
+from flux.runtime._runtime import Runtime, records_to
+from flux.store._availability import connection_lost
 from flux.store._database import first_line
 from flux.store._queries import load
+from flux.store._record import ExecutionRecord
+from flux.store._record_batch import insert_records
 
 if TYPE_CHECKING:
     from flux._project import Project
@@ -144,6 +155,7 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._busy = 0  # slots taken: an attempt frees its slot before its task ends
         self._done: list[tuple[uuid.UUID, uuid.UUID]] = []  # successes not yet marked done
+        self._records: list[ExecutionRecord] = []  # of successes in _done, not yet written
         self._q = load("jobs")
 
     def wake(self) -> None:
@@ -192,7 +204,7 @@ class Worker:
 
     async def _attempt(self, job: Claimed) -> None:
         try:
-            await self.run_job(job, defer_done=True)
+            await self.run_job(job, defer_done=True, keep_record=True)
         except (DatabaseError, Overloaded, psycopg.OperationalError) as exc:
             # Its execution was not recorded, or the job could not be settled: the job stays
             # claimed and runs again once its lease runs out (at least once, as always).
@@ -215,20 +227,35 @@ class Worker:
 
     async def claim_many(self, limit: int) -> list[Claimed]:
         """Claim up to ``limit`` due jobs in one statement, committed before they run; the
-        successes not yet marked done are marked in the same statement."""
+        successes not yet marked done are marked in the same statement, and the records
+        not yet written are inserted in the same transaction and round trip."""
         done, self._done = self._done, []
+        records, self._records = self._records, []
         params = {"lease": self._lease(), "worker": self.name,
                   "request_ids": [new_request_id() for _ in range(limit)],
                   "done_ids": [d[0] for d in done], "done_requests": [d[1] for d in done]}
+        # The batch size as a literal: see {limit} in sql/queries/jobs.sql.
+        claim = sql.SQL(self._q.claim).format(limit=sql.Literal(limit))
         try:
             async with self.runtime.connection() as conn:
                 cur = conn.cursor(row_factory=dict_row)
-                # The batch size as a literal: see {limit} in sql/queries/jobs.sql.
-                await cur.execute(sql.SQL(self._q.claim).format(limit=sql.Literal(limit)),
-                                  params)
+                if records:
+                    # Pipelined on an autocommit connection: the INSERT and the claim run in
+                    # one implicit transaction, ended by the pipeline's Sync. If either
+                    # fails, neither commits.
+                    async with conn.pipeline():
+                        for statement in insert_records(records, conn.info.encoding):
+                            await conn.execute(statement, prepare=False)
+                        await cur.execute(claim, params)
+                else:
+                    await cur.execute(claim, params)
                 rows = await cur.fetchall()
-        except BaseException:
-            self._done[:0] = done  # not marked: they go with the next claim
+        except BaseException as exc:
+            # Not marked, not written: they go with the next claim.
+            self._done[:0] = done
+            self._records[:0] = records
+            if records and isinstance(exc, psycopg.Error) and not connection_lost(exc):
+                await self._store_apart()  # a record the batch refused must not block it
             raise
         return [Claimed(id=str(row["id"]), function=row["function"], payload=row["payload"],
                         kind=row["kind"], attempt=row["attempts"],
@@ -237,10 +264,21 @@ class Worker:
                         request_id=str(row["request_id"]), tenant=row["tenant"])
                 for row in rows]
 
-    async def run_job(self, job: Claimed, *, defer_done: bool = False) -> str:
+    async def run_job(self, job: Claimed, *, defer_done: bool = False,
+                      keep_record: bool = False) -> str:
         """Run one claimed attempt and settle the job; returns its new status. With
         ``defer_done`` a success is marked done by the worker's next claim (or when it
-        stops) rather than in a round trip of its own."""
+        stops) rather than in a round trip of its own; with ``keep_record`` as well, the
+        record of a success that opened no transaction is written in that claim's
+        transaction too (the run loop does both)."""
+        if keep_record and defer_done:
+            # The sink reads self._records when it is called: a claim may have taken the
+            # list (and left a new one) while the job ran.
+            with records_to(job.request_id, lambda record: self._records.append(record)):
+                return await self._run_job(job, defer_done=True)
+        return await self._run_job(job, defer_done=defer_done)
+
+    async def _run_job(self, job: Claimed, *, defer_done: bool) -> str:
 
         spec = self.runtime.registry.by_name.get(job.function)
         if spec is None:
@@ -277,18 +315,42 @@ class Worker:
             await conn.execute(getattr(self._q, query),
                                {"id": job.id, "request_id": job.request_id, **params})
 
+    async def _store_apart(self) -> None:
+        """Write the records kept for the next claim one by one, as executions store them
+        (after the batch that held them failed for a reason other than the connection). A
+        record that cannot be stored leaves its job to run again after its lease."""
+        records, self._records = self._records, []
+        for record in records:
+            try:
+                await self.runtime.store_record(record)
+            except Exception as exc:
+                log.warning("job attempt %s is left to run again after its lease: its "
+                            "record was not stored: %s", record.request_id, first_line(exc))
+                unrecorded = uuid.UUID(record.request_id)
+                self._done = [d for d in self._done if d[1] != unrecorded]
+
     async def _flush(self) -> None:
-        """Mark the successes not yet marked done (when the worker stops). If the database
-        refuses, their jobs are marked by the first claim after their leases run out."""
+        """Write the records and mark the successes not yet marked done (when the worker
+        stops), in one transaction. If the database refuses, their jobs are marked by the
+        first claim after their leases run out, or run again if their records were not
+        written."""
         done, self._done = self._done, []
+        records, self._records = self._records, []
         if not done:
             return
+        params = {"done_ids": [d[0] for d in done], "done_requests": [d[1] for d in done]}
         try:
-            async with self.runtime.connection(patience=self.runtime.pool_timeout) as conn:
-                await conn.execute(self._q.settle_done,
-                                   {"done_ids": [d[0] for d in done],
-                                    "done_requests": [d[1] for d in done]})
+            async with self.runtime.connection(patience=self.runtime.pool_timeout) as conn, \
+                    conn.pipeline():  # one implicit transaction, as in claim_many
+                for statement in insert_records(records, conn.info.encoding):
+                    await conn.execute(statement, prepare=False)
+                await conn.execute(self._q.settle_done, params)
         except Exception as exc:
+            if records and isinstance(exc, psycopg.Error) and not connection_lost(exc):
+                self._done, self._records = done, records
+                await self._store_apart()
+                await self._flush()  # the records that were stored, and the other marks
+                return
             log.warning("%d finished jobs stay running until their leases run out: %s",
                         len(done), first_line(exc))
 
