@@ -48,6 +48,7 @@ again — it had written nothing, so nothing is done twice in the database.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -85,6 +86,11 @@ log = logging.getLogger("flux.worker")
 
 JITTER = 0.25
 LEASE_MARGIN = 10.0  # seconds past a function's timeout before its job may be claimed again
+# Claiming ahead: a job claimed before a slot is free for it starts within AHEAD_WAIT
+# seconds of its claim (well inside LEASE_MARGIN) or is queued again unrun; the worker
+# claims ahead only as many jobs as recent attempts took less than QUICK seconds.
+AHEAD_WAIT = 2.0
+QUICK = 0.2
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._busy = 0  # slots taken: an attempt frees its slot before its task ends
+        self._ready: collections.deque[tuple[float, Claimed]] = collections.deque()
+        self._quick: collections.deque[bool] = collections.deque()  # of recent attempts
         self._done: list[tuple[uuid.UUID, uuid.UUID]] = []  # successes not yet marked done
         self._records: list[ExecutionRecord] = []  # of successes in _done, not yet written
         self._q = load("jobs")
@@ -169,14 +177,18 @@ class Worker:
     async def run(self) -> None:
         """Claim and run jobs until ``stop()``; then let the jobs in flight finish."""
         slots = max(1, self.config.concurrency)
+        self._quick = collections.deque(maxlen=slots)
         try:
             while not self._stop.is_set():
                 self._wake.clear()
-                free = slots - self._busy
+                await self._start_ready(slots)
+                # Claim ahead: as many more jobs as recent attempts were quick, so that the
+                # next claim's round trip overlaps with the jobs it hands over.
+                want = slots + sum(self._quick) - self._busy - len(self._ready)
                 jobs: list[Claimed] = []
-                if free > 0:
+                if want > 0:
                     try:
-                        jobs = await self.claim_many(free)
+                        jobs = await self.claim_many(want)
                     except (DatabaseError, Overloaded, psycopg.OperationalError) as exc:
                         # The database restarting must not end the worker; the runtime logs
                         # an outage once, so only other refusals are worth a line here.
@@ -184,25 +196,59 @@ class Worker:
                             log.warning("claiming a job failed: %s", first_line(exc))
                     except Exception:
                         log.exception("claiming a job failed")
-                for job in jobs:
-                    self._busy += 1
-                    task = asyncio.create_task(self._attempt(job))
-                    self._running.add(task)
-                    task.add_done_callback(self._running.discard)
-                if free > 0 and len(jobs) == free:
-                    continue  # every slot is taken; the next claim waits for a free one
+                    claimed_at = asyncio.get_running_loop().time()
+                    self._ready.extend((claimed_at, job) for job in jobs)
+                    await self._start_ready(slots)
+                if want > 0 and len(jobs) == want:
+                    continue  # as many as asked for: there may be more
                 await self._idle()
         finally:
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
+            if self._ready:
+                await self._release([job for _, job in self._ready])
+                self._ready.clear()
             await self._flush()
 
+    async def _start_ready(self, slots: int) -> None:
+        """Start jobs claimed ahead in the free slots; give back those that waited longer
+        than AHEAD_WAIT for one (their lease was measured from the claim)."""
+        now = asyncio.get_running_loop().time()
+        stale: list[Claimed] = []
+        while self._ready and (self._busy < slots or now - self._ready[0][0] > AHEAD_WAIT):
+            claimed_at, job = self._ready.popleft()
+            if now - claimed_at > AHEAD_WAIT:
+                stale.append(job)
+                continue
+            self._busy += 1
+            task = asyncio.create_task(self._attempt(job))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        if stale:
+            self._quick.clear()  # the slots are slow to free: claim ahead no more for now
+            await self._release(stale)
+
+    async def _release(self, jobs: list[Claimed]) -> None:
+        """Queue jobs claimed ahead again, unrun (their attempt is given back). If the
+        database refuses, they run again once their leases run out."""
+        try:
+            async with self.runtime.connection(patience=self.runtime.pool_timeout) as conn:
+                await conn.execute(self._q.release,
+                                   {"ids": [job.id for job in jobs],
+                                    "request_ids": [job.request_id for job in jobs]})
+        except Exception as exc:
+            log.warning("%d jobs claimed ahead stay claimed until their leases run out: %s",
+                        len(jobs), first_line(exc))
+
     async def _idle(self) -> None:
+        wait = min(self.config.poll_interval, AHEAD_WAIT) if self._ready else \
+            self.config.poll_interval
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.poll_interval):
+            async with asyncio.timeout(wait):
                 await self._wake.wait()
 
     async def _attempt(self, job: Claimed) -> None:
+        started = asyncio.get_running_loop().time()
         try:
             await self.run_job(job, defer_done=True, keep_record=True)
         except (DatabaseError, Overloaded, psycopg.OperationalError) as exc:
@@ -214,6 +260,7 @@ class Worker:
             log.exception("job %s (%s) failed outside its execution", job.id, job.function)
         finally:
             self._busy -= 1
+            self._quick.append(asyncio.get_running_loop().time() - started < QUICK)
             self._wake.set()  # a slot is free: look for the next job at once
 
     def _lease(self) -> dt.timedelta:
