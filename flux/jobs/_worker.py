@@ -171,6 +171,7 @@ class Worker:
         self._done: list[tuple[uuid.UUID, uuid.UUID]] = []  # successes not yet marked done
         self._records: list[ExecutionRecord] = []  # of successes in _done, not yet written
         self._q = load("jobs")
+        self._claims: dict[int, bytes] = {}  # the claim's text for each batch size
 
     def wake(self) -> None:
         """Look for work now rather than at the next poll."""
@@ -287,8 +288,10 @@ class Worker:
         params = {"lease": self._lease(), "worker": self.name,
                   "request_ids": [new_request_id() for _ in range(limit)],
                   "done_ids": [d[0] for d in done], "done_requests": [d[1] for d in done]}
-        # The batch size as a literal: see {limit} in sql/queries/jobs.sql.
-        claim = sql.SQL(self._q.claim).format(limit=sql.Literal(limit))
+        claim = self._claims.get(limit)
+        if claim is None:  # the batch size as a literal: see {limit} in sql/queries/jobs.sql
+            claim = self._claims[limit] = sql.SQL(self._q.claim).format(
+                limit=sql.Literal(limit)).as_bytes(None)
         try:
             async with self.runtime.connection() as conn:
                 cur = conn.cursor(row_factory=dict_row)
