@@ -94,7 +94,8 @@ JITTER = 0.25
 LEASE_MARGIN = 10.0  # seconds past a function's timeout before its job may be claimed again
 # Claiming ahead: a job claimed before a slot is free for it starts within AHEAD_WAIT
 # seconds of its claim (well inside LEASE_MARGIN) or is queued again unrun; the worker
-# claims ahead only as many jobs as recent attempts took less than QUICK seconds.
+# claims ahead AHEAD jobs for each recent attempt that took less than QUICK seconds.
+AHEAD = 2  # jobs claimed ahead per quick recent attempt
 AHEAD_WAIT = 2.0
 QUICK = 0.2
 
@@ -189,11 +190,14 @@ class Worker:
             while not self._stop.is_set():
                 self._wake.clear()
                 await self._start_ready(slots)
-                # Claim ahead: as many more jobs as recent attempts were quick, so that the
-                # next claim's round trip overlaps with the jobs it hands over.
-                want = slots + sum(self._quick) - self._busy - len(self._ready)
+                # Claim ahead: twice as many more jobs as recent attempts were quick, so that
+                # the next claim's round trip overlaps with running the jobs the last one
+                # handed over; claim once what is ahead no longer fills every slot, so that
+                # one claim takes (and one transaction records) several slots' worth.
+                want = slots + AHEAD * sum(self._quick) - self._busy - len(self._ready)
                 jobs: list[Claimed] = []
-                if want > 0:
+                claiming = want > 0 and len(self._ready) < slots
+                if claiming:
                     try:
                         jobs = await self.claim_many(want)
                     except (DatabaseError, Overloaded, psycopg.OperationalError) as exc:
@@ -206,7 +210,7 @@ class Worker:
                     claimed_at = asyncio.get_running_loop().time()
                     self._ready.extend((claimed_at, job) for job in jobs)
                     await self._start_ready(slots)
-                if want > 0 and len(jobs) == want:
+                if claiming and len(jobs) == want:
                     continue  # as many as asked for: there may be more
                 await self._idle()
         finally:
