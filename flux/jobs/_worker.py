@@ -35,11 +35,11 @@ the claim, the records and the marks of several jobs cost one round trip. A work
 dies before that leaves the job ``running`` without a record; after its lease the job runs
 again — it had written nothing, so nothing is done twice in the database.
 
-While recent attempts were quick (under ``QUICK`` seconds), the worker claims as many jobs
-again ahead of a free slot, so that the next claim's round trip overlaps with running the
-jobs the last one handed over. A job claimed ahead starts within ``AHEAD_WAIT`` seconds of
-its claim (its lease counts from the claim) or is queued again unrun (``release``), as are
-those left when the worker stops.
+While recent attempts were quick (under ``QUICK`` seconds), the worker claims up to twice
+as many jobs again ahead of free slots, so that the next claim's round trip overlaps with
+running the jobs the last one handed over, and one claim serves several turnovers. A job
+claimed ahead starts within ``AHEAD_WAIT`` seconds of its claim (its lease counts from the
+claim) or is queued again unrun (``release``), as are those left when the worker stops.
 
 ``flux.toml``::
 
