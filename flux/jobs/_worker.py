@@ -27,6 +27,20 @@ the attempt's ``ok`` record and marks the job done instead of running it again. 
 effects are therefore exactly-once across a crash; an attempt that failed, or died before
 it committed, runs again (its rolled-back work is kept in its record).
 
+A success that opened no transaction (it wrote nothing to the database) has only its record
+to write. The run loop keeps such records (``records_to``) and writes them in the round trip
+of its next claim, one multi-row INSERT pipelined before the claim statement: both run in
+one implicit transaction, so each record commits together with its job's done-mark, and
+the claim, the records and the marks of several jobs cost one round trip. A worker that
+dies before that leaves the job ``running`` without a record; after its lease the job runs
+again — it had written nothing, so nothing is done twice in the database.
+
+While recent attempts were quick (under ``QUICK`` seconds), the worker claims up to twice
+as many jobs again ahead of free slots, so that the next claim's round trip overlaps with
+running the jobs the last one handed over, and one claim serves several turnovers. A job
+claimed ahead starts within ``AHEAD_WAIT`` seconds of its claim (its lease counts from the
+claim) or is queued again unrun (``release``), as are those left when the worker stops.
+
 ``flux.toml``::
 
     [queue]
@@ -40,6 +54,7 @@ it committed, runs again (its rolled-back work is kept in its record).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -62,9 +77,12 @@ from flux._ids import new_request_id
 from flux.jobs._cron import Scheduler
 from flux.runtime._context import parse_delay
 from flux.runtime._executor import Invocation, execute
-from flux.runtime._runtime import Runtime
+from flux.runtime._runtime import Runtime, records_to
+from flux.store._availability import connection_lost
 from flux.store._database import first_line
 from flux.store._queries import load
+from flux.store._record import ExecutionRecord
+from flux.store._record_batch import insert_records
 
 if TYPE_CHECKING:
     from flux._project import Project
@@ -74,6 +92,12 @@ log = logging.getLogger("flux.worker")
 
 JITTER = 0.25
 LEASE_MARGIN = 10.0  # seconds past a function's timeout before its job may be claimed again
+# Claiming ahead: a job claimed before a slot is free for it starts within AHEAD_WAIT
+# seconds of its claim (well inside LEASE_MARGIN) or is queued again unrun; the worker
+# claims ahead AHEAD jobs for each recent attempt that took less than QUICK seconds.
+AHEAD = 2  # jobs claimed ahead per quick recent attempt
+AHEAD_WAIT = 2.0
+QUICK = 0.2
 
 
 @dataclass(frozen=True)
@@ -143,8 +167,12 @@ class Worker:
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._busy = 0  # slots taken: an attempt frees its slot before its task ends
+        self._ready: collections.deque[tuple[float, Claimed]] = collections.deque()
+        self._quick: collections.deque[bool] = collections.deque()  # of recent attempts
         self._done: list[tuple[uuid.UUID, uuid.UUID]] = []  # successes not yet marked done
+        self._records: list[ExecutionRecord] = []  # of successes in _done, not yet written
         self._q = load("jobs")
+        self._claims: dict[int, bytes] = {}  # the claim's text for each batch size
 
     def wake(self) -> None:
         """Look for work now rather than at the next poll."""
@@ -157,14 +185,21 @@ class Worker:
     async def run(self) -> None:
         """Claim and run jobs until ``stop()``; then let the jobs in flight finish."""
         slots = max(1, self.config.concurrency)
+        self._quick = collections.deque(maxlen=slots)
         try:
             while not self._stop.is_set():
                 self._wake.clear()
-                free = slots - self._busy
+                await self._start_ready(slots)
+                # Claim ahead: twice as many more jobs as recent attempts were quick, so that
+                # the next claim's round trip overlaps with running the jobs the last one
+                # handed over; claim once what is ahead no longer fills every slot, so that
+                # one claim takes (and one transaction records) several slots' worth.
+                want = slots + AHEAD * sum(self._quick) - self._busy - len(self._ready)
                 jobs: list[Claimed] = []
-                if free > 0:
+                claiming = want > 0 and len(self._ready) < slots
+                if claiming:
                     try:
-                        jobs = await self.claim_many(free)
+                        jobs = await self.claim_many(want)
                     except (DatabaseError, Overloaded, psycopg.OperationalError) as exc:
                         # The database restarting must not end the worker; the runtime logs
                         # an outage once, so only other refusals are worth a line here.
@@ -172,27 +207,61 @@ class Worker:
                             log.warning("claiming a job failed: %s", first_line(exc))
                     except Exception:
                         log.exception("claiming a job failed")
-                for job in jobs:
-                    self._busy += 1
-                    task = asyncio.create_task(self._attempt(job))
-                    self._running.add(task)
-                    task.add_done_callback(self._running.discard)
-                if free > 0 and len(jobs) == free:
-                    continue  # every slot is taken; the next claim waits for a free one
+                    claimed_at = asyncio.get_running_loop().time()
+                    self._ready.extend((claimed_at, job) for job in jobs)
+                    await self._start_ready(slots)
+                if claiming and len(jobs) == want:
+                    continue  # as many as asked for: there may be more
                 await self._idle()
         finally:
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
+            if self._ready:
+                await self._release([job for _, job in self._ready])
+                self._ready.clear()
             await self._flush()
 
+    async def _start_ready(self, slots: int) -> None:
+        """Start jobs claimed ahead in the free slots; give back those that waited longer
+        than AHEAD_WAIT for one (their lease was measured from the claim)."""
+        now = asyncio.get_running_loop().time()
+        stale: list[Claimed] = []
+        while self._ready and (self._busy < slots or now - self._ready[0][0] > AHEAD_WAIT):
+            claimed_at, job = self._ready.popleft()
+            if now - claimed_at > AHEAD_WAIT:
+                stale.append(job)
+                continue
+            self._busy += 1
+            task = asyncio.create_task(self._attempt(job))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        if stale:
+            self._quick.clear()  # the slots are slow to free: claim ahead no more for now
+            await self._release(stale)
+
+    async def _release(self, jobs: list[Claimed]) -> None:
+        """Queue jobs claimed ahead again, unrun (their attempt is given back). If the
+        database refuses, they run again once their leases run out."""
+        try:
+            async with self.runtime.connection(patience=self.runtime.pool_timeout) as conn:
+                await conn.execute(self._q.release,
+                                   {"ids": [job.id for job in jobs],
+                                    "request_ids": [job.request_id for job in jobs]})
+        except Exception as exc:
+            log.warning("%d jobs claimed ahead stay claimed until their leases run out: %s",
+                        len(jobs), first_line(exc))
+
     async def _idle(self) -> None:
+        wait = min(self.config.poll_interval, AHEAD_WAIT) if self._ready else \
+            self.config.poll_interval
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.poll_interval):
+            async with asyncio.timeout(wait):
                 await self._wake.wait()
 
     async def _attempt(self, job: Claimed) -> None:
+        started = asyncio.get_running_loop().time()
         try:
-            await self.run_job(job, defer_done=True)
+            await self.run_job(job, defer_done=True, keep_record=True)
         except (DatabaseError, Overloaded, psycopg.OperationalError) as exc:
             # Its execution was not recorded, or the job could not be settled: the job stays
             # claimed and runs again once its lease runs out (at least once, as always).
@@ -202,6 +271,7 @@ class Worker:
             log.exception("job %s (%s) failed outside its execution", job.id, job.function)
         finally:
             self._busy -= 1
+            self._quick.append(asyncio.get_running_loop().time() - started < QUICK)
             self._wake.set()  # a slot is free: look for the next job at once
 
     def _lease(self) -> dt.timedelta:
@@ -215,20 +285,37 @@ class Worker:
 
     async def claim_many(self, limit: int) -> list[Claimed]:
         """Claim up to ``limit`` due jobs in one statement, committed before they run; the
-        successes not yet marked done are marked in the same statement."""
+        successes not yet marked done are marked in the same statement, and the records
+        not yet written are inserted in the same transaction and round trip."""
         done, self._done = self._done, []
+        records, self._records = self._records, []
         params = {"lease": self._lease(), "worker": self.name,
                   "request_ids": [new_request_id() for _ in range(limit)],
                   "done_ids": [d[0] for d in done], "done_requests": [d[1] for d in done]}
+        claim = self._claims.get(limit)
+        if claim is None:  # the batch size as a literal: see {limit} in sql/queries/jobs.sql
+            claim = self._claims[limit] = sql.SQL(self._q.claim).format(
+                limit=sql.Literal(limit)).as_bytes(None)
         try:
             async with self.runtime.connection() as conn:
                 cur = conn.cursor(row_factory=dict_row)
-                # The batch size as a literal: see {limit} in sql/queries/jobs.sql.
-                await cur.execute(sql.SQL(self._q.claim).format(limit=sql.Literal(limit)),
-                                  params)
+                if records:
+                    # Pipelined on an autocommit connection: the INSERT and the claim run in
+                    # one implicit transaction, ended by the pipeline's Sync. If either
+                    # fails, neither commits.
+                    async with conn.pipeline():
+                        for statement in insert_records(records, conn.info.encoding):
+                            await conn.execute(statement, prepare=False)
+                        await cur.execute(claim, params)
+                else:
+                    await cur.execute(claim, params)
                 rows = await cur.fetchall()
-        except BaseException:
-            self._done[:0] = done  # not marked: they go with the next claim
+        except BaseException as exc:
+            # Not marked, not written: they go with the next claim.
+            self._done[:0] = done
+            self._records[:0] = records
+            if records and isinstance(exc, psycopg.Error) and not connection_lost(exc):
+                await self._store_apart()  # a record the batch refused must not block it
             raise
         return [Claimed(id=str(row["id"]), function=row["function"], payload=row["payload"],
                         kind=row["kind"], attempt=row["attempts"],
@@ -237,10 +324,21 @@ class Worker:
                         request_id=str(row["request_id"]), tenant=row["tenant"])
                 for row in rows]
 
-    async def run_job(self, job: Claimed, *, defer_done: bool = False) -> str:
+    async def run_job(self, job: Claimed, *, defer_done: bool = False,
+                      keep_record: bool = False) -> str:
         """Run one claimed attempt and settle the job; returns its new status. With
         ``defer_done`` a success is marked done by the worker's next claim (or when it
-        stops) rather than in a round trip of its own."""
+        stops) rather than in a round trip of its own; with ``keep_record`` as well, the
+        record of a success that opened no transaction is written in that claim's
+        transaction too (the run loop does both)."""
+        if keep_record and defer_done:
+            # The sink reads self._records when it is called: a claim may have taken the
+            # list (and left a new one) while the job ran.
+            with records_to(job.request_id, lambda record: self._records.append(record)):
+                return await self._run_job(job, defer_done=True)
+        return await self._run_job(job, defer_done=defer_done)
+
+    async def _run_job(self, job: Claimed, *, defer_done: bool) -> str:
 
         spec = self.runtime.registry.by_name.get(job.function)
         if spec is None:
@@ -277,18 +375,42 @@ class Worker:
             await conn.execute(getattr(self._q, query),
                                {"id": job.id, "request_id": job.request_id, **params})
 
+    async def _store_apart(self) -> None:
+        """Write the records kept for the next claim one by one, as executions store them
+        (after the batch that held them failed for a reason other than the connection). A
+        record that cannot be stored leaves its job to run again after its lease."""
+        records, self._records = self._records, []
+        for record in records:
+            try:
+                await self.runtime.store_record(record)
+            except Exception as exc:
+                log.warning("job attempt %s is left to run again after its lease: its "
+                            "record was not stored: %s", record.request_id, first_line(exc))
+                unrecorded = uuid.UUID(record.request_id)
+                self._done = [d for d in self._done if d[1] != unrecorded]
+
     async def _flush(self) -> None:
-        """Mark the successes not yet marked done (when the worker stops). If the database
-        refuses, their jobs are marked by the first claim after their leases run out."""
+        """Write the records and mark the successes not yet marked done (when the worker
+        stops), in one transaction. If the database refuses, their jobs are marked by the
+        first claim after their leases run out, or run again if their records were not
+        written."""
         done, self._done = self._done, []
+        records, self._records = self._records, []
         if not done:
             return
+        params = {"done_ids": [d[0] for d in done], "done_requests": [d[1] for d in done]}
         try:
-            async with self.runtime.connection(patience=self.runtime.pool_timeout) as conn:
-                await conn.execute(self._q.settle_done,
-                                   {"done_ids": [d[0] for d in done],
-                                    "done_requests": [d[1] for d in done]})
+            async with self.runtime.connection(patience=self.runtime.pool_timeout) as conn, \
+                    conn.pipeline():  # one implicit transaction, as in claim_many
+                for statement in insert_records(records, conn.info.encoding):
+                    await conn.execute(statement, prepare=False)
+                await conn.execute(self._q.settle_done, params)
         except Exception as exc:
+            if records and isinstance(exc, psycopg.Error) and not connection_lost(exc):
+                self._done, self._records = done, records
+                await self._store_apart()
+                await self._flush()  # the records that were stored, and the other marks
+                return
             log.warning("%d finished jobs stay running until their leases run out: %s",
                         len(done), first_line(exc))
 

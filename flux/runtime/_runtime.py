@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,26 @@ UNAVAILABLE = "the database is unavailable"
 INFLIGHT_PER_CONNECTION = 5  # default [server] max_inflight = 5 × [database] pool_size
 
 LogEcho = Callable[[str, str, str, dict[str, Any]], None]
+RecordSink = Callable[[ExecutionRecord], None]
+
+# Where the record of one execution goes instead of the database (see records_to).
+_record_sink: ContextVar[tuple[str, RecordSink] | None] = ContextVar("flux_record_sink",
+                                                                     default=None)
+
+
+@contextlib.contextmanager
+def records_to(request_id: str, sink: RecordSink) -> Iterator[None]:
+    """While the block runs, the record of execution ``request_id``, if it is stored on its
+    own with nothing else to write (no failure signature, no rolled-back mutations: an
+    execution that opened no transaction and succeeded), is handed to ``sink`` instead of
+    being inserted. The queue worker writes such records in batches, each in the same
+    transaction as its job's done-mark (flux/jobs/_worker.py). Any other record, and any
+    other execution's (one this execution starts), is stored as usual."""
+    token = _record_sink.set((request_id, sink))
+    try:
+        yield
+    finally:
+        _record_sink.reset(token)
 
 
 class Runtime:
@@ -269,6 +290,11 @@ class Runtime:
         transaction, failed ones whose connection was lost, and requests rejected before any
         function ran). The execution already ran, so a lost database is waited for up to
         ``pool_timeout``; then DatabaseUnavailable says the record was not stored."""
+        sink = _record_sink.get()
+        if sink is not None and sink[0] == record.request_id and record.signature is None \
+                and not record.mutations:
+            sink[1](record)  # written later, with its job's done-mark (records_to)
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.pool_timeout
         for attempt in (1, 2):

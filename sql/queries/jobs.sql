@@ -79,6 +79,16 @@ SET status = 'done', locked_until = NULL, locked_by = NULL, last_error = NULL,
 FROM unnest(%(done_ids)s::uuid[], %(done_requests)s::uuid[]) AS d (id, request_id)
 WHERE j.id = d.id AND j.last_request_id = d.request_id;
 
+-- name: release
+-- Jobs a worker claimed ahead and will not run (it stops, or no slot came free in time):
+-- queued again as they were, their unrun attempt given back. The attempt's row stays in
+-- flux.job_attempts without an execution, as a crashed worker's does.
+UPDATE flux.jobs j
+SET status = 'queued', attempts = j.attempts - 1, locked_until = NULL, locked_by = NULL,
+    updated_at = now()
+FROM unnest(%(ids)s::uuid[], %(request_ids)s::uuid[]) AS r (id, request_id)
+WHERE j.id = r.id AND j.last_request_id = r.request_id AND j.status = 'running';
+
 -- name: mark_done
 UPDATE flux.jobs
 SET status = 'done', locked_until = NULL, locked_by = NULL, last_error = NULL,

@@ -90,6 +90,10 @@ PASSED_ON = {
         "named queries of sql/queries/execution.sql with the record's values inlined by "
         "_record._literal (dollar-quoted, or E'' with quotes and backslashes doubled; "
         "tests/store/test_record.py)",
+    ("_worker.py", "claim"): "the named query claim of sql/queries/jobs.sql, composed by "
+        "sql.SQL(...).format with the batch size as a sql.Literal, kept as bytes",
+    ("_worker.py", "statement"): "insert_records (flux/store/_record_batch.py): the named "
+        "query insert_record with each record's values inlined by _record.bind",
 }
 
 

@@ -9,7 +9,9 @@ import json
 import uuid
 
 import psycopg
+import pytest
 
+from flux.jobs import _worker as worker_module
 from flux.jobs._queue import show_job
 from flux.jobs._worker import Background, Worker, backoff
 from tests.fixtures.projects import run_flux
@@ -298,3 +300,119 @@ async def test_a_stopping_worker_marks_its_last_successes_done(jobs_app) -> None
     await task
     assert query(jobs_app.db, "SELECT count(*) AS n FROM flux.jobs "
                               "WHERE status = 'done'")[0]["n"] == 3
+
+
+async def test_records_of_jobs_that_wrote_nothing_commit_with_their_done_marks(
+        jobs_app) -> None:
+    query(jobs_app.db, "INSERT INTO flux.jobs (id, function, payload) "
+                       "SELECT gen_random_uuid(), 'noop', jsonb_build_object('i', i) "
+                       "FROM generate_series(1, 6) AS i")
+    worker = Worker(jobs_app.runtime, FAST)
+    task = asyncio.create_task(worker.run())
+    async with asyncio.timeout(20):
+        while query(jobs_app.db, "SELECT count(*) AS n FROM flux.jobs "
+                                 "WHERE status = 'done'")[0]["n"] < 6:
+            await asyncio.sleep(0.02)
+    worker.stop()
+    await task
+    rows = query(jobs_app.db, """
+        SELECT j.xmin::text AS marked, r.xmin::text AS recorded, r.status, r.kind,
+               r.response -> 'body' AS output, j.payload
+        FROM flux.jobs j LEFT JOIN flux.trace_requests r ON r.request_id = j.last_request_id""")
+    assert len(rows) == 6
+    assert all((r["status"], r["kind"], r["output"]) == ("ok", "job", r["payload"])
+               for r in rows)
+    # Each record committed in the transaction that marked its job done, several at a time.
+    assert all(r["marked"] == r["recorded"] for r in rows)
+    assert len({r["recorded"] for r in rows}) < 6
+
+
+async def test_a_success_whose_record_died_with_its_worker_runs_again(jobs_app) -> None:
+    _, _, request_id = await jobs_app.post("enqueue", {"payload": {"n": 1}})
+    worker = Worker(jobs_app.runtime, FAST)
+    job = await worker.claim()
+    assert job is not None
+    assert await worker.run_job(job, defer_done=True, keep_record=True) == "done"
+    # The worker dies here, its record kept for its next claim: nothing was written.
+    assert _executions(jobs_app.db, request_id) == []
+    query(jobs_app.db, "UPDATE flux.jobs SET locked_until = now() - interval '1 second'")
+    other = Worker(jobs_app.runtime, FAST, name="after")
+    assert await next_attempt(other) == "done"
+    [row] = query(jobs_app.db, "SELECT id, status, attempts FROM flux.jobs")
+    assert (row["status"], row["attempts"]) == ("done", 2)
+    assert [(r["kind"], r["status"]) for r in _executions(jobs_app.db, request_id)] == \
+        [("job", "ok")]
+    with psycopg.connect(jobs_app.db, autocommit=True) as conn:
+        shown = show_job(conn, str(row["id"]))
+    assert [(e["attempt"], e["status"]) for e in shown["executions"]] == [(1, None), (2, "ok")]
+
+
+async def test_a_record_the_batch_refuses_is_stored_apart_and_the_others_go_on(
+        jobs_app) -> None:
+    query(jobs_app.db, "INSERT INTO flux.jobs (id, function, payload) "
+                       "SELECT gen_random_uuid(), 'noop', jsonb_build_object('i', i) "
+                       "FROM generate_series(1, 2) AS i")
+    worker = Worker(jobs_app.runtime, FAST)
+    refused, kept = await worker.claim_many(2)
+    for job in (refused, kept):
+        assert await worker.run_job(job, defer_done=True, keep_record=True) == "done"
+    query(jobs_app.db, "ALTER TABLE flux.trace_requests ADD CONSTRAINT refuse_one "
+                       f"CHECK (request_id <> '{refused.request_id}')")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        await worker.claim_many(2)  # the batch fails whole: no mark, no record
+    assert await worker.claim_many(2) == []  # the stored record's job is marked now
+    rows = query(jobs_app.db, "SELECT j.status, r.status AS recorded FROM flux.jobs j "
+                              "LEFT JOIN flux.trace_requests r "
+                              "ON r.request_id = j.last_request_id WHERE j.id = %s", [kept.id])
+    assert [(r["status"], r["recorded"]) for r in rows] == [("done", "ok")]
+    # The refused one stays running without a record: it runs again after its lease.
+    [row] = query(jobs_app.db, "SELECT status FROM flux.jobs WHERE id = %s", [refused.id])
+    assert row["status"] == "running"
+
+
+async def test_quick_jobs_are_claimed_ahead_and_those_not_started_in_time_are_given_back(
+        jobs_app, monkeypatch) -> None:
+    monkeypatch.setattr(worker_module, "QUICK", 3600.0)  # every attempt counts as quick
+    query(jobs_app.db, "INSERT INTO flux.jobs (id, function, payload) "
+                       "SELECT gen_random_uuid(), 'noop', jsonb_build_object('i', i) "
+                       "FROM generate_series(1, 24) AS i")
+    worker = Worker(jobs_app.runtime, FAST)
+    task = asyncio.create_task(worker.run())
+    async with asyncio.timeout(20):
+        while query(jobs_app.db, "SELECT count(*) AS n FROM flux.jobs "
+                                 "WHERE status = 'done'")[0]["n"] < 24:
+            await asyncio.sleep(0.02)
+    worker.stop()
+    await task
+    batches = query(jobs_app.db, "SELECT count(*) AS n FROM flux.job_attempts "
+                                 "GROUP BY claimed_at")
+    assert max(b["n"] for b in batches) > FAST.concurrency  # claimed ahead of free slots
+
+    # A job claimed ahead that found no free slot in time is queued again, unrun.
+    query(jobs_app.db, "INSERT INTO flux.jobs (id, function) VALUES (gen_random_uuid(), 'noop')")
+    [job] = await worker.claim_many(1)
+    worker._ready.append((asyncio.get_running_loop().time() - worker_module.AHEAD_WAIT - 1,
+                          job))
+    await worker._start_ready(FAST.concurrency)
+    assert not worker._ready and not worker._running
+    [row] = query(jobs_app.db, "SELECT status, attempts FROM flux.jobs WHERE id = %s", [job.id])
+    assert (row["status"], row["attempts"]) == ("queued", 0)
+    assert await next_attempt(worker) == "done"
+    with psycopg.connect(jobs_app.db, autocommit=True) as conn:
+        shown = show_job(conn, job.id)
+    assert [(e["attempt"], e["status"]) for e in shown["executions"]] == [(1, None), (1, "ok")]
+
+
+async def test_a_stopping_worker_gives_back_the_jobs_it_claimed_ahead(jobs_app) -> None:
+    query(jobs_app.db, "INSERT INTO flux.jobs (id, function) "
+                       "SELECT gen_random_uuid(), 'noop' FROM generate_series(1, 2)")
+    worker = Worker(jobs_app.runtime, FAST)
+    claimed = await worker.claim_many(2)
+    worker._ready.extend((asyncio.get_running_loop().time(), job) for job in claimed)
+    worker.stop()
+    await worker.run()
+    rows = query(jobs_app.db, "SELECT status, attempts, locked_by FROM flux.jobs")
+    assert [(r["status"], r["attempts"], r["locked_by"]) for r in rows] == \
+        [("queued", 0, None)] * 2
+    assert query(jobs_app.db, "SELECT count(*) AS n FROM flux.trace_requests "
+                              "WHERE kind = 'job'")[0]["n"] == 0
