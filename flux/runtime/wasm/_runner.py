@@ -12,9 +12,17 @@ executor, replay and resume see an async handler and nothing else. Its host impo
   pre-linked (``InstancePre``); each call instantiates into a fresh ``Store`` of its own,
   capped by ``store.set_limits(memory_size=…)``, so no state survives between requests
   and a replay starts from the same memory as the original.
-- The guest runs in a worker thread of a pool of its own (wasmtime calls are synchronous
-  and release the GIL), and its ctx calls reach the event loop through
-  ``Execution.bridge``, as a sync Python handler's do.
+- The guest runs on the event loop's thread. wasmtime calls are synchronous, so a guest
+  cannot wait there: when it calls an import that waits on the world (``db_query``,
+  ``http_fetch``), the import keeps its request and stops the guest; the runner awaits
+  the ctx door like any async handler, then runs the guest again from a fresh instance,
+  handing each import call before the pause its earlier answer (``GuestCall.answer``). A
+  guest sees only its input and its imports' answers, so every run takes the same path
+  and no ctx door is called twice. A guest that pauses more than ``MAX_PAUSES`` times,
+  or whose runs keep taking longer than ``INLINE_BUDGET`` (or its ``INLINE_TICKS``
+  epochs), runs in a worker thread of a pool of its own instead, its ctx calls reaching
+  the event loop through ``Execution.bridge`` as a sync Python handler's do. The thread
+  and the bridge cost more than a re-run of a small guest (see docs/decisions.md).
 - Options come from a sidecar ``functions/<name>.toml`` (route, timeout, retries, cron,
   memory_mb); they live beside the module as a decorator lives beside its Python function.
 """
@@ -49,11 +57,14 @@ from flux._function import (
 from flux.runtime._recorder import CallSite
 from flux.runtime.wasm._host import (
     SIGNATURES,
+    Answer,
     GuestCall,
     abi_types,
     call_guest,
     current_call,
     define_imports,
+    exports,
+    perform_paused,
     read,
     unpack,
     write,
@@ -70,6 +81,10 @@ DEFAULT_MEMORY_MB = 64
 PAGE = 65536
 CACHE_SIZE = 64
 POOL_THREADS = 32
+INLINE_TICKS = 2  # epochs a run on the event loop's thread may take: 10-20 ms
+INLINE_BUDGET = 0.002  # seconds of CPU a run on the event loop's thread may take
+STRIKES = 3  # runs over time before a function's guests go to worker threads for good
+MAX_PAUSES = 4  # IO imports an execution may pause at on the event loop's thread
 _OPTIONS = {"route", "methods", "timeout", "retries", "cron", "memory_mb"}
 
 
@@ -219,6 +234,17 @@ def load_module(path: Path) -> FunctionSpec:
     return handler.spec
 
 
+class _Paused(Exception):  # a signal between _handle and __call__
+    """The guest stopped at an IO import; ``answer`` holds its request."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+
+
+class _Slow(Exception):  # a signal between _handle and __call__
+    """The guest ran past its time on the event loop's thread."""
+
+
 class WasmFunction:
     """The handler of a Wasm function: ``await handler(ctx, input)`` like any other."""
 
@@ -229,16 +255,49 @@ class WasmFunction:
         self.compiled = compiled
         self.timeout = timeout
         self.memory_cap = memory_cap
+        self.inline = True  # run on the event loop's thread, until it proves slow
+        self.strikes = 0  # runs on the event loop's thread that took too long
         self.spec: FunctionSpec  # set by load_module, once the spec exists
 
     async def __call__(self, ctx: Context, input: Any) -> Any:
+        answers: list[Answer] = []  # the import calls' answers, handed to every run
+        pauses = 0
+        while self.inline:
+            started = time.thread_time()
+            try:
+                return self._run(ctx, input, answers, None)
+            except _Paused as paused:
+                waiting = paused.answer
+            except _Slow:
+                self._strike()
+                break
+            finally:
+                if time.thread_time() - started > INLINE_BUDGET:
+                    self._strike()
+            pauses += 1
+            if pauses > MAX_PAUSES:  # it waits on the world too often to run it again and
+                self.inline = False  # again: the rest in a thread, the answers so far kept
+            with ctx._execution.recorder.calls_from(self._site(ctx)):
+                answers.append(await perform_paused(ctx, waiting))
+        return await self._threaded(ctx, input, answers)
+
+    def _strike(self) -> None:
+        """A run on the event loop's thread took too long; a few and the function's
+        guests run in worker threads from then on (until the module is reloaded)."""
+        self.strikes += 1
+        if self.strikes >= STRIKES:
+            self.inline = False
+
+    async def _threaded(self, ctx: Context, input: Any, answers: list[Answer]) -> Any:
+        """Run the guest in a worker thread, its IO imports bridged to the event loop."""
         engine = shared_engine()
         holder: list[GuestCall] = []
         context = contextvars.copy_context()  # activate(ctx), the current span
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
-                engine.pool, functools.partial(context.run, self._run, ctx, input, holder))
+                engine.pool,
+                functools.partial(context.run, self._run, ctx, input, answers, holder))
         except asyncio.CancelledError:
             # The execution gave up (its timeout): the guest may act no more, and its
             # epoch deadline ends it within a tick of the same timeout.
@@ -246,31 +305,36 @@ class WasmFunction:
                 call.abandoned = True
             raise
 
-    # -- in the worker thread ------------------------------------------------------------
+    def _site(self, ctx: Context) -> CallSite:
+        return CallSite(ctx._execution.recorder.relative(str(self.path)), 0, self.name)
 
-    def _run(self, ctx: Context, input: Any, holder: list[GuestCall]) -> Any:
+    # -- one run of the guest: on the event loop's thread (holder None) or in a worker ----
+
+    def _run(self, ctx: Context, input: Any, answers: list[Answer],
+             holder: list[GuestCall] | None) -> Any:
         engine = shared_engine()
         rec = ctx._execution.recorder
-        file = rec.relative(str(self.path))
+        site = self._site(ctx)
+        inline = holder is None
         store = wasmtime.Store(engine.engine)
         store.set_limits(memory_size=self.memory_cap)
-        store.set_epoch_deadline(math.ceil(self.timeout / TICK) + 2)
+        store.set_epoch_deadline(INLINE_TICKS if inline
+                                 else math.ceil(self.timeout / TICK) + 2)
         engine.enter()
         try:
             try:
                 instance = self.compiled.pre.instantiate(store)
             except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-                raise self._instantiation_error(exc, file) from exc
-            exports = instance.exports(store)
-            memory, alloc, handle = exports["memory"], exports["alloc"], exports["handle"]
-            assert isinstance(memory, wasmtime.Memory)
-            assert isinstance(alloc, wasmtime.Func) and isinstance(handle, wasmtime.Func)
-            call = GuestCall(ctx, self.name, store, memory, alloc, fast=self.compiled.fast)
-            holder.append(call)
+                raise self._instantiation_error(exc, site.file or "") from exc
+            memory, alloc, handle = exports(store, instance)
+            call = GuestCall(ctx, self.name, store, memory, alloc, fast=self.compiled.fast,
+                             answers=answers, inline=inline)
+            if holder is not None:
+                holder.append(call)
             token = current_call().set(call)
             try:
-                with rec.calls_from(CallSite(file, 0, self.name)):
-                    return self._handle(store, call, handle, input, file)
+                with rec.calls_from(site):
+                    return self._handle(store, call, handle, input, site.file or "")
             finally:
                 current_call().reset(token)
         finally:
@@ -282,10 +346,17 @@ class WasmFunction:
         try:
             ptr, length = unpack(write(store, call, orjson.dumps(input), "the input"))
             packed = call_guest(store, handle, call.fast, ptr, length)
+            if call.paused is not None:
+                raise _Paused(call.paused)
             if call.failure is None:
                 ptr, length = unpack(packed)
                 output = read(store, call.memory, ptr, length, "handle's result")
         except (wasmtime.Trap, wasmtime.WasmtimeError, WasmError) as exc:
+            if call.paused is not None:  # stopped at an IO import: what follows is void
+                raise _Paused(call.paused) from None
+            if call.inline and call.failure is None and isinstance(exc, wasmtime.Trap) \
+                    and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
+                raise _Slow from None
             raise self._failure(call, exc, file) from None
         if call.failure is not None:  # a host import failed and the guest returned anyway
             raise self._located(call.failure, None, file, from_host=True)
