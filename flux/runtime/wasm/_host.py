@@ -91,6 +91,7 @@ class GuestCall:
     position: int = 0  # the index in ``answers`` of this run's next import call
     inline: bool = False  # on the event loop's thread: an IO import pauses the guest
     paused: Answer | None = None  # the IO import the guest paused at (its request only)
+    interrupted: bool = False  # the epoch deadline passed in alloc, called by an import
 
     def stop(self, failure: BaseException) -> None:
         """End the guest at its next epoch check, with ``failure`` as its outcome."""
@@ -383,7 +384,8 @@ def _guarded(name: str, spec: Import, zero: Any) -> Callable[..., Any]:
         call = _current.get()
         if call is None:  # a guest calling an import outside a Flux call: not ours to serve
             return zero
-        if call.failure is not None or call.abandoned or call.paused is not None:
+        if call.failure is not None or call.abandoned or call.paused is not None \
+                or call.interrupted:
             call.store.set_epoch_deadline(0)
             return zero
         try:
@@ -394,6 +396,13 @@ def _guarded(name: str, spec: Import, zero: Any) -> Callable[..., Any]:
             if isinstance(value, bytes):
                 return write(caller, call, value, name)
             return value
+        except wasmtime.Trap as trap:
+            if trap.trap_code != wasmtime.TrapCode.INTERRUPT:
+                call.stop(trap)
+            else:  # the deadline passed in alloc: a timeout, not this import's failure
+                call.interrupted = True
+                call.store.set_epoch_deadline(0)
+            return zero
         except BaseException as exc:  # kept for the guest's outcome, never raised into wasm
             call.stop(exc)
             return zero

@@ -84,6 +84,8 @@ POOL_THREADS = 32
 INLINE_TICKS = 2  # epochs a run on the event loop's thread may take: 10-20 ms
 INLINE_BUDGET = 0.002  # seconds of CPU a run on the event loop's thread may take
 STRIKES = 3  # runs over time before a function's guests go to worker threads for good
+STRIKE_DECAY = 1 / 32  # what a quick run takes off the strikes
+MAX_PREEMPTED = 2  # interruptions of runs that took little CPU (a preempted thread)
 MAX_PAUSES = 4  # IO imports an execution may pause at on the event loop's thread
 _OPTIONS = {"route", "methods", "timeout", "retries", "cron", "memory_mb"}
 
@@ -256,24 +258,28 @@ class WasmFunction:
         self.timeout = timeout
         self.memory_cap = memory_cap
         self.inline = True  # run on the event loop's thread, until it proves slow
-        self.strikes = 0  # runs on the event loop's thread that took too long
+        self.strikes = 0.0  # runs on the event loop's thread that took too long
         self.spec: FunctionSpec  # set by load_module, once the spec exists
 
     async def __call__(self, ctx: Context, input: Any) -> Any:
         answers: list[Answer] = []  # the import calls' answers, handed to every run
-        pauses = 0
+        pauses = preempted = 0
         while self.inline:
             started = time.thread_time()
+            waiting: Answer | None = None
             try:
                 return self._run(ctx, input, answers, None)
             except _Paused as paused:
                 waiting = paused.answer
             except _Slow:
-                self._strike()
-                break
+                pass
             finally:
-                if time.thread_time() - started > INLINE_BUDGET:
-                    self._strike()
+                slow = self._judge(time.thread_time() - started)
+            if waiting is None:  # interrupted after INLINE_TICKS
+                preempted += 1
+                if slow or preempted > MAX_PREEMPTED:
+                    break  # its guest computes for long: a thread of its own
+                continue  # its thread was preempted, not busy: run it again
             pauses += 1
             if pauses > MAX_PAUSES:  # it waits on the world too often to run it again and
                 self.inline = False  # again: the rest in a thread, the answers so far kept
@@ -281,12 +287,18 @@ class WasmFunction:
                 answers.append(await perform_paused(ctx, waiting))
         return await self._threaded(ctx, input, answers)
 
-    def _strike(self) -> None:
-        """A run on the event loop's thread took too long; a few and the function's
-        guests run in worker threads from then on (until the module is reloaded)."""
+    def _judge(self, cpu: float) -> bool:
+        """Whether a run on the event loop's thread took too much CPU. Each such run is a
+        strike, each quick one takes a fraction of one away; at STRIKES the function's
+        guests run in worker threads from then on (until the module is reloaded). A rare
+        slow run (a garbage collection) fades; a guest slow every time is moved at once."""
+        if cpu <= INLINE_BUDGET:
+            self.strikes = max(0.0, self.strikes - STRIKE_DECAY)
+            return False
         self.strikes += 1
         if self.strikes >= STRIKES:
             self.inline = False
+        return True
 
     async def _threaded(self, ctx: Context, input: Any, answers: list[Answer]) -> Any:
         """Run the guest in a worker thread, its IO imports bridged to the event loop."""
@@ -348,14 +360,15 @@ class WasmFunction:
             packed = call_guest(store, handle, call.fast, ptr, length)
             if call.paused is not None:
                 raise _Paused(call.paused)
+            if call.interrupted and call.failure is None:  # and the guest returned anyway
+                raise _interrupt()
             if call.failure is None:
                 ptr, length = unpack(packed)
                 output = read(store, call.memory, ptr, length, "handle's result")
         except (wasmtime.Trap, wasmtime.WasmtimeError, WasmError) as exc:
             if call.paused is not None:  # stopped at an IO import: what follows is void
                 raise _Paused(call.paused) from None
-            if call.inline and call.failure is None and isinstance(exc, wasmtime.Trap) \
-                    and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
+            if call.inline and call.failure is None and _interrupted(call, exc):
                 raise _Slow from None
             raise self._failure(call, exc, file) from None
         if call.failure is not None:  # a host import failed and the guest returned anyway
@@ -373,7 +386,7 @@ class WasmFunction:
         trap = exc if isinstance(exc, wasmtime.Trap) else None
         if call.failure is not None:
             return self._located(call.failure, trap, file, from_host=True)
-        if trap is not None and trap.trap_code == wasmtime.TrapCode.INTERRUPT:
+        if _interrupted(call, exc):
             return self._located(FunctionTimeout(self.spec), trap, file)
         where = _where(wasm_frames(trap, self.compiled.source.lines))
         reason = _reason(trap) if trap is not None else _first_line(exc)
@@ -420,6 +433,17 @@ class WasmFunction:
             **(exc.details if isinstance(exc, WasmError) else {}),
         }
         return exc
+
+
+def _interrupt() -> WasmError:
+    return WasmError("the guest's epoch deadline passed inside a call it made to the host")
+
+
+def _interrupted(call: GuestCall, exc: Exception) -> bool:
+    """Whether the guest's epoch deadline ended it — in its own code, or (``interrupted``)
+    in ``alloc`` called by a host import answering it."""
+    return call.interrupted or (isinstance(exc, wasmtime.Trap)
+                                and exc.trap_code == wasmtime.TrapCode.INTERRUPT)
 
 
 def wasm_frames(trap: wasmtime.Trap | None, lines: dict[int, int]) -> list[dict[str, Any]]:
