@@ -19,10 +19,11 @@ executor, replay and resume see an async handler and nothing else. Its host impo
   handing each import call before the pause its earlier answer (``GuestCall.answer``). A
   guest sees only its input and its imports' answers, so every run takes the same path
   and no ctx door is called twice. A guest that pauses more than ``MAX_PAUSES`` times,
-  or whose runs keep taking longer than ``INLINE_BUDGET`` (or its ``INLINE_TICKS``
-  epochs), runs in a worker thread of a pool of its own instead, its ctx calls reaching
-  the event loop through ``Execution.bridge`` as a sync Python handler's do. The thread
-  and the bridge cost more than a re-run of a small guest (see docs/decisions.md).
+  or whose runs keep reaching their ``INLINE_TICKS`` epochs (40-50 ms: a Python async
+  handler computing that long holds the loop as long), runs in a worker thread of a pool
+  of its own instead, its ctx calls reaching the event loop through ``Execution.bridge``
+  as a sync Python handler's do. The thread and the bridge cost more than a re-run of a
+  small guest (see docs/decisions.md).
 - Options come from a sidecar ``functions/<name>.toml`` (route, timeout, retries, cron,
   memory_mb); they live beside the module as a decorator lives beside its Python function.
 """
@@ -81,11 +82,9 @@ DEFAULT_MEMORY_MB = 64
 PAGE = 65536
 CACHE_SIZE = 64
 POOL_THREADS = 32
-INLINE_TICKS = 2  # epochs a run on the event loop's thread may take: 10-20 ms
-INLINE_BUDGET = 0.002  # seconds of CPU a run on the event loop's thread may take
+INLINE_TICKS = 5  # epochs a run on the event loop's thread may take: 40-50 ms
 STRIKES = 3  # runs over time before a function's guests go to worker threads for good
-STRIKE_DECAY = 1 / 32  # what a quick run takes off the strikes
-MAX_PREEMPTED = 2  # interruptions of runs that took little CPU (a preempted thread)
+STRIKE_DECAY = 1 / 8  # what a run that finished in time takes off the strikes
 MAX_PAUSES = 4  # IO imports an execution may pause at on the event loop's thread
 _OPTIONS = {"route", "methods", "timeout", "retries", "cron", "memory_mb"}
 
@@ -263,23 +262,18 @@ class WasmFunction:
 
     async def __call__(self, ctx: Context, input: Any) -> Any:
         answers: list[Answer] = []  # the import calls' answers, handed to every run
-        pauses = preempted = 0
+        pauses = 0
         while self.inline:
-            started = time.thread_time()
-            waiting: Answer | None = None
             try:
-                return self._run(ctx, input, answers, None)
+                value = self._run(ctx, input, answers, None)
             except _Paused as paused:
                 waiting = paused.answer
             except _Slow:
-                pass
-            finally:
-                slow = self._judge(time.thread_time() - started)
-            if waiting is None:  # interrupted after INLINE_TICKS
-                preempted += 1
-                if slow or preempted > MAX_PREEMPTED:
-                    break  # its guest computes for long: a thread of its own
-                continue  # its thread was preempted, not busy: run it again
+                self._strike()
+                break  # the rest in a thread of its own, the answers so far kept
+            else:
+                self.strikes = max(0.0, self.strikes - STRIKE_DECAY)
+                return value
             pauses += 1
             if pauses > MAX_PAUSES:  # it waits on the world too often to run it again and
                 self.inline = False  # again: the rest in a thread, the answers so far kept
@@ -287,18 +281,14 @@ class WasmFunction:
                 answers.append(await perform_paused(ctx, waiting))
         return await self._threaded(ctx, input, answers)
 
-    def _judge(self, cpu: float) -> bool:
-        """Whether a run on the event loop's thread took too much CPU. Each such run is a
-        strike, each quick one takes a fraction of one away; at STRIKES the function's
-        guests run in worker threads from then on (until the module is reloaded). A rare
-        slow run (a garbage collection) fades; a guest slow every time is moved at once."""
-        if cpu <= INLINE_BUDGET:
-            self.strikes = max(0.0, self.strikes - STRIKE_DECAY)
-            return False
+    def _strike(self) -> None:
+        """A run on the event loop's thread reached its INLINE_TICKS epochs. At STRIKES
+        the function's guests run in worker threads from then on (until the module is
+        reloaded); each run that finishes in time takes a fraction of a strike away, so
+        a thread preempted now and then on a busy machine does not add up to one."""
         self.strikes += 1
         if self.strikes >= STRIKES:
             self.inline = False
-        return True
 
     async def _threaded(self, ctx: Context, input: Any, answers: list[Answer]) -> Any:
         """Run the guest in a worker thread, its IO imports bridged to the event loop."""
