@@ -140,14 +140,27 @@ def unpack(packed: int) -> tuple[int, int]:
     return packed >> 32, packed & MASK32
 
 
+def span(store: Any, memory: wasmtime.Memory) -> tuple[int, int]:
+    """The address and size of the guest's memory, as it is now (``memory.grow`` may move
+    it: ask again after every call into the guest). ``Memory.read`` and ``write`` ask for
+    both and build a ctypes array type each time; two calls serve a read or a write."""
+    if _FUNC_CALL is None:
+        return 0, memory.data_len(store)
+    context, ref = store._context(), ctypes.byref(memory._memory)
+    return (ctypes.cast(_ffi.wasmtime_memory_data(context, ref), ctypes.c_void_p).value or 0,
+            _ffi.wasmtime_memory_data_size(context, ref))
+
+
 def read(store: Any, memory: wasmtime.Memory, ptr: int, length: int, what: str) -> bytes:
     ptr &= MASK32
     length &= MASK32
-    size = memory.data_len(store)
+    address, size = span(store, memory)
     if ptr + length > size:
         raise WasmError(f"{what}: bytes {ptr}..{ptr + length} lie outside the guest's "
                         f"memory of {size} bytes")
-    return bytes(memory.read(store, ptr, ptr + length))
+    if not address:
+        return bytes(memory.read(store, ptr, ptr + length))
+    return ctypes.string_at(address + ptr, length)
 
 
 def abi_types(module: Any) -> bool:
@@ -214,12 +227,14 @@ def exports(store: Any, instance: wasmtime.Instance
 def write(store: Any, call: GuestCall, data: bytes, what: str) -> int:
     """Copy ``data`` into memory the guest's ``alloc`` gave; returns the packed ptr/len."""
     ptr = call_guest(store, call.alloc, call.fast, len(data)) & MASK32
-    size = call.memory.data_len(store)
+    address, size = span(store, call.memory)
     if ptr == 0 or ptr + len(data) > size:
         raise WasmError(f"{what}: the guest's alloc({len(data)}) returned {ptr}, which is not "
                         f"a block of its memory of {size} bytes (out of memory?)",
                         details={"alloc_failed": True, "size": len(data)})
-    if data:
+    if data and address:
+        ctypes.memmove(address + ptr, data, len(data))
+    elif data:
         call.memory.write(store, data, ptr)
     return (ptr << 32) | len(data)
 

@@ -263,9 +263,11 @@ class WasmFunction:
     async def __call__(self, ctx: Context, input: Any) -> Any:
         answers: list[Answer] = []  # the import calls' answers, handed to every run
         pauses = 0
+        store: wasmtime.Store | None = None  # shared by the runs on the loop's thread
         while self.inline:
+            store = store or self._store()
             try:
-                value = self._run(ctx, input, answers, None)
+                value = self._run(ctx, input, answers, None, store)
             except _Paused as paused:
                 waiting = paused.answer
             except _Slow:
@@ -312,14 +314,22 @@ class WasmFunction:
 
     # -- one run of the guest: on the event loop's thread (holder None) or in a worker ----
 
+    def _store(self) -> wasmtime.Store:
+        """A store for the guest's instances, each memory capped at ``memory_cap``."""
+        store = wasmtime.Store(shared_engine().engine)
+        store.set_limits(memory_size=self.memory_cap)
+        return store
+
     def _run(self, ctx: Context, input: Any, answers: list[Answer],
-             holder: list[GuestCall] | None) -> Any:
+             holder: list[GuestCall] | None, store: wasmtime.Store | None = None) -> Any:
+        """One run from a fresh instance. The runs of an execution on the loop's thread
+        share a ``store`` (an instance each: fresh memory each time; the store and its
+        instances go when the execution ends)."""
         engine = shared_engine()
         rec = ctx._execution.recorder
         site = self._site(ctx)
         inline = holder is None
-        store = wasmtime.Store(engine.engine)
-        store.set_limits(memory_size=self.memory_cap)
+        store = store or self._store()
         store.set_epoch_deadline(INLINE_TICKS if inline
                                  else math.ceil(self.timeout / TICK) + 2)
         engine.enter()
