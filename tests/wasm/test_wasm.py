@@ -10,7 +10,6 @@ from typing import Any
 
 import psycopg
 
-from flux.runtime.wasm._runner import MAX_PAUSES, WasmFunction
 from tests.fixtures.projects import run_flux
 from tests.fixtures.shop import Shop
 from tests.replay.test_replay import edit, replay
@@ -32,12 +31,6 @@ def why(shop: Shop, rid: str) -> dict[str, Any]:
     result = run_flux(["why", rid[:18], "--json"], shop.root, env={"DATABASE_URL": shop.db})
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
-
-
-def handler(shop: Shop, route: str) -> WasmFunction:
-    spec = shop.runtime.registry.route(route)
-    assert spec is not None and isinstance(spec.handler, WasmFunction)
-    return spec.handler
 
 
 def line_of(shop: Shop, file: str, text: str) -> int:
@@ -97,30 +90,6 @@ async def test_quote_written_in_c_reads_its_plan_clock_and_number_from_ctx(wasm_
     assert status == 404 and body["error"]["code"] == "user_not_found"
     status, body, _ = await shop.post("quote", {"user_id": "x"})
     assert status == 400 and body["error"]["code"] == "invalid_user_id"
-
-
-async def test_guests_pause_at_their_queries_on_the_event_loop_or_finish_in_a_thread(
-        wasm_shop: Shop) -> None:
-    shop = wasm_shop
-    user_id = await signup(shop, plan="pro")
-    quote = handler(shop, "quote")
-    status, body, _ = await shop.post("quote", {"user_id": user_id, "amount_cents": 500})
-    assert status == 200 and body["quote_cents"] == 400
-    assert quote.inline  # it paused at its query and ran again on the event loop's thread
-    # tally pauses at each of its six queries, more than MAX_PAUSES: after the last pause
-    # its guest runs in a worker thread, handed the answers so far; each query runs once.
-    tally = handler(shop, "tally")
-    assert tally.inline and MAX_PAUSES < 6
-    status, body, rid = await shop.post("tally", {})
-    assert (status, body) == (200, 6)
-    assert not tally.inline
-    record = shop.record(rid)
-    assert [s["kind"] for s in record["spans"]] == ["gateway", "function"] + ["db"] * 6
-    assert [t["kind"] for t in record["tape"]] == ["db"] * 6
-    status, body, _ = await shop.post("tally", {})  # in a worker thread from the start
-    assert (status, body) == (200, 6)
-    code, same = replay(shop, rid[:18], "--expect", "same")
-    assert code == 0 and same["passed"] and same["replayed"]["output"] == 6, same
 
 
 async def test_failed_charge_rolls_back_the_order_and_names_the_wasm_function(
@@ -216,7 +185,6 @@ async def test_runaway_loop_times_out_while_other_requests_are_served(wasm_shop:
         assert record["error"]["type"] == "FunctionTimeout"
         assert "spin" in record["error"]["message"]
     assert time.monotonic() - started < 8
-    assert not handler(shop, "spin").inline  # it ran past its time on the event loop's thread
     status, body, _ = await shop.post("echo", {"after": True})  # the threads came back
     assert status == 200 and body == {"echo": {"after": True}}
 

@@ -9,8 +9,7 @@ once in two threads would swap. Instead a failing import keeps its exception on 
 guest's ``GuestCall``, answers a zero, and sets the store's epoch deadline to now: the guest
 traps at its next function entry or loop back-edge, and the exception is raised from there
 (``WasmFunction`` in ``flux/runtime/wasm/_runner.py``). Until then every further import
-refuses to act. An import that pauses the guest (``GuestCall.answer``) stops it the same
-way.
+refuses to act.
 
 The ABI itself is documented in docs/wasm-abi.md.
 """
@@ -19,9 +18,8 @@ from __future__ import annotations
 
 import contextvars
 import ctypes
-import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,36 +46,25 @@ MASK32 = 0xFFFF_FFFF
 
 _I32, _I64, _F64 = wasmtime.ValType.i32(), wasmtime.ValType.i64(), wasmtime.ValType.f64()
 
+# name → (params, results): what a guest may import from module "flux".
+SIGNATURES: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType]]] = {
+    "db_query": ([_I32, _I32], [_I64]),
+    "http_fetch": ([_I32, _I32], [_I64]),
+    "now": ([], [_I64]),
+    "random": ([], [_F64]),
+    "log": ([_I32, _I32], []),
+    "error": ([_I32, _I32], []),
+    "config": ([_I32, _I32], [_I64]),
+}
 
 DB_MODES = ("all", "one", "value", "execute")
 _DB_METHODS = {"all": "fetchall", "one": "fetchone", "value": "fetchval", "execute": "execute"}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-@dataclass(frozen=True)
-class Answer:
-    """What one import call of a guest answered (the bytes for its memory, a number, or
-    nothing) or raised, kept so that a re-run of the same guest gets it again."""
-
-    name: str
-    request: bytes  # the JSON the guest passed (empty for now and random)
-    value: Any = None
-    error: BaseException | None = None
-
-
-PAUSED = object()  # GuestCall.answer: the guest waits for IO the runner performs
-
-
 @dataclass
 class GuestCall:
-    """One run of a guest's ``handle``: what its host imports act for.
-
-    An execution may run its guest more than once (flux/runtime/wasm/_runner.py): on the
-    event loop's thread, a guest that reaches an import which waits on the world (a
-    query, an HTTP call) is paused there — stopped, its request kept — and run again from
-    a fresh instance once the answer is in. Each run is handed the answers of the import
-    calls before, in order (``answers``, shared by the runs), so no ctx door is called
-    twice and every run sees what the first saw."""
+    """One call of a guest's ``handle``: what its host imports act for."""
 
     ctx: Context
     function: str
@@ -87,40 +74,12 @@ class GuestCall:
     failure: BaseException | None = None  # the exception a host import ended the call with
     abandoned: bool = False  # the execution gave up waiting (its timeout): act no more
     fast: bool = False  # alloc and handle have the ABI's exact types: call_guest's fast path
-    answers: list[Answer] = field(default_factory=list)  # the execution's import calls so far
-    position: int = 0  # the index in ``answers`` of this run's next import call
-    inline: bool = False  # on the event loop's thread: an IO import pauses the guest
-    paused: Answer | None = None  # the IO import the guest paused at (its request only)
-    interrupted: bool = False  # the epoch deadline passed in alloc, called by an import
 
     def stop(self, failure: BaseException) -> None:
         """End the guest at its next epoch check, with ``failure`` as its outcome."""
         if self.failure is None:
             self.failure = failure
         self.store.set_epoch_deadline(0)
-
-    def answer(self, name: str, request: bytes, spec: Import) -> Any:
-        """The answer of this run's next import call: an earlier run's, else the ctx
-        door's — or PAUSED, for an IO import on the event loop's thread."""
-        index = self.position
-        self.position += 1
-        if index < len(self.answers):
-            kept = self.answers[index]
-            if kept.name != name or kept.request != request:
-                raise WasmError(
-                    f"{self.function} called {name} where its earlier run called "
-                    f"{kept.name} with other input: a guest must act the same on the same "
-                    "answers")
-            if kept.error is not None:
-                raise kept.error
-            return kept.value
-        if self.inline and spec.io:
-            self.paused = Answer(name, request)
-            self.store.set_epoch_deadline(0)  # stop at the next epoch check
-            return PAUSED
-        value = spec.encode(spec.perform(self.ctx, request))
-        self.answers.append(Answer(name, request, value))
-        return value
 
 
 _current: contextvars.ContextVar[GuestCall | None] = contextvars.ContextVar(
@@ -143,7 +102,8 @@ def unpack(packed: int) -> tuple[int, int]:
 def span(store: Any, memory: wasmtime.Memory) -> tuple[int, int]:
     """The address and size of the guest's memory, as it is now (``memory.grow`` may move
     it: ask again after every call into the guest). ``Memory.read`` and ``write`` ask for
-    both and build a ctypes array type each time; two calls serve a read or a write."""
+    both and build a ctypes array type each time; two calls serve a read or a write.
+    Address 0: another wasmtime-py, use ``Memory``'s methods."""
     if _FUNC_CALL is None:
         return 0, memory.data_len(store)
     context, ref = store._context(), ctypes.byref(memory._memory)
@@ -209,8 +169,8 @@ def exports(store: Any, instance: wasmtime.Instance
             ) -> tuple[wasmtime.Memory, wasmtime.Func, wasmtime.Func]:
     """The instance's ``memory``, ``alloc`` and ``handle`` (their kinds were checked when
     the module was loaded). ``Instance.exports`` wraps every export through
-    ``wasmtime_instance_export_nth``, which costs ~15 µs an export; three lookups by name
-    cost a third of that."""
+    ``wasmtime_instance_export_nth`` (~15 µs an export here); three lookups by name cost
+    a third of that."""
     if _EXPORT_GET is None:
         found = instance.exports(store)
         return found["memory"], found["alloc"], found["handle"]  # type: ignore[return-value]
@@ -239,7 +199,8 @@ def write(store: Any, call: GuestCall, data: bytes, what: str) -> int:
     return (ptr << 32) | len(data)
 
 
-def parse(raw: bytes, what: str) -> Any:
+def json_in(store: Any, call: GuestCall, ptr: int, length: int, what: str) -> Any:
+    raw = read(store, call.memory, ptr, length, what)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -253,14 +214,14 @@ def canonical(value: Any) -> bytes:
     return orjson.dumps(plain(value), option=orjson.OPT_SORT_KEYS)
 
 
-# -- the imports ---------------------------------------------------------------------------
-# Each import is two steps: ``perform`` asks the ctx door with the guest's request (on the
-# event loop's thread an IO door answers an awaitable, which the runner awaits), and
-# ``encode`` turns the door's answer into what the guest gets: bytes (copied into a block
-# of its memory), a number, or nothing.
+def json_out(store: Any, call: GuestCall, value: Any, what: str) -> int:
+    return write(store, call, canonical(value), what)
 
-def _db_query(ctx: Context, raw: bytes) -> Any:
-    request = parse(raw, "db_query")
+
+# -- the imports ---------------------------------------------------------------------------
+
+def _db_query(caller: Any, call: GuestCall, ptr: int, length: int) -> int:
+    request = json_in(caller, call, ptr, length, "db_query")
     if isinstance(request, str):
         request = {"sql": request}
     if not isinstance(request, dict) or not isinstance(request.get("sql"), str):
@@ -268,8 +229,9 @@ def _db_query(ctx: Context, raw: bytes) -> Any:
     mode = request.get("mode", "all")
     if mode not in DB_MODES:
         raise WasmError(f"db_query: mode must be one of {', '.join(DB_MODES)}, not {mode!r}")
-    method = getattr(ctx.db, _DB_METHODS[mode])
-    return method(request["sql"], sql_params(request.get("params")))
+    method = getattr(call.ctx.db, _DB_METHODS[mode])
+    result = method(request["sql"], sql_params(request.get("params")))
+    return json_out(caller, call, result, "db_query")
 
 
 def sql_params(params: Any) -> Any:
@@ -288,8 +250,8 @@ def sql_params(params: Any) -> Any:
     raise WasmError("db_query: params must be an array (%s) or an object (%(name)s)")
 
 
-def _http_fetch(ctx: Context, raw: bytes) -> Any:
-    request = parse(raw, "http_fetch")
+def _http_fetch(caller: Any, call: GuestCall, ptr: int, length: int) -> int:
+    request = json_in(caller, call, ptr, length, "http_fetch")
     if not isinstance(request, dict) or not isinstance(request.get("url"), str):
         raise WasmError('http_fetch takes {"method": "POST", "url": "...", "json": {...}}')
     kwargs: dict[str, Any] = {}
@@ -298,41 +260,40 @@ def _http_fetch(ctx: Context, raw: bytes) -> Any:
             kwargs[key] = request[key]
     if isinstance(request.get("body"), str):
         kwargs["data"] = request["body"]
-    return ctx.http.request(str(request.get("method", "GET")), request["url"], **kwargs)
-
-
-def _http_answer(response: Any) -> bytes:
+    response = call.ctx.http.request(str(request.get("method", "GET")), request["url"],
+                                     **kwargs)
     try:
         body: Any = response.json() if response.content else None
     except ValueError:
         body = response.text
     headers = {name.lower(): value for name, value in response.headers.items()}
     # The status first, always: a guest without a JSON parser finds it at byte 10.
-    return b"".join([
+    answer = b"".join([
         b'{"status":', str(int(response.status)).encode(), b',"headers":', canonical(headers),
         b',"body":', canonical(body), b',"suppressed":true}' if response.suppressed else b"}"])
+    return write(caller, call, answer, "http_fetch")
 
 
-def _now(ctx: Context, raw: bytes) -> int:
-    return int(ctx.now().timestamp() * 1000)  # Unix milliseconds
+def _now(caller: Any, call: GuestCall) -> int:
+    return int(call.ctx.now().timestamp() * 1000)  # Unix milliseconds
 
 
-def _random(ctx: Context, raw: bytes) -> float:
-    return float(ctx.random())
+def _random(caller: Any, call: GuestCall) -> float:
+    return float(call.ctx.random())
 
 
-def _log(ctx: Context, raw: bytes) -> None:
-    entry = parse(raw, "log")
+def _log(caller: Any, call: GuestCall, ptr: int, length: int) -> None:
+    entry = json_in(caller, call, ptr, length, "log")
     if not isinstance(entry, dict):
         entry = {"message": entry if isinstance(entry, str) else orjson.dumps(entry).decode()}
     level = entry.pop("level", "info")
     message = str(entry.pop("message", ""))
-    getattr(ctx.log, level if level in LOG_LEVELS else "info")(message, **entry)
+    getattr(call.ctx.log, level if level in LOG_LEVELS else "info")(message, **entry)
 
 
-def _error(ctx: Context, raw: bytes) -> None:
+def _error(caller: Any, call: GuestCall, ptr: int, length: int) -> None:
     """``raise ctx.error(status, code, message)`` for a guest: it never returns."""
-    spec = parse(raw, "error")
+    spec = json_in(caller, call, ptr, length, "error")
     if not isinstance(spec, dict):
         spec = {"message": str(spec)}
     status = spec.get("status", 500)
@@ -340,84 +301,30 @@ def _error(ctx: Context, raw: bytes) -> None:
                         str(spec.get("code", "error")), str(spec.get("message", "")))
 
 
-def _config(ctx: Context, raw: bytes) -> Any:
+def _config(caller: Any, call: GuestCall, ptr: int, length: int) -> int:
     """A value of ``[app]`` in flux.toml (``ctx.config``), by key; the whole table for null."""
-    key = parse(raw, "config")
+    key = json_in(caller, call, ptr, length, "config")
     # Read through ctx.config so each key the guest reads goes on the tape.
-    return dict(ctx.config) if key is None else ctx.config.get(str(key))
+    value = dict(call.ctx.config) if key is None else call.ctx.config.get(str(key))
+    return json_out(caller, call, value, "config")
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
-@dataclass(frozen=True)
-class Import:
-    """One import of module ``flux``: its wasm type, whether it takes a JSON request
-    ``(ptr, len)``, whether it waits on the world, and its two steps."""
-
-    params: list[wasmtime.ValType]
-    results: list[wasmtime.ValType]
-    takes_json: bool
-    io: bool
-    perform: Callable[[Context, bytes], Any]
-    encode: Callable[[Any], Any] = _same
-
-
-IMPORTS: dict[str, Import] = {
-    "db_query": Import([_I32, _I32], [_I64], True, True, _db_query, canonical),
-    "http_fetch": Import([_I32, _I32], [_I64], True, True, _http_fetch, _http_answer),
-    "now": Import([], [_I64], False, False, _now),
-    "random": Import([], [_F64], False, False, _random),
-    "log": Import([_I32, _I32], [], True, False, _log),
-    "error": Import([_I32, _I32], [], True, False, _error),
-    "config": Import([_I32, _I32], [_I64], True, False, _config, canonical),
+_IMPLEMENTATIONS: dict[str, Callable[..., Any]] = {
+    "db_query": _db_query, "http_fetch": _http_fetch, "now": _now, "random": _random,
+    "log": _log, "error": _error, "config": _config,
 }
 
-# name → (params, results): what a guest may import from module "flux".
-SIGNATURES: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType]]] = {
-    name: (spec.params, spec.results) for name, spec in IMPORTS.items()}
 
-
-async def perform_paused(ctx: Context, paused: Answer) -> Answer:
-    """Ask the ctx door a paused guest waits for, on the event loop: its answer, or the
-    exception it raised (for the next run's import call to end the guest with)."""
-    spec = IMPORTS[paused.name]
-    try:
-        result = spec.perform(ctx, paused.request)
-        if inspect.isawaitable(result):
-            result = await result
-        return Answer(paused.name, paused.request, spec.encode(result))
-    except Exception as exc:  # the guest's outcome, raised where it made the call
-        return Answer(paused.name, paused.request, error=exc)
-
-
-def _guarded(name: str, spec: Import, zero: Any) -> Callable[..., Any]:
-    takes_json = spec.takes_json
-
+def _guarded(name: str, implementation: Callable[..., Any], zero: Any) -> Callable[..., Any]:
     def host(caller: Any, *args: Any) -> Any:
         call = _current.get()
         if call is None:  # a guest calling an import outside a Flux call: not ours to serve
             return zero
-        if call.failure is not None or call.abandoned or call.paused is not None \
-                or call.interrupted:
+        if call.failure is not None or call.abandoned:
             call.store.set_epoch_deadline(0)
             return zero
         try:
-            request = read(caller, call.memory, args[0], args[1], name) if takes_json else b""
-            value = call.answer(name, request, spec)
-            if value is PAUSED or value is None:
-                return zero
-            if isinstance(value, bytes):
-                return write(caller, call, value, name)
-            return value
-        except wasmtime.Trap as trap:
-            if trap.trap_code != wasmtime.TrapCode.INTERRUPT:
-                call.stop(trap)
-            else:  # the deadline passed in alloc: a timeout, not this import's failure
-                call.interrupted = True
-                call.store.set_epoch_deadline(0)
-            return zero
+            return implementation(caller, call, *args)
         except BaseException as exc:  # kept for the guest's outcome, never raised into wasm
             call.stop(exc)
             return zero
@@ -428,10 +335,9 @@ def _guarded(name: str, spec: Import, zero: Any) -> Callable[..., Any]:
 
 def define_imports(linker: wasmtime.Linker) -> None:
     """Define every import of module ``flux`` on ``linker`` (once per engine)."""
-    for name, spec in IMPORTS.items():
-        params, results = spec.params, spec.results
+    for name, (params, results) in SIGNATURES.items():
         zero: Any = None if not results else (0.0 if results[0] == _F64 else 0)
-        host = _guarded(name, spec, zero)
+        host = _guarded(name, _IMPLEMENTATIONS[name], zero)
         if _FUNC_CALL is not None:
             _define_direct(linker, name, wasmtime.FuncType(params, results), host,
                            None if not results else results[0])

@@ -12,18 +12,9 @@ executor, replay and resume see an async handler and nothing else. Its host impo
   pre-linked (``InstancePre``); each call instantiates into a fresh ``Store`` of its own,
   capped by ``store.set_limits(memory_size=…)``, so no state survives between requests
   and a replay starts from the same memory as the original.
-- The guest runs on the event loop's thread. wasmtime calls are synchronous, so a guest
-  cannot wait there: when it calls an import that waits on the world (``db_query``,
-  ``http_fetch``), the import keeps its request and stops the guest; the runner awaits
-  the ctx door like any async handler, then runs the guest again from a fresh instance,
-  handing each import call before the pause its earlier answer (``GuestCall.answer``). A
-  guest sees only its input and its imports' answers, so every run takes the same path
-  and no ctx door is called twice. A guest that pauses more than ``MAX_PAUSES`` times,
-  or whose runs keep reaching their ``INLINE_TICKS`` epochs (40-50 ms: a Python async
-  handler computing that long holds the loop as long), runs in a worker thread of a pool
-  of its own instead, its ctx calls reaching the event loop through ``Execution.bridge``
-  as a sync Python handler's do. The thread and the bridge cost more than a re-run of a
-  small guest (see docs/decisions.md).
+- The guest runs in a worker thread of a pool of its own (wasmtime calls are synchronous
+  and release the GIL), and its ctx calls reach the event loop through
+  ``Execution.bridge``, as a sync Python handler's do.
 - Options come from a sidecar ``functions/<name>.toml`` (route, timeout, retries, cron,
   memory_mb); they live beside the module as a decorator lives beside its Python function.
 """
@@ -58,14 +49,12 @@ from flux._function import (
 from flux.runtime._recorder import CallSite
 from flux.runtime.wasm._host import (
     SIGNATURES,
-    Answer,
     GuestCall,
     abi_types,
     call_guest,
     current_call,
     define_imports,
     exports,
-    perform_paused,
     read,
     unpack,
     write,
@@ -82,10 +71,6 @@ DEFAULT_MEMORY_MB = 64
 PAGE = 65536
 CACHE_SIZE = 64
 POOL_THREADS = 32
-INLINE_TICKS = 5  # epochs a run on the event loop's thread may take: 40-50 ms
-STRIKES = 3  # runs over time before a function's guests go to worker threads for good
-STRIKE_DECAY = 1 / 8  # what a run that finished in time takes off the strikes
-MAX_PAUSES = 4  # IO imports an execution may pause at on the event loop's thread
 _OPTIONS = {"route", "methods", "timeout", "retries", "cron", "memory_mb"}
 
 
@@ -235,17 +220,6 @@ def load_module(path: Path) -> FunctionSpec:
     return handler.spec
 
 
-class _Paused(Exception):  # a signal between _handle and __call__
-    """The guest stopped at an IO import; ``answer`` holds its request."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-
-
-class _Slow(Exception):  # a signal between _handle and __call__
-    """The guest ran past its time on the event loop's thread."""
-
-
 class WasmFunction:
     """The handler of a Wasm function: ``await handler(ctx, input)`` like any other."""
 
@@ -256,52 +230,16 @@ class WasmFunction:
         self.compiled = compiled
         self.timeout = timeout
         self.memory_cap = memory_cap
-        self.inline = True  # run on the event loop's thread, until it proves slow
-        self.strikes = 0.0  # runs on the event loop's thread that took too long
         self.spec: FunctionSpec  # set by load_module, once the spec exists
 
     async def __call__(self, ctx: Context, input: Any) -> Any:
-        answers: list[Answer] = []  # the import calls' answers, handed to every run
-        pauses = 0
-        store: wasmtime.Store | None = None  # shared by the runs on the loop's thread
-        while self.inline:
-            store = store or self._store()
-            try:
-                value = self._run(ctx, input, answers, None, store)
-            except _Paused as paused:
-                waiting = paused.answer
-            except _Slow:
-                self._strike()
-                break  # the rest in a thread of its own, the answers so far kept
-            else:
-                self.strikes = max(0.0, self.strikes - STRIKE_DECAY)
-                return value
-            pauses += 1
-            if pauses > MAX_PAUSES:  # it waits on the world too often to run it again and
-                self.inline = False  # again: the rest in a thread, the answers so far kept
-            with ctx._execution.recorder.calls_from(self._site(ctx)):
-                answers.append(await perform_paused(ctx, waiting))
-        return await self._threaded(ctx, input, answers)
-
-    def _strike(self) -> None:
-        """A run on the event loop's thread reached its INLINE_TICKS epochs. At STRIKES
-        the function's guests run in worker threads from then on (until the module is
-        reloaded); each run that finishes in time takes a fraction of a strike away, so
-        a thread preempted now and then on a busy machine does not add up to one."""
-        self.strikes += 1
-        if self.strikes >= STRIKES:
-            self.inline = False
-
-    async def _threaded(self, ctx: Context, input: Any, answers: list[Answer]) -> Any:
-        """Run the guest in a worker thread, its IO imports bridged to the event loop."""
         engine = shared_engine()
         holder: list[GuestCall] = []
         context = contextvars.copy_context()  # activate(ctx), the current span
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
-                engine.pool,
-                functools.partial(context.run, self._run, ctx, input, answers, holder))
+                engine.pool, functools.partial(context.run, self._run, ctx, input, holder))
         except asyncio.CancelledError:
             # The execution gave up (its timeout): the guest may act no more, and its
             # epoch deadline ends it within a tick of the same timeout.
@@ -309,44 +247,28 @@ class WasmFunction:
                 call.abandoned = True
             raise
 
-    def _site(self, ctx: Context) -> CallSite:
-        return CallSite(ctx._execution.recorder.relative(str(self.path)), 0, self.name)
+    # -- in the worker thread ------------------------------------------------------------
 
-    # -- one run of the guest: on the event loop's thread (holder None) or in a worker ----
-
-    def _store(self) -> wasmtime.Store:
-        """A store for the guest's instances, each memory capped at ``memory_cap``."""
-        store = wasmtime.Store(shared_engine().engine)
-        store.set_limits(memory_size=self.memory_cap)
-        return store
-
-    def _run(self, ctx: Context, input: Any, answers: list[Answer],
-             holder: list[GuestCall] | None, store: wasmtime.Store | None = None) -> Any:
-        """One run from a fresh instance. The runs of an execution on the loop's thread
-        share a ``store`` (an instance each: fresh memory each time; the store and its
-        instances go when the execution ends)."""
+    def _run(self, ctx: Context, input: Any, holder: list[GuestCall]) -> Any:
         engine = shared_engine()
         rec = ctx._execution.recorder
-        site = self._site(ctx)
-        inline = holder is None
-        store = store or self._store()
-        store.set_epoch_deadline(INLINE_TICKS if inline
-                                 else math.ceil(self.timeout / TICK) + 2)
+        file = rec.relative(str(self.path))
+        store = wasmtime.Store(engine.engine)
+        store.set_limits(memory_size=self.memory_cap)
+        store.set_epoch_deadline(math.ceil(self.timeout / TICK) + 2)
         engine.enter()
         try:
             try:
                 instance = self.compiled.pre.instantiate(store)
             except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-                raise self._instantiation_error(exc, site.file or "") from exc
+                raise self._instantiation_error(exc, file) from exc
             memory, alloc, handle = exports(store, instance)
-            call = GuestCall(ctx, self.name, store, memory, alloc, fast=self.compiled.fast,
-                             answers=answers, inline=inline)
-            if holder is not None:
-                holder.append(call)
+            call = GuestCall(ctx, self.name, store, memory, alloc, fast=self.compiled.fast)
+            holder.append(call)
             token = current_call().set(call)
             try:
-                with rec.calls_from(site):
-                    return self._handle(store, call, handle, input, site.file or "")
+                with rec.calls_from(CallSite(file, 0, self.name)):
+                    return self._handle(store, call, handle, input, file)
             finally:
                 current_call().reset(token)
         finally:
@@ -358,18 +280,10 @@ class WasmFunction:
         try:
             ptr, length = unpack(write(store, call, orjson.dumps(input), "the input"))
             packed = call_guest(store, handle, call.fast, ptr, length)
-            if call.paused is not None:
-                raise _Paused(call.paused)
-            if call.interrupted and call.failure is None:  # and the guest returned anyway
-                raise _interrupt()
             if call.failure is None:
                 ptr, length = unpack(packed)
                 output = read(store, call.memory, ptr, length, "handle's result")
         except (wasmtime.Trap, wasmtime.WasmtimeError, WasmError) as exc:
-            if call.paused is not None:  # stopped at an IO import: what follows is void
-                raise _Paused(call.paused) from None
-            if call.inline and call.failure is None and _interrupted(call, exc):
-                raise _Slow from None
             raise self._failure(call, exc, file) from None
         if call.failure is not None:  # a host import failed and the guest returned anyway
             raise self._located(call.failure, None, file, from_host=True)
@@ -386,7 +300,7 @@ class WasmFunction:
         trap = exc if isinstance(exc, wasmtime.Trap) else None
         if call.failure is not None:
             return self._located(call.failure, trap, file, from_host=True)
-        if _interrupted(call, exc):
+        if trap is not None and trap.trap_code == wasmtime.TrapCode.INTERRUPT:
             return self._located(FunctionTimeout(self.spec), trap, file)
         where = _where(wasm_frames(trap, self.compiled.source.lines))
         reason = _reason(trap) if trap is not None else _first_line(exc)
@@ -433,17 +347,6 @@ class WasmFunction:
             **(exc.details if isinstance(exc, WasmError) else {}),
         }
         return exc
-
-
-def _interrupt() -> WasmError:
-    return WasmError("the guest's epoch deadline passed inside a call it made to the host")
-
-
-def _interrupted(call: GuestCall, exc: Exception) -> bool:
-    """Whether the guest's epoch deadline ended it — in its own code, or (``interrupted``)
-    in ``alloc`` called by a host import answering it."""
-    return call.interrupted or (isinstance(exc, wasmtime.Trap)
-                                and exc.trap_code == wasmtime.TrapCode.INTERRUPT)
 
 
 def wasm_frames(trap: wasmtime.Trap | None, lines: dict[int, int]) -> list[dict[str, Any]]:
