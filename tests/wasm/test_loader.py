@@ -6,10 +6,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import wasmtime
 
+from flux._errors import WasmError
 from flux.runtime._loader import Registry, function_file, load_all, load_file
-from flux.runtime.wasm._host import call_guest
+from flux.runtime.wasm._host import GuestCall, call_guest, exports, read, write
 from flux.runtime.wasm._runner import shared_engine
 from tests.runtime.test_serve import free_port, post
 from tests.wasm.conftest import MODULES
@@ -136,8 +138,15 @@ def test_modules_with_the_abi_types_take_the_direct_call_path(tmp_path: Path) ->
     for compiled in (fast, slow):
         store = wasmtime.Store(engine.engine)
         store.set_epoch_deadline(1000)
-        exports = compiled.pre.instantiate(store).exports(store)
-        alloc, handle = exports["alloc"], exports["handle"]
-        assert isinstance(alloc, wasmtime.Func) and isinstance(handle, wasmtime.Func)
+        memory, alloc, handle = exports(store, compiled.pre.instantiate(store))
+        assert isinstance(memory, wasmtime.Memory) and isinstance(alloc, wasmtime.Func)
+        assert isinstance(handle, wasmtime.Func)
         assert call_guest(store, alloc, compiled.fast, 5) == 105 == alloc(store, 5)
         assert call_guest(store, handle, compiled.fast, 1, 2) == 7
+        # memory written and read through its address, as the host imports do
+        call = GuestCall(None, "exact", store, memory, alloc, fast=compiled.fast)  # type: ignore[arg-type]
+        assert write(store, call, b'{"a":1}', "the input") == (107 << 32) | 7
+        assert bytes(memory.read(store, 107, 114)) == b'{"a":1}'
+        assert read(store, memory, 107, 7, "the answer") == b'{"a":1}'
+        with pytest.raises(WasmError, match="lie outside the guest's memory of 65536 bytes"):
+            read(store, memory, 65530, 7, "the answer")

@@ -36,8 +36,10 @@ try:  # wasmtime-py's own ctypes binding of the C API, for the calls of the ABI 
 
     _VAL, _TRAP, _I32_KIND = _ffi.wasmtime_val_t, _ffi.wasm_trap_t, _ffi.WASMTIME_I32.value
     _FUNC_CALL: Callable[..., Any] | None = _ffi.wasmtime_func_call
+    _EXPORT_GET: Callable[..., Any] | None = _ffi.wasmtime_instance_export_get
+    from wasmtime._extern import wrap_extern
 except (ImportError, AttributeError):  # another wasmtime-py: Func.__call__ serves
-    _FUNC_CALL = None
+    _FUNC_CALL = _EXPORT_GET = None
 
 MODULE = "flux"
 MASK32 = 0xFFFF_FFFF
@@ -97,14 +99,28 @@ def unpack(packed: int) -> tuple[int, int]:
     return packed >> 32, packed & MASK32
 
 
+def span(store: Any, memory: wasmtime.Memory) -> tuple[int, int]:
+    """The address and size of the guest's memory, as it is now (``memory.grow`` may move
+    it: ask again after every call into the guest). ``Memory.read`` and ``write`` ask for
+    both and build a ctypes array type each time; two calls serve a read or a write.
+    Address 0: another wasmtime-py, use ``Memory``'s methods."""
+    if _FUNC_CALL is None:
+        return 0, memory.data_len(store)
+    context, ref = store._context(), ctypes.byref(memory._memory)
+    return (ctypes.cast(_ffi.wasmtime_memory_data(context, ref), ctypes.c_void_p).value or 0,
+            _ffi.wasmtime_memory_data_size(context, ref))
+
+
 def read(store: Any, memory: wasmtime.Memory, ptr: int, length: int, what: str) -> bytes:
     ptr &= MASK32
     length &= MASK32
-    size = memory.data_len(store)
+    address, size = span(store, memory)
     if ptr + length > size:
         raise WasmError(f"{what}: bytes {ptr}..{ptr + length} lie outside the guest's "
                         f"memory of {size} bytes")
-    return bytes(memory.read(store, ptr, ptr + length))
+    if not address:
+        return bytes(memory.read(store, ptr, ptr + length))
+    return ctypes.string_at(address + ptr, length)
 
 
 def abi_types(module: Any) -> bool:
@@ -145,15 +161,40 @@ def call_guest(store: Any, func: wasmtime.Func, fast: bool, *args: int) -> int:
     return int(result.of.i32 if result.kind == _I32_KIND else result.of.i64)
 
 
+_ABI_EXPORTS = [(name, ctypes.create_string_buffer(name.encode()), len(name))
+                for name in ("memory", "alloc", "handle")]
+
+
+def exports(store: Any, instance: wasmtime.Instance
+            ) -> tuple[wasmtime.Memory, wasmtime.Func, wasmtime.Func]:
+    """The instance's ``memory``, ``alloc`` and ``handle`` (their kinds were checked when
+    the module was loaded). ``Instance.exports`` wraps every export through
+    ``wasmtime_instance_export_nth`` (~15 µs an export here); three lookups by name cost
+    a third of that."""
+    if _EXPORT_GET is None:
+        found = instance.exports(store)
+        return found["memory"], found["alloc"], found["handle"]  # type: ignore[return-value]
+    out: list[Any] = []
+    for name, buffer, size in _ABI_EXPORTS:
+        item = _ffi.wasmtime_extern_t()
+        if not _EXPORT_GET(store._context(), ctypes.byref(instance._instance), buffer, size,
+                           ctypes.byref(item)):
+            raise WasmError(f"does not export {name!r}")
+        out.append(wrap_extern(item))
+    return out[0], out[1], out[2]
+
+
 def write(store: Any, call: GuestCall, data: bytes, what: str) -> int:
     """Copy ``data`` into memory the guest's ``alloc`` gave; returns the packed ptr/len."""
     ptr = call_guest(store, call.alloc, call.fast, len(data)) & MASK32
-    size = call.memory.data_len(store)
+    address, size = span(store, call.memory)
     if ptr == 0 or ptr + len(data) > size:
         raise WasmError(f"{what}: the guest's alloc({len(data)}) returned {ptr}, which is not "
                         f"a block of its memory of {size} bytes (out of memory?)",
                         details={"alloc_failed": True, "size": len(data)})
-    if data:
+    if data and address:
+        ctypes.memmove(address + ptr, data, len(data))
+    elif data:
         call.memory.write(store, data, ptr)
     return (ptr << 32) | len(data)
 

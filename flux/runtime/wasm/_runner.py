@@ -54,6 +54,7 @@ from flux.runtime.wasm._host import (
     call_guest,
     current_call,
     define_imports,
+    exports,
     read,
     unpack,
     write,
@@ -261,10 +262,7 @@ class WasmFunction:
                 instance = self.compiled.pre.instantiate(store)
             except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
                 raise self._instantiation_error(exc, file) from exc
-            exports = instance.exports(store)
-            memory, alloc, handle = exports["memory"], exports["alloc"], exports["handle"]
-            assert isinstance(memory, wasmtime.Memory)
-            assert isinstance(alloc, wasmtime.Func) and isinstance(handle, wasmtime.Func)
+            memory, alloc, handle = exports(store, instance)
             call = GuestCall(ctx, self.name, store, memory, alloc, fast=self.compiled.fast)
             holder.append(call)
             token = current_call().set(call)
