@@ -117,3 +117,31 @@ def test_capture_refuses_flux_own_tables(conn: psycopg.Connection) -> None:
         assert "does not capture its own tables" in str(exc)
     else:
         raise AssertionError("install_capture accepted a flux table")
+
+
+def test_composite_and_keyless_tables_key_their_rows_as_record_id_does(
+        conn: psycopg.Connection) -> None:
+    # sql/0020 computes a one-column key, a composite key and a keyless row's identity on
+    # three paths; each must hash as flux.record_id does, so history finds the row.
+    conn.execute("CREATE TABLE seats (show int, seat text, holder text, "
+                 "PRIMARY KEY (seat, show))")
+    conn.execute("CREATE TABLE notes (body text, stars int)")
+    conn.execute("SELECT flux.install_capture('seats'), flux.install_capture('notes')")
+    with conn.transaction():
+        conn.execute("SELECT set_config('flux.request_id', %s, true)", [str(REQ)])
+        conn.execute("/*flux:s7*/ INSERT INTO seats VALUES (3, 'A1', 'ann')")
+        conn.execute("UPDATE seats SET holder = 'bob' WHERE show = 3")
+        conn.execute("INSERT INTO notes VALUES ('hi', 4)")
+    rows = conn.execute(
+        "SELECT table_name, op, pk, changed_cols, span_id, "
+        "record_id = flux.record_id(table_oid, pk) FROM flux.state_mutations ORDER BY id"
+    ).fetchall()
+    assert rows == [
+        ("seats", "INSERT", {"seat": "A1", "show": 3}, ["holder", "seat", "show"], "s7", True),
+        ("seats", "UPDATE", {"seat": "A1", "show": 3}, ["holder"], None, True),
+        ("notes", "INSERT", {"body": "hi", "stars": 4}, ["body", "stars"], None, True),
+    ]
+    history = conn.execute("SELECT count(*) FROM flux.state_history WHERE record_id = "
+                           "flux.record_id('seats'::regclass, %s)",
+                           [psycopg.types.json.Jsonb({"show": 3, "seat": "A1"})]).fetchone()
+    assert history == (2,)
