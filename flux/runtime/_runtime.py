@@ -53,7 +53,9 @@ def records_to(request_id: str, sink: RecordSink) -> Iterator[None]:
     """While the block runs, the record of execution ``request_id``, if it is stored on its
     own with nothing else to write (no failure signature, no rolled-back mutations: an
     execution that opened no transaction and succeeded), is handed to ``sink`` instead of
-    being inserted. The queue worker writes such records in batches, each in the same
+    being inserted — unless it called outside (HTTP, a step, an invoke): that record is
+    stored at once, so a crash cannot make the job send its calls again. The queue worker
+    writes the others in batches, each in the same
     transaction as its job's done-mark (flux/jobs/_worker.py). Any other record, and any
     other execution's (one this execution starts), is stored as usual."""
     token = _record_sink.set((request_id, sink))
@@ -61,6 +63,16 @@ def records_to(request_id: str, sink: RecordSink) -> Iterator[None]:
         yield
     finally:
         _record_sink.reset(token)
+
+
+# Tape entries of calls that reached outside the process: a record holding one is stored at
+# once, so a crash before the job's done-mark finds it and does not run the job (and send
+# the call) again (flux/jobs/_worker.py: a lease run out with an ok record is done).
+_OUTSIDE = frozenset({"http", "step", "invoke"})
+
+
+def _reached_out(record: ExecutionRecord) -> bool:
+    return any(entry.get("kind") in _OUTSIDE for entry in record.tape)
 
 
 class Runtime:
@@ -292,7 +304,7 @@ class Runtime:
         ``pool_timeout``; then DatabaseUnavailable says the record was not stored."""
         sink = _record_sink.get()
         if sink is not None and sink[0] == record.request_id and record.signature is None \
-                and not record.mutations:
+                and not record.mutations and not _reached_out(record):
             sink[1](record)  # written later, with its job's done-mark (records_to)
             return
         loop = asyncio.get_running_loop()

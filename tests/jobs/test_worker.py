@@ -347,6 +347,30 @@ async def test_a_success_whose_record_died_with_its_worker_runs_again(jobs_app) 
     assert [(e["attempt"], e["status"]) for e in shown["executions"]] == [(1, None), (2, "ok")]
 
 
+async def test_a_job_that_called_out_stores_its_record_at_once_and_never_runs_again(
+        jobs_app) -> None:
+    """A record is kept for the next claim's batch only if its job reached nothing outside:
+    one that sent an e-mail is stored before the done-mark, so a worker dying in between
+    leaves an ok record — the job is marked done, not run (and sent) again."""
+    await jobs_app.post("enqueue", {"function": "notify", "payload": {
+        "url": jobs_app.provider.url, "to": "ada@example.com"}})
+    worker = Worker(jobs_app.runtime, FAST)
+    job = await worker.claim()
+    assert job is not None and job.function == "notify"
+    assert await worker.run_job(job, defer_done=True, keep_record=True) == "done"
+    # The worker dies here, before any claim carried its done-mark.
+    [stored] = query(jobs_app.db, "SELECT status FROM flux.trace_requests "
+                                  "WHERE request_id = %s", [job.request_id])
+    assert stored["status"] == "ok" and jobs_app.provider.emails == 1
+    query(jobs_app.db, "UPDATE flux.jobs SET locked_until = now() - interval '1 second'")
+    other = Worker(jobs_app.runtime, FAST, name="after")
+    assert await other.claim_many(4) == []
+    [row] = query(jobs_app.db, "SELECT status, attempts FROM flux.jobs WHERE id = %s",
+                  [job.id])
+    assert (row["status"], row["attempts"]) == ("done", 1)
+    assert jobs_app.provider.emails == 1
+
+
 async def test_a_record_the_batch_refuses_is_stored_apart_and_the_others_go_on(
         jobs_app) -> None:
     query(jobs_app.db, "INSERT INTO flux.jobs (id, function, payload) "
