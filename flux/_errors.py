@@ -28,6 +28,8 @@
     ├── CaptureError              capture     WAL capture cannot go on (capture/_consumer.py)
     ├── OutsideExecution          outside_execution  flux.current() with no execution running
     │                                           (runtime/_context.py)
+    ├── NotAwaited                not_awaited  an async handler never awaited a ctx call, so it
+    │                                          never ran (runtime/_context.py)
     ├── AppError                  asgi_app    the [asgi] app cannot be loaded, or its lifespan
     │                                         startup or shutdown failed (runtime/_asgi.py)
     ├── ReplayError               replay      a record cannot be replayed (replay/_replay.py)

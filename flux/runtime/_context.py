@@ -44,6 +44,34 @@ class OutsideExecution(FluxError):
     code = "outside_execution"
 
 
+# The coroutine behind each ctx door (its qualified name) and how the user spells the door.
+_DOORS = {"Database._run": "ctx.db", "Http._request": "ctx.http", "Queue._push":
+          "ctx.queue.push", "run_step_async": "ctx.step", "Context._invoke": "ctx.invoke"}
+
+
+class NotAwaited(FluxError):
+    """An async handler called a ctx door and never awaited what it was handed: the call
+    never ran (a job never pushed, a row never written), so the execution fails rather
+    than answer as if it had. ``flux_site`` is the call's file:line."""
+
+    code = "not_awaited"
+
+    @classmethod
+    def of(cls, coro: Any) -> NotAwaited:
+        arguments = coro.cr_frame.f_locals if coro.cr_frame is not None else {}
+        door = _DOORS.get(coro.cr_code.co_qualname, coro.cr_code.co_qualname)
+        if door in ("ctx.db", "ctx.http"):
+            verb = arguments.get("mode") or str(arguments.get("method", "request")).lower()
+            door = f"{door}.{verb}"
+        site = arguments.get("site")
+        where = f" at {site.file}:{site.line}" if site is not None and site.file else ""
+        error = cls(f"{door}(…){where} was never awaited, so it never ran",
+                    hint=f"in an async function ctx's calls are coroutines: write "
+                         f"`await {door}(…)`")
+        error.flux_site = site  # type: ignore[attr-defined]
+        return error
+
+
 async def call_handler(spec: FunctionSpec, ctx: Context, input: Any) -> Any:
     """Run a handler: awaited if async, in a worker thread (with our contextvars) if not."""
     if spec.is_async:

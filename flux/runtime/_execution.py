@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ class Execution:
         self.db_lock = asyncio.Lock()
         self.loop = asyncio.get_running_loop()
         self._idempotency_prefix = idempotency_prefix or self.request_id
+        self._handed: list[Coroutine[Any, Any, Any]] = []  # ctx calls given to async code
 
     @property
     def policy(self) -> RedactionPolicy:
@@ -159,6 +161,14 @@ class Execution:
         if conn is not None:
             await self.runtime.pool.putconn(conn)
 
+    def not_awaited(self) -> list[Coroutine[Any, Any, Any]]:
+        """The ctx calls an async handler was handed and never ran (a missing ``await``).
+        The caller closes them (so Python does not warn about them later)."""
+        idle = [c for c in self._handed
+                if inspect.getcoroutinestate(c) == inspect.CORO_CREATED]
+        self._handed.clear()
+        return idle
+
     def bridge(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Return the coroutine to an async caller; run it to completion for a sync handler
         calling from its worker thread, in the caller's context (so spans nest right)."""
@@ -167,6 +177,7 @@ class Execution:
         except RuntimeError:
             pass
         else:
+            self._handed.append(coro)
             return coro
         context = contextvars.copy_context()
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()

@@ -35,7 +35,7 @@ from flux._ids import short
 from flux._jsoncodec import encode, plain
 from flux._tracecontext import TraceContext
 from flux.inspect._signature import failure_signature
-from flux.runtime._context import Context, activate, call_handler
+from flux.runtime._context import Context, NotAwaited, activate, call_handler
 from flux.runtime._execution import Execution, ReplaySource
 from flux.runtime._iowatch import Watch, watching
 from flux.runtime._recorder import CallSite, Recorder
@@ -133,9 +133,16 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
                     if deadline.expired():  # ours, not a TimeoutError the handler raised
                         raise FunctionTimeout(spec) from exc
                     raise
+                if idle := ex.not_awaited():
+                    error = NotAwaited.of(idle[0])
+                    for coro in idle:
+                        coro.close()
+                    raise error
                 output = answer_of(result, _json_output)
         except Exception as exc:
             failure = exc
+            for coro in ex.not_awaited():  # a call the failure cut short: no second error
+                coro.close()
     if watch.found:
         if watch.block and not isinstance(failure, UnrecordedIO):
             # refused, even if the library that tried swallowed the refusal
