@@ -84,7 +84,7 @@ def test_two_serve_processes_run_each_job_and_each_tick_once(db, tmp_path, flux_
 def test_worker_killed_mid_job_the_job_runs_again_as_a_new_attempt(db, tmp_path,
                                                                    flux_process) -> None:
     root = copy_app(tmp_path, cron=False)
-    for other in ("enqueue", "noop", "tick"):  # the lease covers the longest timeout: 1 s
+    for other in ("enqueue", "noop", "notify", "tick"):  # the lease covers the longest timeout: 1 s
         (root / "functions" / f"{other}.py").unlink()
     env = {"DATABASE_URL": db}
     with psycopg.connect(db, autocommit=True) as conn:
