@@ -156,11 +156,27 @@ async def test_a_job_of_an_unknown_function_is_dead_at_once(jobs_app) -> None:
     assert "no function named 'nowhere'" in job["last_error"]["message"]
 
 
+def noop_jobs(db: str, n: int) -> None:
+    """``n`` due no-op jobs, payloads ``{"i": 1…n}``."""
+    query(db, "INSERT INTO flux.jobs (id, function, payload) "
+              "SELECT gen_random_uuid(), 'noop', jsonb_build_object('i', i) "
+              "FROM generate_series(1, %s) AS i", [n])
+
+
+async def run_until_done(worker: Worker, db: str, n: int) -> None:
+    """Run ``worker`` until ``n`` jobs are done, then stop it."""
+    task = asyncio.create_task(worker.run())
+    async with asyncio.timeout(20):
+        while query(db, "SELECT count(*) AS n FROM flux.jobs "
+                        "WHERE status = 'done'")[0]["n"] < n:
+            await asyncio.sleep(0.02)
+    worker.stop()
+    await task
+
+
 async def test_two_workers_on_one_database_run_each_job_exactly_once(jobs_app) -> None:
     n = 200
-    query(jobs_app.db, "INSERT INTO flux.jobs (id, function, payload) "
-                       "SELECT gen_random_uuid(), 'noop', jsonb_build_object('i', i) "
-                       "FROM generate_series(1, %s) AS i", [n])
+    noop_jobs(jobs_app.db, n)
     async with runtime_for(jobs_app.root, jobs_app.db) as other:
         workers = [Worker(jobs_app.runtime, FAST, name="a"), Worker(other, FAST, name="b")]
         tasks = [asyncio.create_task(w.run()) for w in workers]
@@ -304,17 +320,8 @@ async def test_a_stopping_worker_marks_its_last_successes_done(jobs_app) -> None
 
 async def test_records_of_jobs_that_wrote_nothing_commit_with_their_done_marks(
         jobs_app) -> None:
-    query(jobs_app.db, "INSERT INTO flux.jobs (id, function, payload) "
-                       "SELECT gen_random_uuid(), 'noop', jsonb_build_object('i', i) "
-                       "FROM generate_series(1, 6) AS i")
-    worker = Worker(jobs_app.runtime, FAST)
-    task = asyncio.create_task(worker.run())
-    async with asyncio.timeout(20):
-        while query(jobs_app.db, "SELECT count(*) AS n FROM flux.jobs "
-                                 "WHERE status = 'done'")[0]["n"] < 6:
-            await asyncio.sleep(0.02)
-    worker.stop()
-    await task
+    noop_jobs(jobs_app.db, 6)
+    await run_until_done(Worker(jobs_app.runtime, FAST), jobs_app.db, 6)
     rows = query(jobs_app.db, """
         SELECT j.xmin::text AS marked, r.xmin::text AS recorded, r.status, r.kind,
                r.response -> 'body' AS output, j.payload
@@ -397,17 +404,9 @@ async def test_a_record_the_batch_refuses_is_stored_apart_and_the_others_go_on(
 async def test_quick_jobs_are_claimed_ahead_and_those_not_started_in_time_are_given_back(
         jobs_app, monkeypatch) -> None:
     monkeypatch.setattr(worker_module, "QUICK", 3600.0)  # every attempt counts as quick
-    query(jobs_app.db, "INSERT INTO flux.jobs (id, function, payload) "
-                       "SELECT gen_random_uuid(), 'noop', jsonb_build_object('i', i) "
-                       "FROM generate_series(1, 24) AS i")
+    noop_jobs(jobs_app.db, 24)
     worker = Worker(jobs_app.runtime, FAST)
-    task = asyncio.create_task(worker.run())
-    async with asyncio.timeout(20):
-        while query(jobs_app.db, "SELECT count(*) AS n FROM flux.jobs "
-                                 "WHERE status = 'done'")[0]["n"] < 24:
-            await asyncio.sleep(0.02)
-    worker.stop()
-    await task
+    await run_until_done(worker, jobs_app.db, 24)
     batches = query(jobs_app.db, "SELECT count(*) AS n FROM flux.job_attempts "
                                  "GROUP BY claimed_at")
     assert max(b["n"] for b in batches) > FAST.concurrency  # claimed ahead of free slots
