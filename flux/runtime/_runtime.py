@@ -55,9 +55,9 @@ def records_to(request_id: str, sink: RecordSink) -> Iterator[None]:
     execution that opened no transaction and succeeded), is handed to ``sink`` instead of
     being inserted — unless it called outside (HTTP, a step, an invoke): that record is
     stored at once, so a crash cannot make the job send its calls again. The queue worker
-    writes the others in batches, each in the same
-    transaction as its job's done-mark (flux/jobs/_worker.py). Any other record, and any
-    other execution's (one this execution starts), is stored as usual."""
+    writes the others in batches, each in the same transaction as its job's done-mark
+    (flux/jobs/_worker.py). Any other record, and any other execution's (one this execution
+    starts), is stored as usual."""
     token = _record_sink.set((request_id, sink))
     try:
         yield
