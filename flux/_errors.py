@@ -30,6 +30,8 @@
     │                                           (runtime/_context.py)
     ├── NotAwaited                not_awaited  an async handler never awaited a ctx call, so it
     │                                          never ran (runtime/_context.py)
+    ├── SecretNotSet              secret_not_set  ctx.secrets["NAME"] of a variable that is not
+    │                                             set; also a KeyError (runtime/_context.py)
     ├── AppError                  asgi_app    the [asgi] app cannot be loaded, or its lifespan
     │                                         startup or shutdown failed (runtime/_asgi.py)
     ├── ReplayError               replay      a record cannot be replayed (replay/_replay.py)

@@ -137,6 +137,27 @@ class Secrets:
             rec.secret_marks[value] = mark or ex.policy.marker(value)
         return value
 
+    def __getitem__(self, name: str) -> str:
+        """``ctx.secrets["NAME"]``: as ``get``, but a secret that is not set is a KeyError
+        that says which environment variable to set, not a None sent on to a provider."""
+        value = self.get(name)
+        if value is None:
+            variable = self._ctx._execution.runtime.secrets_map.get(name, name)
+            raise SecretNotSet(f"secret {name} is not set: set the environment variable "
+                               f"{variable}", hint="flux.toml's [secrets] maps a name to the "
+                               "variable it is read from")
+        return value
+
+
+class SecretNotSet(FluxError, KeyError):
+    """``ctx.secrets["NAME"]`` of a secret whose variable is not set. A KeyError, as a
+    mapping's missing key is, that names the variable rather than quoting the key."""
+
+    code = "secret_not_set"
+
+    def __str__(self) -> str:
+        return self.message
+
 
 MISSING_CONFIG = {"_flux_missing": True}  # on the tape: the key was read and was absent
 

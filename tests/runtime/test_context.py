@@ -42,6 +42,19 @@ async def test_clock_uuid_random_and_secret_go_on_the_tape(kitchen: Shop) -> Non
     assert tape["secret"]["value"].startswith("hmac-sha256:")
 
 
+async def test_a_secret_read_by_subscript_that_is_not_set_names_its_variable(kitchen: Shop
+                                                                             ) -> None:
+    status, body, rid = await kitchen.post("values", {"secret": "TOKEN"})
+    assert status == 200 and body["length"] == len(KITCHEN_TOKEN)
+    status, body, rid = await kitchen.post("values", {"secret": "KITCHEN_NEVER_SET"})
+    assert status == 500
+    error = kitchen.record(rid)["error"]
+    assert error["type"] == "SecretNotSet"
+    assert error["message"] == ("secret KITCHEN_NEVER_SET is not set: set the environment "
+                                "variable KITCHEN_NEVER_SET")
+    assert error["file"] == "functions/values.py"
+
+
 async def test_gather_and_invoke_nest_spans_and_share_the_transaction(kitchen: Shop) -> None:
     status, body, rid = await kitchen.post("fan_out", {"n": 41})
     assert status == 200 and body["counts"] == [0, 42]
