@@ -432,16 +432,14 @@ def _render_why(r: dict[str, Any]) -> None:
             row("", f"config {escape(key)} was {escape(shorten(then))}, here "
                 f"{escape(shorten(now))}")
     summary = r.get("similar_summary") or {}
+    same = [short(n["request_id"]) for n in r["similar"] if n["distance"] == 0][:3]
+    alike = [short(n["request_id"]) for n in r["similar"] if n["distance"] != 0][:3]
+    lines = [f"{label} {', '.join(ids)}" for label, ids in
+             (("the same failure:", same), ("alike, not the same:", alike)) if ids]
     if summary.get("count"):
         seen = f"first {_local(summary['first_seen'])} · last {_local(summary['last_seen'])}"
-        ids = ", ".join(short(n["request_id"]) for n in r["similar"][:3])
-        row("SIMILAR", f"seen {summary['count']} time(s), this one included · {seen}"
-            + (f"\n{'':15}{ids}" if ids else ""))
-    elif r["similar"]:
-        ids = ", ".join(short(n["request_id"]) for n in r["similar"][:3])
-        row("SIMILAR", f"{len(r['similar'])} earlier failure(s) look alike: {ids}")
-    else:
-        row("SIMILAR", "[dim]first time seen[/]")
+        lines.insert(0, f"seen {summary['count']} time(s), this one included · {seen}")
+    row("SIMILAR", f"\n{'':15}".join(lines) if lines else "[dim]first time seen[/]")
     row("SUGGESTION", f"[green]→[/] {escape(r['suggestion'])}")
     _render_incomplete(r.get("incomplete") or [], row)
     if r.get("handoff"):

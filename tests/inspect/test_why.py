@@ -113,6 +113,10 @@ async def test_unique_violation_names_constraint_and_value_and_similar_failures(
     assert report["location"]["file"] == "functions/signup.py"
     assert [s["request_id"] for s in report["similar"]][:2] == ids[1::-1]
     assert report["similar_summary"]["count"] == 3
+    text = run_flux(["why", ids[-1][:18]], shop.root, env={"DATABASE_URL": shop.db}).stdout
+    assert "seen 3 time(s), this one included" in text
+    assert f"the same failure: {ids[1][:18]}, {ids[0][:18]}" in text  # not "alike"
+    assert "alike, not the same" not in text
     # A different constraint on another table is not "similar".
     await shop.post("checkout", {"user_id": 999, "amount_cents": 5})  # 404, not a constraint
     other = why(shop, ids[0])

@@ -290,7 +290,10 @@ async function whyPanel(why, record) {
   const summary = why.similar_summary || {};
   rows.push(["Similar", similar.length || summary.count > 1
     ? h("div", {}, summary.count ? `seen ${summary.count} time(s), this one included · first ${when(summary.first_seen)} · last ${when(summary.last_seen)} ` : "",
-      similar.map((n) => [idLink(n.request_id), " "]))
+      [["the same failure:", similar.filter((n) => n.distance === 0)],
+       ["alike, not the same:", similar.filter((n) => n.distance !== 0)]]
+        .filter(([, list]) => list.length)
+        .map(([label, list]) => h("div", {}, label, " ", list.map((n) => [idLink(n.request_id), " "]))))
     : h("span", { class: "muted" }, "no earlier failure like it")]);
   if (why.suggestion) rows.push(["Suggestion", h("div", { id: "suggestion" }, why.suggestion)]);
   rows.push(["Model", askModel(record)]);
