@@ -144,9 +144,10 @@ def resume(request_id: str = typer.Argument(..., help="Execution id or a unique 
             print_json({**(refused.details or {}), "status": "error", "refused": True,
                         "error": refused.message})
         elif isinstance(d := refused.details.get("divergence"), dict):
+            made = (f"got {escape(str(d['actual'].get('call')))}" if d.get("actual")
+                    else "which today's code never made")
             out.print(f"  [yellow]diverged[/] at {escape(str(d['file']))}:{d['line']}: "
-                      f"expected {escape(str((d['expected'] or {}).get('key')))}, got "
-                      f"{escape(str((d['actual'] or {}).get('call')))}")
+                      f"expected {escape(str((d['expected'] or {}).get('key')))}, {made}")
         raise
     if as_json:
         print_json(result)
@@ -163,6 +164,12 @@ def resume(request_id: str = typer.Argument(..., help="Execution id or a unique 
         out.print(f"  [yellow]state drift[/]: {escape(drift['call'])} at "
                   f"{escape(str(drift['file']))}:{drift['line']} returns something else now")
     if dry_run:
+        rehearsal = result.get("rehearsal") or {}
+        if rehearsal:
+            out.print(f"  rehearsal with today's code: {escape(str(rehearsal['status']))} "
+                      f"{rehearsal.get('http_status') or ''}")
+        if result.get("refusal"):
+            out.print(f"  [red]a resume would be refused:[/] {escape(result['refusal'])}")
         out.print("")
         return
     for sent in result["sent"]:

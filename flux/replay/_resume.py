@@ -26,7 +26,7 @@ from flux._errors import NotFound, ResumeRefused
 from flux._ids import new_request_id, short
 from flux._jsoncodec import decode
 from flux.replay._replay import TapeReplay
-from flux.replay._tape import KINDS, NEVER, Call, Tape, failure_point
+from flux.replay._tape import KINDS, NEVER, Call, Divergence, Tape, failure_point
 from flux.runtime._callkey import endpoint_of
 from flux.runtime._execution import Served
 from flux.runtime._executor import Invocation, execute
@@ -155,6 +155,15 @@ async def _run(runtime: Runtime, record: dict[str, Any], *, rehearsal: bool,
     return outcome, source
 
 
+def _stopped_by(error: dict[str, Any] | None, divergence: Divergence) -> str:
+    """Why a rehearsal never reached an expected call: the error it ended with (a secret
+    not set where the resume runs, a changed line raising), said where it was raised."""
+    if divergence.actual is not None or not error:
+        return ""
+    where = f" at {error['file']}:{error['line']}" if error.get("file") else ""
+    return f": it failed first with {error.get('type')}: {error.get('message')}{where}"
+
+
 def _check(record: dict[str, Any], state: tuple[str, str | None] | None) -> None:
     rid = short(record["request_id"])
     if state is None:
@@ -198,7 +207,8 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
                        if source.drift else "")
             problem = ("today's code departs from the recorded execution before the point "
                        f"where it failed{because} ({divergence.file}:{divergence.line}: "
-                       f"{divergence.reason}); nothing was executed")
+                       f"{divergence.reason}{_stopped_by(rehearsal.error, divergence)}); "
+                       "nothing was executed")
         elif (rehearsal.error or {}).get("type") == "UnrecordedIO":
             problem = (f"{rehearsal.error['message']}: the resume would reach outside "
                        "through no recorded path; nothing was executed")

@@ -116,6 +116,22 @@ async def test_resume_refuses_code_that_diverges_before_the_failure(shop: Shop) 
                             ).fetchone() == (0,)
 
 
+async def test_a_rehearsal_that_fails_early_says_with_what_and_where(shop: Shop) -> None:
+    rid, _ = await failed_after_the_charge(shop)
+    unset = {"DATABASE_URL": shop.db, "SHOP_PAYMENTS_API_KEY": ""}  # not set where it runs
+    dry = run_flux(["resume", rid[:18], "--dry-run"], shop.root, env=unset)
+    assert dry.returncode == 0, dry.stderr
+    assert "rehearsal with today's code: error 500" in dry.stdout
+    assert "a resume would be refused" in dry.stdout
+    refused = run_flux(["resume", rid[:18]], shop.root, env=unset)
+    assert refused.returncode == 1
+    assert "which today's code never made" in refused.stdout and "got None" not in refused.stdout
+    assert "it failed first with FunctionError: secret PAYMENTS_API_KEY is not set" in \
+        refused.stderr and "at functions/checkout.py:" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert shop.provider.charges == 1 and order_states(shop) == []
+
+
 async def test_resume_refuses_a_success_and_drift_under_strict(shop: Shop) -> None:
     _, _, ok = await shop.post("signup", {"email": "ok@example.com"})
     code, _, stderr = resume(shop, ok)
