@@ -71,14 +71,17 @@ def ls(when: str = typer.Argument(None, metavar="[WINDOW]",
                      max_width=24)
     table.add_column("status", no_wrap=True, justify="right", min_width=6)
     table.add_column("ms", no_wrap=True, justify="right", min_width=5)
-    table.add_column("error")
+    table.add_column("error", no_wrap=True, overflow="ellipsis")
     whats = [(r["function"] or f"{r['method'] or ''} /{r['route']}")
-             + (" (imported)" if r.get("imported") else "") for r in rows]
+             + (" (imported)" if r.get("imported") else "")
+             + (" (resume)" if r.get("resumed_from") else "") for r in rows]
     # what the other columns take, the function column as wide as its longest name
     room = max(16, out.width - 58 - min(24, max(8, *map(len, whats))))
     for r, what in zip(rows, whats, strict=True):
         colour = "green" if r["status"] == "ok" else "red"
         error = (r["error_message"] or "").splitlines()[0] if r["error_message"] else ""
+        if r.get("resumed_by"):  # a failure already finished (by whom: --json, why)
+            error = f"resumed · {error}"
         table.add_row(short(r["request_id"]), _local(r["started_at"]), escape(what),
                       f"[{colour}]{r['http_status']}[/]", f"{r['duration_ms']:.0f}",
                       escape(_fit(error, room)))
@@ -441,6 +444,9 @@ def _render_why(r: dict[str, Any]) -> None:
         lines.insert(0, f"seen {summary['count']} time(s), this one included · {seen}")
     row("SIMILAR", f"\n{'':15}".join(lines) if lines else "[dim]first time seen[/]")
     row("SUGGESTION", f"[green]→[/] {escape(r['suggestion'])}")
+    if r.get("resumed_by"):
+        row("RESUMED", f"[green]finished by {short(r['resumed_by'])}[/] "
+            f"(flux trace {short(r['resumed_by'])})")
     _render_incomplete(r.get("incomplete") or [], row)
     if r.get("handoff"):
         _render_handoff(r["handoff"])

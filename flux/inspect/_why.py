@@ -167,6 +167,7 @@ def explain_failure(conn: psycopg.Connection[Any], prefix: str | dict[str, Any],
         "suggestion": cause.suggestion,
         "incomplete": incomplete(record["spans"]),
         "parent_id": record.get("parent_id"),
+        "resumed_by": record.get("resumed_by"),  # already finished by a resume
         "pinned": record.get("pinned"),  # kept past retention (flux record pin)
         # from a record file (flux record import): what it knew, who imported it and when
         "imported": record.get("imported") is not None,

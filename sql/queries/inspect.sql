@@ -74,7 +74,8 @@ SELECT signature, vec FROM flux.failure_signatures WHERE request_id = %(request_
 -- name: list_executions
 SELECT request_id::text, kind, function, method, route, status, http_status, started_at,
        duration_ms, error ->> 'type' AS error_type, error ->> 'message' AS error_message,
-       parent_id::text, replay_of::text, resumed_from::text, imported IS NOT NULL AS imported
+       parent_id::text, replay_of::text, resumed_from::text, resumed_by::text,
+       imported IS NOT NULL AS imported
 FROM flux.trace_requests
 WHERE (%(function)s::text IS NULL OR function = %(function)s)
   AND (%(kind)s::text IS NULL OR kind = %(kind)s)

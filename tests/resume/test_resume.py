@@ -59,6 +59,18 @@ async def test_resume_completes_the_order_without_charging_again(shop: Shop) -> 
     assert row == ("resume", rid) and marked == (result["request_id"],)
     code, _, stderr = resume(shop, rid)
     assert code != 0 and "already resumed" in stderr
+    # Where a user looks next, the failure says it is finished, and by which execution.
+    env = {"DATABASE_URL": shop.db}
+    why = json.loads(run_flux(["why", rid[:18], "--json"], shop.root, env=env).stdout)
+    assert why["resumed_by"] == result["request_id"]
+    assert f"finished by {result['request_id'][:18]}" in run_flux(
+        ["why", rid[:18]], shop.root, env=env).stdout
+    listed = json.loads(run_flux(["ls", "--json"], shop.root, env=env).stdout)["executions"]
+    by_id = {r["request_id"]: r for r in listed}
+    assert by_id[rid]["resumed_by"] == result["request_id"]
+    assert by_id[result["request_id"]]["resumed_from"] == rid
+    table = run_flux(["ls"], shop.root, env={**env, "COLUMNS": "160"}).stdout
+    assert "checkout (resume)" in table and "resumed · " in table
 
 
 async def test_resume_after_a_timeout_resends_with_the_original_key(shop: Shop) -> None:
