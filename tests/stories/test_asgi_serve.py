@@ -38,7 +38,8 @@ async def add_entry(request):
     row = await ctx.db.fetchone(
         "INSERT INTO entries (account, cents) VALUES (%s, %s) RETURNING id",
         [body["account"], body["cents"]])
-    return JSONResponse({"id": row["id"], "memo": memo(body)}, status_code=201)
+    memo = body["note"].upper()  # the bug: a note is optional
+    return JSONResponse({"id": row["id"], "memo": memo}, status_code=201)
 
 
 async def balance(request):
@@ -48,14 +49,10 @@ async def balance(request):
     return JSONResponse({"account": request.path_params["account"], "cents": int(total)})
 
 
-def memo(body):
-    return body["note"].upper()  # the bug: a note is optional
-
-
 app = Starlette(routes=[Route("/entries", add_entry, methods=["POST"]),
                         Route("/balance/{account}", balance)])
 '''
-BUG = '    return body["note"].upper()  # the bug: a note is optional'
+BUG = '    memo = body["note"].upper()  # the bug: a note is optional'
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS entries (
     id      bigserial PRIMARY KEY,
