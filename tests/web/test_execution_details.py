@@ -180,3 +180,20 @@ def test_an_incomplete_record_is_flagged(page: Page, live: Live) -> None:
     page.goto(f"{live.url}/_flux/ui/x/{live.ids['good']}")
     expect(page.locator(".request-line")).to_be_visible()
     expect(page.locator(".banner.incomplete")).to_have_count(0)
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_every_page_fits_a_desktop_and_a_phone(page: Page, live: Live, width: int) -> None:
+    ids = live.ids
+    page.set_viewport_size({"width": width, "height": 800 if width == 1280 else 844})
+    pages = {
+        "list": ("/_flux/ui/", f"tr[data-id='{ids['good']}']"),
+        "execution": (f"/_flux/ui/x/{ids['second']}", "#root-cause"),
+        "row": ("/_flux/ui/row/orders?id=1", "#history tbody tr"),
+        "diff": (f"/_flux/ui/diff?a={ids['good']}&b={ids['second']}", "#diff-spans tr"),
+    }
+    for name, (path, ready) in pages.items():
+        page.goto(live.url + path)
+        expect(page.locator(ready).first).to_be_visible()
+        overflow = page.evaluate("document.documentElement.scrollWidth")
+        assert overflow <= width, (name, overflow)  # nothing runs off the screen
