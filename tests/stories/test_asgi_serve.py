@@ -183,3 +183,17 @@ def test_flux_serve_asgi_failure_is_explained_remotely_at_the_handlers_line(
     assert code == 0 and local["location"] == why["location"], out
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT account, cents FROM entries").fetchall() == [("ada", 500)]
+
+    # --asgi named the app for that run only: replay says how to name it for good.
+    code, _, out = flux(project, db, "replay", failed_id[:18])
+    assert code != 0 and '[asgi] app = "module:app"' in out and "Traceback" not in out, out
+    toml = project / "flux.toml"
+    toml.write_text(toml.read_text() + '\n[asgi]\napp = "ledger.api:app"\n')
+    code, replay, out = flux(project, db, "replay", failed_id[:18], "--expect", "same")
+    assert code == 0 and replay["passed"] and replay["divergence"] is None, out
+    api = project / "ledger" / "api.py"
+    api.write_text(api.read_text().replace('body["note"]', 'body.get("note", "")'))
+    code, resumed, out = flux(project, db, "resume", failed_id[:18])
+    assert code == 0 and resumed["status"] == "ok" and resumed["http_status"] == 201, out
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT cents FROM entries ORDER BY id").fetchall() == [(500,), (900,)]
