@@ -26,6 +26,7 @@ from flux._errors import FluxError, HttpConnectionError, HttpTimeout, NotFound
 from flux._ids import new_request_id, short
 from flux._jsoncodec import decode, encode
 from flux.replay._tape import NEVER, Call, Tape, failure_point
+from flux.runtime._asgi import not_named
 from flux.runtime._callkey import endpoint_of, marker_of
 from flux.runtime._ctx_db import shape
 from flux.runtime._ctx_http import Response, suppressed_response
@@ -239,7 +240,8 @@ async def replay(runtime: Runtime, record: dict[str, Any], *, db_mode: str = "ta
     function = record.get("function")
     spec = runtime.registry.named(function)
     if spec is None:
-        raise NotFound(f"no function named {function!r} in {runtime.functions_dir}",
+        raise NotFound(not_named(function, runtime.project.asgi)
+                       or f"no function named {function!r} in {runtime.functions_dir}",
                        hint="replay runs today's code: is this the right project?")
     request = record.get("request") or {}
     source = TapeReplay(Tape.of(record, loose_db=db_mode == "live"), db_mode=db_mode,

@@ -27,6 +27,7 @@ from flux._ids import new_request_id, short
 from flux._jsoncodec import decode
 from flux.replay._replay import TapeReplay
 from flux.replay._tape import KINDS, NEVER, Call, Divergence, Tape, failure_point
+from flux.runtime._asgi import not_named
 from flux.runtime._callkey import endpoint_of
 from flux.runtime._execution import Served
 from flux.runtime._executor import Invocation, execute
@@ -131,7 +132,8 @@ async def _run(runtime: Runtime, record: dict[str, Any], *, rehearsal: bool,
                request_id: str) -> tuple[Any, ResumeSource]:
     spec = runtime.registry.named(record.get("function"))
     if spec is None:
-        raise NotFound(f"no function named {record.get('function')!r} in "
+        raise NotFound(not_named(record.get("function"), runtime.project.asgi)
+                       or f"no function named {record.get('function')!r} in "
                        f"{runtime.functions_dir}")
     request = record.get("request") or {}
     # Only outside calls (HTTP, steps, jobs, invokes) must keep their sequence before the

@@ -223,6 +223,18 @@ def function_spec(loaded: LoadedApp, config: AsgiConfig) -> FunctionSpec:
     )
 
 
+def not_named(function: Any, config: AsgiConfig) -> str | None:
+    """Why a record of the ASGI app cannot run here: it names the app (``[asgi] name``) and
+    this project names no app — ``flux serve --asgi`` sets it for that run only, so replay,
+    resume and bisect need it in flux.toml. None for any other record."""
+    if function != config.name or config.app is not None:
+        return None
+    return (
+        f"{function!r} is the ASGI app Flux served (flux serve --asgi module:app), and "
+        'this project names none: add [asgi] app = "module:app" to flux.toml to run it'
+    )
+
+
 # -- one request -------------------------------------------------------------------------
 
 
