@@ -10,10 +10,16 @@ alternate between the sides so machine noise hits both alike. The stub the handl
 runs in a child process; PostgreSQL is the embedded server, its CPU read per block too.
 
     .venv/bin/python bench/recording_cpu.py [--requests 400] [--blocks 6] [--profile FILE]
+                                             [--httpx]
 
-``--profile FILE`` cProfiles each side's blocks into ``FILE.plain`` and ``FILE.recorded``
-(pstats); the CPU figures of such a run mean nothing. The last line is
-``added: <app ms> app, <db ms> db`` (medians per request).
+``--profile FILE`` cProfiles each side's blocks into ``FILE.<side>`` (pstats, CPU time);
+the CPU figures of such a run mean nothing. The last line is ``added: <app ms> app, <db ms>
+db`` (medians per request).
+
+``--httpx`` adds the two sides whose GET goes through a plain ``httpx.AsyncClient``
+(``plain-httpx``, and ``httpx``: the Flux handler's call captured by
+flux/runtime/_intercept.py), all four alternating, and reports what recording adds through
+httpx against through ``ctx.http``: the capture's own CPU per call is the difference.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import aiohttp
 from _children import Child, scratch_dir, spawn, stop_all
 from aiohttp import web
 from recording_overhead import (
+    HTTPX_ROUTE,
     REQUEST_BODY,
     ROUTE,
     CpuMeter,
@@ -78,16 +85,20 @@ async def _run(
         runners.append(runner)
         cleanups.append(cleanup)
         urls[side] = f"http://127.0.0.1:{runner.addresses[0][1]}/{ROUTE}"
+    if args.httpx:
+        urls["plain-httpx"] = urls["plain"].replace(ROUTE, HTTPX_ROUTE)
+        urls["httpx"] = urls["recorded"].replace(ROUTE, HTTPX_ROUTE)
+    sides = list(urls)
     # CPU time, not wall time: on a loaded machine a wall-clock profile charges a send()
     # with the time the process then waited for a core.
     profilers = {side: cProfile.Profile(time.thread_time) for side in urls} if args.profile else {}
-    figures: dict[str, list[tuple[float, float]]] = {"plain": [], "recorded": []}
+    figures: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             for side in urls:  # warm-up: pools filled, statements prepared, code imported
                 await _block(session, urls[side], args.requests, args.concurrency)
             for number in range(args.blocks):
-                for side in ("plain", "recorded") if number % 2 == 0 else ("recorded", "plain"):
+                for side in sides if number % 2 == 0 else reversed(sides):
                     db_before = meter.sample()[1]
                     cpu = time.process_time()
                     if profilers:
@@ -122,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=6, help="blocks per side, alternating")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", metavar="FILE", help="cProfile each side into FILE.<side>")
+    parser.add_argument(
+        "--httpx",
+        action="store_true",
+        help="add the sides whose GET goes through httpx (plain and captured)",
+    )
     args = parser.parse_args(argv)
     if args.requests < 1 or args.blocks < 1 or args.concurrency < 1:
         parser.error("--requests, --blocks and --concurrency must be at least 1")
@@ -155,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     app = medians["recorded"][0] - medians["plain"][0]
     db = medians["recorded"][1] - medians["plain"][1]
+    if args.httpx:
+        through_httpx = medians["httpx"][0] - medians["plain-httpx"][0]
+        print(
+            f"added through httpx: {through_httpx:.3f} ms app; through ctx.http: {app:.3f} ms;"
+            f" capture's own: {(through_httpx - app) * 1000:+.0f} us per call"
+        )
     print(f"added: {app:.3f} ms app, {db:.3f} ms db")
     return 0
 

@@ -23,9 +23,11 @@ import http.client
 import importlib.util
 import io
 import json as jsonlib
+import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -36,6 +38,7 @@ from yarl import URL
 from flux._errors import HttpTimeout
 from flux.runtime._context import _current
 from flux.runtime._ctx_http import Exchange, Response, is_sending, sending
+from flux.runtime._recorder import CallSite
 
 if TYPE_CHECKING:
     from flux.runtime._execution import Execution
@@ -54,8 +57,35 @@ def _active() -> Execution | None:
 
 def _exchange(ex: Execution, method: str, url: str, headers: dict[str, str], body: Any,
               client: str) -> Exchange:
-    return Exchange(ex, method.upper(), url, headers, _bytes(body), ex.recorder.call_site(),
+    return Exchange(ex, method.upper(), url, headers, _bytes(body), _call_site(ex),
                     client=client)
+
+
+# The packages whose frames are never the user's line: Flux's and the captured clients'.
+_OWN_PACKAGES: set[str] = {"flux"}
+_OWN_MODULES: dict[str, bool] = {}  # module name -> it is in one of _OWN_PACKAGES
+
+
+def _call_site(ex: Execution) -> CallSite:
+    """The user's line that made the call: the recorder's call site, its walk started above
+    the frames of Flux and of the client (httpx puts seven between the user's line and its
+    transport). Frames are told apart by their module's name (``f_globals``), decided
+    once per module: reading a frame's ``f_code`` raises an audit event, which Flux's own
+    audit hook (flux/runtime/_iowatch.py) is then called for."""
+    frame: FrameType | None = sys._getframe(1)
+    depth = 2  # the recorder's depth of ``frame`` (1 is this function)
+    while frame is not None:
+        name = frame.f_globals.get("__name__")
+        if not isinstance(name, str):
+            break
+        own = _OWN_MODULES.get(name)
+        if own is None:
+            own = _OWN_MODULES[name] = name.partition(".")[0] in _OWN_PACKAGES
+        if not own:
+            break
+        frame = frame.f_back
+        depth += 1
+    return ex.recorder.call_site(depth)
 
 
 def _text(value: Any) -> str:
@@ -79,6 +109,29 @@ def _bytes(body: Any) -> bytes | None:
     return b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in body)
 
 
+def _httpx_request_headers(headers: Any) -> dict[str, str]:
+    """``dict(headers.items())`` of httpx ``Headers`` (names lower-cased, a repeated header's
+    values joined), without httpx's check of the encoding for every item it decodes."""
+    out: dict[str, str] = {}
+    try:
+        for name, value in headers.raw:
+            key = name.decode("ascii").lower()
+            text = value.decode("ascii")
+            out[key] = f"{out[key]}, {text}" if key in out else text
+    except UnicodeDecodeError:
+        return dict(headers.items())
+    return out
+
+
+def _httpx_response_headers(headers: Any) -> list[tuple[str, str]]:
+    """``headers.multi_items()`` of httpx ``Headers``, decoded once (names as sent: they
+    are recorded lower-cased)."""
+    try:
+        return [(name.decode("ascii"), value.decode("ascii")) for name, value in headers.raw]
+    except UnicodeDecodeError:
+        return headers.multi_items()  # type: ignore[no-any-return]
+
+
 def _content_headers(response: Response) -> list[tuple[str, str]]:
     headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _WIRE]
     return [*headers, ("Content-Length", str(len(response.content)))]
@@ -97,6 +150,8 @@ def _reason(status: int) -> str:
 def _patch_httpx(module: str = "httpx") -> None:
     """httpx, or httpx2 (its successor, which openai uses): the same transport API."""
     httpx = importlib.import_module(module)
+    _OWN_PACKAGES.add(module)
+    _OWN_MODULES.clear()
 
     sync_send = httpx.HTTPTransport.handle_request
     async_send = httpx.AsyncHTTPTransport.handle_async_request
@@ -112,9 +167,11 @@ def _patch_httpx(module: str = "httpx") -> None:
             return httpx.ReadTimeout(str(exc), request=request)
         return httpx.ConnectError(str(exc), request=request)
 
-    def begin(ex: Execution, request: Any) -> Exchange:
-        return _exchange(ex, request.method, str(request.url), dict(request.headers.items()),
-                         request.content, module)
+    def begin(ex: Execution, request: Any, url: str) -> Exchange:
+        # A request without a body is recorded as ctx.http's and the other clients' are
+        # (no body, rather than an empty one).
+        return _exchange(ex, request.method, url, _httpx_request_headers(request.headers),
+                         request.content or None, module)
 
     def add_headers(call: Exchange, request: Any) -> None:
         for name, value in call.added.items():
@@ -127,7 +184,8 @@ def _patch_httpx(module: str = "httpx") -> None:
             return sync_send(self, request)
         request.read()
         start = time.perf_counter()
-        with begin(ex, request) as call:
+        url = str(request.url)
+        with begin(ex, request, url) as call:
             try:
                 served = call.served_now()
             except (HttpTimeout, ConnectionError) as exc:
@@ -148,7 +206,7 @@ def _patch_httpx(module: str = "httpx") -> None:
             except httpx.TransportError as exc:
                 call.failed(str(exc) or type(exc).__name__)
                 raise
-            call.answered(raw.status_code, raw.headers.multi_items(), content, str(request.url))
+            call.answered(raw.status_code, _httpx_response_headers(raw.headers), content, url)
             # Read and closed here, so the client finds its content in place but never
             # closes the stream it wraps, which is where httpx sets ``elapsed``.
             raw.elapsed = timedelta(seconds=time.perf_counter() - start)
@@ -159,9 +217,13 @@ def _patch_httpx(module: str = "httpx") -> None:
         ex = _active()
         if ex is None:
             return await async_send(self, request)
-        await request.aread()
+        try:
+            request.content  # noqa: B018 - read already (a body given whole, a GET)?
+        except httpx.RequestNotRead:
+            await request.aread()
         start = time.perf_counter()
-        with begin(ex, request) as call:
+        url = str(request.url)
+        with begin(ex, request, url) as call:
             try:
                 served = await call.served()
             except (HttpTimeout, ConnectionError) as exc:
@@ -182,7 +244,7 @@ def _patch_httpx(module: str = "httpx") -> None:
             except httpx.TransportError as exc:
                 call.failed(str(exc) or type(exc).__name__)
                 raise
-            call.answered(raw.status_code, raw.headers.multi_items(), content, str(request.url))
+            call.answered(raw.status_code, _httpx_response_headers(raw.headers), content, url)
             raw.elapsed = timedelta(seconds=time.perf_counter() - start)
             return raw
 
