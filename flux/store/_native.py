@@ -139,11 +139,18 @@ def install(conn: psycopg.Connection[Any]) -> NativeCapture:
     """Make ``flux.capture_row()`` the C function if this server can load it, else keep (or
     put back) the PL/pgSQL one. ``conn`` is in autocommit mode."""
     q = load("native")
-    row = conn.execute(q.facts).fetchone()
-    if row is None or row[0] is None:
+    superuser, server_major, data_directory = conn.execute(q.facts).fetchone() or (False, 0, None)
+    language: str | None = None
+    with contextlib.suppress(psycopg.Error), conn.transaction():
+        row = conn.execute(q.language).fetchone()
+        language = row[0] if row else None
+    if not superuser:
+        # Nothing to change either way: creating a C function, or replacing one, needs more.
+        refused = "only a superuser may create a C function"
+        return NativeCapture(language or "plpgsql", refused)
+    if language is None:
         return NativeCapture("plpgsql", "the flux schema predates migration 0022")
-    language, superuser, server_major, data_directory = row
-    reason = _unusable(bool(superuser), int(server_major), data_directory)
+    reason = _unusable(int(server_major), data_directory)
     if reason is None:
         source = source_path()
         headers = _headers()
@@ -164,11 +171,9 @@ def install(conn: psycopg.Connection[Any]) -> NativeCapture:
     return NativeCapture(str(language), reason or "")
 
 
-def _unusable(superuser: bool, server_major: int, data_directory: str | None) -> str | None:
+def _unusable(server_major: int, data_directory: str | None) -> str | None:
     if os.environ.get(ENV, "").strip() == "0":
         return f"{ENV}=0"
-    if not superuser:
-        return "only a superuser may create a C function"
     if not data_directory or not os.path.isdir(data_directory):
         return "the server's data directory is not on this machine"
     if not os.access(data_directory, os.W_OK | os.X_OK):
