@@ -154,7 +154,8 @@ def install(conn: psycopg.Connection[Any]) -> NativeCapture:
     if reason is None:
         source = source_path()
         headers = _headers()
-        assert source is not None and headers is not None  # checked by _unusable
+        # checked by _unusable
+        assert source is not None and headers is not None and data_directory is not None
         target = Path(data_directory) / LIBRARY_DIR / library_name(source.read_bytes(), headers[1])
         if not target.is_file():
             reason = build(target)
