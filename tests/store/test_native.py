@@ -109,3 +109,28 @@ def test_a_role_that_may_not_load_c_keeps_plpgsql(db: str) -> None:
         finally:
             conn.execute("RESET ROLE")
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_the_c_trigger_writes_into_the_days_partition(conn: psycopg.Connection[Any]) -> None:
+    # The C trigger forms the row and inserts it into its partition itself (no INSERT):
+    # the day's partition once it exists, else the default one, with the defaults filled.
+    assert conn.execute("SELECT flux.capture_language()").fetchone() == ("c",)
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    conn.execute("SELECT flux.install_capture('t')")
+    conn.execute("INSERT INTO t VALUES (1, 'a')")
+    before = conn.execute("SELECT tableoid::regclass::text FROM flux.state_mutations").fetchall()
+    conn.execute("SELECT flux.ensure_partitions(0)")
+    with conn.transaction():
+        conn.execute("SELECT set_config('flux.tenant', 'acme', true)")
+        conn.execute("UPDATE t SET v = 'b'")
+        at = conn.execute("SELECT now()").fetchone()
+    rows = conn.execute(
+        "SELECT tableoid::regclass::text, committed_at, tenant, source, rolled_back, retained "
+        "FROM flux.state_mutations ORDER BY id"
+    ).fetchall()
+    day = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')").fetchone()
+    assert at is not None and day is not None
+    assert before == [("flux.state_mutations_default",)]
+    assert [r[0] for r in rows] == [f"flux.state_mutations_{day[0]}"] * 2  # the first moved
+    assert rows[1][1:] == (at[0], "acme", "trigger", False, False)
+    assert rows[0][2] is None
