@@ -116,22 +116,26 @@ def build(target: Path) -> str | None:
         return "no PostgreSQL server headers (pg_config) were found"
     if compiler is None:
         return "no C compiler was found"
-    with tempfile.TemporaryDirectory(prefix="flux-native-") as tmp:
-        output = Path(tmp) / target.name
-        done = subprocess.run(
-            [compiler, *CFLAGS, f"-I{headers[0]}", "-o", str(output), str(source)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        if done.returncode != 0:
-            return f"the C trigger did not compile: {done.stderr.strip()[:300]}"
-        target.parent.mkdir(mode=0o755, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}")
-        shutil.copyfile(output, partial)
-        partial.chmod(0o644)
-        partial.replace(target)
+    try:
+        with tempfile.TemporaryDirectory(prefix="flux-native-") as tmp:
+            output = Path(tmp) / target.name
+            done = subprocess.run(
+                [compiler, *CFLAGS, f"-I{headers[0]}", "-o", str(output), str(source)],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=300,
+            )
+            if done.returncode != 0:
+                return f"the C trigger did not compile: {done.stderr.strip()[:300]}"
+            target.parent.mkdir(exist_ok=True)
+            target.parent.chmod(0o755)  # whatever the umask: the server's user reads it
+            partial = target.with_name(f".{target.name}.{os.getpid()}")
+            shutil.copyfile(output, partial)
+            partial.chmod(0o644)
+            partial.replace(target)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"the C trigger could not be built into {target.parent}: {exc}"
     return None
 
 

@@ -4,6 +4,7 @@ server can load it, and writing the very rows the PL/pgSQL trigger writes."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -134,3 +135,10 @@ def test_the_c_trigger_writes_into_the_days_partition(conn: psycopg.Connection[A
     assert [r[0] for r in rows] == [f"flux.state_mutations_{day[0]}"] * 2  # the first moved
     assert rows[1][1:] == (at[0], "acme", "trigger", False, False)
     assert rows[0][2] is None
+
+
+def test_a_library_that_cannot_be_written_is_a_reason_not_an_error(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    reason = native.build(blocked / native.LIBRARY_DIR / "flux_capture-x.so")
+    assert reason is not None and reason.startswith("the C trigger could not be built into")
