@@ -8,7 +8,8 @@ and ``COMMIT``. The same script runs against every database:
 
 - ``none``: the flux schema, no capture on the tables;
 - ``trigger``: ``flux.install_capture_all()`` — the capture triggers write
-  flux.state_mutations in the writing transaction;
+  flux.state_mutations in the writing transaction (in C where the server can load it,
+  flux/store/_native.py; ``FLUX_NATIVE_CAPTURE=0`` measures the PL/pgSQL trigger);
 - ``wal``: ``flux capture switch wal`` — REPLICA IDENTITY FULL, the publication, the slot —
   with the consumer (flux/capture/_consumer.py) in a child process.
 
@@ -62,6 +63,7 @@ from _load import cpu_seconds
 
 from flux.capture import _consumer as consumer
 from flux.capture import _mode
+from flux.store import _native
 from flux.store._database import ensure_database
 from flux.store._embedded import EmbeddedServer, install_dir
 from flux.store._migrate import migrate
@@ -109,6 +111,10 @@ def _prepare(conninfo: str, mode: str, scale: int) -> None:
     if mode == "trigger":
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute("SELECT flux.install_capture_all()")
+            # C where the server can load it (flux/store/_native.py), else PL/pgSQL.
+            language = conn.execute("SELECT flux.capture_language()").fetchone()
+            print(f"trigger capture runs in {language[0] if language else '?'} "
+                  f"({_native.ENV}=0 keeps PL/pgSQL)", flush=True)
     elif mode == "wal":
         _mode.switch(conninfo, "wal")
 

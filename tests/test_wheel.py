@@ -77,6 +77,7 @@ def check_contents(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     sql = {f"flux/_sql/{p.relative_to(REPO / 'sql')}" for p in (REPO / "sql").rglob("*.sql")}
     assert sql <= names, f"missing from the wheel: {sorted(sql - names)}"
+    assert "flux/_native/flux_capture.c" in names  # the C capture trigger (flux/store/_native.py)
     for package in ("flux", "cli"):
         modules = {str(p.relative_to(REPO)) for p in (REPO / package).rglob("*.py")}
         assert modules <= names, f"missing from the wheel: {sorted(modules - names)}"

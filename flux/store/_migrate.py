@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 
 from flux._errors import MigrationError
+from flux.store import _native as native
 from flux.store._database import connect, first_line
 from flux.store._queries import load, sql_dir
 
@@ -86,6 +87,9 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[Migration]:
                     raise MigrationError(
                         f"migration {migration.path.name} failed: {first_line(exc)}") from exc
                 applied.append(migration)
+            if applied:
+                # The capture trigger in C where this server can load it (sql/0022).
+                native.install(conn)
         finally:
             conn.execute(q.unlock, {"key": LOCK_KEY})
     return applied

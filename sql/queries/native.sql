@@ -1,0 +1,17 @@
+-- The capture trigger in C (flux/store/_native.py, sql/0022).
+
+-- name: facts
+SELECT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
+           AS superuser,
+       current_setting('server_version_num')::integer / 10000 AS server_major,
+       CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+            THEN current_setting('data_directory') END AS data_directory;
+
+-- name: language
+-- NULL when the schema predates 0022 (no flux.use_native_capture yet).
+SELECT CASE WHEN to_regprocedure('flux.use_native_capture(text)') IS NOT NULL
+            THEN (SELECT l.lanname::text FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+                  WHERE p.oid = to_regprocedure('flux.capture_row()')) END;
+
+-- name: use
+SELECT flux.use_native_capture(%(library)s);
