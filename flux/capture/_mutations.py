@@ -8,8 +8,10 @@ primary key, its columns in collation order) and hands it in.
 from __future__ import annotations
 
 import re
+import struct
 from collections import deque
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -19,6 +21,11 @@ from flux.capture._pgjson import TypeCatalog
 from flux.capture._pgoutput import UNCHANGED, Begin, Relation, Row
 
 UNCHANGED_TOAST = "[unchanged TOAST value: not in the WAL]"
+
+try:  # CPython's own MD5: for a key's few bytes, twice as fast as OpenSSL's (no EVP set-up)
+    from _md5 import md5  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import md5
 
 
 @dataclass(slots=True)
@@ -36,7 +43,7 @@ class Transaction:
     request: dict[str, Any] | None = None
     switch: str | None = None
     actor: dict[str, Any] | None = None
-    changes: list[Change] = field(default_factory=list)
+    changes: list[Change | Rendered] = field(default_factory=list)
     truncated: list[tuple[Relation, dict[str, Any] | None]] = field(default_factory=list)
 
 
@@ -174,12 +181,17 @@ def assign_spans(changes: list[Change], statements: list[Any]) -> list[str | Non
     """The span of each change, from the statements that wrote, in order: a statement
     takes as many changes of its tables as it reported rows; a change no statement claims
     (one a user trigger made) belongs to the statement before it."""
+    return assign_spans_to([(c.relation.name.lower(), c.op) for c in changes], statements)
+
+
+def assign_spans_to(changes: list[tuple[str, str]], statements: list[Any]
+                    ) -> list[str | None]:
+    """``assign_spans`` of changes given as (table name in lower case, operation)."""
     pending = deque(_Statement(*s) for s in statements)
     out: list[str | None] = []
     last: str | None = None
-    for change in changes:
-        name = change.relation.name.lower()
-        if change.op == "TRUNCATE":
+    for name, op in changes:
+        if op == "TRUNCATE":
             claim = next((s for s in pending if s.rows <= 0 and s.touches(name)), None)
             if claim is not None:
                 pending.remove(claim)
@@ -209,3 +221,227 @@ class _Statement:
 
     def touches(self, table: str) -> bool:
         return not self.tables or table in self.tables
+
+
+# -- the hot path: a change straight from its pgoutput bytes to its COPY text ---------------
+#
+# Most captured tables hold integers, text, numbers, booleans, timestamps and json: for
+# them a change is rendered in one pass over the message's bytes — each value's JSON
+# written from its text output as bytes, the image by one %-format, no per-change
+# objects. Anything else (arrays, composites, an unchanged TOASTed value, a key or a
+# changed column only PostgreSQL can judge) returns None and takes the general path above;
+# both write the same bytes (tests/capture/test_mutations.py compares them).
+
+_RAW, _NUMBER, _STRING, _BOOL, _TIMESTAMP, _TIMESTAMPTZ, _JSON = range(7)
+_FAST_KINDS = {"string": _STRING, "date": _STRING, "bool": _BOOL, "timestamp": _TIMESTAMP,
+               "timestamptz": _TIMESTAMPTZ, "json": _JSON}
+_OPS = {"INSERT": b"INSERT", "UPDATE": b"UPDATE", "DELETE": b"DELETE"}
+_JSON_SPECIAL = re.compile(rb'[\x00-\x1f"\\]')
+_COPY_SPECIAL_BYTES = re.compile(rb"[\\\t\n\r]")
+_TZ_BYTES = re.compile(rb"([+-]\d\d)(:\d\d)?(:\d\d)?$")
+_NOT_JSON_NUMBERS = frozenset((b"NaN", b"Infinity", b"-Infinity"))
+_NOT_XSD = frozenset((b"infinity", b"-infinity"))
+_I16 = struct.Struct("!h").unpack_from
+_I32 = struct.Struct("!i").unpack_from
+_U32 = struct.Struct("!I").unpack_from
+_NULL_BYTES = b"\\N"
+
+
+def _copy_escape(m: re.Match[bytes]) -> bytes:
+    return _COPY_ESCAPES_BYTES[m.group()]
+
+
+_COPY_ESCAPES_BYTES = {k.encode(): v.encode() for k, v in _COPY_ESCAPES.items()}
+
+
+class FastShape:
+    """A relation whose changes ``render_change`` writes (``fast_shape`` decides)."""
+
+    __slots__ = ("changed", "copy_relation", "count", "image", "insert_changed", "key",
+                 "key_positions", "kinds", "names", "oid_prefix", "rank", "relation", "table")
+
+    def __init__(self, shape: Shape, kinds: list[int], key: KeyPlan) -> None:
+        rel = shape.relation
+        self.relation = rel
+        self.table = rel.name.lower()
+        self.count = len(rel.columns)
+        self.kinds = kinds
+        self.names = [c.name for c in rel.columns]
+        self.rank = [shape.rank[n] for n in self.names]
+        # b'{"id":%b,"note":%b}': each column's JSON goes in its %b
+        self.image = ("{" + ",".join(encode_basestring(n).replace("%", "%%") + ":%b"
+                                     for n in self.names) + "}").encode()
+        # jsonb's text output of the key, as key_text writes it: b'{"id": %b}'
+        self.key = ("{" + ", ".join(q.replace("%", "%%") + ": %b" for q, _, _, _ in key)
+                    + "}").encode()
+        self.key_positions = [position for _, _, position, _ in key]
+        self.oid_prefix = f"{rel.oid}:".encode()
+        self.insert_changed = shape.all_literal.encode()
+        self.copy_relation = shape.copy_relation.encode()
+        self.changed: dict[tuple[int, ...], bytes] = {}  # changed columns → their literal
+
+
+def fast_shape(shape: Shape, types: TypeCatalog, plan: KeyPlan) -> FastShape | None:
+    """The fast path for a relation, or None where its columns need the general one."""
+    kinds = []
+    for column in shape.relation.columns:
+        t = types.get(column.type_oid)
+        if t.kind == "number":
+            kinds.append(_RAW if t.integer else _NUMBER)
+        elif t.kind in _FAST_KINDS:
+            kinds.append(_FAST_KINDS[t.kind])
+        else:
+            return None  # arrays, composites
+    for _, _, position, integer in plan:
+        # the key's text must be what jsonb writes: no non-integer number, no json
+        if position < 0 or kinds[position] in (_NUMBER, _JSON) \
+                or (kinds[position] == _RAW and not integer):
+            return None
+    return FastShape(shape, kinds, plan)
+
+
+def _render_row(fs: FastShape, buf: bytes, pos: int
+                ) -> tuple[list[bytes | None], list[bytes], int] | None:
+    """A TupleData at ``pos``: its raw values, each value's JSON, and the position after
+    it — or None for what the general path must take (an unchanged TOAST value, a binary
+    value, anything malformed: the general decoder says what)."""
+    (count,) = _I16(buf, pos)
+    if count != fs.count:
+        return None
+    pos += 2
+    size = len(buf)
+    raws: list[bytes | None] = []
+    out: list[bytes] = []
+    kinds = fs.kinds
+    for i in range(count):
+        tag = buf[pos]
+        if tag == 116:  # t(ext)
+            (n,) = _I32(buf, pos + 1)
+            start = pos + 5
+            pos = start + n
+            if n < 0 or pos > size:
+                return None
+            v = buf[start:pos]
+            kind = kinds[i]
+            if kind in (_RAW, _JSON):
+                r = v
+            elif kind == _STRING:
+                r = (b'"' + v + b'"' if _JSON_SPECIAL.search(v) is None
+                     else encode_basestring(v.decode()).encode())
+            elif kind == _NUMBER:
+                r = b'"' + v + b'"' if v in _NOT_JSON_NUMBERS else v
+            elif kind == _BOOL:
+                r = b"true" if v == b"t" else b"false"
+            elif v in _NOT_XSD or v.endswith(b" BC"):
+                r = b'"' + v + b'"'
+            else:  # timestamps: XSD form, as to_jsonb writes them (_pgjson._xsd)
+                v2 = v.replace(b" ", b"T", 1)
+                if kind == _TIMESTAMPTZ:
+                    m = _TZ_BYTES.search(v2)
+                    if m and m.group(2) is None:
+                        v2 = v2[:m.start()] + m.group(1) + b":00"
+                r = b'"' + v2 + b'"'
+            raws.append(v)
+            out.append(r)
+        elif tag == 110:  # n(ull)
+            raws.append(None)
+            out.append(b"null")
+            pos += 1
+        else:
+            return None
+    return raws, out, pos
+
+
+def _copy_bytes(text: bytes) -> bytes:
+    if _COPY_SPECIAL_BYTES.search(text) is None:
+        return text
+    return _COPY_SPECIAL_BYTES.sub(_copy_escape, text)
+
+
+def render_change(fs: FastShape, buf: bytes) -> tuple[str, bytes | None] | None:
+    """An Insert, Update or Delete message of ``fs``'s relation as its operation and the
+    first six COPY columns of its row (record_id, pk, op, old, new, changed_cols, each
+    followed by a tab); the body is None for an update that changed nothing (stored by
+    neither capture). None: the general path must take it."""
+    kind = buf[0]
+    tag = buf[5]
+    old: bytes = _NULL_BYTES
+    new: bytes = _NULL_BYTES
+    if kind == 73:  # I
+        if tag != 78:
+            return None
+        row = _render_row(fs, buf, 6)
+        if row is None:
+            return None
+        _, out, pos = row
+        new = _copy_bytes(fs.image % tuple(out))
+        op = "INSERT"
+        changed = fs.insert_changed
+    elif kind == 85:  # U
+        if tag != 79:  # REPLICA IDENTITY FULL sends the old row whole: else, the general path
+            return None
+        before = _render_row(fs, buf, 6)
+        if before is None:
+            return None
+        old_raws, old_out, pos = before
+        if buf[pos] != 78:
+            return None
+        row = _render_row(fs, buf, pos + 1)
+        if row is None:
+            return None
+        raws, out, pos = row
+        columns = []
+        kinds = fs.kinds
+        for i in range(fs.count):
+            a, b = old_raws[i], raws[i]
+            if a == b:
+                continue
+            if a is not None and b is not None:
+                k = kinds[i]
+                if k == _JSON:
+                    return None  # only jsonb can tell 1.0 from 1.00 inside it
+                if k == _NUMBER:
+                    try:
+                        if Decimal(a.decode()) == Decimal(b.decode()):
+                            continue
+                    except InvalidOperation:
+                        pass
+            columns.append(i)
+        if pos != len(buf):
+            return None
+        if not columns:
+            return "UPDATE", None  # a no-op update: the trigger's WHEN skips it too
+        rank = fs.rank
+        columns.sort(key=rank.__getitem__)
+        ident = tuple(columns)
+        literal = fs.changed.get(ident)
+        if literal is None:
+            literal = fs.changed[ident] = array_literal([fs.names[i] for i in columns]).encode()
+        changed = literal
+        old = _copy_bytes(fs.image % tuple(old_out))
+        new = _copy_bytes(fs.image % tuple(out))
+        op = "UPDATE"
+    elif kind == 68:  # D
+        if tag != 79:
+            return None
+        row = _render_row(fs, buf, 6)
+        if row is None:
+            return None
+        _, out, pos = row
+        old = _copy_bytes(fs.image % tuple(out))
+        op = "DELETE"
+        changed = fs.insert_changed
+    else:
+        return None
+    if pos != len(buf):
+        return None
+    key = fs.key % tuple([out[p] for p in fs.key_positions])
+    record_id = md5(fs.oid_prefix + key).hexdigest().encode()
+    return op, b"%b\t%b\t%b\t%b\t%b\t%b\t" % (
+        record_id, _copy_bytes(key), _OPS[op], old, new, changed)
+
+
+# A change ``render_change`` wrote, as the consumer keeps it until its transaction commits:
+# its table (lower case, for the spans), operation, body (None: a no-op update), the actor
+# in effect and its relation's plan.
+Rendered = tuple[str, str, bytes | None, dict[str, Any] | None, FastShape]

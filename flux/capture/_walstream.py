@@ -102,13 +102,18 @@ class WalStream:
     def read(self, timeout: float, limit: int = 2000) -> list[XLogData | Keepalive]:
         """The frames that have arrived, waiting up to ``timeout`` seconds for the first;
         at most ``limit`` (``drained`` says whether that was all there was)."""
+        return [frame(data) for data in self.read_raw(timeout, limit)]
+
+    def read_raw(self, timeout: float, limit: int = 2000) -> list[bytes]:
+        """``read``, each frame as its CopyData bytes (``frame`` splits one): the
+        consumer's hot path looks at the XLogData payload in place."""
         pg = self._pgconn
-        frames: list[XLogData | Keepalive] = []
+        frames: list[bytes] = []
         pulled = waited = False
         while len(frames) < limit:
             size, data = pg.get_copy_data(1)
             if size > 0:
-                frames.append(frame(data))
+                frames.append(data if data.__class__ is bytes else bytes(data))
                 pulled = False
                 continue
             if size == 0:  # nothing complete in libpq's buffer
