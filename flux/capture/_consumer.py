@@ -20,6 +20,7 @@ One consumer runs at a time per database: the one holding a session advisory loc
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import signal
@@ -72,6 +73,7 @@ from flux.capture._pgoutput import (
     format_lsn,
     frame,
     parse_lsn,
+    timestamp,
 )
 from flux.capture._walstream import ReplicationUnavailable, WalStream
 from flux.store._database import connect, first_line
@@ -131,6 +133,8 @@ class _Progress:
 _CHANGES = (Insert, Update, Delete)
 _CHANGE_TAGS = frozenset(b"IUD")
 _OID = struct.Struct("!I").unpack_from
+_BEGIN = struct.Struct("!QqI").unpack_from
+_COMMIT = struct.Struct("!BQQq").unpack_from
 
 
 @dataclass
@@ -199,6 +203,19 @@ class Consumer:
         progress = self._progress(conn)
         if progress is None:
             return StepResult(caught_up=True, idle=True)  # trigger mode: nothing to read
+        local_only = self._origin(conn)
+        try:
+            return self._follow(conn, stop, until, on_step, progress, local_only)
+        finally:
+            if local_only and not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(load("capture").origin_reset)
+
+    def _follow(self, conn: psycopg.Connection[Any], stop: threading.Event, until: int | None,
+                on_step: Callable[[StepResult], None] | None, progress: _Progress,
+                local_only: bool) -> StepResult:
+        """``_stream`` once the slot's progress is read (``local_only``: the session
+        carries the replication origin, which the stream leaves out)."""
         total = StepResult()
         pending: list[tuple[Transaction, Commit]] = []
         changes = 0
@@ -210,7 +227,7 @@ class Consumer:
         frames: list[bytes] = []
         self._txn = None
         with WalStream.open(self.conninfo(), self.slot, self.publication,
-                            application_name=APPLICATION_NAME) as stream:
+                            application_name=APPLICATION_NAME, local_only=local_only) as stream:
             while not stop.is_set():
                 # While little arrives, frames are taken in bulk rather than as each comes:
                 # a server busy elsewhere sends a keepalive every time it has read up to
@@ -407,6 +424,28 @@ class Consumer:
         self._last_progress = now
         return result
 
+    def _origin(self, conn: psycopg.Connection[Any]) -> bool:
+        """Stamp this session's transactions with the replication origin named after the
+        slot, so that the stream may leave them out (sql/queries/capture.sql:
+        origin_exists); ``session`` takes it off again (the connection may be the caller's).
+        False where the server is older than 16, the role may not, or another session (a
+        consumer not yet gone) holds the origin."""
+        if conn.info.server_version < 160000:
+            return False
+        q = load("capture")
+        try:
+            row = conn.execute(q.origin_exists, {"origin": self.slot}).fetchone()
+            if not (row and row[0]):
+                with contextlib.suppress(psycopg.errors.UniqueViolation):
+                    conn.execute(q.origin_create, {"origin": self.slot})
+            conn.execute(q.origin_setup, {"origin": self.slot})
+            return True
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse,
+                psycopg.errors.ObjectNotInPrerequisiteState) as exc:
+            log.info("capture consumer: no replication origin (%s); the server decodes the "
+                     "consumer's own writes too", first_line(exc))
+            return False
+
     def _copy_allowed(self, conn: psycopg.Connection[Any]) -> bool:
         """Whether this session may COPY into flux.state_mutations: COPY FROM refuses a
         table whose row-level security applies to the session (FORCEd on it: every role
@@ -451,7 +490,20 @@ class Consumer:
         # text where the relation allows (flux/capture/_mutations.py: render_change), else
         # to their decoder.
         txn = self._txn
-        if data[0] in _CHANGE_TAGS and txn is not None:
+        kind = data[0]
+        # A transaction's Begin and Commit, read in place (the general decoder below says
+        # what is wrong with one that is not as expected).
+        if kind == 66 and len(data) == 21:  # B
+            final_lsn, micros, xid = _BEGIN(data, 1)
+            self._txn = Transaction(Begin(final_lsn, timestamp(micros), xid))
+            return None
+        if kind == 67 and len(data) == 26:  # C
+            self._txn = None
+            if txn is None:
+                return None
+            flags, commit_lsn, end_lsn, micros = _COMMIT(data, 1)
+            return txn, Commit(flags, commit_lsn, end_lsn, timestamp(micros))
+        if kind in _CHANGE_TAGS and txn is not None:
             try:
                 (oid,) = _OID(data, 1)
                 fs = self._fast[oid] if oid in self._fast else self._fast_shape(conn, oid)
@@ -465,7 +517,16 @@ class Consumer:
             m = decode_change(data) if data[0] in _CHANGE_TAGS else decode(data)
         except (struct.error, IndexError):
             m = decode(data)  # raises the DecodeError that says what is wrong
-        if isinstance(m, _CHANGES):
+        cls = m.__class__
+        if cls is Begin:  # one each per transaction, before the rarer messages
+            self._txn = Transaction(m)  # type: ignore[arg-type]
+        elif cls is Commit:
+            self._txn = None
+            if txn is not None:
+                return txn, m  # type: ignore[return-value]
+        elif cls is Message:
+            self._message(txn, m)  # type: ignore[arg-type]
+        elif isinstance(m, _CHANGES):
             assert txn is not None, "a change outside a transaction"
             relation = self.relations[m.relation_oid]
             if isinstance(m, Insert):
@@ -474,21 +535,6 @@ class Consumer:
                 txn.changes.append(Change(relation, "UPDATE", m.old, m.new, txn.actor))
             else:
                 txn.changes.append(Change(relation, "DELETE", m.old, None, txn.actor))
-        elif isinstance(m, Begin):
-            self._txn = Transaction(m)
-        elif isinstance(m, Commit):
-            self._txn = None
-            if txn is not None:
-                return txn, m
-        elif isinstance(m, Message):
-            if txn is None or not m.transactional:
-                return None
-            if m.prefix == "flux":
-                txn.request = orjson.loads(m.content)
-            elif m.prefix == "flux.actor":
-                txn.actor = orjson.loads(m.content)
-            elif m.prefix == "flux.switch":
-                txn.switch = m.content.decode()
         elif isinstance(m, Relation):
             if self.relations.get(m.oid) != m:
                 self._fast.pop(m.oid, None)
@@ -515,6 +561,17 @@ class Consumer:
         self._plan(conn, shape)
         fs = self._fast[oid] = fast_shape(shape, self.types, shape.key_plan or [])
         return fs
+
+    @staticmethod
+    def _message(txn: Transaction | None, m: Message) -> None:
+        if txn is None or not m.transactional:
+            return
+        if m.prefix == "flux":
+            txn.request = orjson.loads(m.content)
+        elif m.prefix == "flux.actor":
+            txn.actor = orjson.loads(m.content)
+        elif m.prefix == "flux.switch":
+            txn.switch = m.content.decode()
 
     def _rows(self, conn: psycopg.Connection[Any], txn: Transaction, commit_lsn: int,
               batch: _Batch) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
@@ -257,8 +258,24 @@ _COPY_ESCAPES_BYTES = {k.encode(): v.encode() for k, v in _COPY_ESCAPES.items()}
 class FastShape:
     """A relation whose changes ``render_change`` writes (``fast_shape`` decides)."""
 
-    __slots__ = ("changed", "copy_relation", "count", "image", "insert_changed", "key",
-                 "key_positions", "kinds", "names", "oid_prefix", "rank", "relation", "table")
+    __slots__ = (
+        "changed",
+        "copy_relation",
+        "count",
+        "image",
+        "indices",
+        "insert_changed",
+        "judged",
+        "key",
+        "key_positions",
+        "kinds",
+        "names",
+        "oid_prefix",
+        "rank",
+        "read",
+        "relation",
+        "table",
+    )
 
     def __init__(self, shape: Shape, kinds: list[int], key: KeyPlan) -> None:
         rel = shape.relation
@@ -266,6 +283,9 @@ class FastShape:
         self.table = rel.name.lower()
         self.count = len(rel.columns)
         self.kinds = kinds
+        self.read = _row_reader(kinds)
+        self.indices = range(len(kinds))
+        self.judged = frozenset(i for i, k in enumerate(kinds) if k in (_NUMBER, _JSON))
         self.names = [c.name for c in rel.columns]
         self.rank = [shape.rank[n] for n in self.names]
         # b'{"id":%b,"note":%b}': each column's JSON goes in its %b
@@ -300,56 +320,94 @@ def fast_shape(shape: Shape, types: TypeCatalog, plan: KeyPlan) -> FastShape | N
     return FastShape(shape, kinds, plan)
 
 
-def _render_row(fs: FastShape, buf: bytes, pos: int
-                ) -> tuple[list[bytes | None], list[bytes], int] | None:
-    """A TupleData at ``pos``: its raw values, each value's JSON, and the position after
-    it — or None for what the general path must take (an unchanged TOAST value, a binary
-    value, anything malformed: the general decoder says what)."""
-    (count,) = _I16(buf, pos)
-    if count != fs.count:
-        return None
-    pos += 2
-    size = len(buf)
-    raws: list[bytes | None] = []
-    out: list[bytes] = []
-    kinds = fs.kinds
-    for i in range(count):
-        tag = buf[pos]
-        if tag == 116:  # t(ext)
-            (n,) = _I32(buf, pos + 1)
-            start = pos + 5
-            pos = start + n
-            if n < 0 or pos > size:
+def _escaped(v: bytes) -> bytes:
+    return encode_basestring(v.decode()).encode()  # type: ignore[no-any-return]
+
+
+def _timestamp(v: bytes) -> bytes:
+    """A timestamp's text output in the XSD form to_jsonb writes (_pgjson._xsd)."""
+    if v in _NOT_XSD or v.endswith(b" BC"):
+        return b'"' + v + b'"'
+    return b'"' + v.replace(b" ", b"T", 1) + b'"'
+
+
+def _timestamptz(v: bytes) -> bytes:
+    if v in _NOT_XSD or v.endswith(b" BC"):
+        return b'"' + v + b'"'
+    v = v.replace(b" ", b"T", 1)
+    m = _TZ_BYTES.search(v)
+    if m and m.group(2) is None:
+        v = v[:m.start()] + m.group(1) + b":00"
+    return b'"' + v + b'"'
+
+
+# Each kind's JSON of a non-null value {v}, as a line of the generated row reader.
+_RENDER = {
+    _RAW: "r{i} = v{i}",
+    _JSON: "r{i} = v{i}",
+    _STRING: "r{i} = b'\"' + v{i} + b'\"' if special(v{i}) is None else escaped(v{i})",
+    _NUMBER: "r{i} = b'\"' + v{i} + b'\"' if v{i} in not_numbers else v{i}",
+    _BOOL: "r{i} = b'true' if v{i} == b't' else b'false'",
+    _TIMESTAMP: "r{i} = timestamp(v{i})",
+    _TIMESTAMPTZ: "r{i} = timestamptz(v{i})",
+}
+
+
+def _row_reader(kinds: list[int]) -> Callable[[bytes, int], Any]:
+    """A reader of one relation's TupleData, unrolled over its columns: ``read(buf, pos)``
+    is its raw values, each value's JSON and the position after it — or None for what the
+    general path must take (an unchanged TOAST value, a binary value, anything malformed:
+    the general decoder then says what). The source holds only positions and kinds; what
+    it renders with is passed in."""
+    lines = ["def read(buf, pos):",
+             f"    if i16(buf, pos)[0] != {len(kinds)}:",
+             "        return None",
+             "    pos += 2"]
+    for i, kind in enumerate(kinds):
+        lines += ["    t = buf[pos]",
+                  "    if t == 116:",
+                  "        n = i32(buf, pos + 1)[0]",
+                  "        if n < 0:",
+                  "            return None",
+                  "        s = pos + 5",
+                  "        pos = s + n",
+                  f"        v{i} = buf[s:pos]",
+                  "        " + _RENDER[kind].format(i=i),
+                  "    elif t == 110:",
+                  "        pos += 1",
+                  f"        v{i} = None",
+                  f"        r{i} = b'null'",
+                  "    else:",
+                  "        return None"]
+    values = "".join(f"v{i}, " for i in range(len(kinds)))
+    rendered = "".join(f"r{i}, " for i in range(len(kinds)))
+    lines.append(f"    return ({values}), ({rendered}), pos")
+    namespace: dict[str, Any] = {
+        "i16": _I16, "i32": _I32, "special": _JSON_SPECIAL.search, "escaped": _escaped,
+        "not_numbers": _NOT_JSON_NUMBERS, "timestamp": _timestamp, "timestamptz": _timestamptz}
+    exec("\n".join(lines), namespace)
+    return namespace["read"]  # type: ignore[no-any-return]
+
+
+def _judged(fs: FastShape, columns: list[int], old: tuple[bytes | None, ...],
+            new: tuple[bytes | None, ...]) -> list[int] | None:
+    """The columns whose values differ in text and in value (numbers: 10.5 = 10.50), or
+    None where only jsonb can tell (json: 1.0 and 1.00 inside it)."""
+    out = []
+    for i in columns:
+        a, b = old[i], new[i]
+        if a is not None and b is not None:
+            kind = fs.kinds[i]
+            if kind == _JSON:
                 return None
-            v = buf[start:pos]
-            kind = kinds[i]
-            if kind in (_RAW, _JSON):
-                r = v
-            elif kind == _STRING:
-                r = (b'"' + v + b'"' if _JSON_SPECIAL.search(v) is None
-                     else encode_basestring(v.decode()).encode())
-            elif kind == _NUMBER:
-                r = b'"' + v + b'"' if v in _NOT_JSON_NUMBERS else v
-            elif kind == _BOOL:
-                r = b"true" if v == b"t" else b"false"
-            elif v in _NOT_XSD or v.endswith(b" BC"):
-                r = b'"' + v + b'"'
-            else:  # timestamps: XSD form, as to_jsonb writes them (_pgjson._xsd)
-                v2 = v.replace(b" ", b"T", 1)
-                if kind == _TIMESTAMPTZ:
-                    m = _TZ_BYTES.search(v2)
-                    if m and m.group(2) is None:
-                        v2 = v2[:m.start()] + m.group(1) + b":00"
-                r = b'"' + v2 + b'"'
-            raws.append(v)
-            out.append(r)
-        elif tag == 110:  # n(ull)
-            raws.append(None)
-            out.append(b"null")
-            pos += 1
-        else:
-            return None
-    return raws, out, pos
+            if kind == _NUMBER:
+                try:
+                    if Decimal(a.decode()) == Decimal(b.decode()):
+                        continue
+                except InvalidOperation:
+                    pass
+        out.append(i)
+    return out
 
 
 def _copy_bytes(text: bytes) -> bytes:
@@ -370,7 +428,7 @@ def render_change(fs: FastShape, buf: bytes) -> tuple[str, bytes | None] | None:
     if kind == 73:  # I
         if tag != 78:
             return None
-        row = _render_row(fs, buf, 6)
+        row = fs.read(buf, 6)
         if row is None:
             return None
         _, out, pos = row
@@ -380,33 +438,21 @@ def render_change(fs: FastShape, buf: bytes) -> tuple[str, bytes | None] | None:
     elif kind == 85:  # U
         if tag != 79:  # REPLICA IDENTITY FULL sends the old row whole: else, the general path
             return None
-        before = _render_row(fs, buf, 6)
+        before = fs.read(buf, 6)
         if before is None:
             return None
         old_raws, old_out, pos = before
         if buf[pos] != 78:
             return None
-        row = _render_row(fs, buf, pos + 1)
+        row = fs.read(buf, pos + 1)
         if row is None:
             return None
         raws, out, pos = row
-        columns = []
-        kinds = fs.kinds
-        for i in range(fs.count):
-            a, b = old_raws[i], raws[i]
-            if a == b:
-                continue
-            if a is not None and b is not None:
-                k = kinds[i]
-                if k == _JSON:
-                    return None  # only jsonb can tell 1.0 from 1.00 inside it
-                if k == _NUMBER:
-                    try:
-                        if Decimal(a.decode()) == Decimal(b.decode()):
-                            continue
-                    except InvalidOperation:
-                        pass
-            columns.append(i)
+        columns = [i for i, a, b in zip(fs.indices, old_raws, raws, strict=True) if a != b]
+        if columns and not fs.judged.isdisjoint(columns):
+            columns = _judged(fs, columns, old_raws, raws)  # type: ignore[assignment]
+            if columns is None:
+                return None
         if pos != len(buf):
             return None
         if not columns:
@@ -424,7 +470,7 @@ def render_change(fs: FastShape, buf: bytes) -> tuple[str, bytes | None] | None:
     elif kind == 68:  # D
         if tag != 79:
             return None
-        row = _render_row(fs, buf, 6)
+        row = fs.read(buf, 6)
         if row is None:
             return None
         _, out, pos = row

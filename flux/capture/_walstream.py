@@ -55,8 +55,10 @@ class WalStream:
 
     @classmethod
     def open(cls, conninfo: str, slot: str, publication: str, *, application_name: str,
-             start: int = 0) -> WalStream:
-        """Connect and start streaming ``slot`` from ``start`` (0: its confirmed position)."""
+             start: int = 0, local_only: bool = False) -> WalStream:
+        """Connect and start streaming ``slot`` from ``start`` (0: its confirmed position);
+        ``local_only``: leave out the transactions stamped with a replication origin (the
+        consumer's own, PostgreSQL 16+), which the server then skips as it decodes."""
         try:
             conn = psycopg.connect(conninfo, autocommit=True, replication="database",
                                    application_name=application_name, connect_timeout=10)
@@ -72,7 +74,8 @@ class WalStream:
                          if not line.lstrip().startswith("--"))
         command = sql.SQL(text).format(
             slot=sql.Identifier(slot), lsn=sql.SQL(format_lsn(start)),
-            publication=sql.Literal(publication)).as_bytes(conn)
+            publication=sql.Literal(publication),
+            origin=sql.SQL(", origin 'none'" if local_only else "")).as_bytes(conn)
         stream = cls(conn)
         try:
             stream._start(command)
