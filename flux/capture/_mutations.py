@@ -263,7 +263,6 @@ class FastShape:
         "copy_relation",
         "count",
         "image",
-        "indices",
         "insert_changed",
         "judged",
         "key",
@@ -272,8 +271,8 @@ class FastShape:
         "names",
         "oid_prefix",
         "rank",
-        "read",
         "relation",
+        "render",
         "table",
     )
 
@@ -283,8 +282,6 @@ class FastShape:
         self.table = rel.name.lower()
         self.count = len(rel.columns)
         self.kinds = kinds
-        self.read = _row_reader(kinds)
-        self.indices = range(len(kinds))
         self.judged = frozenset(i for i, k in enumerate(kinds) if k in (_NUMBER, _JSON))
         self.names = [c.name for c in rel.columns]
         self.rank = [shape.rank[n] for n in self.names]
@@ -299,6 +296,7 @@ class FastShape:
         self.insert_changed = shape.all_literal.encode()
         self.copy_relation = shape.copy_relation.encode()
         self.changed: dict[tuple[int, ...], bytes] = {}  # changed columns → their literal
+        self.render = _renderer(self)
 
 
 def fast_shape(shape: Shape, types: TypeCatalog, plan: KeyPlan) -> FastShape | None:
@@ -341,26 +339,23 @@ def _timestamptz(v: bytes) -> bytes:
     return b'"' + v + b'"'
 
 
-# Each kind's JSON of a non-null value {v}, as a line of the generated row reader.
+# Each kind's JSON {r} of a non-null value {v}, as a line of the generated renderer.
 _RENDER = {
-    _RAW: "r{i} = v{i}",
-    _JSON: "r{i} = v{i}",
-    _STRING: "r{i} = b'\"' + v{i} + b'\"' if special(v{i}) is None else escaped(v{i})",
-    _NUMBER: "r{i} = b'\"' + v{i} + b'\"' if v{i} in not_numbers else v{i}",
-    _BOOL: "r{i} = b'true' if v{i} == b't' else b'false'",
-    _TIMESTAMP: "r{i} = timestamp(v{i})",
-    _TIMESTAMPTZ: "r{i} = timestamptz(v{i})",
+    _RAW: "{r} = {v}",
+    _JSON: "{r} = {v}",
+    _STRING: "{r} = b'\"' + {v} + b'\"' if special({v}) is None else escaped({v})",
+    _NUMBER: "{r} = b'\"' + {v} + b'\"' if {v} in not_numbers else {v}",
+    _BOOL: "{r} = b'true' if {v} == b't' else b'false'",
+    _TIMESTAMP: "{r} = timestamp({v})",
+    _TIMESTAMPTZ: "{r} = timestamptz({v})",
 }
 
 
-def _row_reader(kinds: list[int]) -> Callable[[bytes, int], Any]:
-    """A reader of one relation's TupleData, unrolled over its columns: ``read(buf, pos)``
-    is its raw values, each value's JSON and the position after it — or None for what the
-    general path must take (an unchanged TOAST value, a binary value, anything malformed:
-    the general decoder then says what). The source holds only positions and kinds; what
-    it renders with is passed in."""
-    lines = ["def read(buf, pos):",
-             f"    if i16(buf, pos)[0] != {len(kinds)}:",
+def _read_row(kinds: list[int], value: str, json: str) -> list[str]:
+    """Lines reading a TupleData at ``pos`` into ``{value}0…`` (raw) and ``{json}0…``
+    (each value's JSON); anything the general path must take returns None (an unchanged
+    TOAST value, a binary value, anything malformed: the general decoder says what)."""
+    lines = [f"    if i16(buf, pos)[0] != {len(kinds)}:",
              "        return None",
              "    pos += 2"]
     for i, kind in enumerate(kinds):
@@ -371,22 +366,107 @@ def _row_reader(kinds: list[int]) -> Callable[[bytes, int], Any]:
                   "            return None",
                   "        s = pos + 5",
                   "        pos = s + n",
-                  f"        v{i} = buf[s:pos]",
-                  "        " + _RENDER[kind].format(i=i),
+                  f"        {value}{i} = buf[s:pos]",
+                  "        " + _RENDER[kind].format(r=f"{json}{i}", v=f"{value}{i}"),
                   "    elif t == 110:",
                   "        pos += 1",
-                  f"        v{i} = None",
-                  f"        r{i} = b'null'",
+                  f"        {value}{i} = None",
+                  f"        {json}{i} = b'null'",
                   "    else:",
                   "        return None"]
-    values = "".join(f"v{i}, " for i in range(len(kinds)))
-    rendered = "".join(f"r{i}, " for i in range(len(kinds)))
-    lines.append(f"    return ({values}), ({rendered}), pos")
+    return lines
+
+
+def _renderer(fs: FastShape) -> Callable[[bytes], tuple[str, bytes | None] | None]:
+    """``render_change`` for one relation, unrolled over its columns. The source holds only
+    positions and kinds; names, templates and helpers are passed in."""
+    count = len(fs.kinds)
+    new = "(" + "".join(f"r{i}, " for i in range(count)) + ")"
+    old = "(" + "".join(f"p{i}, " for i in range(count)) + ")"
+    new_key = "(" + "".join(f"r{i}, " for i in fs.key_positions) + ")"
+    escape = ["    if copy_special({0}) is not None:",
+              "        {0} = copy_sub(copy_escape, {0})"]
+
+    def escaped(name: str) -> list[str]:
+        return [line.format(name) for line in escape]
+
+    lines = ["def render(buf):",
+             "    kind = buf[0]",
+             "    if kind == 73:",  # I(nsert)
+             "        if buf[5] != 78:",
+             "            return None",
+             "        pos = 6"]
+    body = [
+        *_read_row(fs.kinds, "v", "r"),
+        "    if pos != len(buf):",
+        "        return None",
+        f"    row = image % {new}",
+        *escaped("row"),
+        f"    key = key_template % {new_key}",
+        "    rid = md5(oid_prefix + key).hexdigest().encode()",
+        *escaped("key")]
+    lines += ["    " + line for line in body] + [
+        "        return 'INSERT', b'%b\\t%b\\tINSERT\\t\\\\N\\t%b\\t%b\\t' % ("
+        "rid, key, row, all_changed)",
+        "    if kind == 68:",  # D(elete)
+        "        if buf[5] != 79:",
+        "            return None",
+        "        pos = 6"]
+    lines += ["    " + line for line in body] + [
+        "        return 'DELETE', b'%b\\t%b\\tDELETE\\t%b\\t\\\\N\\t%b\\t' % ("
+        "rid, key, row, all_changed)",
+        "    if kind != 85 or buf[5] != 79:",  # U(pdate) with the old row whole (FULL)
+        "        return None",
+        "    pos = 6"]
+    lines += _read_row(fs.kinds, "a", "p")
+    lines += ["    if buf[pos] != 78:",
+              "        return None",
+              "    pos += 1"]
+    lines += _read_row(fs.kinds, "v", "r")
+    lines += ["    if pos != len(buf):",
+              "        return None",
+              "    columns = []"]
+    for i in range(count):
+        lines += [f"    if a{i} != v{i}:", f"        columns.append({i})"]
+    olds = "(" + "".join(f"a{i}, " for i in range(count)) + ")"
+    news = "(" + "".join(f"v{i}, " for i in range(count)) + ")"
+    lines += ["    if not columns:",
+              "        return 'UPDATE', None",  # a no-op update: the trigger's WHEN skips it
+              "    if judged and not judged.isdisjoint(columns):",
+              f"        columns = judge(fs, columns, {olds}, {news})",
+              "        if columns is None:",
+              "            return None",
+              "        if not columns:",
+              "            return 'UPDATE', None",
+              "    changed = changed_literal(fs, columns)",
+              f"    before = image % {old}",
+              *escaped("before"),
+              f"    row = image % {new}",
+              *escaped("row"),
+              f"    key = key_template % {new_key}",
+              "    rid = md5(oid_prefix + key).hexdigest().encode()",
+              *escaped("key"),
+              "    return 'UPDATE', b'%b\\t%b\\tUPDATE\\t%b\\t%b\\t%b\\t' % ("
+              "rid, key, before, row, changed)"]
     namespace: dict[str, Any] = {
         "i16": _I16, "i32": _I32, "special": _JSON_SPECIAL.search, "escaped": _escaped,
-        "not_numbers": _NOT_JSON_NUMBERS, "timestamp": _timestamp, "timestamptz": _timestamptz}
-    exec("\n".join(lines), namespace)
-    return namespace["read"]  # type: ignore[no-any-return]
+        "not_numbers": _NOT_JSON_NUMBERS, "timestamp": _timestamp, "timestamptz": _timestamptz,
+        "copy_special": _COPY_SPECIAL_BYTES.search, "copy_sub": _COPY_SPECIAL_BYTES.sub,
+        "copy_escape": _copy_escape, "md5": md5, "image": fs.image, "key_template": fs.key,
+        "oid_prefix": fs.oid_prefix, "all_changed": fs.insert_changed, "judged": fs.judged,
+        "judge": _judged, "changed_literal": _changed_literal, "fs": fs}
+    exec("\n".join(lines), namespace)  # generated from positions and kinds alone
+    return namespace["render"]  # type: ignore[no-any-return]
+
+
+def _changed_literal(fs: FastShape, columns: list[int]) -> bytes:
+    """The changed columns' text[] in the database's collation order (cached)."""
+    ident = tuple(columns)
+    literal = fs.changed.get(ident)
+    if literal is None:
+        ordered = sorted(columns, key=fs.rank.__getitem__)
+        literal = fs.changed[ident] = array_literal([fs.names[i] for i in ordered]).encode()
+    return literal
 
 
 def _judged(fs: FastShape, columns: list[int], old: tuple[bytes | None, ...],
@@ -420,71 +500,9 @@ def render_change(fs: FastShape, buf: bytes) -> tuple[str, bytes | None] | None:
     """An Insert, Update or Delete message of ``fs``'s relation as its operation and the
     first six COPY columns of its row (record_id, pk, op, old, new, changed_cols, each
     followed by a tab); the body is None for an update that changed nothing (stored by
-    neither capture). None: the general path must take it."""
-    kind = buf[0]
-    tag = buf[5]
-    old: bytes = _NULL_BYTES
-    new: bytes = _NULL_BYTES
-    if kind == 73:  # I
-        if tag != 78:
-            return None
-        row = fs.read(buf, 6)
-        if row is None:
-            return None
-        _, out, pos = row
-        new = _copy_bytes(fs.image % tuple(out))
-        op = "INSERT"
-        changed = fs.insert_changed
-    elif kind == 85:  # U
-        if tag != 79:  # REPLICA IDENTITY FULL sends the old row whole: else, the general path
-            return None
-        before = fs.read(buf, 6)
-        if before is None:
-            return None
-        old_raws, old_out, pos = before
-        if buf[pos] != 78:
-            return None
-        row = fs.read(buf, pos + 1)
-        if row is None:
-            return None
-        raws, out, pos = row
-        columns = [i for i, a, b in zip(fs.indices, old_raws, raws, strict=True) if a != b]
-        if columns and not fs.judged.isdisjoint(columns):
-            columns = _judged(fs, columns, old_raws, raws)  # type: ignore[assignment]
-            if columns is None:
-                return None
-        if pos != len(buf):
-            return None
-        if not columns:
-            return "UPDATE", None  # a no-op update: the trigger's WHEN skips it too
-        rank = fs.rank
-        columns.sort(key=rank.__getitem__)
-        ident = tuple(columns)
-        literal = fs.changed.get(ident)
-        if literal is None:
-            literal = fs.changed[ident] = array_literal([fs.names[i] for i in columns]).encode()
-        changed = literal
-        old = _copy_bytes(fs.image % tuple(old_out))
-        new = _copy_bytes(fs.image % tuple(out))
-        op = "UPDATE"
-    elif kind == 68:  # D
-        if tag != 79:
-            return None
-        row = fs.read(buf, 6)
-        if row is None:
-            return None
-        _, out, pos = row
-        old = _copy_bytes(fs.image % tuple(out))
-        op = "DELETE"
-        changed = fs.insert_changed
-    else:
-        return None
-    if pos != len(buf):
-        return None
-    key = fs.key % tuple([out[p] for p in fs.key_positions])
-    record_id = md5(fs.oid_prefix + key).hexdigest().encode()
-    return op, b"%b\t%b\t%b\t%b\t%b\t%b\t" % (
-        record_id, _copy_bytes(key), _OPS[op], old, new, changed)
+    neither capture). None: the general path must take it (an update without the whole
+    old row, an unchanged TOAST value, a json column that changed)."""
+    return fs.render(buf)
 
 
 # A change ``render_change`` wrote, as the consumer keeps it until its transaction commits:
