@@ -3,8 +3,10 @@
 
 The consumer streams the slot over a replication connection (flux/capture/_walstream.py): one
 decoding session on the server reads each WAL record once and sends every committed
-transaction. The consumer decodes them (flux/capture/_pgoutput.py), stamps each change with
-the request, span and actor the transaction's logical messages carry (sql/0008), inserts a
+transaction. The consumer decodes them (flux/capture/_pgoutput.py; most changes go
+straight from their bytes to COPY text: flux/capture/_mutations.py, render_change), stamps
+each change with the request, span and actor the transaction's logical messages carry
+(sql/0008), inserts a
 batch of whole transactions in one destination transaction keyed by (commit LSN,
 position) together with its progress, commits, and only then tells the server — a standby
 status update — that the slot may forget them. A crash before the commit leaves the slot
