@@ -3,8 +3,10 @@
 
 The consumer streams the slot over a replication connection (flux/capture/_walstream.py): one
 decoding session on the server reads each WAL record once and sends every committed
-transaction. The consumer decodes them (flux/capture/_pgoutput.py), stamps each change with
-the request, span and actor the transaction's logical messages carry (sql/0008), inserts a
+transaction. The consumer decodes them (flux/capture/_pgoutput.py; most changes go
+straight from their bytes to COPY text: flux/capture/_mutations.py, render_change), stamps
+each change with the request, span and actor the transaction's logical messages carry
+(sql/0008), inserts a
 batch of whole transactions in one destination transaction keyed by (commit LSN,
 position) together with its progress, commits, and only then tells the server — a standby
 status update — that the slot may forget them. A crash before the commit leaves the slot
@@ -20,6 +22,7 @@ One consumer runs at a time per database: the one holding a session advisory loc
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import signal
@@ -38,21 +41,26 @@ from flux._errors import DatabaseError, FluxError
 from flux.capture._mutations import (
     NULL,
     Change,
+    FastShape,
     Shape,
     Transaction,
     array_literal,
-    assign_spans,
+    assign_spans_to,
     changed_columns,
     copy_json,
     copy_text,
+    fast_shape,
     image,
     key_plan,
     key_text,
+    md5,
+    render_change,
 )
 from flux.capture._pgjson import TypeCatalog
 from flux.capture._pgoutput import (
     Begin,
     Commit,
+    DecodeError,
     Delete,
     Insert,
     Keepalive,
@@ -62,11 +70,12 @@ from flux.capture._pgoutput import (
     Truncate,
     Type,
     Update,
-    XLogData,
     decode,
     decode_change,
     format_lsn,
+    frame,
     parse_lsn,
+    timestamp,
 )
 from flux.capture._walstream import ReplicationUnavailable, WalStream
 from flux.store._database import connect, first_line
@@ -123,13 +132,11 @@ class _Progress:
     applied: int  # the end of the last transaction stored (0: none yet)
 
 
-try:  # CPython's own MD5: for a key's few bytes, twice as fast as OpenSSL's (no EVP set-up)
-    from _md5 import md5  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - a Python built without it
-    from hashlib import md5
-
 _CHANGES = (Insert, Update, Delete)
 _CHANGE_TAGS = frozenset(b"IUD")
+_OID = struct.Struct("!I").unpack_from
+_BEGIN = struct.Struct("!QqI").unpack_from
+_COMMIT = struct.Struct("!BQQq").unpack_from
 
 
 @dataclass
@@ -137,8 +144,8 @@ class _Batch:
     """COPY lines of one apply: ``direct`` into flux.state_mutations, ``staged`` for the
     server to finish (sql/queries/capture.sql: apply_stage)."""
 
-    direct: list[str] = field(default_factory=list)
-    staged: list[str] = field(default_factory=list)
+    direct: list[bytes] = field(default_factory=list)
+    staged: list[bytes] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.direct or self.staged)
@@ -167,6 +174,7 @@ class Consumer:
         self._txn: Transaction | None = None  # the transaction being read
         self._keys: dict[int, list[str]] = {}
         self._shapes: dict[int, Shape] = {}
+        self._fast: dict[int, FastShape | None] = {}  # relations the hot path renders
         self._last_progress = 0.0
         self._snapshot_at: float | None = 0.0  # the last running-xacts record; None: refused
         # Per connection (its identity and backend): may it COPY into flux.state_mutations,
@@ -197,6 +205,19 @@ class Consumer:
         progress = self._progress(conn)
         if progress is None:
             return StepResult(caught_up=True, idle=True)  # trigger mode: nothing to read
+        local_only = self._origin(conn)
+        try:
+            return self._follow(conn, stop, until, on_step, progress, local_only)
+        finally:
+            if local_only and not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(load("capture").origin_reset)
+
+    def _follow(self, conn: psycopg.Connection[Any], stop: threading.Event, until: int | None,
+                on_step: Callable[[StepResult], None] | None, progress: _Progress,
+                local_only: bool) -> StepResult:
+        """``_stream`` once the slot's progress is read (``local_only``: the session
+        carries the replication origin, which the stream leaves out)."""
         total = StepResult()
         pending: list[tuple[Transaction, Commit]] = []
         changes = 0
@@ -205,10 +226,10 @@ class Consumer:
         # between transactions: the one being read commits after it.
         received = confirmed = progress.confirmed
         last_apply = last_status = last_read = 0.0
-        frames: list[XLogData | Keepalive] = []
+        frames: list[bytes] = []
         self._txn = None
         with WalStream.open(self.conninfo(), self.slot, self.publication,
-                            application_name=APPLICATION_NAME) as stream:
+                            application_name=APPLICATION_NAME, local_only=local_only) as stream:
             while not stop.is_set():
                 # While little arrives, frames are taken in bulk rather than as each comes:
                 # a server busy elsewhere sends a keepalive every time it has read up to
@@ -217,20 +238,24 @@ class Consumer:
                 if stream.drained and len(frames) < BUSY_FRAMES:
                     stop.wait(last_read + READ_SECONDS - time.monotonic())
                 due = last_apply + APPLY_SECONDS - time.monotonic()
-                frames = stream.read(max(0.0, due) if pending else STREAM_WAIT)
+                frames = stream.read_raw(max(0.0, due) if pending else STREAM_WAIT)
                 last_read = time.monotonic()
                 reply = False
-                for f in frames:
-                    if isinstance(f, XLogData):
-                        done = self._feed(conn, f.payload)
+                for data in frames:
+                    if data[0] == 119 and len(data) > 25:  # w: XLogData, its payload at 25
+                        done = self._feed(conn, data[25:])
                         if done is not None:
                             pending.append(done)
                             changes += len(done[0].changes)
                             received = max(received, done[1].end_lsn)
-                    else:
+                        continue
+                    f = frame(data)
+                    if isinstance(f, Keepalive):
                         reply = reply or f.reply
                         if self._txn is None:
                             received = max(received, f.wal_end)
+                    else:  # an empty XLogData
+                        raise DecodeError("an XLogData frame without a message")
                 now = time.monotonic()
                 if pending and (changes >= self.batch
                                 or (stream.drained and now - last_apply >= APPLY_SECONDS)):
@@ -377,13 +402,13 @@ class Consumer:
         with conn.transaction():
             if batch.direct and direct:
                 with conn.cursor().copy(q.copy_mutations) as copy:
-                    copy.write("".join(batch.direct).encode())
+                    copy.write(b"".join(batch.direct))
                 result.applied += len(batch.direct)
             staged = batch.staged if direct else batch.direct + batch.staged
             if staged:
                 self._ensure_stage(conn)
                 with conn.cursor().copy(q.copy_stage) as copy:
-                    copy.write("".join(staged).encode())
+                    copy.write(b"".join(staged))
                 result.applied += max(conn.execute(q.apply_stage).rowcount, 0)
             saved = conn.execute(q.save_progress, {
                 "slot": self.slot, "generation": progress.generation,
@@ -400,6 +425,28 @@ class Consumer:
             progress.applied = end_lsn
         self._last_progress = now
         return result
+
+    def _origin(self, conn: psycopg.Connection[Any]) -> bool:
+        """Stamp this session's transactions with the replication origin named after the
+        slot, so that the stream may leave them out (sql/queries/capture.sql:
+        origin_exists); ``session`` takes it off again (the connection may be the caller's).
+        False where the server is older than 16, the role may not, or another session (a
+        consumer not yet gone) holds the origin."""
+        if conn.info.server_version < 160000:
+            return False
+        q = load("capture")
+        try:
+            row = conn.execute(q.origin_exists, {"origin": self.slot}).fetchone()
+            if not (row and row[0]):
+                with contextlib.suppress(psycopg.errors.UniqueViolation):
+                    conn.execute(q.origin_create, {"origin": self.slot})
+            conn.execute(q.origin_setup, {"origin": self.slot})
+            return True
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse,
+                psycopg.errors.ObjectNotInPrerequisiteState) as exc:
+            log.info("capture consumer: no replication origin (%s); the server decodes the "
+                     "consumer's own writes too", first_line(exc))
+            return False
 
     def _copy_allowed(self, conn: psycopg.Connection[Any]) -> bool:
         """Whether this session may COPY into flux.state_mutations: COPY FROM refuses a
@@ -441,13 +488,47 @@ class Consumer:
     def _feed(self, conn: psycopg.Connection[Any], data: bytes
               ) -> tuple[Transaction, Commit] | None:
         """One pgoutput message; the transaction and its commit when it completes one."""
-        # Inserts, updates and deletes are most of the stream: straight to their decoder.
+        # Inserts, updates and deletes are most of the stream: straight to their COPY
+        # text where the relation allows (flux/capture/_mutations.py: render_change), else
+        # to their decoder.
+        txn = self._txn
+        kind = data[0]
+        # A transaction's Begin and Commit, read in place (the general decoder below says
+        # what is wrong with one that is not as expected).
+        if kind == 66 and len(data) == 21:  # B
+            final_lsn, micros, xid = _BEGIN(data, 1)
+            self._txn = Transaction(Begin(final_lsn, timestamp(micros), xid))
+            return None
+        if kind == 67 and len(data) == 26:  # C
+            self._txn = None
+            if txn is None:
+                return None
+            flags, commit_lsn, end_lsn, micros = _COMMIT(data, 1)
+            return txn, Commit(flags, commit_lsn, end_lsn, timestamp(micros))
+        if kind in _CHANGE_TAGS and txn is not None:
+            try:
+                (oid,) = _OID(data, 1)
+                fs = self._fast[oid] if oid in self._fast else self._fast_shape(conn, oid)
+                rendered = render_change(fs, data) if fs is not None else None
+            except (struct.error, IndexError):
+                rendered = None
+            if rendered is not None and fs is not None:
+                txn.changes.append((fs.table, rendered[0], rendered[1], txn.actor, fs))
+                return None
         try:
             m = decode_change(data) if data[0] in _CHANGE_TAGS else decode(data)
         except (struct.error, IndexError):
             m = decode(data)  # raises the DecodeError that says what is wrong
-        txn = self._txn
-        if isinstance(m, _CHANGES):
+        cls = m.__class__
+        if cls is Begin:  # one each per transaction, before the rarer messages
+            self._txn = Transaction(m)  # type: ignore[arg-type]
+        elif cls is Commit:
+            self._txn = None
+            if txn is not None:
+                return txn, m  # type: ignore[return-value]
+        elif cls is Message:
+            self._message(txn, m)  # type: ignore[arg-type]
+        elif isinstance(m, _CHANGES):
             assert txn is not None, "a change outside a transaction"
             relation = self.relations[m.relation_oid]
             if isinstance(m, Insert):
@@ -456,22 +537,9 @@ class Consumer:
                 txn.changes.append(Change(relation, "UPDATE", m.old, m.new, txn.actor))
             else:
                 txn.changes.append(Change(relation, "DELETE", m.old, None, txn.actor))
-        elif isinstance(m, Begin):
-            self._txn = Transaction(m)
-        elif isinstance(m, Commit):
-            self._txn = None
-            if txn is not None:
-                return txn, m
-        elif isinstance(m, Message):
-            if txn is None or not m.transactional:
-                return None
-            if m.prefix == "flux":
-                txn.request = orjson.loads(m.content)
-            elif m.prefix == "flux.actor":
-                txn.actor = orjson.loads(m.content)
-            elif m.prefix == "flux.switch":
-                txn.switch = m.content.decode()
         elif isinstance(m, Relation):
+            if self.relations.get(m.oid) != m:
+                self._fast.pop(m.oid, None)
             self.relations[m.oid] = m
             self._keys.pop(m.oid, None)
             if any(c.type_oid not in self.types for c in m.columns):
@@ -486,72 +554,121 @@ class Consumer:
                                            txn.actor))
         return None
 
+    def _fast_shape(self, conn: psycopg.Connection[Any], oid: int) -> FastShape | None:
+        """The hot path's plan for a relation (None: its changes take the general one)."""
+        rel = self.relations.get(oid)
+        if rel is None:
+            return None  # the general path says what is wrong
+        shape = self._shape(conn, rel)
+        self._plan(conn, shape)
+        fs = self._fast[oid] = fast_shape(shape, self.types, shape.key_plan or [])
+        return fs
+
+    @staticmethod
+    def _message(txn: Transaction | None, m: Message) -> None:
+        if txn is None or not m.transactional:
+            return
+        if m.prefix == "flux":
+            txn.request = orjson.loads(m.content)
+        elif m.prefix == "flux.actor":
+            txn.actor = orjson.loads(m.content)
+        elif m.prefix == "flux.switch":
+            txn.switch = m.content.decode()
+
     def _rows(self, conn: psycopg.Connection[Any], txn: Transaction, commit_lsn: int,
               batch: _Batch) -> None:
         """A transaction's changes as COPY lines (sql/queries/capture.sql: copy_mutations
-        names the columns in this order)."""
+        names the columns in this order). Most arrive rendered up to their span
+        (``_feed``); the rest are rendered here."""
         request = txn.request or {}
-        spans = assign_spans(txn.changes, request.get("statements") or [])
+        changes = txn.changes
+        spans = assign_spans_to(
+            [(c[0], c[1]) if c.__class__ is tuple else  # type: ignore[index]
+             (c.relation.name.lower(), c.op) for c in changes],  # type: ignore[union-attr]
+            request.get("statements") or [])
         # What every row of the transaction shares, rendered once (per writer: changes
         # from outside Flux each carry the actor of the statement that made them).
-        tails: dict[int, str] = {}
+        tails: dict[int, bytes] = {}
         tail_of = (f"\t{request.get('request_id') or NULL}\t{{}}\t{txn.begin.xid}\t"
                    f"{txn.begin.commit_time.isoformat()}\twal\t{format_lsn(commit_lsn)}\n")
-        direct, staged = batch.direct, batch.staged
-        for seq, (change, span_id) in enumerate(zip(txn.changes, spans, strict=True), 1):
-            who = request if txn.request is not None else (change.actor or {})
+        span_text: dict[str | None, bytes] = {}
+        direct = batch.direct
+        for seq, (change, span_id) in enumerate(zip(changes, spans, strict=True), 1):
+            if change.__class__ is tuple:
+                _, _, body, actor, fs = change  # type: ignore[misc]
+                if body is None:
+                    continue  # a no-op update: the trigger's WHEN skips it too
+                lines = direct
+                copy_relation = fs.copy_relation
+            else:
+                actor = change.actor  # type: ignore[union-attr]
+                general = self._body(conn, change, batch)  # type: ignore[arg-type]
+                if general is None:
+                    continue
+                body, lines, copy_relation = general
+            who = request if txn.request is not None else (actor or {})
             tail = tails.get(id(who))
             if tail is None:
-                tail = tail_of.format(
+                tail = tails[id(who)] = tail_of.format(
                     f"{copy_text(who.get('actor'))}\t{copy_text(who.get('application_name'))}\t"
-                    f"{copy_text(who.get('tenant'))}")
-                tails[id(who)] = tail
-            shape = self._shape(conn, change.relation)
-            op = change.op
-            head = f"{copy_text(span_id)}\t{seq}\t{shape.copy_relation}"
-            if op == "TRUNCATE":
-                direct.append(f"\\N\t\\N\tTRUNCATE\t\\N\t\\N\t{{}}\t{head}{tail}")
-                continue
-            old_row, new_row = change.old, change.new
-            changed: str | None = shape.all_literal
-            if op == "UPDATE":
-                if old_row is None:
-                    changed = None
-                else:
-                    columns = changed_columns(shape, old_row, new_row)  # type: ignore[arg-type]
-                    if columns == []:
-                        continue  # a no-op update: the trigger's WHEN skips it too
-                    changed = None if columns is None else array_literal(columns)
-            old = image(shape, old_row) if old_row is not None else None
-            new = image(shape, new_row, old) if new_row is not None else None
-            row = new_row if new is not None else old_row
-            key = self._key_text(conn, shape, new or old or {}, row)  # type: ignore[arg-type]
-            if key is None:  # the server renders it
-                record_id = NULL
-                key = copy_json(self._key(conn, shape.relation, new or old or {}))
-                lines = staged
+                    f"{copy_text(who.get('tenant'))}").encode()
+            span = span_text.get(span_id)
+            if span is None:
+                span = span_text[span_id] = copy_text(span_id).encode()
+            lines.append(b"%b%b\t%d\t%b%b" % (body, span, seq, copy_relation, tail))
+
+    def _body(self, conn: psycopg.Connection[Any], change: Change, batch: _Batch
+              ) -> tuple[bytes, list[bytes], bytes] | None:
+        """The general path: a change's first six COPY columns (as render_change writes
+        them), which list of the batch they go to and its relation's columns; None for a
+        no-op update."""
+        shape = self._shape(conn, change.relation)
+        op = change.op
+        if op == "TRUNCATE":
+            return b"\\N\t\\N\tTRUNCATE\t\\N\t\\N\t{}\t", batch.direct, \
+                shape.copy_relation.encode()
+        old_row, new_row = change.old, change.new
+        changed: str | None = shape.all_literal
+        if op == "UPDATE":
+            if old_row is None:
+                changed = None
             else:
-                h = md5(f"{shape.relation.oid}:{key}".encode()).hexdigest()
-                record_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-                key = copy_text(key)
-                lines = direct if changed is not None else staged
-            lines.append(f"{record_id}\t{key}\t{op}\t"
-                         f"{NULL if old is None else copy_json(old)}\t"
-                         f"{NULL if new is None else copy_json(new)}\t"
-                         f"{NULL if changed is None else changed}\t{head}{tail}")
+                columns = changed_columns(shape, old_row, new_row)  # type: ignore[arg-type]
+                if columns == []:
+                    return None  # a no-op update: the trigger's WHEN skips it too
+                changed = None if columns is None else array_literal(columns)
+        old = image(shape, old_row) if old_row is not None else None
+        new = image(shape, new_row, old) if new_row is not None else None
+        row = new_row if new is not None else old_row
+        key = self._key_text(conn, shape, new or old or {}, row)  # type: ignore[arg-type]
+        if key is None:  # the server renders it
+            record_id = NULL
+            key = copy_json(self._key(conn, shape.relation, new or old or {}))
+            lines = batch.staged
+        else:
+            record_id = md5(f"{shape.relation.oid}:{key}".encode()).hexdigest()
+            key = copy_text(key)
+            lines = batch.direct if changed is not None else batch.staged
+        body = (f"{record_id}\t{key}\t{op}\t"
+                f"{NULL if old is None else copy_json(old)}\t"
+                f"{NULL if new is None else copy_json(new)}\t"
+                f"{NULL if changed is None else changed}\t")
+        return body.encode(), lines, shape.copy_relation.encode()
+
+    def _plan(self, conn: psycopg.Connection[Any], shape: Shape) -> None:
+        if shape.key_plan is None:
+            columns = self._keys.get(shape.relation.oid)
+            if columns is None:
+                columns = self._primary_key(conn, shape.relation)
+                self._keys[shape.relation.oid] = columns
+            shape.key_plan = key_plan(shape, columns)
 
     def _key_text(self, conn: psycopg.Connection[Any], shape: Shape, image: dict[str, Any],
                   row: Row) -> str | None:
         """The row's key as jsonb's text output writes it, or None where only PostgreSQL
         can say."""
-        plan = shape.key_plan
-        if plan is None:
-            columns = self._keys.get(shape.relation.oid)
-            if columns is None:
-                columns = self._primary_key(conn, shape.relation)
-                self._keys[shape.relation.oid] = columns
-            plan = shape.key_plan = key_plan(shape, columns)
-        return key_text(plan, image, row)
+        self._plan(conn, shape)
+        return key_text(shape.key_plan or [], image, row)
 
     def _shape(self, conn: psycopg.Connection[Any], rel: Relation) -> Shape:
         shape = self._shapes.get(rel.oid)

@@ -295,6 +295,11 @@ def _time(micros: int) -> dt.datetime:
         raise DecodeError(f"timestamp out of range: {micros}") from exc
 
 
+def timestamp(micros: int) -> dt.datetime:
+    """A protocol timestamp (microseconds since 2000-01-01 UTC)."""
+    return _time(micros)
+
+
 def _fast_frame(buf: bytes) -> Decoded:
     """Begin, Commit and Message — one of each per captured transaction — without the
     general reader."""

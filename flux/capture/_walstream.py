@@ -55,8 +55,10 @@ class WalStream:
 
     @classmethod
     def open(cls, conninfo: str, slot: str, publication: str, *, application_name: str,
-             start: int = 0) -> WalStream:
-        """Connect and start streaming ``slot`` from ``start`` (0: its confirmed position)."""
+             start: int = 0, local_only: bool = False) -> WalStream:
+        """Connect and start streaming ``slot`` from ``start`` (0: its confirmed position);
+        ``local_only``: leave out the transactions stamped with a replication origin (the
+        consumer's own, PostgreSQL 16+), which the server then skips as it decodes."""
         try:
             conn = psycopg.connect(conninfo, autocommit=True, replication="database",
                                    application_name=application_name, connect_timeout=10)
@@ -72,7 +74,8 @@ class WalStream:
                          if not line.lstrip().startswith("--"))
         command = sql.SQL(text).format(
             slot=sql.Identifier(slot), lsn=sql.SQL(format_lsn(start)),
-            publication=sql.Literal(publication)).as_bytes(conn)
+            publication=sql.Literal(publication),
+            origin=sql.SQL(", origin 'none'" if local_only else "")).as_bytes(conn)
         stream = cls(conn)
         try:
             stream._start(command)
@@ -102,13 +105,18 @@ class WalStream:
     def read(self, timeout: float, limit: int = 2000) -> list[XLogData | Keepalive]:
         """The frames that have arrived, waiting up to ``timeout`` seconds for the first;
         at most ``limit`` (``drained`` says whether that was all there was)."""
+        return [frame(data) for data in self.read_raw(timeout, limit)]
+
+    def read_raw(self, timeout: float, limit: int = 2000) -> list[bytes]:
+        """``read``, each frame as its CopyData bytes (``frame`` splits one): the
+        consumer's hot path looks at the XLogData payload in place."""
         pg = self._pgconn
-        frames: list[XLogData | Keepalive] = []
+        frames: list[bytes] = []
         pulled = waited = False
         while len(frames) < limit:
             size, data = pg.get_copy_data(1)
             if size > 0:
-                frames.append(frame(data))
+                frames.append(data if data.__class__ is bytes else bytes(data))
                 pulled = False
                 continue
             if size == 0:  # nothing complete in libpq's buffer

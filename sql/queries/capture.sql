@@ -144,4 +144,20 @@ SELECT coalesce((SELECT confirmed_flush_lsn >= %(lsn)s::pg_lsn FROM pg_replicati
 -- On a replication connection (flux/capture/_walstream.py): stream the slot from {lsn} — 0/0 for
 -- its confirmed position — with the same options the SQL functions take.
 START_REPLICATION SLOT {slot} LOGICAL {lsn}
-    (proto_version '1', publication_names {publication}, messages 'true')
+    (proto_version '1', publication_names {publication}, messages 'true'{origin})
+
+-- name: origin_exists
+-- The consumer's apply session stamps its transactions with a replication origin, so that
+-- a walsender asked for `origin 'none'` skips them as it decodes (PostgreSQL 16+) instead
+-- of queueing each stored row only for pgoutput to drop it. Superuser, or a role granted
+-- the pg_replication_origin_* functions; else the consumer goes on without one.
+SELECT pg_replication_origin_oid(%(origin)s) IS NOT NULL;
+
+-- name: origin_create
+SELECT pg_replication_origin_create(%(origin)s);
+
+-- name: origin_setup
+SELECT pg_replication_origin_session_setup(%(origin)s);
+
+-- name: origin_reset
+SELECT pg_replication_origin_session_reset();

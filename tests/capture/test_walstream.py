@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from flux.capture import _consumer, _mode
 from flux.capture._consumer import APPLICATION_NAME
 from flux.capture._pgoutput import Commit, Keepalive, XLogData, decode, parse_lsn
 from flux.capture._walstream import ReplicationUnavailable, WalStream
@@ -110,3 +111,38 @@ def test_a_role_without_replication_is_refused_in_one_sentence(
     finally:
         slot.execute("SELECT pg_drop_replication_slot('s_slot')")
         slot.execute("DROP ROLE flux_no_replication")
+
+
+def test_a_local_only_stream_leaves_out_what_a_session_with_an_origin_wrote(
+        db: str, slot: psycopg.Connection) -> None:
+    with psycopg.connect(db, autocommit=True) as other:
+        other.execute("SELECT pg_replication_origin_create('s_origin')")
+        other.execute("SELECT pg_replication_origin_session_setup('s_origin')")
+        _write(other, 1, 3)  # stamped with the origin, as the consumer's own writes are
+        other.execute("SELECT pg_replication_origin_session_reset()")
+        _write(other, 10, 2)
+    _write(slot, 20, 2)
+    lsn = parse_lsn(slot.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
+    with WalStream.open(db, "s_slot", "s_pub", application_name=APPLICATION_NAME,
+                        local_only=True) as stream:
+        payloads = _stream_until(stream, lsn)
+    inserted = [decode(p).new[0] for p in payloads if p[:1] == b"I"]  # type: ignore[union-attr]
+    assert inserted == [b"10", b"11", b"20", b"21"]
+
+
+def test_the_consumer_takes_its_origin_off_the_callers_connection(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, balance int)")
+        _mode.switch(db, "wal")
+        conn.execute("INSERT INTO accounts VALUES (1, 10)")
+        assert _consumer.Consumer(db).drain(conn).applied == 1
+        origin = conn.execute("SELECT pg_replication_origin_session_is_setup()").fetchone()
+        assert origin == (False,)  # the caller's next writes are captured like any other
+        conn.execute("UPDATE accounts SET balance = 11 WHERE id = 1")
+        assert _consumer.Consumer(db).drain(conn).applied == 1
+        stored = conn.execute("SELECT op FROM flux.state_mutations WHERE source = 'wal' "
+                              "ORDER BY lsn, lsn_seq").fetchall()
+        assert stored == [("INSERT",), ("UPDATE",)]
+        used = conn.execute("SELECT count(*) FROM pg_replication_origin "
+                            "WHERE roname = 'flux_capture'").fetchone()
+        assert used == (1,)
