@@ -300,3 +300,17 @@ def test_default_names_cover_oauth_fields_and_x_auth_token() -> None:
                                                           "client_secret"))
     assert POLICY.redact_headers({"X-Auth-Token": "t" * 8})["x-auth-token"].startswith(
         "[redacted")
+
+
+def test_prepare_copies_plain_bodies_and_keeps_what_orjson_would_change() -> None:
+    # The plain-JSON path copies through orjson: the record never shares a body the
+    # handler may change later, and what orjson would store differently (NaN, a big
+    # integer) takes the walk.
+    body = {"items": [1, 2.5, None, True, "x"], "nested": {"k": ("a", "b")}}
+    stored = POLICY.prepare(body)
+    assert stored == {"items": [1, 2.5, None, True, "x"], "nested": {"k": ["a", "b"]}}
+    body["items"].append(3)
+    assert stored["items"] == [1, 2.5, None, True, "x"]
+    nan = POLICY.prepare({"v": float("nan"), "big": 2**70})
+    assert nan["big"] == 2**70 and nan["v"] != nan["v"]
+    assert POLICY.prepare({"Password": "p", "ok": 1}) == {"Password": POLICY.marker("p"), "ok": 1}
