@@ -88,14 +88,21 @@ class RedactionPolicy:
         pattern = _secret_pattern(secrets)
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         out: dict[str, str] = {}
+        size = 0  # what cap_headers would count, counted on the way
+        sensitive = self.headers
         for name, value in pairs:
             lname = name.lower()
-            if lname in self.headers:
+            if lname in sensitive:
                 value = self.marker(value)
             elif pattern is not None:
                 value = pattern.sub(self._mark_match, value)
-            out[lname] = f"{out[lname]}, {value}" if lname in out else value
-        return self.cap_headers(out)
+            if lname in out:
+                out[lname] = f"{out[lname]}, {value}"
+                size += 2 + len(value)
+            else:
+                out[lname] = value
+                size += len(lname) + len(value)
+        return out if size <= self.max_body_bytes else self.cap_headers(out)
 
     def cap_headers(self, headers: dict[str, str]) -> dict[str, str]:
         """``headers`` unchanged if they fit in ``max_body_bytes``, as a body must; else each
