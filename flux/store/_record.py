@@ -180,8 +180,11 @@ def bind(query: str, params: dict[str, Any], encoding: str = "utf-8") -> bytes:
         value = params[name]
         kind = type(value)  # by exact type first: a record has 25 parameters, mostly these
         if kind is str:
-            _add_quoted(out, (value.replace("\x00", "\ufffd") if "\x00" in value
-                              else value).encode("utf-8", "replace"), b"")
+            if "$" not in value and "\x00" not in value:  # ids, names: the tag cannot clash
+                out += (_TAG_BYTES, value.encode("utf-8", "replace"), _TAG_BYTES)
+            else:
+                _add_quoted(out, (value.replace("\x00", "\ufffd") if "\x00" in value
+                                  else value).encode("utf-8", "replace"), b"")
         elif kind is Json:
             _add_quoted(out, _dumps(value.obj), b"::json")
         elif value is None:
@@ -216,7 +219,7 @@ def _add_quoted(out: list[bytes], data: bytes, cast: bytes) -> None:
     """``_quoted`` on UTF-8 bytes (quotes and backslashes are single bytes in UTF-8)."""
     # find, not "in": bytes' "in" first tries the needle as an integer, and the TypeError
     # it raises and clears costs more than the search.
-    if data.find(_TAG_BYTES) < 0 and data.find(b"$", -5) < 0:
+    if data.find(b"$") < 0 or (data.find(_TAG_BYTES) < 0 and data.find(b"$", -5) < 0):
         out += (_TAG_BYTES, data, _TAG_BYTES, cast)
     else:
         out += (b"E'", data.replace(b"\\", b"\\\\").replace(b"'", b"''"), b"'", cast)
