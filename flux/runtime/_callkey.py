@@ -61,6 +61,8 @@ def _pattern(forms: Mapping[str, str]) -> re.Pattern[str] | None:
 
 def redact(text: str, marks: SecretMarks) -> str:
     """``text`` with every secret (as is, or URL-encoded) replaced by its marker."""
+    if not marks:  # most calls: the execution read no secret
+        return text
     forms = _forms(marks)
     pattern = _pattern(forms)
     return text if pattern is None else pattern.sub(lambda m: forms[m.group(0)], text)
@@ -69,6 +71,8 @@ def redact(text: str, marks: SecretMarks) -> str:
 def redact_value(value: Any, marks: SecretMarks) -> Any:
     """``value`` (parameters, a JSON body) with secrets replaced in every string in it.
     Returns ``value`` itself when nothing changed, so its hash stays what it was."""
+    if not marks:
+        return value
     forms = _forms(marks)
     pattern = _pattern(forms)
     if pattern is None:
@@ -101,6 +105,8 @@ def redact_value(value: Any, marks: SecretMarks) -> Any:
 
 def carried(values: Iterable[Any], marks: SecretMarks) -> list[str]:
     """The fingerprints of the secrets found in ``values`` (header values, a body), sorted."""
+    if not marks:
+        return []
     forms = _forms(marks)
     pattern = _pattern(forms)
     if pattern is None:
@@ -147,7 +153,7 @@ def http_key(
     """The tape key of an HTTP call: ``METHOD URL`` over the redacted form, plus the
     fingerprints of secrets sent in headers or body (``+secrets(hmac-sha256:…)``)."""
     key = f"{method.upper()} {canonical_url(url, marks, params)}"
-    inside = carried([*(headers or {}).values(), body], marks)
+    inside = carried([*(headers or {}).values(), body], marks) if marks else None
     return f"{key} +secrets({','.join(inside)})" if inside else key
 
 

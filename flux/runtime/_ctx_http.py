@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json as jsonlib
+import re
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 
 from flux._errors import HttpConnectionError, HttpStatusError, HttpTimeout
 from flux.runtime._callkey import http_key, redact
@@ -284,6 +287,7 @@ class Exchange:
                                       span_id=self.span.id, call_seq=self.call_seq)
 
 
+@functools.lru_cache(maxsize=1024)
 def span_target(shown_url: str) -> str:
     """Host and path of a (redacted) URL, for a span's name: no scheme, no query. A URL
     whose base is a secret keeps the secret's marker in place of the host."""
@@ -317,10 +321,21 @@ def _text(body: bytes | None) -> Any:
         return body.decode("utf-8", "replace")
 
 
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def _decode_body(response: Response) -> Any:
     """JSON bodies are stored as JSON (so `why` can compare their shape), others as text."""
     if not response.content:
         return None
+    # orjson first (the answer is recorded on the request path), unless the text holds a
+    # run of 19 digits: orjson reads an integer beyond 64 bits as a float, json exactly.
+    # What orjson refuses (NaN, a lone surrogate, UTF-16) json reads, as before.
+    if _LONG_DIGITS.search(response.content) is None:
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return response.json()
     except ValueError:

@@ -15,6 +15,7 @@ import functools
 import sys
 import time
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -81,10 +82,13 @@ class Recorder:
         self.http_calls = 0
 
     @property
-    def secret_values(self) -> set[str]:
+    def secret_values(self) -> AbstractSet[str]:
         """The secret values the execution read, and the configured ones: each is
-        scrubbed from the record."""
-        return set(self.secret_marks).union(self.configured_secrets)
+        scrubbed from the record. Not a copy when the execution read none (the common
+        case: redaction asks for them on every recorded body and header)."""
+        if not self.secret_marks:
+            return self.configured_secrets
+        return self.configured_secrets.union(self.secret_marks)
 
     # -- time ----------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ KEY_FILE = "redaction.key"
 PREVIEW_CHARS = 1024
 MIN_SECRET_CHARS = 4  # shorter "secrets" (a "1", an "on") would shred every stored text
 MIN_ENCODED_CHARS = 8  # a shorter base64 run of a secret could match ordinary text
+_INFINITE = (float("inf"), float("-inf"))
 _MARKER = re.compile(r"\[redacted hmac-sha256:[0-9a-f]{16}\]")
 
 
@@ -87,14 +88,21 @@ class RedactionPolicy:
         pattern = _secret_pattern(secrets)
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         out: dict[str, str] = {}
+        size = 0  # what cap_headers would count, counted on the way
+        sensitive = self.headers
         for name, value in pairs:
             lname = name.lower()
-            if lname in self.headers:
+            if lname in sensitive:
                 value = self.marker(value)
             elif pattern is not None:
                 value = pattern.sub(self._mark_match, value)
-            out[lname] = f"{out[lname]}, {value}" if lname in out else value
-        return self.cap_headers(out)
+            if lname in out:
+                out[lname] = f"{out[lname]}, {value}"
+                size += 2 + len(value)
+            else:
+                out[lname] = value
+                size += len(lname) + len(value)
+        return out if size <= self.max_body_bytes else self.cap_headers(out)
 
     def cap_headers(self, headers: dict[str, str]) -> dict[str, str]:
         """``headers`` unchanged if they fit in ``max_body_bytes``, as a body must; else each
@@ -180,11 +188,51 @@ class RedactionPolicy:
         """
         pattern = _secret_pattern(secrets)
         if pattern is None:
+            kind = type(body)
+            if body is None or kind is str or kind is int or kind is bool or kind is float:
+                return self.cap(body)  # nothing to redact in a scalar
+            if (kind is dict or kind is list) and self._clean(body, 0):
+                # Plain JSON with no field to hide (most bodies): a walk that builds
+                # nothing, then orjson gives the size the cap needs and a fresh copy.
+                try:
+                    data = orjson.dumps(body)
+                except orjson.JSONEncodeError:
+                    pass  # an integer beyond 64 bits, a lone surrogate: the walk below
+                else:
+                    if len(data) <= self.max_body_bytes:
+                        return orjson.loads(data)
             # One walk redacts and tells whether the copy is plain JSON (then scrubbing
-            # without secrets would change nothing): this runs for every recorded body.
+            # without secrets would change nothing).
             redacted, plain = self._redact_plain(body, 0)
             return self.cap(redacted if plain else self._scrub(redacted, None))
         return self.cap(self._scrub(self.redact_body(body), pattern))
+
+    def _clean(self, body: Any, depth: int) -> bool:
+        """Whether ``body`` is JSON's own types only (finite numbers, text keys) with no
+        field to hide at any depth: then ``prepare``'s copy is orjson's."""
+        if depth > 64:
+            return False
+        fields = self.fields
+        if type(body) is dict:
+            items: Iterable[Any] = body.values()
+            for k in body:
+                if type(k) is not str or k.lower() in fields:
+                    return False
+        else:
+            items = body
+        for v in items:
+            kind = type(v)
+            if kind is str or kind is int or kind is bool or v is None:
+                continue
+            if kind is float:
+                if v != v or v in _INFINITE:
+                    return False
+            elif kind is dict or kind is list or kind is tuple:
+                if not self._clean(v, depth + 1):
+                    return False
+            else:
+                return False
+        return True
 
     def _redact_plain(self, body: Any, depth: int) -> tuple[Any, bool]:
         """``redact_body(body)`` and ``_plain_json`` of the result, in one walk."""

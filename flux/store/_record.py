@@ -7,6 +7,7 @@ attempted copied back in, marked ``rolled_back``.
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import functools
 import json
@@ -77,11 +78,15 @@ def _dumps(value: Any) -> bytes:
     (integers beyond 64 bits, unpaired surrogates) takes json.dumps, with surrogates
     replaced; U+0000, which jsonb refuses, becomes U+FFFD. A record is never lost to a
     value it carries."""
-    try:
-        data = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
-    except orjson.JSONEncodeError:
-        data = json.dumps(value, default=str, ensure_ascii=False).encode("utf-8", "replace")
-    if b"\\u0000" in data:
+    try:  # without options first: a record's documents are plain JSON, and this is faster
+        data = orjson.dumps(value)
+    except TypeError:  # a key that is not text, a type orjson does not know: as before
+        try:
+            data = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:
+            data = json.dumps(value, default=str, ensure_ascii=False).encode("utf-8",
+                                                                             "replace")
+    if data.find(b"\\u0000") >= 0:  # not "in": see _add_quoted
         data = _NUL_ESCAPE.sub(rb"\1\\ufffd", data)
     return data
 
@@ -163,13 +168,75 @@ def bind(query: str, params: dict[str, Any], encoding: str = "utf-8") -> bytes:
     This is client-side binding, as psycopg's ``ClientCursor`` does, for the few types a
     record holds (text, numbers, booleans, timestamps, jsonb): psycopg adapts each of the
     record's 25 parameters through its generic machinery, which measured several times the
-    cost of serialising the record itself (docs/decisions.md, "What recording costs")."""
+    cost of serialising the record itself (docs/decisions.md, "What recording costs").
+    On a UTF-8 connection (every one Flux opens) the text is built as bytes: the record's
+    documents go from orjson into the query as they are, never decoded and encoded again."""
+    if not _utf8(encoding):
+        return _bind_text(query, params, encoding)
+    parts, names = _template_bytes(query)
+    out = [parts[0]]
+    add = out.append
+    for name, part in zip(names, parts[1:], strict=True):
+        value = params[name]
+        kind = type(value)  # by exact type first: a record has 25 parameters, mostly these
+        if kind is str:
+            if "$" not in value and "\x00" not in value:  # ids, names: the tag cannot clash
+                out += (_TAG_BYTES, value.encode("utf-8", "replace"), _TAG_BYTES)
+            else:
+                _add_quoted(out, (value.replace("\x00", "\ufffd") if "\x00" in value
+                                  else value).encode("utf-8", "replace"), b"")
+        elif kind is Json:
+            _add_quoted(out, _dumps(value.obj), b"::json")
+        elif value is None:
+            add(b"NULL")
+        elif kind is Jsonb:
+            _add_quoted(out, _dumps(value.obj), b"::jsonb")
+        elif kind is bool:
+            add(b"true" if value else b"false")
+        elif kind is int:
+            add(str(value).encode())
+        elif kind is dt.datetime:
+            _add_quoted(out, value.isoformat().encode(), b"::timestamptz")
+        elif kind is float:
+            _add_quoted(out, repr(value).encode(), b"::float8")
+        else:
+            add(_literal(value).encode("utf-8", "replace"))
+        add(part)
+    return b"".join(out)
+
+
+def _bind_text(query: str, params: dict[str, Any], encoding: str) -> bytes:
+    """``bind`` as text, encoded at the end: any connection encoding."""
     literals, names = _template(query)
-    out = [literals[0]]
+    text = [literals[0]]
     for name, literal in zip(names, literals[1:], strict=True):
-        out.append(_literal(params[name]))
-        out.append(literal)
-    return "".join(out).encode(encoding, "replace")
+        text.append(_literal(params[name]))
+        text.append(literal)
+    return "".join(text).encode(encoding, "replace")
+
+
+def _add_quoted(out: list[bytes], data: bytes, cast: bytes) -> None:
+    """``_quoted`` on UTF-8 bytes (quotes and backslashes are single bytes in UTF-8)."""
+    # find, not "in": bytes' "in" first tries the needle as an integer, and the TypeError
+    # it raises and clears costs more than the search.
+    if data.find(b"$") < 0 or (data.find(_TAG_BYTES) < 0 and data.find(b"$", -5) < 0):
+        out += (_TAG_BYTES, data, _TAG_BYTES, cast)
+    else:
+        out += (b"E'", data.replace(b"\\", b"\\\\").replace(b"'", b"''"), b"'", cast)
+
+
+_TAG_BYTES = _TAG.encode()
+
+
+@functools.lru_cache(maxsize=16)
+def _utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name == "utf-8"
+
+
+@functools.lru_cache(maxsize=16)
+def _template_bytes(query: str) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
+    literals, names = _template(query)
+    return tuple(p.encode("utf-8") for p in literals), names
 
 
 async def store(conn: AsyncConnection[Any], record: ExecutionRecord) -> None:

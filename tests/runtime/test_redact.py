@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flux._errors import ConfigError
+from flux.runtime._ctx_http import Response, _decode_body
 from flux.runtime._redact import RedactionPolicy, _plain_json, load_policy
 
 POLICY = RedactionPolicy(key=b"test-key")
@@ -300,3 +301,33 @@ def test_default_names_cover_oauth_fields_and_x_auth_token() -> None:
                                                           "client_secret"))
     assert POLICY.redact_headers({"X-Auth-Token": "t" * 8})["x-auth-token"].startswith(
         "[redacted")
+
+
+def test_prepare_copies_plain_bodies_and_keeps_what_orjson_would_change() -> None:
+    # The plain-JSON path copies through orjson: the record never shares a body the
+    # handler may change later, and what orjson would store differently (NaN, a big
+    # integer) takes the walk.
+    body = {"items": [1, 2.5, None, True, "x"], "nested": {"k": ("a", "b")}}
+    stored = POLICY.prepare(body)
+    assert stored == {"items": [1, 2.5, None, True, "x"], "nested": {"k": ["a", "b"]}}
+    body["items"].append(3)
+    assert stored["items"] == [1, 2.5, None, True, "x"]
+    nan = POLICY.prepare({"v": float("nan"), "big": 2**70})
+    assert nan["big"] == 2**70 and nan["v"] != nan["v"]
+    assert POLICY.prepare({"Password": "p", "ok": 1}) == {"Password": POLICY.marker("p"), "ok": 1}
+
+
+def test_a_recorded_answer_keeps_what_json_reads() -> None:
+    # The answer is decoded with orjson where it reads as json does; a huge integer, NaN
+    # or a lone surrogate take json's reading, so the tape holds what json.loads gives.
+    for content in [b'{"id": 123456789012345678901234567890}', b'[NaN, 1e400]',
+                    b'"\\ud800"', b'{"a": [1, 2.5, null, true, "\xc3\xbc"]}', b"not json",
+                    b'{"n": 18446744073709551615}']:
+        answer = Response(status=200, content=content)
+        try:
+            expected = json.loads(content)
+        except ValueError:
+            expected = content.decode()
+        decoded = _decode_body(answer)
+        assert json.dumps(decoded) == json.dumps(expected), content
+        assert type(decoded) is type(expected), content

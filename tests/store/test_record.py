@@ -10,9 +10,9 @@ import uuid
 
 import psycopg
 import pytest
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
-from flux.store._record import _dumps, bind
+from flux.store._record import _bind_text, _dumps, bind
 
 AWKWARD = [
     "plain",
@@ -101,3 +101,21 @@ def test_record_partitions_keep_rows_uncompressed_up_to_a_page(conn: psycopg.Con
         [request_id],
     ).fetchone()
     assert compressed == (None,)
+
+
+def test_bind_builds_the_bytes_the_text_form_builds() -> None:
+    # On a UTF-8 connection bind builds bytes directly; any other encoding takes the text
+    # form. Both give the same query for every awkward text and every type a record holds.
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    for text in [*AWKWARD, "a\x00b", "\ud800 lone", "ends in $fl", "ends in $"]:
+        params = {
+            "t": text,
+            "j": Json({"k": text, text: [1, None, 2.5]}, dumps=_dumps),
+            "b": Jsonb([text, {"deep": text}], dumps=_dumps),
+            "f": 1.25, "d": at, "no": False, "yes": True, "n": None, "i": 7,
+            "u": uuid.UUID("01f00000-0000-7000-8000-0000000000aa"),
+        }
+        query = ("SELECT %(t)s, %(j)s, %(b)s, %(f)s, %(d)s, %(no)s, %(yes)s, %(n)s, %(i)s, "
+                 "%(u)s, '%%'")
+        assert bind(query, params) == _bind_text(query, params, "utf-8"), text
+        assert bind(query, params, "UTF8") == bind(query, params), text
