@@ -23,6 +23,7 @@ import asyncio
 import re
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -51,7 +52,7 @@ from flux.runtime._ctx_db import tagged
 from flux.runtime._execution import begin_statement
 from flux.store._embedded import EmbeddedServer
 from flux.store._queries import load
-from flux.store._record import ExecutionRecord, _jsonb, bind
+from flux.store._record import ExecutionRecord, _jsonb, bind, simple_query, store_and_commit
 
 Step = Callable[[psycopg.Connection[Any], str], None]
 
@@ -276,11 +277,60 @@ def _others(postmaster: int, exclude: set[int]) -> dict[int, float]:
     return out
 
 
+async def commit_paths(
+    conninfo: str, record: ExecutionRecord, args: argparse.Namespace
+) -> dict[str, list[tuple[float, float]]]:
+    """The record's commit round trip as the executor sends it (``store_and_commit``'s
+    prepared pipeline) against one simple query with the values inlined by ``bind`` (what
+    it sent before): client thread CPU and backend CPU per commit, µs. Each transaction is
+    BEGIN and one INSERT into a table without capture, then the commit."""
+    q = load("execution")
+    statements = [["s3", 1, ["items_nocapture"], "insert"]]
+    conns = {name: await psycopg.AsyncConnection.connect(conninfo) for name in ("bind", "prepared")}
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in conns}
+
+    async def one(name: str, conn: psycopg.AsyncConnection[Any]) -> tuple[float, float]:
+        await conn.execute(b"BEGIN")
+        await conn.execute(tagged(INSERT_SQL, "s3").replace("items", "items_nocapture"), ["bench"])
+        record.request_id = new_request_id_text()
+        cpu, backend = time.thread_time(), _backend_cpu(conn.info.backend_pid)
+        if name == "prepared":
+            await store_and_commit(conn, record, statements)
+        else:
+            params = {**record.params(), "statements": _jsonb(statements)}
+            text = f"{q.end_execution}; {q.insert_record}; {q.commit}"
+            await simple_query(conn, bind(text, params, conn.info.encoding))
+        return time.thread_time() - cpu, _backend_cpu(conn.info.backend_pid) - backend
+
+    try:
+        for name, conn in conns.items():
+            for _ in range(20):
+                await one(name, conn)
+        for block in range(args.blocks):
+            for name in conns if block % 2 == 0 else reversed(list(conns)):
+                spent = [await one(name, conns[name]) for _ in range(args.transactions)]
+                out[name].append(
+                    (
+                        sum(c for c, _ in spent) / len(spent) * 1e6,
+                        sum(b for _, b in spent) / len(spent) * 1e6,
+                    )
+                )
+    finally:
+        for conn in conns.values():
+            await conn.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--transactions", type=int, default=50, help="per block")
     parser.add_argument("--blocks", type=int, default=20)
     parser.add_argument("--only", help="comma-separated variants (default: all)")
+    parser.add_argument(
+        "--commit-path",
+        action="store_true",
+        help="measure the record's commit round trip only, client and backend",
+    )
     args = parser.parse_args(argv)
     with scratch_dir("flux-bench-") as tmp:
         server: EmbeddedServer | None = None
@@ -302,6 +352,15 @@ def main(argv: list[str] | None = None) -> int:
                 ).fetchone() != (0,):
                     raise RuntimeError("items_nocapture has a trigger")
             asyncio.run(_one_record(str(project), flux_db))
+            if args.commit_path:
+                paths = asyncio.run(commit_paths(flux_db, _record(flux_db), args))
+                print("the record's commit round trip, µs per commit (median of blocks)")
+                for name, values in paths.items():
+                    print(
+                        f"  {name:<9} client {statistics.median(c for c, _ in values):5.0f}"
+                        f"  backend {statistics.median(b for _, b in values):5.0f}"
+                    )
+                return 0
             steps = variants(Flux(_record(flux_db)))
             if args.only:
                 steps = {k: v for k, v in steps.items() if k in args.only.split(",")}

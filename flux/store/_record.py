@@ -206,7 +206,9 @@ async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
         await simple_query(conn, bind(text, params, conn.info.encoding))
         return
     if record.signature is None and not record.mutations:
-        values = _values(params, (q.end_execution, q.insert_record), conn.info.encoding)
+        # prepared only where psycopg's DEALLOCATE ALL is seen (RecordingConnection)
+        values = _values(params, (q.end_execution, q.insert_record), conn.info.encoding) \
+            if isinstance(conn, RecordingConnection) else None
         if values is not None:
             await prepared_commit(conn, (q.end_execution, q.insert_record), values)
             return
@@ -254,6 +256,18 @@ _PREPARED: weakref.WeakKeyDictionary[AsyncConnection[Any], set[bytes]] = \
 def forget_prepared(conn: AsyncConnection[Any]) -> None:
     """The connection's prepared statements are gone (DEALLOCATE): prepare them again."""
     _PREPARED.pop(conn, None)
+
+
+class RecordingConnection(AsyncConnection[Any]):
+    """The runtime's connections (its pool's ``connection_class``): the record's commit is
+    sent prepared only on these. psycopg, once it has prepared statements of its own,
+    answers every rollback with ``DEALLOCATE ALL``, which takes the record's statements
+    too: this connection forgets them when that has run."""
+
+    def _deallocate(self, name: bytes | None) -> Generator[Any, Any, None]:
+        yield from super()._deallocate(name)
+        if name is None:
+            forget_prepared(self)
 
 
 @functools.lru_cache(maxsize=16)

@@ -16,6 +16,7 @@ from flux._ids import new_request_id
 from flux.store._queries import load
 from flux.store._record import (
     ExecutionRecord,
+    RecordingConnection,
     _dumps,
     bind,
     forget_prepared,
@@ -138,7 +139,7 @@ async def test_prepared_commit_stores_what_bind_stores(db: str, conn: psycopg.Co
     """The prepared path and the literal path store the same row, for every awkward text;
     the statements are prepared once per connection, the COMMIT goes with them."""
     n = 0
-    async with await psycopg.AsyncConnection.connect(db) as aconn:
+    async with await RecordingConnection.connect(db) as aconn:
         for text in [*AWKWARD, "nul\x00here"]:
             ids = [str(new_request_id()) for _ in range(2)]
             for request_id, prepared in zip(ids, (True, False), strict=True):
@@ -165,7 +166,7 @@ async def test_prepared_commit_runs_nothing_after_a_failure(db: str, conn: psyco
     """A failing record INSERT (here a duplicate id) is raised, the COMMIT does not run,
     and the connection is back in ordinary mode, its transaction to roll back."""
     request_id = str(new_request_id())
-    async with await psycopg.AsyncConnection.connect(db) as aconn:
+    async with await RecordingConnection.connect(db) as aconn:
         await aconn.execute("BEGIN")
         await store_and_commit(aconn, _record(request_id, "first"), [])
         await aconn.execute("BEGIN")
@@ -184,7 +185,7 @@ async def test_prepared_commit_prepares_again_after_deallocate(db: str) -> None:
     """DEALLOCATE ALL drops the prepared statements: a commit that finds them gone fails
     (nothing committed) and the next prepares them again; forget_prepared (called by ctx.db
     after a DEALLOCATE) avoids the failure."""
-    async with await psycopg.AsyncConnection.connect(db) as aconn:
+    async with await RecordingConnection.connect(db) as aconn:
         await aconn.execute("BEGIN")
         await store_and_commit(aconn, _record(str(new_request_id()), "a"), [])
         await aconn.execute("DEALLOCATE ALL")
@@ -198,6 +199,14 @@ async def test_prepared_commit_prepares_again_after_deallocate(db: str) -> None:
         await aconn.execute("DEALLOCATE ALL")
         forget_prepared(aconn)
         await store_and_commit(aconn, _record(str(new_request_id()), "d"), [])
+        # psycopg prepares a statement it ran five times, and then answers a rollback with
+        # DEALLOCATE ALL: the connection sees it and prepares the record's statements again.
+        for _ in range(6):
+            await aconn.execute("SELECT %s::int", [1], prepare=True)
+        await aconn.execute("BEGIN")
+        await aconn.rollback()
+        await aconn.execute("BEGIN")
+        await store_and_commit(aconn, _record(str(new_request_id()), "e"), [])
         functions = await (await aconn.execute(
             "SELECT function FROM flux.trace_requests ORDER BY request_id")).fetchall()
-    assert functions == [("a",), ("c",), ("d",)]
+    assert functions == [("a",), ("c",), ("d",), ("e",)]
