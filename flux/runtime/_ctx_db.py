@@ -24,6 +24,7 @@ from flux.runtime._execution import begin_statement
 from flux.runtime._recorder import CallSite
 from flux.store._database import db_error
 from flux.store._queries import load
+from flux.store._record import forget_prepared
 from flux.store._statement import sql_info
 
 if TYPE_CHECKING:
@@ -115,6 +116,9 @@ class Database:
                                            else q.savepoint)
                         ex.savepoint_open = True
                     await cur.execute(tagged(query, span_id), params)
+                if ex.conn is not None and \
+                        query[:16].lstrip().lower().startswith("deallocate"):
+                    forget_prepared(ex.conn)  # the record's prepared statements went too
             except psycopg.Error as exc:
                 ex.db_failed = type(exc).__name__
                 if protect and conn is not None and not ex.broken(conn):

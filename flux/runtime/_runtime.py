@@ -28,7 +28,7 @@ from flux.runtime._otel import exporter_for
 from flux.runtime._redact import RedactionPolicy, load_policy
 from flux.runtime._tenants import TenantPolicy, load_tenants
 from flux.store._availability import PROBE_TIMEOUT, Availability, connection_lost
-from flux.store._record import ExecutionRecord, store
+from flux.store._record import ExecutionRecord, RecordingConnection, store
 
 if TYPE_CHECKING:
     from flux.runtime._otel import Exporter
@@ -169,7 +169,8 @@ class Runtime:
             self._pool = AsyncConnectionPool(
                 self.conninfo, min_size=min(4, self._pool_size), max_size=self._pool_size,
                 open=False, kwargs=self._connect_kwargs(), name="flux",
-                reconnect_timeout=RECONNECT_TIMEOUT)
+                reconnect_timeout=RECONNECT_TIMEOUT,
+                connection_class=RecordingConnection)  # the record sent prepared
         return self._pool
 
     def _connect_kwargs(self) -> dict[str, Any]:

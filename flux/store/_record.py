@@ -10,8 +10,12 @@ from __future__ import annotations
 import codecs
 import datetime as dt
 import functools
+import hashlib
 import json
 import re
+import uuid
+import weakref
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,6 +273,12 @@ async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
         await simple_query(conn, bind(text, params, conn.info.encoding))
         return
     if record.signature is None and not record.mutations:
+        # prepared only where psycopg's DEALLOCATE ALL is seen (RecordingConnection)
+        values = _values(params, (q.end_execution, q.insert_record), conn.info.encoding) \
+            if isinstance(conn, RecordingConnection) else None
+        if values is not None:
+            await prepared_commit(conn, (q.end_execution, q.insert_record), values)
+            return
         text = f"{q.end_execution}; {q.insert_record}; {q.commit}"
         await simple_query(conn, bind(text, params, conn.info.encoding))
         return
@@ -292,6 +302,153 @@ async def simple_query(conn: AsyncConnection[Any], text: bytes) -> None:
     for result in results:
         if result.status == pq.ExecStatus.FATAL_ERROR:
             raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+
+
+# -- the record's commit round trip, prepared -------------------------------------------
+#
+# end_execution, the record's INSERT and the COMMIT go as one pipeline of the extended
+# protocol: the two statements prepared once per connection, their values sent as text
+# parameters. The server then neither scans the record's few KB as SQL literals nor parses
+# and plans the INSERT again for every request (docs/decisions.md, "What a recorded request
+# costs PostgreSQL, statement by statement"). This is libpq's pipeline mode driven
+# directly: psycopg's Pipeline object costs the client about what it saves the server.
+
+# The statements prepared on each connection, by name. A statement's name holds a hash of
+# its text, so a changed text is a new statement; DEALLOCATE through ctx.db forgets them
+# (flux/runtime/_ctx_db.py), and a commit that found its statement missing forgets them too.
+_PREPARED: weakref.WeakKeyDictionary[AsyncConnection[Any], set[bytes]] = \
+    weakref.WeakKeyDictionary()
+
+
+def forget_prepared(conn: AsyncConnection[Any]) -> None:
+    """The connection's prepared statements are gone (DEALLOCATE): prepare them again."""
+    _PREPARED.pop(conn, None)
+
+
+class RecordingConnection(AsyncConnection[Any]):
+    """The runtime's connections (its pool's ``connection_class``): the record's commit is
+    sent prepared only on these. psycopg, once it has prepared statements of its own,
+    answers every rollback with ``DEALLOCATE ALL``, which takes the record's statements
+    too: this connection forgets them when that has run."""
+
+    def _deallocate(self, name: bytes | None) -> Generator[Any, Any, None]:
+        yield from super()._deallocate(name)
+        if name is None:
+            forget_prepared(self)
+
+
+@functools.lru_cache(maxsize=16)
+def _numbered(query: str) -> tuple[bytes, bytes, tuple[str, ...]]:
+    """A named query's prepared statement: its name, its text with ``$n`` placeholders
+    instead of ``%(name)s``, and the parameters' names in ``$n`` order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    text = _NAMED.sub(number, query).replace("%%", "%")
+    name = "flux_" + hashlib.sha1(text.encode()).hexdigest()[:16]
+    return name.encode(), text.encode(), tuple(names)
+
+
+def _value(value: Any, encoding: str) -> bytes | None:
+    """A parameter in PostgreSQL's text format, typed by the column or argument it goes
+    to. What a record rarely holds raises TypeError (the caller then binds the record as
+    literals instead)."""
+    kind = type(value)
+    if kind is str:
+        return (value.replace("\x00", "\ufffd") if "\x00" in value else value).encode(
+            encoding, "replace")
+    if kind is Json or kind is Jsonb:
+        data = _dumps(value.obj)
+        return data if encoding == "utf-8" else data.decode("utf-8").encode(encoding, "replace")
+    if value is None:
+        return None
+    if kind is bool:
+        return b"true" if value else b"false"
+    if kind is int:
+        return str(value).encode()
+    if kind is float:
+        return repr(value).encode()
+    if kind is dt.datetime:
+        return value.isoformat().encode()
+    if kind is uuid.UUID:
+        return str(value).encode()
+    raise TypeError(f"no text form for a record parameter of type {kind.__name__}")
+
+
+def _values(params: dict[str, Any], queries: tuple[str, ...], encoding: str
+            ) -> list[list[bytes | None]] | None:
+    """Each query's parameters in text format, or None if one has no simple text form."""
+    try:
+        return [[_value(params[name], encoding) for name in _numbered(query)[2]]
+                for query in queries]
+    except TypeError:
+        return None
+
+
+async def prepared_commit(conn: AsyncConnection[Any], queries: tuple[str, ...],
+                          values: list[list[bytes | None]]) -> None:
+    """Run each named query, prepared, with its text-format ``values``, then COMMIT — one
+    round trip. As with one simple query, nothing after a failed statement runs (the
+    pipeline is aborted), and the first failure is raised as psycopg raises it."""
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    encoding = conn.info.encoding
+    async with conn.lock:
+        pgconn = conn.pgconn
+        known = _PREPARED.setdefault(conn, set())
+        sent: list[bytes | None] = []  # per result: the name being prepared, or None
+        pgconn.enter_pipeline_mode()
+        try:
+            for query, params in zip(queries, values, strict=True):
+                name, text, _ = _numbered(query)
+                if name not in known:
+                    pgconn.send_prepare(name, text)
+                    sent.append(name)
+                pgconn.send_query_prepared(name, params)
+                sent.append(None)
+            pgconn.send_query_params(load("execution").commit.encode(), None)
+            sent.append(None)
+            pgconn.pipeline_sync()
+            results = await conn.wait(_pipeline_results(pgconn))
+        finally:
+            _leave_pipeline(pgconn)
+    failure = None
+    for preparing, result in zip(sent, results, strict=False):
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            failure = failure or result
+        elif preparing is not None and result.status == pq.ExecStatus.COMMAND_OK:
+            known.add(preparing)
+    if failure is not None:
+        if failure.error_field(pq.DiagnosticField.SQLSTATE) == b"26000":
+            forget_prepared(conn)  # a statement deallocated behind our back
+        raise psycopg.errors.error_from_result(failure, encoding=encoding)
+
+
+def _pipeline_results(pgconn: pq.abc.PGconn) -> Generator[Any, Any, list[pq.abc.PGresult]]:
+    """Flush the pipeline and read every statement's result up to its sync point (an
+    aborted statement's result has the status PIPELINE_ABORTED)."""
+    yield from generators.send(pgconn)
+    out: list[pq.abc.PGresult] = []
+    while True:
+        results = yield from generators.fetch_many(pgconn)
+        if results and results[0].status == pq.ExecStatus.PIPELINE_SYNC:
+            return out
+        out.extend(results)
+
+
+def _leave_pipeline(pgconn: pq.abc.PGconn) -> None:
+    """Back to ordinary mode; a connection left with results unread (the wait was
+    interrupted and psycopg could not finish it) is closed: its state is unknown."""
+    if pgconn.pipeline_status == pq.PipelineStatus.OFF:
+        return
+    try:
+        pgconn.exit_pipeline_mode()
+    except psycopg.Error:
+        pgconn.finish()
 
 
 async def attempted_mutations(conn: AsyncConnection[Any], request_id: str

@@ -83,7 +83,8 @@ PASSED_ON = {
     ("_ctx_db.py", "f'/*flux:{span_id}*/ '.encode() + begin + b'; ' + bound"):
         "BEGIN with a UUID Flux made and the tenant quoted by sql.Literal, then the "
         "function's own SQL with its parameters bound by psycopg (ClientCursor.mogrify)",
-    ("_record.py", "text"): "simple_query's text: each call of simple_query is checked",
+    ("_record.py", "text"): "simple_query's text: each call of simple_query is checked; "
+        "and prepared_commit's statements: named queries with $n for %(name)s (_numbered)",
     ("_walstream.py", "command"): "START_REPLICATION, a named query formatted with "
         "sql.Identifier/Literal in WalStream.open",
     ("_record.py", "bind(text, params, conn.info.encoding)"):
@@ -138,8 +139,8 @@ def test_no_query_in_flux_is_assembled_from_text() -> None:
             # conn.execute(text), cur.executemany(text), pgconn.send_query(text), and
             # simple_query(conn, text) (flux/store/_record.py), which sends text as it is
             if isinstance(node.func, ast.Attribute):
-                position = {"execute": 0, "executemany": 0, "send_query": 0}.get(
-                    node.func.attr)
+                position = {"execute": 0, "executemany": 0, "send_query": 0,
+                            "send_query_params": 0, "send_prepare": 1}.get(node.func.attr)
                 if ast.unparse(node.func.value) == "generators":  # psycopg's, on a pgconn
                     position = None
             else:

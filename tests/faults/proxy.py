@@ -10,7 +10,13 @@ import contextlib
 import threading
 from pathlib import Path
 
+from flux.store._queries import load
+from flux.store._record import _numbered
+
 READY_FOR_QUERY = b"Z\x00\x00\x00\x05"  # the server's ReadyForQuery message: the answer is over
+# The record's INSERT, once prepared on a connection, travels as a Bind to this statement
+# (flux/store/_record.py prepared_commit) instead of its text.
+RECORD_STATEMENT = _numbered(load("execution").insert_record)[0]
 
 
 class CommitCutter:
@@ -46,7 +52,8 @@ class CommitCutter:
 
     def _take(self, chunk: bytes) -> str | None:
         with self._lock:
-            if self._armed and b"flux.trace_requests" in chunk and b"COMMIT" in chunk:
+            if self._armed and b"COMMIT" in chunk and (
+                    b"flux.trace_requests" in chunk or RECORD_STATEMENT in chunk):
                 when, self._armed = self._armed, None
                 self.cuts += 1
                 return when

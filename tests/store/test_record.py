@@ -12,7 +12,18 @@ import psycopg
 import pytest
 from psycopg.types.json import Json, Jsonb
 
-from flux.store._record import _bind_text, _dumps, bind
+from flux._ids import new_request_id
+from flux.store._queries import load
+from flux.store._record import (
+    ExecutionRecord,
+    RecordingConnection,
+    _bind_text,
+    _dumps,
+    bind,
+    forget_prepared,
+    simple_query,
+    store_and_commit,
+)
 
 AWKWARD = [
     "plain",
@@ -119,3 +130,102 @@ def test_bind_builds_the_bytes_the_text_form_builds() -> None:
                  "%(u)s, '%%'")
         assert bind(query, params) == _bind_text(query, params, "utf-8"), text
         assert bind(query, params, "UTF8") == bind(query, params), text
+
+
+# -- the commit round trip, prepared (prepared_commit) ---------------------------------------
+
+
+def _record(request_id: str, text: str) -> ExecutionRecord:
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    return ExecutionRecord(
+        request_id=request_id, kind="http", function=text, status="ok", http_status=200,
+        started_at=at, duration_ms=1.25, request={"body": {text: [text, None, 1.5]}},
+        response={"body": text}, error=None, spans=[{"id": "s1", "attrs": {"sql": text}}],
+        tape=[], logs=[], code_sha=None, code_dirty=False, route=f"/r/{text}",
+        parent_id=uuid.UUID("01f00000-0000-7000-8000-0000000000aa"))  # type: ignore[arg-type]
+
+
+def _stored(conn: psycopg.Connection, request_id: str) -> tuple[object, ...]:
+    row = conn.execute(
+        "SELECT function, route, started_at, duration_ms, request::text, response::text,"
+        " spans::text, parent_id, code_dirty, sampled FROM flux.trace_requests"
+        " WHERE request_id = %s", [request_id]).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+async def test_prepared_commit_stores_what_bind_stores(db: str, conn: psycopg.Connection) -> None:
+    """The prepared path and the literal path store the same row, for every awkward text;
+    the statements are prepared once per connection, the COMMIT goes with them."""
+    n = 0
+    async with await RecordingConnection.connect(db) as aconn:
+        for text in [*AWKWARD, "nul\x00here"]:
+            ids = [str(new_request_id()) for _ in range(2)]
+            for request_id, prepared in zip(ids, (True, False), strict=True):
+                await aconn.execute("BEGIN")  # the execution's transaction
+                record = _record(request_id, text)
+                if prepared:
+                    await store_and_commit(aconn, record, [["s1", 1, ["t"], "insert"]])
+                else:
+                    q = load("execution")
+                    params = {**record.params(), "statements": Jsonb([])}
+                    await simple_query(aconn, bind(f"{q.end_execution}; {q.insert_record};"
+                                                   f" {q.commit}", params))
+                assert aconn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                n += 1
+            assert _stored(conn, ids[0]) == _stored(conn, ids[1]), text
+        names = await (await aconn.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'flux_%'")).fetchone()
+        assert names == (2,)  # end_execution and the INSERT, prepared once
+    assert conn.execute("SELECT count(*) FROM flux.trace_requests").fetchone() == (n,)
+
+
+async def test_prepared_commit_runs_nothing_after_a_failure(db: str, conn: psycopg.Connection
+                                                            ) -> None:
+    """A failing record INSERT (here a duplicate id) is raised, the COMMIT does not run,
+    and the connection is back in ordinary mode, its transaction to roll back."""
+    request_id = str(new_request_id())
+    async with await RecordingConnection.connect(db) as aconn:
+        await aconn.execute("BEGIN")
+        await store_and_commit(aconn, _record(request_id, "first"), [])
+        await aconn.execute("BEGIN")
+        await aconn.execute("CREATE TABLE t (x int)")  # would commit with the record
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await store_and_commit(aconn, _record(request_id, "again"), [])
+        assert aconn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
+        assert aconn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        await aconn.rollback()
+        assert await (await aconn.execute("SELECT 1")).fetchone() == (1,)
+    assert conn.execute("SELECT to_regclass('t')").fetchone() == (None,)
+    assert _stored(conn, request_id)[0] == "first"
+
+
+async def test_prepared_commit_prepares_again_after_deallocate(db: str) -> None:
+    """DEALLOCATE ALL drops the prepared statements: a commit that finds them gone fails
+    (nothing committed) and the next prepares them again; forget_prepared (called by ctx.db
+    after a DEALLOCATE) avoids the failure."""
+    async with await RecordingConnection.connect(db) as aconn:
+        await aconn.execute("BEGIN")
+        await store_and_commit(aconn, _record(str(new_request_id()), "a"), [])
+        await aconn.execute("DEALLOCATE ALL")
+        await aconn.execute("BEGIN")
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            await store_and_commit(aconn, _record(str(new_request_id()), "b"), [])
+        await aconn.rollback()
+        await aconn.execute("BEGIN")
+        await store_and_commit(aconn, _record(str(new_request_id()), "c"), [])
+        await aconn.execute("BEGIN")
+        await aconn.execute("DEALLOCATE ALL")
+        forget_prepared(aconn)
+        await store_and_commit(aconn, _record(str(new_request_id()), "d"), [])
+        # psycopg prepares a statement it ran five times, and then answers a rollback with
+        # DEALLOCATE ALL: the connection sees it and prepares the record's statements again.
+        for _ in range(6):
+            await aconn.execute("SELECT %s::int", [1], prepare=True)
+        await aconn.execute("BEGIN")
+        await aconn.rollback()
+        await aconn.execute("BEGIN")
+        await store_and_commit(aconn, _record(str(new_request_id()), "e"), [])
+        functions = await (await aconn.execute(
+            "SELECT function FROM flux.trace_requests ORDER BY request_id")).fetchall()
+    assert functions == [("a",), ("c",), ("d",), ("e",)]
