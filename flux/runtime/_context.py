@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import contextvars
 import datetime as dt
+import functools
 import inspect
 import os
 import random as _random
@@ -101,13 +102,23 @@ def context() -> Context:
     return ctx
 
 
-@contextlib.contextmanager
-def activate(ctx: Context) -> Iterator[Context]:
-    token = _current.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _current.reset(token)
+class activate:
+    """Make ``ctx`` the running execution's context inside the ``with``. A class rather
+    than a generator: every execution enters one."""
+
+    __slots__ = ("_ctx", "_token")
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._token: contextvars.Token[Context | None] | None = None
+
+    def __enter__(self) -> Context:
+        self._token = _current.set(self._ctx)
+        return self._ctx
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        _current.reset(self._token)
 
 
 class Secrets:
@@ -338,11 +349,28 @@ class Context:
         self.request: Request = request  # as it came (flux/runtime/_request.py)
         self.is_replay = is_replay
         self.config: Config = Config(execution, execution.runtime.app_config)
-        self.db = Database(execution)
-        self.http = Http(execution)
-        self.secrets = Secrets(self)
-        self.log = Log(self)
-        self.queue = Queue(self)
+
+    # The doors are made on first use: most handlers open two or three of them.
+
+    @functools.cached_property
+    def db(self) -> Database:
+        return Database(self._execution)
+
+    @functools.cached_property
+    def http(self) -> Http:
+        return Http(self._execution)
+
+    @functools.cached_property
+    def secrets(self) -> Secrets:
+        return Secrets(self)
+
+    @functools.cached_property
+    def log(self) -> Log:
+        return Log(self)
+
+    @functools.cached_property
+    def queue(self) -> Queue:
+        return Queue(self)
 
     # -- values from outside: recorded, and served from the tape on replay ----------------
 
