@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import contextvars
 import datetime as dt
-import functools
 import inspect
 import os
 import random as _random
@@ -350,27 +349,50 @@ class Context:
         self.is_replay = is_replay
         self.config: Config = Config(execution, execution.runtime.app_config)
 
-    # The doors are made on first use: most handlers open two or three of them.
+        self._db: Database | None = None
+        self._http: Http | None = None
+        self._secrets: Secrets | None = None
+        self._log: Log | None = None
+        self._queue: Queue | None = None
 
-    @functools.cached_property
+    # The doors are made on first use (a handler opens two or three of them), by plain
+    # properties: functools.cached_property takes a lock on every first read, which costs
+    # more than making all five.
+
+    @property
     def db(self) -> Database:
-        return Database(self._execution)
+        door = self._db
+        if door is None:
+            door = self._db = Database(self._execution)
+        return door
 
-    @functools.cached_property
+    @property
     def http(self) -> Http:
-        return Http(self._execution)
+        door = self._http
+        if door is None:
+            door = self._http = Http(self._execution)
+        return door
 
-    @functools.cached_property
+    @property
     def secrets(self) -> Secrets:
-        return Secrets(self)
+        door = self._secrets
+        if door is None:
+            door = self._secrets = Secrets(self)
+        return door
 
-    @functools.cached_property
+    @property
     def log(self) -> Log:
-        return Log(self)
+        door = self._log
+        if door is None:
+            door = self._log = Log(self)
+        return door
 
-    @functools.cached_property
+    @property
     def queue(self) -> Queue:
-        return Queue(self)
+        door = self._queue
+        if door is None:
+            door = self._queue = Queue(self)
+        return door
 
     # -- values from outside: recorded, and served from the tape on replay ----------------
 
