@@ -170,6 +170,8 @@ class Execution:
     def not_awaited(self) -> list[Coroutine[Any, Any, Any]]:
         """The ctx calls an async handler was handed and never ran (a missing ``await``).
         The caller closes them (so Python does not warn about them later)."""
+        if not self._handed:
+            return []
         idle = [c for c in self._handed
                 if inspect.getcoroutinestate(c) == inspect.CORO_CREATED]
         self._handed.clear()
