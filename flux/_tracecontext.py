@@ -26,6 +26,7 @@ _PARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})
 _STATE_MEMBER = re.compile(r"[a-z0-9][_0-9a-z\-*/@]{0,255}=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}"
                            r"[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 _MAX_STATE_MEMBERS = 32
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
@@ -44,6 +45,8 @@ class TraceContext:
     def start(cls, request_id: str) -> TraceContext:
         """A new trace, its id the request id's 128 bits (a hash of it, were it ever not a
         UUID)."""
+        if isinstance(request_id, str) and _CANONICAL_UUID.fullmatch(request_id):  # ours
+            return cls(trace_id=request_id.replace("-", ""))
         try:
             return cls(trace_id=uuid.UUID(str(request_id)).hex)
         except ValueError:

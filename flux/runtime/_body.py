@@ -106,8 +106,9 @@ def parse_body(raw: bytes) -> Any:
     if not raw.strip():
         return {}
     try:
-        value = json.loads(raw, parse_float=_float, parse_int=_int,
-                           parse_constant=_constant)
+        # What json.loads does with bytes, through one decoder made once (json.loads with
+        # hooks builds a decoder per call: half the cost of parsing a small body).
+        value = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except RecursionError:
         raise BodyError(f"the request body is nested deeper than {MAX_DEPTH} levels") from None
     except BodyError:
@@ -143,6 +144,9 @@ def _int(text: str) -> int:
 
 def _constant(text: str) -> Any:
     raise BodyError(f"the request body is not valid JSON: {text} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(parse_float=_float, parse_int=_int, parse_constant=_constant)
 
 
 def _short(text: str) -> str:

@@ -101,13 +101,23 @@ def context() -> Context:
     return ctx
 
 
-@contextlib.contextmanager
-def activate(ctx: Context) -> Iterator[Context]:
-    token = _current.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _current.reset(token)
+class activate:
+    """Make ``ctx`` the running execution's context inside the ``with``. A class rather
+    than a generator: every execution enters one."""
+
+    __slots__ = ("_ctx", "_token")
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._token: contextvars.Token[Context | None] | None = None
+
+    def __enter__(self) -> Context:
+        self._token = _current.set(self._ctx)
+        return self._ctx
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        _current.reset(self._token)
 
 
 class Secrets:
@@ -338,11 +348,51 @@ class Context:
         self.request: Request = request  # as it came (flux/runtime/_request.py)
         self.is_replay = is_replay
         self.config: Config = Config(execution, execution.runtime.app_config)
-        self.db = Database(execution)
-        self.http = Http(execution)
-        self.secrets = Secrets(self)
-        self.log = Log(self)
-        self.queue = Queue(self)
+
+        self._db: Database | None = None
+        self._http: Http | None = None
+        self._secrets: Secrets | None = None
+        self._log: Log | None = None
+        self._queue: Queue | None = None
+
+    # The doors are made on first use (a handler opens two or three of them), by plain
+    # properties: functools.cached_property takes a lock on every first read, which costs
+    # more than making all five.
+
+    @property
+    def db(self) -> Database:
+        door = self._db
+        if door is None:
+            door = self._db = Database(self._execution)
+        return door
+
+    @property
+    def http(self) -> Http:
+        door = self._http
+        if door is None:
+            door = self._http = Http(self._execution)
+        return door
+
+    @property
+    def secrets(self) -> Secrets:
+        door = self._secrets
+        if door is None:
+            door = self._secrets = Secrets(self)
+        return door
+
+    @property
+    def log(self) -> Log:
+        door = self._log
+        if door is None:
+            door = self._log = Log(self)
+        return door
+
+    @property
+    def queue(self) -> Queue:
+        door = self._queue
+        if door is None:
+            door = self._queue = Queue(self)
+        return door
 
     # -- values from outside: recorded, and served from the tape on replay ----------------
 

@@ -16,7 +16,6 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from flux._jsoncodec import encode
 from flux.runtime._callkey import db_key
@@ -109,7 +108,7 @@ class Database:
                         lambda c: _first_statement(c, ex.request_id, ex.tenant, query, params,
                                                    span_id))
                 else:
-                    cur = conn.cursor(row_factory=dict_row)
+                    cur = conn.cursor()
                     if protect:
                         # The previous statement's savepoint is released here, not after it.
                         await conn.execute(q.savepoint_next if ex.savepoint_open
@@ -135,8 +134,14 @@ class Database:
                 kind = "truncate" if info.span_name.lower().startswith("truncate") else info.verb
                 ex.statements.append([span_id, cur.rowcount,
                                       list(info.written or info.tables), kind])
-            rows = await cur.fetchall() if cur.description else None
-            columns = [c.name for c in cur.description] if cur.description else None
+            # Rows as tuples, made into dicts here: psycopg's dict_row would name the
+            # columns once more than the record needs them, and each ``description`` read
+            # builds its Column objects anew.
+            description = cur.description
+            if description is None:
+                return None, cur.rowcount, None
+            columns = [c.name for c in description]
+            rows = [dict(zip(columns, row, strict=False)) for row in await cur.fetchall()]
             return rows, cur.rowcount, columns
 
 
@@ -145,7 +150,7 @@ async def _first_statement(conn: psycopg.AsyncConnection[Any], request_id: str,
                            ) -> psycopg.AsyncCursor[Any]:
     """Begin the execution's transaction with its first statement; return the cursor on
     that statement's result."""
-    cur = psycopg.AsyncClientCursor(conn, row_factory=dict_row)
+    cur = psycopg.AsyncClientCursor(conn)
     begin = begin_statement(request_id, tenant, conn)
     # The statement is bound on its own (psycopg caches how to bind a text it has seen, and
     # the user's text repeats while the BEGIN, which holds the request id, never does), then

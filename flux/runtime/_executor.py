@@ -38,7 +38,7 @@ from flux.inspect._signature import failure_signature
 from flux.runtime._context import Context, NotAwaited, activate, call_handler
 from flux.runtime._execution import Execution, ReplaySource
 from flux.runtime._iowatch import Watch, watching
-from flux.runtime._recorder import CallSite, Recorder
+from flux.runtime._recorder import CallSite, Recorder, _call_site
 from flux.runtime._request import Request, recorded, synthetic
 from flux.runtime._response import Answer, answer_of
 from flux.runtime._sampling import keeps, outline_spans
@@ -123,12 +123,14 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
         try:
             with rec.span(f"{inv.method or inv.kind} /{inv.route or spec.route}", "gateway",
                           attrs={"kind": inv.kind}), \
-                 rec.span(spec.name, "function",
-                          CallSite(rec.relative(spec.file), spec.line, spec.name)):
+                 rec.span(spec.name, "function", _function_site(rec, spec)):
                 deadline = asyncio.timeout(spec.timeout)
                 try:
                     async with deadline:
-                        result = await call_handler(spec, ctx, inv.input)
+                        # An async handler is awaited here, not through call_handler: one
+                        # coroutine fewer for every resumption to pass through.
+                        result = await (spec.handler(ctx, inv.input) if spec.is_async
+                                        else call_handler(spec, ctx, inv.input))
                 except TimeoutError as exc:
                     if deadline.expired():  # ours, not a TimeoutError the handler raised
                         raise FunctionTimeout(spec) from exc
@@ -159,6 +161,12 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
     if persist:  # what is stored is what is exported: a local replay sends nothing
         runtime.export_spans(outcome.record)
     return outcome
+
+
+def _function_site(rec: Recorder, spec: FunctionSpec) -> CallSite:
+    """The function span's call site, the handler's own line: made once per function, as
+    a ctx call's is made once per line (not once per execution)."""
+    return _call_site(spec.file, spec.line, spec.name, str(rec.project_root))
 
 
 def _json_output(result: Any) -> Any:

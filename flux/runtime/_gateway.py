@@ -142,8 +142,11 @@ class _BodyProblem(Enum):
 
 async def _read_body(request: web.Request, runtime: Runtime) -> bytes | _BodyProblem:
     """The whole body, read before the request takes an execution slot, within the body
-    deadline."""
+    deadline. A body that is already all here (most are: it came with the headers) is
+    taken without arming that deadline's timer."""
     try:
+        if request.content.is_eof():
+            return await request.read()
         async with asyncio.timeout(runtime.body_timeout):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -178,11 +181,12 @@ async def _run(request: web.Request, runtime: Runtime, path: str, request_id: st
         named = spec or runtime.registry.route(path)
         return await _reject(request, refused.status, "invalid_tenant", refused.message,
                              function=named.name if named else None)
-    shown = request.rel_url.raw_path  # as sent: percent-encoded, never a control character
     if found is None:
+        shown = request.rel_url.raw_path  # as sent: percent-encoded, no control character
         return await _reject(request, 404, "not_found", f"no function is routed at {shown}",
                              function=None, tenant=tenant)
     if spec is None:
+        shown = request.rel_url.raw_path
         allowed = ", ".join(found.allowed)
         named = runtime.registry.route(path)
         response = await _reject(request, 405, "method_not_allowed",
@@ -225,8 +229,8 @@ async def _run(request: web.Request, runtime: Runtime, path: str, request_id: st
         route=path, headers=dict(request.headers), query=dict(request.query), tenant=tenant,
         trace=from_headers(request.headers),  # a malformed traceparent starts a new trace
         request=Request(method=request.method, path=request.path, path_params=found.params,
-                        query=request.query.items(), headers=request.headers.items(),
-                        body=raw, content_type=media),
+                        query=request.query, headers=request.headers, body=raw,
+                        content_type=media),
     )
     try:
         outcome = await execute(runtime, invocation)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import orjson
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy, MultiMapping
 
 from flux._jsoncodec import decode, encode
 from flux.runtime._body import (
@@ -65,14 +65,19 @@ class Request:
     )
 
     def __init__(self, *, method: str | None, path: str, path_params: Mapping[str, Any],
-                 query: Iterable[tuple[str, str]], headers: Iterable[tuple[str, str]],
+                 query: Iterable[tuple[str, str]] | MultiMapping[str],
+                 headers: Iterable[tuple[str, str]] | CIMultiDictProxy[str],
                  body: bytes, content_type: str | None = None, exact: bool = True,
                  why_inexact: str | None = None) -> None:
         self.method = method
         self.path = path  # "/orders/42", as received (percent-decoded)
         self.path_params: dict[str, Any] = dict(path_params)
-        self.query: MultiDictProxy[str] = MultiDictProxy(MultiDict(query))
-        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(headers))
+        # The gateway hands aiohttp's own read-only views, kept as they are (no copy per
+        # request); anything else is pairs, made into views here.
+        self.query: MultiDictProxy[str] = query if type(query) is MultiDictProxy else \
+            MultiDictProxy(MultiDict(query))
+        self.headers: CIMultiDictProxy[str] = headers \
+            if isinstance(headers, CIMultiDictProxy) else CIMultiDictProxy(CIMultiDict(headers))
         self.content_type = content_type if content_type is not None else \
             media_type(self.headers.get("Content-Type"))
         self._body = body

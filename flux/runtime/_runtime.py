@@ -194,9 +194,12 @@ class Runtime:
             raise DatabaseUnavailable(UNAVAILABLE)
         pool = await self.ensure_pool()
         try:
-            async with asyncio.timeout(self.pool_timeout) as deadline:
+            # The pool's own timeout bounds the wait, and arms its timer only when no
+            # connection is free; ``deadline`` arms none and is there for the availability
+            # monitor to cut the wait short if the database goes down meanwhile.
+            async with asyncio.timeout(None) as deadline:
                 with health.waiting(deadline):
-                    return await pool.getconn(timeout=self.pool_timeout + 1.0)
+                    return await pool.getconn(timeout=self.pool_timeout)
         except (TimeoutError, PoolTimeout) as exc:
             if health.down:  # woken early: the database went away while we waited
                 raise DatabaseUnavailable(UNAVAILABLE) from exc
@@ -337,6 +340,8 @@ class Runtime:
     def configured_secrets(self) -> set[str]:
         """The values of every ``[secrets]`` entry set in the environment: scrubbed from
         each record whether or not its function read them (a client may send one back)."""
+        if not self.secrets_map:
+            return set()
         values = (os.environ.get(var) for var in self.secrets_map.values())
         return {v for v in values if v and len(v) >= 4}
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import uuid
 
 import psycopg
+import pytest
 
 from flux._ids import new_request_id_text
 from flux.runtime._ctx_db import _first_statement
+from flux.runtime._execution import begin_statement
 
 GUCS = "SELECT current_setting('flux.request_id'), current_setting('flux.tenant', true)"
 
@@ -23,10 +25,21 @@ async def test_the_first_statement_binds_its_own_percents_and_begins(db: str) ->
             ]:
                 rid = new_request_id_text()
                 cur = await _first_statement(conn, rid, tenant, query, params, "s3")
-                assert (await cur.fetchone()) == {"v": want}
+                assert (await cur.fetchone()) == (want,)  # rows as tuples: _live names them
                 assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
                 row = await (await conn.execute(GUCS)).fetchone()
                 assert row is not None and uuid.UUID(row[0]) == uuid.UUID(rid)
                 if tenant is not None:
                     assert row[1] == tenant
                 await conn.rollback()
+
+
+def test_the_begin_takes_any_spelling_of_a_uuid_and_nothing_else() -> None:
+    rid = new_request_id_text()  # Flux's canonical text: checked by a pattern, not parsed
+    canonical = begin_statement(rid)
+    assert rid.encode() in canonical
+    for spelled in (rid.upper(), "{" + rid + "}", rid.replace("-", "")):
+        assert begin_statement(spelled) == canonical  # parsed: the same literal
+    for hostile in (rid + "'; DROP TABLE x; --", "not-a-uuid", rid[:-1] + "g"):
+        with pytest.raises(ValueError):
+            begin_statement(hostile)

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from flux._errors import ConfigError
+from flux._errors import ConfigError, DatabaseUnavailable, Overloaded
 from flux._project import parse
 from flux.runtime._runtime import Runtime
 
@@ -54,5 +55,28 @@ async def test_statement_timeout_reaches_every_pooled_connection(tmp_path: Path,
             cur = await conn.execute("SELECT current_setting('statement_timeout'), "
                                      "current_setting('lock_timeout')")
             assert await cur.fetchone() == ("750ms", "2s")  # added to the address's options
+    finally:
+        await runtime.close()
+
+
+async def test_a_wait_for_a_connection_ends_overloaded_or_cut_short_when_the_database_goes(
+        tmp_path: Path, db: str) -> None:
+    """The wait arms no timer of its own (the pool's bounds it), yet it still ends after
+    ``pool_timeout`` as Overloaded, and at once as DatabaseUnavailable if the database is
+    found down meanwhile."""
+    runtime = Runtime(parse(project(tmp_path, '[database]\npool_size = 1\n'
+                                              'pool_timeout = "300ms"\n')), db)
+    try:
+        held = await runtime.acquire()
+        with pytest.raises(Overloaded, match=r"came free within 0\.3s"):
+            await runtime.acquire()
+        runtime.pool_timeout = 60.0  # now only the outage can end the next wait early
+        waiter = asyncio.create_task(runtime.acquire())
+        while not runtime.availability._waiters:  # until it waits for the pool
+            await asyncio.sleep(0)
+        runtime.availability._went_down(OSError("the server went away"))
+        with pytest.raises(DatabaseUnavailable):
+            await asyncio.wait_for(waiter, 10)  # far below the 60 s it would wait otherwise
+        await runtime.pool.putconn(held)
     finally:
         await runtime.close()

@@ -71,6 +71,9 @@ def test_new_trace_is_the_request_id() -> None:
     rid = "01a1fc87-f1b0-7ca0-8d3e-2b6f4c1a9e55"
     assert TraceContext.start(rid).trace_id == uuid.UUID(rid).hex
     assert TraceContext.start(rid).parent_span_id is None
+    # Not Flux's canonical text (capitals, braces, no dashes): parsed, the same 128 bits.
+    for spelled in (rid.upper(), "{" + rid + "}", rid.replace("-", "")):
+        assert TraceContext.start(spelled).trace_id == uuid.UUID(rid).hex
 
 
 def test_span_ids_are_stable_and_distinct() -> None:
