@@ -19,7 +19,7 @@ app = typer.Typer(help="How row changes are captured: row triggers or the WAL.",
 def run() -> None:
     """Run the WAL capture consumer in the foreground until Ctrl-C (flux dev and flux serve
     run one themselves; one consumer at a time is elected per database)."""
-    from flux.capture._consumer import run_until_signal
+    from flux.capture._running import run_until_signal
     from flux.server._db import start
 
     target, _ = start(load())

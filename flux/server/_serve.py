@@ -162,7 +162,7 @@ async def serve(project: Project, *, host: str, port: int, reload: bool,
 
         jobs = await start_jobs(runtime)
         # Always: idle in trigger mode, it takes over when `flux capture switch wal` runs.
-        from flux.capture._consumer import Background as CaptureConsumer
+        from flux.capture._running import Background as CaptureConsumer
 
         capture = CaptureConsumer(target.conninfo).start()
 

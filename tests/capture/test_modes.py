@@ -19,7 +19,7 @@ import orjson
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from flux.capture import _consumer, _mode
+from flux.capture import _consumer, _mode, _running
 from flux.store._database import ensure_database
 from flux.store._embedded import EmbeddedServer
 from flux.store._migrate import migrate
@@ -80,7 +80,7 @@ async def test_trigger_and_wal_store_identical_rows(tmp_path: Path, db: str,
             conn.execute("UPDATE accounts SET notes = repeat(md5(id::text), 400) WHERE id = 50")
             conn.execute("UPDATE accounts SET owner = 'renamed' WHERE id = 50")  # TOAST kept
             conn.execute("TRUNCATE events")
-        _consumer.wait_caught_up(db)
+        _running.wait_caught_up(db)
         by_trigger, by_wal = rows(db, "trigger"), rows(db, "wal")
     wal_total = sum(by_wal.values())
     assert wal_total >= 10_000
@@ -144,7 +144,7 @@ async def test_consumer_killed_at_random_loses_and_doubles_nothing(
             assert final.stdout is not None
             banner = await asyncio.to_thread(final.stdout.readline)
             assert "Flux capture" in banner, banner
-            await asyncio.to_thread(_consumer.wait_caught_up, db, 60)
+            await asyncio.to_thread(_running.wait_caught_up, db, 60)
         finally:
             final.send_signal(signal.SIGINT)
             assert final.wait(timeout=20) == 0
@@ -161,7 +161,7 @@ async def test_switching_modes_under_load_captures_each_change_once(
     root = tmp_path / "ledger"
     shutil.copytree(LEDGER, root)
     async with serve_app(root, db, provider) as app:  # starts in trigger mode
-        consumer = _consumer.Background(db).start()
+        consumer = _running.Background(db).start()
         try:
             async def switches() -> list[str]:
                 done = []
@@ -174,7 +174,7 @@ async def test_switching_modes_under_load_captures_each_change_once(
             switching = asyncio.create_task(switches())
             expected = await load_ledger(app, 1500)
             assert await switching == ["trigger->wal", "wal->trigger", "trigger->wal"]
-            await asyncio.to_thread(_consumer.wait_caught_up, db)
+            await asyncio.to_thread(_running.wait_caught_up, db)
         finally:
             await asyncio.to_thread(consumer.stop)
         with psycopg.connect(db) as conn:
@@ -218,7 +218,7 @@ async def test_without_replication_connections_the_consumer_reads_through_sql(
             thread.start()
             try:
                 expected = await load_ledger(app, 300)
-                await asyncio.to_thread(_consumer.wait_caught_up, db, 60)
+                await asyncio.to_thread(_running.wait_caught_up, db, 60)
             finally:
                 stop.set()
                 await asyncio.to_thread(thread.join, 20)
@@ -247,7 +247,7 @@ async def test_a_consumer_under_row_level_security_stages_and_stores_the_same(
             thread.start()
             try:
                 expected = await load_ledger(app, 150)
-                await asyncio.to_thread(_consumer.wait_caught_up, db, 60)
+                await asyncio.to_thread(_running.wait_caught_up, db, 60)
             finally:
                 stop.set()
                 await asyncio.to_thread(thread.join, 20)

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from flux.capture._consumer import wait_caught_up
+from flux.capture._running import wait_caught_up
 from tests.faults.conftest import RestartableServer, fault_shop
 from tests.faults.load import Answer, Load, reconcile, tracebacks
 from tests.fixtures.shop import Shop
