@@ -79,13 +79,23 @@ def ls(when: str = typer.Argument(None, metavar="[WINDOW]",
     room = max(16, out.width - 58 - min(24, max(8, *map(len, whats))))
     for r, what in zip(rows, whats, strict=True):
         colour = "green" if r["status"] == "ok" else "red"
-        error = (r["error_message"] or "").splitlines()[0] if r["error_message"] else ""
+        error = error_cell(r.get("error_type"), r["error_message"])
         if r.get("resumed_by"):  # a failure already finished (by whom: --json, why)
             error = f"resumed · {error}"
         table.add_row(short(r["request_id"]), _local(r["started_at"]), escape(what),
                       f"[{colour}]{r['http_status']}[/]", f"{r['duration_ms']:.0f}",
                       escape(_fit(error, room)))
     out.print(table)
+
+
+def error_cell(kind: str | None, message: str | None) -> str:
+    """An execution's error in one line, named by its type: a KeyError's message alone is
+    a bare ``'amount_cents'`` that says nothing at 3 a.m. A ``ctx.error`` answer
+    (FunctionError) speaks for itself."""
+    line = message.splitlines()[0] if message else ""
+    if not kind or kind == "FunctionError" or line.startswith(kind):
+        return line
+    return f"{kind}: {line}" if line else kind
 
 
 def _fit(text: str, width: int, *, left: bool = False) -> str:

@@ -136,6 +136,7 @@ def resume(request_id: str = typer.Argument(..., help="Execution id or a unique 
            as_json: bool = JSON) -> None:
     """Finish a failed execution with today's code, never repeating its outside effects."""
     from flux._errors import ResumeRefused
+    from flux.runtime._callkey import endpoint_of  # an HTTP call as people read it
 
     try:
         result = source().resume(request_id, dry_run=dry_run, strict=strict)
@@ -147,10 +148,13 @@ def resume(request_id: str = typer.Argument(..., help="Execution id or a unique 
             made = (f"got {escape(str(d['actual'].get('call')))}" if d.get("actual")
                     else "which today's code never made")
             out.print(f"  [yellow]diverged[/] at {escape(str(d['file']))}:{d['line']}: "
-                      f"expected {escape(str((d['expected'] or {}).get('key')))}, {made}")
+                      f"expected {escape(endpoint_of(str((d['expected'] or {}).get('key'))))}"
+                      f", {made}")
         raise
     if as_json:
         print_json(result)
+        if not dry_run and result["status"] != "ok":  # as the rich output's exit code
+            raise typer.Exit(1)
         return
     out.print(f"\n  [bold]Resume[/]  {short(result['resumed_from'])}"
               + ("  [dim](dry run: nothing executed)[/]" if dry_run else ""))

@@ -361,6 +361,11 @@ def _status_advice(status: int, host: str, site: str, retry: str, said: str | No
         return (f"{host} refused our credentials with {status}{quoted}: check the secret "
                 f"sent at {site} — rotated, expired, another environment's key, or missing a "
                 "permission. Retrying will not help.")
+    if status == 402:
+        return (f"{host} declined the payment with 402{quoted}: the customer's card or "
+                "account refused it, not a bug in what we sent. Answer the caller with "
+                "ctx.error(402, …) asking for another payment method instead of a 500; "
+                f"retrying the call at {site} will be declined again.")
     if status == 404:
         return (f"{host} found nothing at that path{quoted}: check the id or path built at "
                 f"{site} — deleted on their side, from another environment, or moved in a "
@@ -396,8 +401,11 @@ def _response(f: _Failure, span: Mapping[str, Any]) -> Mapping[str, Any]:
 def _provider_message(body: Any) -> str:
     if not isinstance(body, Mapping):
         return _line(body, 120) if isinstance(body, str) else ""
-    for found in (_map(body.get("error")).get("message"), body.get("error"),
-                  body.get("message"), body.get("detail"), body.get("error_description")):
+    error = _map(body.get("error"))
+    # A message first; else the machine code a provider gives alone (``card_declined``).
+    for found in (error.get("message"), body.get("error"), body.get("message"),
+                  body.get("detail"), body.get("error_description"), error.get("code"),
+                  body.get("code"), error.get("type")):
         if isinstance(found, str) and found.strip():
             return _line(found, 120)
     return ""

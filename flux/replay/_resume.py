@@ -41,6 +41,22 @@ from flux.store._queries import load
 if TYPE_CHECKING:
     from flux._project import Project
 
+def past_tape(beyond: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The plan's steps for the calls the rehearsal of today's code made past the tape (a
+    fixed function goes further than the failed original did): an HTTP call there will be
+    sent, a statement or a job runs in the new transaction. Without them a plan would hide
+    the very calls a resume sends."""
+    steps = []
+    for call in beyond:
+        kind = str(call["kind"])
+        mode, note = ("live", "runs live (past the tape)") if kind == "http" else \
+            ("db", "re-executed in DB (past the tape)")
+        steps.append({"seq": None, "call": f"{kind} {call['call']}" if kind != "queue"
+                      else str(call["call"]), "kind": kind, "mode": mode, "note": note,
+                      "file": call.get("file"), "line": call.get("line"), "failed": False})
+    return steps
+
+
 def plan(record: dict[str, Any]) -> list[dict[str, Any]]:
     """What a resume will do with each call of the tape."""
     cut = failure_point(record)
@@ -77,8 +93,11 @@ class ResumeSource(TapeReplay):
                  key: str) -> Served | None:
         # Statements match by fingerprint (the tape is loose_db): a statement re-executed
         # live may carry a value an earlier one generated anew (a serial id, a timestamp).
-        entry = self.tape.take(Call("db", key, site.file, site.line,
-                                    describe=" ".join(query.split())[:80])).entry
+        call = Call("db", key, site.file, site.line, describe=" ".join(query.split())[:80])
+        entry = self.tape.take(call).entry
+        if entry is None:  # today's code writes more than the original got to
+            self.beyond.append({"kind": "db", "call": call.describe, "file": site.file,
+                                "line": site.line, "handled": "re-executed in DB"})
         if entry is not None and str(entry.get("key")) != key:
             self.params_drift.append({"call": " ".join(query.split())[:80],
                                       "file": site.file, "line": site.line,
@@ -121,6 +140,10 @@ class ResumeSource(TapeReplay):
         queue = self.tape._pending.get(kind, [])
         before_cut = bool(queue) and int(queue[0].get("seq") or 0) < self.cut
         entry = self.tape.take(Call(kind, key, site.file, site.line)).entry
+        if entry is None and kind == "queue":
+            self.beyond.append({"kind": "queue", "call": f"queue.push({key})",
+                                "file": site.file, "line": site.line,
+                                "handled": "enqueued in the new transaction"})
         if kind in ("secret", "queue", "config") or entry is None or not before_cut:
             # the real secret for live calls; the job in the new transaction; today's
             # configuration, as today's code (a fix deployed as a flag applies)
@@ -199,6 +222,7 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
                                        request_id=str(new_request_id()))
         divergence = source.tape.finish()
         cut = failure_point(record)
+        steps.extend(past_tape(source.beyond))
         result["drift"] = source.drift
         result["params_drift"] = source.params_drift  # information, never a refusal
         problem = None
@@ -211,6 +235,13 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
                        f"where it failed{because} ({divergence.file}:{divergence.line}: "
                        f"{divergence.reason}{_stopped_by(rehearsal.error, divergence)}); "
                        "nothing was executed")
+        elif (rehearsal.error or {}).get("type") == "SecretNotSet":
+            # The machine lacks a secret the code reads: the resume would fail on it, at
+            # the failed call or after it, leaving one more failed record and nothing done.
+            where = (f" at {rehearsal.error['file']}:{rehearsal.error['line']}"
+                     if rehearsal.error.get("file") else "")
+            problem = (f"SecretNotSet{where}: {rehearsal.error['message']} where this resume "
+                       "runs; nothing was executed")
         elif (rehearsal.error or {}).get("type") == "UnrecordedIO":
             problem = (f"{rehearsal.error['message']}: the resume would reach outside "
                        "through no recorded path; nothing was executed")

@@ -179,6 +179,18 @@ def test_401_points_at_the_credentials() -> None:
     assert "credentials" in cause.suggestion and "bad key" in cause.suggestion
 
 
+def test_402_is_a_declined_payment_quoting_the_code_the_provider_gave_alone() -> None:
+    rec = record(http("s3", status=402, body={"error": {"type": "card_error",
+                                                        "code": "card_declined"}}),
+                 error=error("HTTPError", "402 Client Error: Payment Required"))
+    cause = classify(rec)
+    assert cause.cls == "dependency_error" and cause.details["status"] == 402
+    assert cause.details["provider_message"] == "card_declined"
+    assert cause.message.startswith(f"{CHARGES} answered 402: card_declined")
+    assert "declined the payment" in cause.suggestion and "ctx.error(402" in cause.suggestion
+    assert "compare the request body" not in cause.suggestion
+
+
 def test_connection_refused_is_a_dependency_error_safe_to_retry() -> None:
     reason = ("Cannot connect to host 127.0.0.1:4010 ssl:default "
               "[Connect call failed ('127.0.0.1', 4010)]")

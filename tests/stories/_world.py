@@ -22,12 +22,14 @@ class Provider:
     """A payments API: ``POST …/charges`` (idempotent by ``Idempotency-Key``), ``GET
     …/customers/{id}``, ``GET …/balance``; any path prefix (an account id in the path) is
     accepted. ``requests`` holds every request received; ``charges`` counts distinct
-    charges. ``shape = "v2"`` renames the customer's ``email`` to ``email_address``."""
+    charges. ``shape = "v2"`` renames the customer's ``email`` to ``email_address``; a charge
+    for a customer in ``declined`` is answered 402 ``card_declined``, as a card network's."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.charges = 0
         self.shape = "v1"
+        self.declined: set[str] = set()
         self._idempotent: dict[str, dict[str, Any]] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -52,6 +54,9 @@ class Provider:
                               "query": dict(request.query), "headers": dict(request.headers),
                               "body": body})
         if request.path.endswith("/charges") and request.method == "POST":
+            if (body or {}).get("customer") in self.declined:
+                return web.json_response({"error": {"type": "card_error",
+                                                    "code": "card_declined"}}, status=402)
             key = request.headers.get("Idempotency-Key", f"anon-{len(self.requests)}")
             if key not in self._idempotent:
                 self.charges += 1
