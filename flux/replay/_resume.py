@@ -60,6 +60,9 @@ def past_tape(beyond: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def plan(record: dict[str, Any]) -> list[dict[str, Any]]:
     """What a resume will do with each call of the tape."""
     cut = failure_point(record)
+    # A statement as people read it: its span's SQL, not the fingerprint that keys it.
+    sql = {span.get("id"): (span.get("attrs") or {}).get("sql")
+           for span in record.get("spans") or [] if isinstance(span, dict)}
     steps = []
     for entry in record.get("tape") or []:
         seq, kind = int(entry.get("seq") or 0), entry.get("kind")
@@ -70,6 +73,8 @@ def plan(record: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             mode, note = "tape", "served from tape"
         key = str(entry.get("key"))  # an HTTP call as people read it: no secrets note
+        if kind == "db" and isinstance(text := sql.get(entry.get("span_id")), str):
+            key = " ".join(text.split())[:80]
         steps.append({"seq": seq, "call": f"{kind} {endpoint_of(key) if kind == 'http' else key}",
                       "kind": kind,
                       "mode": mode, "note": note, "file": entry.get("file"),

@@ -202,3 +202,28 @@ async def test_resume_works_for_a_job_execution(shop: Shop) -> None:
         assert conn.execute("SELECT parent_id::text FROM flux.trace_requests "
                             "WHERE request_id = %s", [result["request_id"]]).fetchone() == (
             signup,)
+
+
+def test_the_plan_reads_as_sql_and_lists_what_the_rehearsal_did_past_the_tape() -> None:
+    from flux.replay._resume import past_tape, plan
+
+    record = {
+        "spans": [{"id": "s3", "kind": "db", "attrs": {"sql": "INSERT INTO invoices\n  (id)"}}],
+        "tape": [
+            {"seq": 1, "kind": "http", "key": "POST http://p/v1/charges +secrets(hmac-sha256:x)",
+             "value": {"status": 200}, "file": "f.py", "line": 3},
+            {"seq": 2, "kind": "db", "key": "63fe2838:06d033ec", "span_id": "s3",
+             "value": {"rows": []}, "file": "f.py", "line": 5},
+        ],
+    }
+    steps = plan(record)
+    assert [(s["call"], s["mode"]) for s in steps] == [
+        ("http POST http://p/v1/charges", "tape"), ("db INSERT INTO invoices (id)", "db")]
+    later = past_tape([
+        {"kind": "http", "call": "POST http://p/v1/receipts", "file": "f.py", "line": 7},
+        {"kind": "db", "call": "UPDATE invoices SET sent = true", "file": "f.py", "line": 8},
+        {"kind": "queue", "call": "queue.push(mail)", "file": "f.py", "line": 9},
+    ])
+    assert [(s["call"], s["mode"], s["seq"]) for s in later] == [
+        ("http POST http://p/v1/receipts", "live", None),
+        ("db UPDATE invoices SET sent = true", "db", None), ("queue.push(mail)", "db", None)]

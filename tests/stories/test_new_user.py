@@ -194,6 +194,9 @@ async def test_a_new_user_bills_fails_fixes_replays_resumes_and_bisects(
             (step["kind"], step["mode"]) for step in plan["plan"] if step["kind"] in ("http", "db")
         ]
         assert modes == [("http", "tape"), ("db", "db"), ("http", "live")], plan["plan"]
+        calls = [step["call"] for step in plan["plan"] if step["kind"] in ("http", "db")]
+        assert calls[1].startswith("db INSERT INTO invoices (customer, charge_id, amount)")
+        assert calls[2].startswith(f"http POST {provider.url}/v1/receipts?api_key=[redacted")
         assert len(provider.requests) == 2 and invoices(db) == []
 
         code, resumed, _ = await cli("resume", short)
