@@ -114,6 +114,7 @@ typedef struct
 	bool		busy;
 	Oid			leaf;
 	MemoryContext context;
+	MemoryContext row_context;	/* the indexes' insert state (ii_Context), reset per row */
 	int			nindexes;
 	Oid		   *indexes;
 	EState	   *estate;
@@ -122,7 +123,7 @@ typedef struct
 } LeafCache;
 
 static DirectCache direct = {false, InvalidOid, NULL, 0, NULL, NULL, NULL, 0, NULL};
-static LeafCache leaf_cache = {false, false, InvalidOid, NULL, 0, NULL, NULL, NULL, NULL};
+static LeafCache leaf_cache = {false, false, InvalidOid, NULL, NULL, 0, NULL, NULL, NULL, NULL};
 static bool callback_registered = false;
 
 static void
@@ -423,8 +424,15 @@ build_leaf_cache(TupleDesc parent_desc, Relation leaf)
 	leaf_cache.rri = rri;
 	leaf_cache.nindexes = rri->ri_NumIndices;
 	leaf_cache.indexes = palloc(sizeof(Oid) * (rri->ri_NumIndices + 1));
+	leaf_cache.row_context = AllocSetContextCreate(leaf_cache.context, "flux capture row",
+												   ALLOCSET_SMALL_SIZES);
 	for (i = 0; i < rri->ri_NumIndices; i++)
 	{
+		/*
+		 * An index method keeps its insert state in ii_Context (BRIN: its descriptor and
+		 * revmap; GIN: its GinState), made for one statement: reset after each row.
+		 */
+		rri->ri_IndexRelationInfo[i]->ii_Context = leaf_cache.row_context;
 		leaf_cache.indexes[i] = RelationGetRelid(rri->ri_IndexRelationDescs[i]);
 		index_close(rri->ri_IndexRelationDescs[i], RowExclusiveLock);
 		rri->ri_IndexRelationDescs[i] = NULL;
@@ -577,7 +585,9 @@ direct_insert(Datum *values, const char *nulls)
 		index_insert_cleanup(rri->ri_IndexRelationDescs[i], rri->ri_IndexRelationInfo[i]);
 		index_close(rri->ri_IndexRelationDescs[i], RowExclusiveLock);
 		rri->ri_IndexRelationDescs[i] = NULL;
+		rri->ri_IndexRelationInfo[i]->ii_AmCache = NULL;
 	}
+	MemoryContextReset(leaf_cache.row_context);
 	rri->ri_RelationDesc = NULL;
 	ExecClearTuple(slot);
 	ResetPerTupleExprContext(leaf_cache.estate);
