@@ -14,6 +14,7 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
@@ -97,14 +98,46 @@ typedef struct
 	ExprContext *econtext;
 } DirectCache;
 
+/*
+ * The executor state of the partition rows go into, kept across rows and transactions
+ * (issue 21, fourth round): built per row, it was most of the direct insert's cost — each
+ * index's IndexInfo and its predicate compiled, the CHECK constraints read from their node
+ * strings and compiled, the partition constraint compiled. What it holds is derived from
+ * the catalogs only, so a relcache invalidation of the partition or one of its indexes
+ * drops it; the relations themselves are opened and locked per row, as before, and their
+ * descriptors set into it afresh. A row that ends in an error leaves it busy, and the next
+ * row builds it anew (an index's insert state may hold a buffer the abort released).
+ */
+typedef struct
+{
+	bool		ready;
+	bool		busy;
+	Oid			leaf;
+	MemoryContext context;
+	MemoryContext row_context;	/* the indexes' insert state (ii_Context), reset per row */
+	int			nindexes;
+	Oid		   *indexes;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
+} LeafCache;
+
 static DirectCache direct = {false, InvalidOid, NULL, 0, NULL, NULL, NULL, 0, NULL};
+static LeafCache leaf_cache = {false, false, InvalidOid, NULL, NULL, 0, NULL, NULL, NULL, NULL};
 static bool callback_registered = false;
 
 static void
 invalidate_direct(Datum arg, Oid relid)
 {
+	int			i;
+
 	if (relid == InvalidOid || relid == direct.parent)
 		direct.valid = false;
+	if (relid == InvalidOid || relid == leaf_cache.leaf)
+		leaf_cache.ready = false;
+	for (i = 0; leaf_cache.ready && i < leaf_cache.nindexes; i++)
+		if (leaf_cache.indexes[i] == relid)
+			leaf_cache.ready = false;
 }
 
 static int
@@ -349,6 +382,68 @@ same_columns(TupleDesc parent, TupleDesc leaf)
 	return true;
 }
 
+/*
+ * Build the partition's executor state (LeafCache) for `leaf`, whose indexes are not open:
+ * as logical replication's apply sets up its one-relation executor state, in a memory
+ * context of its own. False when the partition's columns are not the parent's.
+ */
+static bool
+build_leaf_cache(TupleDesc parent_desc, Relation leaf)
+{
+	MemoryContext old;
+	RangeTblEntry *rte;
+	List	   *perminfos = NIL;
+	ResultRelInfo *rri;
+	int			i;
+
+	if (leaf_cache.context != NULL)
+		MemoryContextDelete(leaf_cache.context);
+	leaf_cache.context = NULL;
+	leaf_cache.ready = false;
+	leaf_cache.leaf = InvalidOid;
+	leaf_cache.nindexes = 0;
+	if (!same_columns(parent_desc, RelationGetDescr(leaf)))
+		return false;
+	leaf_cache.context = AllocSetContextCreate(CacheMemoryContext, "flux capture partition",
+											   ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(leaf_cache.context);
+	/* Ready from here: an invalidation while this builds makes the next row build again. */
+	leaf_cache.ready = true;
+	leaf_cache.leaf = RelationGetRelid(leaf);
+	leaf_cache.estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(leaf);
+	rte->relkind = leaf->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	addRTEPermissionInfo(&perminfos, rte);
+	ExecInitRangeTable(leaf_cache.estate, list_make1(rte), perminfos, bms_make_singleton(1));
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, leaf, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	leaf_cache.rri = rri;
+	leaf_cache.nindexes = rri->ri_NumIndices;
+	leaf_cache.indexes = palloc(sizeof(Oid) * (rri->ri_NumIndices + 1));
+	leaf_cache.row_context = AllocSetContextCreate(leaf_cache.context, "flux capture row",
+												   ALLOCSET_SMALL_SIZES);
+	for (i = 0; i < rri->ri_NumIndices; i++)
+	{
+		/*
+		 * An index method keeps its insert state in ii_Context (BRIN: its descriptor and
+		 * revmap; GIN: its GinState), made for one statement: reset after each row.
+		 */
+		rri->ri_IndexRelationInfo[i]->ii_Context = leaf_cache.row_context;
+		leaf_cache.indexes[i] = RelationGetRelid(rri->ri_IndexRelationDescs[i]);
+		index_close(rri->ri_IndexRelationDescs[i], RowExclusiveLock);
+		rri->ri_IndexRelationDescs[i] = NULL;
+	}
+	leaf_cache.slot = ExecInitExtraTupleSlot(leaf_cache.estate,
+											 CreateTupleDescCopy(RelationGetDescr(leaf)),
+											 &TTSOpsVirtual);
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
 /* Insert the row straight into its partition; false when the INSERT must do it. */
 static bool
 direct_insert(Datum *values, const char *nulls)
@@ -359,21 +454,23 @@ direct_insert(Datum *values, const char *nulls)
 	TupleDesc	desc;
 	PartitionKey key;
 	PartitionDesc partitions;
-	EState	   *estate;
 	ResultRelInfo *rri;
-	RangeTblEntry *rte;
-	List	   *perminfos = NIL;
 	TupleTableSlot *slot;
 	Datum	   *row;
 	bool	   *row_nulls;
 	int			part_index = -1;
+	int			attempt;
 	int			i;
 
-	parent_oid = get_relname_relid("state_mutations", get_namespace_oid("flux", false));
+	parent_oid = direct.valid ? direct.parent :
+		get_relname_relid("state_mutations", get_namespace_oid("flux", false));
 	if (!OidIsValid(parent_oid))
 		return false;
-	parent = table_open(parent_oid, RowExclusiveLock);
+	parent = try_table_open(parent_oid, RowExclusiveLock);
+	if (parent == NULL)
+		return false;
 	if (parent->rd_rel->relkind != RELKIND_PARTITIONED_TABLE || parent->trigdesc != NULL ||
+		strcmp(RelationGetRelationName(parent), "state_mutations") != 0 ||
 		(!(direct.valid && direct.parent == parent_oid) && !build_direct_cache(parent)))
 	{
 		table_close(parent, NoLock);
@@ -435,36 +532,66 @@ direct_insert(Datum *values, const char *nulls)
 		return false;
 	}
 	leaf = table_open(partitions->oids[part_index], RowExclusiveLock);
-	if (leaf->rd_rel->relkind != RELKIND_RELATION || leaf->trigdesc != NULL ||
-		!same_columns(desc, RelationGetDescr(leaf)))
+	if (leaf->rd_rel->relkind != RELKIND_RELATION || leaf->trigdesc != NULL)
 	{
 		table_close(leaf, NoLock);
 		table_close(parent, NoLock);
 		return false;
 	}
 
-	/* As logical replication's apply sets up its one-relation executor state. */
-	estate = CreateExecutorState();
-	rte = makeNode(RangeTblEntry);
-	rte->rtekind = RTE_RELATION;
-	rte->relid = RelationGetRelid(leaf);
-	rte->relkind = leaf->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	addRTEPermissionInfo(&perminfos, rte);
-	ExecInitRangeTable(estate, list_make1(rte), perminfos, bms_make_singleton(1));
-	estate->es_output_cid = GetCurrentCommandId(true);
-	rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(rri, leaf, 1, NULL, 0);
-	ExecOpenIndices(rri, false);
-	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(leaf), &TTSOpsVirtual);
+	/*
+	 * The partition's executor state, built once and kept (LeafCache); its indexes are
+	 * opened and locked per row, as ExecOpenIndices would. Opening them may take in an
+	 * invalidation that drops the state: then it is built again, once.
+	 */
+	for (attempt = 0;; attempt++)
+	{
+		if (!leaf_cache.ready || leaf_cache.busy ||
+			leaf_cache.leaf != RelationGetRelid(leaf))
+		{
+			leaf_cache.busy = false;
+			if (attempt > 1 || !build_leaf_cache(desc, leaf))
+			{
+				table_close(leaf, NoLock);
+				table_close(parent, NoLock);
+				return false;
+			}
+		}
+		rri = leaf_cache.rri;
+		for (i = 0; i < leaf_cache.nindexes; i++)
+			rri->ri_IndexRelationDescs[i] = index_open(leaf_cache.indexes[i],
+													   RowExclusiveLock);
+		if (leaf_cache.ready)
+			break;
+		for (i = 0; i < leaf_cache.nindexes; i++)
+		{
+			index_close(rri->ri_IndexRelationDescs[i], RowExclusiveLock);
+			rri->ri_IndexRelationDescs[i] = NULL;
+		}
+	}
+
+	/* Busy until the indexes' insert state is cleaned up: an error in between rebuilds. */
+	leaf_cache.busy = true;
+	rri->ri_RelationDesc = leaf;
+	leaf_cache.estate->es_output_cid = GetCurrentCommandId(true);
+	slot = leaf_cache.slot;
 	ExecClearTuple(slot);
 	memcpy(slot->tts_values, row, sizeof(Datum) * desc->natts);
 	memcpy(slot->tts_isnull, row_nulls, sizeof(bool) * desc->natts);
 	ExecStoreVirtualTuple(slot);
-	ExecSimpleRelationInsert(rri, estate, slot);
-	ExecCloseIndices(rri);
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	FreeExecutorState(estate);
+	ExecSimpleRelationInsert(rri, leaf_cache.estate, slot);
+	for (i = 0; i < leaf_cache.nindexes; i++)
+	{
+		index_insert_cleanup(rri->ri_IndexRelationDescs[i], rri->ri_IndexRelationInfo[i]);
+		index_close(rri->ri_IndexRelationDescs[i], RowExclusiveLock);
+		rri->ri_IndexRelationDescs[i] = NULL;
+		rri->ri_IndexRelationInfo[i]->ii_AmCache = NULL;
+	}
+	MemoryContextReset(leaf_cache.row_context);
+	rri->ri_RelationDesc = NULL;
+	ExecClearTuple(slot);
+	ResetPerTupleExprContext(leaf_cache.estate);
+	leaf_cache.busy = false;
 	table_close(leaf, NoLock);
 	table_close(parent, NoLock);
 	return true;

@@ -142,3 +142,46 @@ def test_a_library_that_cannot_be_written_is_a_reason_not_an_error(tmp_path: Pat
     blocked.write_text("")
     reason = native.build(blocked / native.LIBRARY_DIR / "flux_capture-x.so")
     assert reason is not None and reason.startswith("the C trigger could not be built into")
+
+
+def test_the_c_triggers_kept_executor_state_follows_the_schema(
+    conn: psycopg.Connection[Any],
+) -> None:
+    # The C trigger keeps its partition's executor state (indexes, constraints) across rows
+    # and transactions: an index or a CHECK constraint added later in the same session must
+    # take effect at once, and a row that failed half-way must not spoil the next ones.
+    assert conn.execute("SELECT flux.capture_language()").fetchone() == ("c",)
+    conn.execute("CREATE TABLE once (id int PRIMARY KEY, v text)")
+    conn.execute("SELECT flux.install_capture('once')")
+    conn.execute("INSERT INTO once VALUES (1, 'a')")  # the state is built here
+    # Unique per table and transaction: two captured rows of `once` in one transaction clash
+    # only if the cached state writes the new index.
+    conn.execute(
+        "CREATE UNIQUE INDEX state_mutations_once ON flux.state_mutations "
+        "(table_name, committed_at) WHERE table_name = 'once'"
+    )
+    with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+        conn.execute("INSERT INTO once VALUES (2, 'b'), (3, 'c')")
+    conn.execute("DROP INDEX flux.state_mutations_once")
+    conn.execute(
+        "ALTER TABLE flux.state_mutations ADD CONSTRAINT no_bad CHECK (new ->> 'v' <> 'bad')"
+    )
+    with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():
+        conn.execute("INSERT INTO once VALUES (4, 'bad')")
+    conn.execute("ALTER TABLE flux.state_mutations DROP CONSTRAINT no_bad")
+    with conn.transaction():
+        conn.execute("SAVEPOINT s")
+        conn.execute("INSERT INTO once VALUES (5, 'x')")
+        conn.execute("ROLLBACK TO SAVEPOINT s")
+        conn.execute("INSERT INTO once VALUES (6, 'bad'), (7, 'y')")
+    rows = conn.execute(
+        "SELECT new ->> 'id' FROM flux.state_mutations WHERE table_name = 'once' ORDER BY id"
+    ).fetchall()
+    assert rows == [("1",), ("6",), ("7",)]
+    # Every index of the partition holds every row (an index scan finds them all).
+    conn.execute("SET enable_seqscan = off")
+    found = conn.execute(
+        "SELECT count(*) FROM flux.state_mutations m JOIN flux.state_mutations n "
+        "ON n.record_id = m.record_id WHERE m.table_name = 'once'"
+    ).fetchone()
+    assert found == (3,)
