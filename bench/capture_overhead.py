@@ -63,6 +63,7 @@ from _load import cpu_seconds
 
 from flux.capture import _consumer as consumer
 from flux.capture import _mode
+from flux.capture._running import wait_caught_up
 from flux.store import _native
 from flux.store._database import ensure_database
 from flux.store._embedded import EmbeddedServer, install_dir
@@ -147,6 +148,12 @@ def _backends_gone(conninfo: str) -> None:
     time.sleep(0.2)
 
 
+def _lsn(conninfo: str) -> int:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone()
+    return int(row[0]) if row else 0
+
+
 def _lag(conninfo: str) -> int:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute("SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint "
@@ -226,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             meter = CpuMeter(info.pid, conninfo["wal"])
             child = spawn(_consumer, "consumer", {"conninfo": conninfo["wal"]})
             meter.watch(child.process.pid)
-            consumer.wait_caught_up(conninfo["wal"], timeout=300)
+            wait_caught_up(conninfo["wal"], timeout=300)
             print(f"pgbench: {args.clients} clients, scale {args.scale}, {args.rounds} round(s) "
                   f"of {args.seconds} s per mode; the WAL consumer runs in a child process, "
                   + ("during the rounds" if live else "paused during the rounds"), flush=True)
@@ -241,21 +248,24 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in MODES:
                     _pause(child, not live)
                     before = meter.sample()
+                    start_lsn = _lsn(conninfo[mode])
                     value, count, client = _round(conninfo[mode], script, args)
                     after = meter.sample()
+                    wal_bytes = _lsn(conninfo[mode]) - start_lsn
                     tps[mode].append(value)
                     committed[mode] += count
                     db_cpu[mode].append(_per_txn(before, after, "db", count))
                     writers_cpu[mode].append(client / count * 1000 + db_cpu[mode][-1])
                     line = (f"round {number}  {mode:<8} {value:9.1f} tps  {count:7d} txns  "
                             f"cpu/txn pgbench {client / count * 1000:.3f} ms "
-                            f"db {db_cpu[mode][-1]:.3f} ms")
+                            f"db {db_cpu[mode][-1]:.3f} ms  wal {wal_bytes / count:.0f} B "
+                            f"decoding {_per_txn(before, after, 'backend', count):.3f} ms")
                     lag = _lag(conninfo["wal"])
                     _pause(child, False)
                     # Every round's changes are stored before the next round starts, so
                     # that no round pays for another's: the wait is this round's.
                     waited = time.monotonic()
-                    consumer.wait_caught_up(conninfo["wal"], timeout=300)
+                    wait_caught_up(conninfo["wal"], timeout=300)
                     waited = time.monotonic() - waited
                     stored = meter.sample()
                     if mode == "wal":
