@@ -13,8 +13,12 @@ and ``COMMIT``. The same script runs against every database:
 - ``wal``: ``flux capture switch wal`` — REPLICA IDENTITY FULL, the publication, the slot —
   with the consumer (flux/capture/_consumer.py) in a child process.
 
-Rounds alternate none, trigger, wal, … so that machine noise hits all three alike; a mode's
-figure is the median of its rounds' TPS (pgbench's "without initial connection time").
+Rounds alternate none, trigger, wal, then wal, trigger, none, … so that machine noise hits
+all three alike and no mode always follows another; a short uncounted round per mode comes
+first (each page's first change after the set-up's checkpoints writes its full image). A
+mode's figure is the median of its rounds' TPS (pgbench's "without initial connection
+time"). Each round also shows the WAL it wrote per transaction and what the consumer's
+backends (the walsender reads every database's WAL) spent meanwhile.
 
 The headline is the writers' throughput with WAL capture against none. In production the
 consumer runs on a core (or a host) of its own; on this shared machine it would take its CPU
@@ -118,6 +122,11 @@ def _prepare(conninfo: str, mode: str, scale: int) -> None:
                   f"({_native.ENV}=0 keeps PL/pgSQL)", flush=True)
     elif mode == "wal":
         _mode.switch(conninfo, "wal")
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            language = conn.execute("SELECT flux.wal_language()").fetchone()
+            print(f"WAL capture's end_execution and actor trigger run in "
+                  f"{language[0] if language else '?'} ({_native.ENV}=0 keeps PL/pgSQL)",
+                  flush=True)
 
 
 def _round(conninfo: str, script: Path, args: argparse.Namespace
@@ -234,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
             child = spawn(_consumer, "consumer", {"conninfo": conninfo["wal"]})
             meter.watch(child.process.pid)
             wait_caught_up(conninfo["wal"], timeout=300)
+            # A short uncounted round per mode first: each database's pages get their
+            # first change since the set-up's checkpoints (a full page image each) and its
+            # caches warm here, not in the first counted round of whichever mode runs first.
+            warm_up = argparse.Namespace(**{**vars(args), "seconds": max(1, args.seconds // 3)})
+            for mode in MODES:
+                _round(conninfo[mode], script, warm_up)
+            wait_caught_up(conninfo["wal"], timeout=300)
             print(f"pgbench: {args.clients} clients, scale {args.scale}, {args.rounds} round(s) "
                   f"of {args.seconds} s per mode; the WAL consumer runs in a child process, "
                   + ("during the rounds" if live else "paused during the rounds"), flush=True)
@@ -245,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             waits: list[float] = []
             app_ms = backend_ms = 0.0  # the consumer's CPU seconds over the WAL rounds
             for number in range(1, args.rounds + 1):
-                for mode in MODES:
+                # Every other round in reverse order: no mode always follows another (the
+                # WAL round's catch-up, the trigger round's autovacuum work) or comes first.
+                for mode in MODES if number % 2 else MODES[::-1]:
                     _pause(child, not live)
                     before = meter.sample()
                     start_lsn = _lsn(conninfo[mode])

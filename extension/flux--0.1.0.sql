@@ -2282,4 +2282,74 @@ BEGIN
     END LOOP;
 END
 $$;
-INSERT INTO flux.migrations (version, name, checksum) VALUES (25, 'wal_writer_cost', 'f8566d094d4c064486123996407d51f479b7ba6d030e5b47fabee14debacc101');
+
+-- Both writer-side functions in C where the server can load it (extension/flux_wal.c, built
+-- and installed by flux/store/_native.py as 0022's trigger is): measured with callgrind,
+-- the PL/pgSQL end_execution costs a transaction ~40 000 instructions more in WAL mode than
+-- in any other, the PL/pgSQL actor trigger ~12 000 a statement even when it returns at once.
+-- The PL/pgSQL bodies stay as the *_plpgsql copies below, which flux.use_native_wal(NULL)
+-- puts back; callers and triggers name the functions by oid, so nothing else changes.
+CREATE FUNCTION flux.wal_actor_plpgsql() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+DECLARE
+    lsn pg_lsn;
+BEGIN
+    -- A Flux execution's end_execution message carries its actor: nothing to do.
+    IF coalesce(current_setting('flux.request_id', true), '') = '' THEN
+        lsn := pg_logical_emit_message(true, 'flux.actor', json_build_object(
+            'actor', current_user,
+            'application_name', current_setting('application_name', true),
+            'tenant', flux.session_tenant())::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION flux.end_execution_plpgsql(request_id uuid, statements jsonb) RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF flux.setting('capture') = 'wal' THEN
+        PERFORM pg_logical_emit_message(true, 'flux', json_build_object(
+            'request_id', request_id, 'statements', statements, 'actor', current_user,
+            'application_name', current_setting('application_name', true),
+            'tenant', flux.session_tenant())::text);
+    END IF;
+END
+$$;
+
+-- What flux.end_execution and flux.wal_actor run in: 'c' or 'plpgsql'.
+CREATE FUNCTION flux.wal_language() RETURNS text
+    LANGUAGE sql STABLE
+    RETURN (SELECT l.lanname::text FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+            WHERE p.oid = 'flux.end_execution(uuid, jsonb)'::regprocedure);
+
+-- Replace both by the C functions of `library` (an absolute path the server can read), or
+-- by the PL/pgSQL bodies when `library` is NULL. Only a superuser may create a C function.
+CREATE FUNCTION flux.use_native_wal(library text) RETURNS text
+    LANGUAGE plpgsql SET search_path = pg_catalog, flux AS $$
+BEGIN
+    IF library IS NULL THEN
+        IF flux.wal_language() <> 'plpgsql' THEN
+            EXECUTE format('CREATE OR REPLACE FUNCTION flux.end_execution(request_id uuid, '
+                           'statements jsonb) RETURNS void LANGUAGE plpgsql AS %L',
+                           (SELECT prosrc FROM pg_proc WHERE oid =
+                            'flux.end_execution_plpgsql(uuid, jsonb)'::regprocedure));
+            EXECUTE format('CREATE OR REPLACE FUNCTION flux.wal_actor() RETURNS trigger '
+                           'LANGUAGE plpgsql AS %L',
+                           (SELECT prosrc FROM pg_proc WHERE oid =
+                            'flux.wal_actor_plpgsql()'::regprocedure));
+        END IF;
+    ELSIF (SELECT p.probin FROM pg_proc p
+           WHERE p.oid = 'flux.end_execution(uuid, jsonb)'::regprocedure)
+          IS DISTINCT FROM library THEN
+        EXECUTE format('CREATE OR REPLACE FUNCTION flux.end_execution(request_id uuid, '
+                       'statements jsonb) RETURNS void LANGUAGE c AS %L, %L',
+                       library, 'flux_end_execution');
+        EXECUTE format('CREATE OR REPLACE FUNCTION flux.wal_actor() RETURNS trigger '
+                       'LANGUAGE c AS %L, %L', library, 'flux_wal_actor');
+    END IF;
+    RETURN flux.wal_language();
+END
+$$;
+REVOKE ALL ON FUNCTION flux.use_native_wal(text) FROM PUBLIC;
+INSERT INTO flux.migrations (version, name, checksum) VALUES (25, 'wal_writer_cost', '8ab274680e5c6a1fc56892d3fe8aee5370095bd8ea19c02cf5741319ac45399a');
