@@ -13,8 +13,12 @@ and ``COMMIT``. The same script runs against every database:
 - ``wal``: ``flux capture switch wal`` — REPLICA IDENTITY FULL, the publication, the slot —
   with the consumer (flux/capture/_consumer.py) in a child process.
 
-Rounds alternate none, trigger, wal, … so that machine noise hits all three alike; a mode's
-figure is the median of its rounds' TPS (pgbench's "without initial connection time").
+Rounds alternate none, trigger, wal, then wal, trigger, none, … so that machine noise hits
+all three alike and no mode always follows another; a short uncounted round per mode comes
+first (each page's first change after the set-up's checkpoints writes its full image). A
+mode's figure is the median of its rounds' TPS (pgbench's "without initial connection
+time"). Each round also shows the WAL it wrote per transaction and what the consumer's
+backends (the walsender reads every database's WAL) spent meanwhile.
 
 The headline is the writers' throughput with WAL capture against none. In production the
 consumer runs on a core (or a host) of its own; on this shared machine it would take its CPU
@@ -62,7 +66,8 @@ from _children import Child, scratch_dir, spawn, stop
 from _load import cpu_seconds
 
 from flux.capture import _consumer as consumer
-from flux.capture import _mode, _running
+from flux.capture import _mode
+from flux.capture._running import wait_caught_up
 from flux.store import _native
 from flux.store._database import ensure_database
 from flux.store._embedded import EmbeddedServer, install_dir
@@ -117,6 +122,11 @@ def _prepare(conninfo: str, mode: str, scale: int) -> None:
                   f"({_native.ENV}=0 keeps PL/pgSQL)", flush=True)
     elif mode == "wal":
         _mode.switch(conninfo, "wal")
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            language = conn.execute("SELECT flux.wal_language()").fetchone()
+            print(f"WAL capture's end_execution and actor trigger run in "
+                  f"{language[0] if language else '?'} ({_native.ENV}=0 keeps PL/pgSQL)",
+                  flush=True)
 
 
 def _round(conninfo: str, script: Path, args: argparse.Namespace
@@ -145,6 +155,12 @@ def _backends_gone(conninfo: str) -> None:
                 break
             time.sleep(0.05)
     time.sleep(0.2)
+
+
+def _lsn(conninfo: str) -> int:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _lag(conninfo: str) -> int:
@@ -226,7 +242,14 @@ def main(argv: list[str] | None = None) -> int:
             meter = CpuMeter(info.pid, conninfo["wal"])
             child = spawn(_consumer, "consumer", {"conninfo": conninfo["wal"]})
             meter.watch(child.process.pid)
-            _running.wait_caught_up(conninfo["wal"], timeout=300)
+            wait_caught_up(conninfo["wal"], timeout=300)
+            # A short uncounted round per mode first: each database's pages get their
+            # first change since the set-up's checkpoints (a full page image each) and its
+            # caches warm here, not in the first counted round of whichever mode runs first.
+            warm_up = argparse.Namespace(**{**vars(args), "seconds": max(1, args.seconds // 3)})
+            for mode in MODES:
+                _round(conninfo[mode], script, warm_up)
+            wait_caught_up(conninfo["wal"], timeout=300)
             print(f"pgbench: {args.clients} clients, scale {args.scale}, {args.rounds} round(s) "
                   f"of {args.seconds} s per mode; the WAL consumer runs in a child process, "
                   + ("during the rounds" if live else "paused during the rounds"), flush=True)
@@ -238,24 +261,29 @@ def main(argv: list[str] | None = None) -> int:
             waits: list[float] = []
             app_ms = backend_ms = 0.0  # the consumer's CPU seconds over the WAL rounds
             for number in range(1, args.rounds + 1):
-                for mode in MODES:
+                # Every other round in reverse order: no mode always follows another (the
+                # WAL round's catch-up, the trigger round's autovacuum work) or comes first.
+                for mode in MODES if number % 2 else MODES[::-1]:
                     _pause(child, not live)
                     before = meter.sample()
+                    start_lsn = _lsn(conninfo[mode])
                     value, count, client = _round(conninfo[mode], script, args)
                     after = meter.sample()
+                    wal_bytes = _lsn(conninfo[mode]) - start_lsn
                     tps[mode].append(value)
                     committed[mode] += count
                     db_cpu[mode].append(_per_txn(before, after, "db", count))
                     writers_cpu[mode].append(client / count * 1000 + db_cpu[mode][-1])
                     line = (f"round {number}  {mode:<8} {value:9.1f} tps  {count:7d} txns  "
                             f"cpu/txn pgbench {client / count * 1000:.3f} ms "
-                            f"db {db_cpu[mode][-1]:.3f} ms")
+                            f"db {db_cpu[mode][-1]:.3f} ms  wal {wal_bytes / count:.0f} B "
+                            f"decoding {_per_txn(before, after, 'backend', count):.3f} ms")
                     lag = _lag(conninfo["wal"])
                     _pause(child, False)
                     # Every round's changes are stored before the next round starts, so
                     # that no round pays for another's: the wait is this round's.
                     waited = time.monotonic()
-                    _running.wait_caught_up(conninfo["wal"], timeout=300)
+                    wait_caught_up(conninfo["wal"], timeout=300)
                     waited = time.monotonic() - waited
                     stored = meter.sample()
                     if mode == "wal":

@@ -78,6 +78,7 @@ def check_contents(wheel: Path) -> None:
     sql = {f"flux/_sql/{p.relative_to(REPO / 'sql')}" for p in (REPO / "sql").rglob("*.sql")}
     assert sql <= names, f"missing from the wheel: {sorted(sql - names)}"
     assert "flux/_native/flux_capture.c" in names  # the C capture trigger (flux/store/_native.py)
+    assert "flux/_native/flux_wal.c" in names  # WAL capture's writer side in C (the same)
     for package in ("flux", "cli"):
         modules = {str(p.relative_to(REPO)) for p in (REPO / package).rglob("*.py")}
         assert modules <= names, f"missing from the wheel: {sorted(modules - names)}"

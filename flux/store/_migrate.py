@@ -90,6 +90,8 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[Migration]:
             if applied:
                 # The capture trigger in C where this server can load it (sql/0022).
                 native.install(conn)
+                # WAL capture's writer-side functions likewise (sql/0025).
+                native.install_wal(conn)
         finally:
             conn.execute(q.unlock, {"key": LOCK_KEY})
     return applied

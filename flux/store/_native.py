@@ -58,10 +58,10 @@ class NativeCapture:
     reason: str  # why not C, when it is not
 
 
-def source_path() -> Path | None:
-    """``extension/flux_capture.c`` of the source tree, or its copy inside a wheel."""
+def source_path(name: str = SOURCE_NAME) -> Path | None:
+    """``extension/<name>`` of the source tree, or its copy inside a wheel."""
     here = Path(__file__).resolve().parents[1]  # flux/
-    for candidate in (here / "_native" / SOURCE_NAME, here.parent / "extension" / SOURCE_NAME):
+    for candidate in (here / "_native" / name, here.parent / "extension" / name):
         if candidate.is_file():
             return candidate
     return None
@@ -100,14 +100,14 @@ def _headers() -> tuple[Path, int] | None:
     return (include, major) if (include / "postgres.h").is_file() else None
 
 
-def library_name(source: bytes, major: int) -> str:
+def library_name(source: bytes, major: int, stem: str = "flux_capture") -> str:
     digest = hashlib.sha256(source + b"\0" + str(major).encode()).hexdigest()[:16]
-    return f"flux_capture-{digest}.so"
+    return f"{stem}-{digest}.so"
 
 
-def build(target: Path) -> str | None:
-    """Compile the trigger into ``target`` (atomically). Returns why not, or None."""
-    source = source_path()
+def build(target: Path, name: str = SOURCE_NAME) -> str | None:
+    """Compile ``extension/<name>`` into ``target`` (atomically). Returns why not, or None."""
+    source = source_path(name)
     headers = _headers()
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if source is None:
@@ -191,3 +191,44 @@ def _unusable(server_major: int, data_directory: str | None) -> str | None:
     if headers[1] != server_major:
         return f"the headers are PostgreSQL {headers[1]}'s, the server is {server_major}"
     return None
+
+
+WAL_SOURCE_NAME = "flux_wal.c"
+
+
+def install_wal(conn: psycopg.Connection[Any]) -> NativeCapture:
+    """WAL capture's writer-side functions (``flux.end_execution``, ``flux.wal_actor``) in C
+    (``extension/flux_wal.c``, sql/0025) where this server can load them, else PL/pgSQL —
+    under the same conditions as the capture trigger. ``conn`` is in autocommit mode."""
+    q = load("native")
+    superuser, server_major, data_directory = conn.execute(q.facts).fetchone() or (False, 0, None)
+    language: str | None = None
+    with contextlib.suppress(psycopg.Error), conn.transaction():
+        row = conn.execute(q.wal_language).fetchone()
+        language = row[0] if row else None
+    if not superuser:
+        return NativeCapture(language or "plpgsql", "only a superuser may create a C function")
+    if language is None:
+        return NativeCapture("plpgsql", "the flux schema predates migration 0025")
+    reason = _unusable(int(server_major), data_directory)
+    if reason is None and source_path(WAL_SOURCE_NAME) is None:
+        reason = "the C source is not part of this installation"
+    if reason is None:
+        source = source_path(WAL_SOURCE_NAME)
+        headers = _headers()
+        assert source is not None and headers is not None and data_directory is not None
+        name = library_name(source.read_bytes(), headers[1], "flux_wal")
+        target = Path(data_directory) / LIBRARY_DIR / name
+        if not target.is_file():
+            reason = build(target, WAL_SOURCE_NAME)
+        if reason is None:
+            try:
+                with conn.transaction():
+                    language = conn.execute(q.use_wal, {"library": str(target)}).fetchone()[0]  # type: ignore[index]
+                return NativeCapture(str(language), "")
+            except psycopg.Error as exc:
+                reason = f"the server refused the C functions: {str(exc).strip().splitlines()[0]}"
+    if language != "plpgsql":
+        with contextlib.suppress(psycopg.Error), conn.transaction():
+            language = conn.execute(q.use_wal, {"library": None}).fetchone()[0]  # type: ignore[index]
+    return NativeCapture(str(language), reason or "")

@@ -15,3 +15,12 @@ SELECT CASE WHEN to_regprocedure('flux.use_native_capture(text)') IS NOT NULL
 
 -- name: use
 SELECT flux.use_native_capture(%(library)s);
+
+-- name: wal_language
+-- WAL capture's writer-side functions (sql/0025); NULL when the schema predates 0025.
+SELECT CASE WHEN to_regprocedure('flux.use_native_wal(text)') IS NOT NULL
+            THEN (SELECT l.lanname::text FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+                  WHERE p.oid = to_regprocedure('flux.end_execution(uuid, jsonb)')) END;
+
+-- name: use_wal
+SELECT flux.use_native_wal(%(library)s);
