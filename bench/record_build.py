@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import sys
 import tempfile
 import time
@@ -72,9 +73,11 @@ def _request(f: Any, policy: Any, root: Path, handler: dict[str, Any]) -> bytes:
         query, params = (SELECT_SQL, [1000]) if which == 0 else (INSERT_SQL, ["bench"])
         site = rec.call_site(2)
         info = sql_info(query)
-        attrs = {"sql": query, "params": encode(params), "tables": list(info.tables),
+        encoded = encode(params)
+        attrs = {"sql": query, "params": encoded, "tables": list(info.tables),
                  "verb": info.verb, "fingerprint": info.fingerprint}
-        key = db_key(query, params, rec.secret_marks)
+        key = db_key(query, params, rec.secret_marks, **({"encoded": encoded}
+                                                          if f.key_takes_encoded else {}))
         with rec.span(info.span_name, "db", site, attrs) as span:
             rows = results[which]
             span.attrs["rowcount"] = 1
@@ -137,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     from flux.store._record import ExecutionRecord, _jsonb, bind
     from flux.store._statement import sql_info
 
-    f = SimpleNamespace(encode=encode, plain=plain, TraceContext=TraceContext, db_key=db_key,
+    f = SimpleNamespace(key_takes_encoded="encoded" in inspect.signature(db_key).parameters,
+                        encode=encode, plain=plain, TraceContext=TraceContext, db_key=db_key,
                         Exchange=Exchange, Recorder=Recorder, load=load,
                         ExecutionRecord=ExecutionRecord, _jsonb=_jsonb, bind=bind,
                         sql_info=sql_info)

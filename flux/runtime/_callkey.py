@@ -29,10 +29,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus, urlencode
 
-from flux.store._statement import params_hash, sql_info
+from flux.store._statement import encoded_params_hash, params_hash, sql_info
 
 SecretMarks = Mapping[str, str]  # secret value -> the marker that stands for it
 MIN_SECRET_CHARS = 4  # as redaction: shorter "secrets" would shred every text
+_UNSET: Any = object()  # db_key's ``encoded`` not given
 _FINGERPRINT = re.compile(r"\[redacted (hmac-sha256:[0-9a-f]{16})\]")
 
 
@@ -157,10 +158,14 @@ def http_key(
     return f"{key} +secrets({','.join(inside)})" if inside else key
 
 
-def db_key(query: str, params: Any, marks: SecretMarks) -> str:
+def db_key(query: str, params: Any, marks: SecretMarks, *, encoded: Any = _UNSET) -> str:
     """The tape key of a statement: its fingerprint and a hash of its (redacted)
-    parameters."""
-    return f"{sql_info(query).fingerprint}:{params_hash(redact_value(params, marks))}"
+    parameters. ``encoded`` is ``encode(params)`` when the caller has it already (ctx.db
+    records it in the span): it is hashed as it is unless a secret had to be replaced."""
+    redacted = redact_value(params, marks)
+    digest = encoded_params_hash(encoded) if encoded is not _UNSET and redacted is params \
+        else params_hash(redacted)
+    return f"{sql_info(query).fingerprint}:{digest}"
 
 
 def endpoint_of(key_or_url: str) -> str:

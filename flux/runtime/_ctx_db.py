@@ -24,7 +24,7 @@ from flux.runtime._recorder import CallSite
 from flux.store._database import db_error
 from flux.store._queries import load
 from flux.store._record import forget_prepared
-from flux.store._statement import sql_info
+from flux.store._statement import SqlInfo, sql_info
 
 if TYPE_CHECKING:
     from flux.runtime._execution import Execution
@@ -59,16 +59,18 @@ class Database:
         ex = self._ex
         rec = ex.recorder
         info = sql_info(query)
-        attrs = {"sql": query, "params": encode(params), "tables": list(info.tables),
+        encoded = encode(params)  # once: the span shows it, the key hashes it
+        attrs = {"sql": query, "params": encoded, "tables": list(info.tables),
                  "verb": info.verb, "fingerprint": info.fingerprint}
-        key = db_key(query, params, rec.secret_marks)  # secret parameters fingerprinted
+        # secret parameters fingerprinted
+        key = db_key(query, params, rec.secret_marks, encoded=encoded)
         with rec.span(info.span_name, "db", site, attrs) as span:
             if ex.replay is not None:  # replay and resume serve (some) calls from a tape
                 served = await ex.replay.db(mode, query, params, span, site, key=key)
                 if served is not None:
                     return served.value
             try:
-                rows, rowcount, columns = await self._live(query, params, span.id)
+                rows, rowcount, columns = await self._live(query, params, span.id, info)
             except psycopg.Error as exc:
                 error = db_error(exc)
                 span.error = error
@@ -83,11 +85,10 @@ class Database:
                             span_id=span.id)
             return shape(mode, rows, rowcount)
 
-    async def _live(self, query: str, params: Params, span_id: str
+    async def _live(self, query: str, params: Params, span_id: str, info: SqlInfo
                     ) -> tuple[list[dict[str, Any]] | None, int, list[str] | None]:
         ex = self._ex
         q = load("execution")
-        info = sql_info(query)
         # Once the execution has written something there is an attempt to salvage if a
         # statement fails: then, and only then, a savepoint guards each statement.
         writes = info.verb not in ("select",) or bool(info.written)

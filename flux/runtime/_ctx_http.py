@@ -198,10 +198,11 @@ class Exchange:
         self.attrs: dict[str, Any] = {
             "method": method, "url": self.shown_url, "call_seq": self.call_seq,
             "timeout_s": timeout,
-            "request": {
-                "headers": policy.redact_headers(headers, secrets),
-                "params": ex.prepare_body(params),
-                "body": ex.prepare_body(shown if shown is not None else _text(body)),
+            "request": {  # nothing to redact in what was not sent (most GETs)
+                "headers": policy.redact_headers(headers, secrets) if headers else {},
+                "params": None if params is None else ex.prepare_body(params),
+                "body": ex.prepare_body(shown) if shown is not None else
+                None if body is None else ex.prepare_body(_text(body)),
             },
         }
         if client is not None:

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,25 +29,61 @@ _site_override: contextvars.ContextVar[CallSite | None] = contextvars.ContextVar
     "flux_site_override", default=None)
 
 
-@dataclass
 class Span:
-    id: str
-    parent_id: str | None
-    name: str
-    kind: str  # gateway | function | db | http | queue | invoke | custom | clock | …
-    start_ms: float
-    file: str | None = None
-    line: int | None = None
-    duration_ms: float | None = None
-    status: str = "ok"
-    attrs: dict[str, Any] = field(default_factory=dict)
-    error: dict[str, Any] | None = None
+    """One operation of the execution. It is its own context (``Recorder.span``): entered,
+    it is the parent of what runs inside; left, it is closed, and an exception marks it
+    failed. A plain class with slots rather than a dataclass and a separate scope object:
+    every ctx call makes one (docs/decisions.md, "leanrec")."""
+
+    __slots__ = ("_recorder", "_token", "attrs", "duration_ms", "error", "file", "id", "kind",
+                 "line", "name", "parent_id", "start_ms", "status")
+
+    def __init__(self, id: str, parent_id: str | None, name: str, kind: str,
+                 start_ms: float, file: str | None = None, line: int | None = None,
+                 duration_ms: float | None = None, status: str = "ok",
+                 attrs: dict[str, Any] | None = None,
+                 error: dict[str, Any] | None = None) -> None:
+        self.id = id
+        self.parent_id = parent_id
+        self.name = name
+        self.kind = kind  # gateway | function | db | http | queue | invoke | custom | clock | …
+        self.start_ms = start_ms
+        self.file = file
+        self.line = line
+        self.duration_ms = duration_ms
+        self.status = status
+        self.attrs: dict[str, Any] = attrs or {}
+        self.error = error
+        self._recorder: Recorder | None = None
+        self._token: contextvars.Token[str | None] | None = None
+
+    def __repr__(self) -> str:
+        return (f"Span(id={self.id!r}, parent_id={self.parent_id!r}, name={self.name!r}, "
+                f"kind={self.kind!r}, status={self.status!r})")
+
+    def __enter__(self) -> Span:
+        self._token = _current_span.set(self.id)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        if exc is not None:
+            self.status = "error"
+            if self.error is None:
+                self.error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
+        if self._token is not None:
+            _current_span.reset(self._token)
+            self._token = None
+        if self._recorder is not None:
+            self.duration_ms = (time.perf_counter() - self._recorder._t0) * 1000 - \
+                self.start_ms
 
     def to_json(self) -> dict[str, Any]:
+        duration = self.duration_ms
         return {
             "id": self.id, "parent_id": self.parent_id, "name": self.name, "kind": self.kind,
             "start_ms": round(self.start_ms, 3),
-            "duration_ms": None if self.duration_ms is None else round(self.duration_ms, 3),
+            "duration_ms": None if duration is None else round(duration, 3),
             "status": self.status, "file": self.file, "line": self.line,
             "attrs": self.attrs, "error": self.error,
         }
@@ -103,19 +139,24 @@ class Recorder:
 
     def open_span(self, name: str, kind: str, site: CallSite | None = None,
                   attrs: dict[str, Any] | None = None) -> Span:
-        span = Span(
-            id=f"s{len(self.spans) + 1}", parent_id=_current_span.get(), name=name, kind=kind,
-            start_ms=self.elapsed_ms(), file=site.file if site else None,
-            line=site.line if site else None, attrs=attrs or {},
-        )
-        self.spans.append(span)
+        spans = self.spans
+        start = (time.perf_counter() - self._t0) * 1000
+        if site is None:
+            span = Span(f"s{len(spans) + 1}", _current_span.get(), name, kind, start,
+                        attrs=attrs)
+        else:
+            span = Span(f"s{len(spans) + 1}", _current_span.get(), name, kind, start,
+                        site.file, site.line, attrs=attrs)
+        spans.append(span)
         return span
 
     def span(self, name: str, kind: str, site: CallSite | None = None,
-             attrs: dict[str, Any] | None = None) -> SpanScope:
-        """Open a span, make it the parent of what runs inside, close it on exit; an
-        exception marks it failed and propagates."""
-        return SpanScope(self, self.open_span(name, kind, site, attrs))
+             attrs: dict[str, Any] | None = None) -> Span:
+        """Open a span, to be used as a context: it is the parent of what runs inside and
+        is closed on exit; an exception marks it failed and propagates."""
+        span = self.open_span(name, kind, site, attrs)
+        span._recorder = self
+        return span
 
     def close_span(self, span: Span) -> None:
         if span.duration_ms is None:
@@ -202,33 +243,6 @@ class Recorder:
 
     def relative(self, filename: str) -> str:
         return _relative(filename, self._root)
-
-
-class SpanScope(contextlib.AbstractContextManager[Span]):
-    """``Recorder.span``'s context: a class rather than a generator, as every ctx call
-    opens one (a generator-based context costs several times as much to enter and leave)."""
-
-    __slots__ = ("_recorder", "_span", "_token")
-
-    def __init__(self, recorder: Recorder, span: Span) -> None:
-        self._recorder = recorder
-        self._span = span
-        self._token: contextvars.Token[str | None] | None = None
-
-    def __enter__(self) -> Span:
-        self._token = _current_span.set(self._span.id)
-        return self._span
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: Any) -> None:
-        span = self._span
-        if exc is not None:
-            span.status = "error"
-            if span.error is None:
-                span.error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
-        if self._token is not None:
-            _current_span.reset(self._token)
-        span.duration_ms = self._recorder.elapsed_ms() - span.start_ms
 
 
 @functools.lru_cache(maxsize=4096)

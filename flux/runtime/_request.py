@@ -11,6 +11,9 @@ record's ``request``), so a webhook's HMAC over the raw body checks again in rep
 - ``{"text": …}`` (UTF-8) or ``{"base64": …}`` (anything else) — the bytes themselves;
 - ``{"json": "compact"}`` — the bytes are the compact JSON of the recorded ``body`` (what
   httpx sends): kept once, not twice;
+- ``{"json": "spaced"}`` — the bytes are ``json.dumps`` of the recorded ``body`` (Python's
+  default spelling, ``", "`` and ``": "``, non-ASCII escaped: what requests and aiohttp
+  send): kept once too;
 - ``{"redacted": why, "size", "sha256"}`` — the body carried a redacted field or a secret
   value, so its bytes are not kept; replay hands over the recorded (redacted) body instead
   and says so;
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json as jsonlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -160,6 +164,8 @@ def _raw(raw: bytes, media: str, input: Any, policy: RedactionPolicy,
                 return {"json": "compact"}
         except (TypeError, orjson.JSONEncodeError):
             pass
+        if (raw.find(b": ") >= 0 or raw.find(b", ") >= 0) and _spaced_json(input) == raw:
+            return {"json": "spaced"}
     try:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -213,6 +219,10 @@ def _body_of(request: Mapping[str, Any], input: Any) -> tuple[bytes, bool, str |
             return base64.b64decode(raw["base64"]), True, None
         if raw.get("json") == "compact":
             return _json_bytes(input), True, None
+        if raw.get("json") == "spaced":
+            spaced = _spaced_json(input)
+            if spaced is not None:
+                return spaced, True, None
         if raw.get("redacted"):
             why = f"{NOT_KEPT}: {raw['redacted']}"
         elif raw.get("_flux_truncated"):
@@ -238,6 +248,14 @@ def _form_items(form: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
     for key, value in form.items():
         for one in value if isinstance(value, list) else [value]:
             yield str(key), str(one)
+
+
+def _spaced_json(value: Any) -> bytes | None:
+    """``value`` as ``json.dumps`` spells it by default; None if it cannot."""
+    try:
+        return jsonlib.dumps(value).encode("ascii")
+    except (TypeError, ValueError):
+        return None
 
 
 def _json_bytes(value: Any) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -124,7 +125,18 @@ def tables_read_written(query: str) -> tuple[list[str], list[str]]:
 
 
 def params_hash(params: Any) -> str:
-    blob = orjson.dumps(encode(params), option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return encoded_params_hash(encode(params))
+
+
+def encoded_params_hash(encoded: Any) -> str:
+    """``params_hash`` of parameters already through ``encode`` (which changes nothing it
+    has made: encoding twice gives the same value, so the same hash). What orjson refuses
+    (an integer beyond 64 bits, a lone surrogate) hashes its ``json`` text instead."""
+    try:
+        blob = orjson.dumps(encoded, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is one
+        blob = json.dumps(encoded, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8", "surrogatepass")
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -3,9 +3,16 @@ a stand-in mapped to the recorded marker gives the recorded key, and no key hold
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import uuid
+from typing import Any
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flux._jsoncodec import encode
 from flux.runtime._callkey import (
     canonical_url,
     db_key,
@@ -92,3 +99,52 @@ def test_redact_never_leaves_the_secret(secret: str, around: str) -> None:
     shown = redact(text, marks)
     assert secret not in shown.replace(POLICY.marker(secret), "") or secret in POLICY.marker(
         secret)
+
+
+# Tape keys of statements as records written before the parameters were encoded once
+# (leanrec, issue 21) hold them: a replay of such a record matches its calls only if the
+# same statement with the same parameters still gets the very same key.
+_SECRET = "sk_live_abcdef"
+_MARKS = {_SECRET: "[redacted hmac-sha256:0123456789abcdef]"}
+_STORED_KEYS = [
+    ("SELECT count(*) FROM items WHERE id < %s", [1000],
+     "3e2dc7d980d0e798:7cd0293cbae2e0b1", None),
+    ("INSERT INTO items (name) VALUES (%s) RETURNING id", ["bench"],
+     "61ec5f7d6cd47c5d:700a65d1ab6ec7c0", None),
+    ("SELECT 1", None, "50fde20626009aba:74234e98afe7498f", None),
+    ("SELECT %s, %s, %s, %s", (1, "x", None, True), "50fde20626009aba:e0c116c9cd5adbef", None),
+    ("SELECT %s, %s, %s", [1.5, float("nan"), float("-inf")],
+     "50fde20626009aba:6e2ccc6900aa435f", None),
+    ("SELECT %(a)s, %(b)s", {"b": 2, "a": "é\x00"}, "50fde20626009aba:96125104605c2d89", None),
+    ("SELECT %s, %s, %s, %s, %s",
+     [dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), dt.date(2026, 1, 2), dt.time(3, 4),
+      dt.timedelta(seconds=90), decimal.Decimal("1.10")],
+     "50fde20626009aba:37c3e9899ccbb278", None),
+    ("SELECT %s, %s, %s", [uuid.UUID(int=7), b"\x00\xffab", bytearray(b"xy")],
+     "50fde20626009aba:da90cf2c04773c0c", None),
+    ("SELECT %s, %s", [{"k": [1, {"n": None}], 3: "int key"}, (1, (2, 3))],
+     "50fde20626009aba:2d67b284a553a50a", None),
+    ("SELECT %s", [{3, 1, 2}], "50fde20626009aba:918c7b1214a69dae", None),
+    ("SELECT %s", [[]], "50fde20626009aba:cf1cbb66a638b486", None),
+    ("SELECT %s WHERE x = %s", [_SECRET, "plain"],
+     "b5a232361c313566:f0cb4b959d526ecd", "b5a232361c313566:b2cf41ce2a26d0d8"),
+]
+
+
+@pytest.mark.parametrize(("query", "params", "key", "key_with_secret"), _STORED_KEYS)
+def test_a_statement_keeps_the_key_stored_records_hold(
+        query: str, params: Any, key: str, key_with_secret: str | None) -> None:
+    assert db_key(query, params, {}) == key
+    assert db_key(query, params, _MARKS) == (key_with_secret or key)
+    # ctx.db hands the parameters it already encoded for the span: the same key
+    encoded = encode(params)
+    assert db_key(query, params, {}, encoded=encoded) == key
+    assert db_key(query, params, _MARKS, encoded=encoded) == (key_with_secret or key)
+
+
+def test_a_parameter_orjson_refuses_still_gets_a_key() -> None:
+    # an integer beyond 64 bits (PostgreSQL takes it as numeric) made the key raise
+    first = db_key("SELECT %s::numeric", [2**70], {})
+    assert first == db_key("SELECT %s::numeric", [2**70], {}, encoded=encode([2**70]))
+    assert first != db_key("SELECT %s::numeric", [2**70 + 1], {})
+    assert db_key("SELECT %s", ["\ud800"], {}) != db_key("SELECT %s", ["\ud801"], {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,27 @@ def test_a_body_with_a_redacted_field_is_not_kept_and_replay_says_so() -> None:
                                headers=(), body=b'{"a":1}'), {"a": 1}, policy, (),
                        policy.scrub)
     assert compact["raw"] == {"json": "compact"}
+
+
+@pytest.mark.parametrize("body", [{"name": "bench", "n": [1, 2.5, None, True]},
+                                  {"café": "naïve ✓", "nested": {"a": []}}, [1, 2]])
+def test_a_json_body_as_requests_and_aiohttp_spell_it_is_kept_once(body: Any) -> None:
+    """``json.dumps``'s default spelling (what requests and aiohttp send) is recorded as
+    ``{"json": "spaced"}``, not as its text beside the body, and replay gives back the very
+    bytes; any other spelling keeps its text."""
+    policy = RedactionPolicy(key=b"k" * 32)
+    for raw, kept in ((json.dumps(body).encode(), "spaced"),
+                      (json.dumps(body, indent=1).encode(), None)):
+        request = Request(method="POST", path="/x", path_params={}, query=(),
+                          headers=[("Content-Type", "application/json")], body=raw)
+        fields = recorded(request, body, policy, (), policy.scrub)
+        if kept is None:
+            assert "text" in fields["raw"] or fields["raw"] == {"json": "compact"}
+        else:
+            assert fields["raw"] == {"json": "spaced"}
+        given = from_record({"method": "POST", "route": "x", **fields, "body": body},
+                            kind="http", input=body, route="x", headers={})
+        assert given is not None and given.exact and given._body == raw
 
 
 def test_route_spellings_and_the_route_table(tmp_path: Path) -> None:
