@@ -62,6 +62,7 @@ from _children import Child, scratch_dir, spawn, stop
 from _load import cpu_seconds
 
 from flux.capture import _consumer as consumer
+from flux.capture import _running
 from flux.capture import _mode
 from flux.store import _native
 from flux.store._database import ensure_database
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             meter = CpuMeter(info.pid, conninfo["wal"])
             child = spawn(_consumer, "consumer", {"conninfo": conninfo["wal"]})
             meter.watch(child.process.pid)
-            consumer.wait_caught_up(conninfo["wal"], timeout=300)
+            _running.wait_caught_up(conninfo["wal"], timeout=300)
             print(f"pgbench: {args.clients} clients, scale {args.scale}, {args.rounds} round(s) "
                   f"of {args.seconds} s per mode; the WAL consumer runs in a child process, "
                   + ("during the rounds" if live else "paused during the rounds"), flush=True)
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                     # Every round's changes are stored before the next round starts, so
                     # that no round pays for another's: the wait is this round's.
                     waited = time.monotonic()
-                    consumer.wait_caught_up(conninfo["wal"], timeout=300)
+                    _running.wait_caught_up(conninfo["wal"], timeout=300)
                     waited = time.monotonic() - waited
                     stored = meter.sample()
                     if mode == "wal":
