@@ -242,7 +242,8 @@ def _allowed(conn: psycopg.Connection[Any], plugin: str) -> tuple[str | None, st
         return plugin, ""
     libraries = sql.SQL(", ").join(sql.Literal(e) for e in [*entries(current), plugin])
     try:
-        conn.execute(sql.SQL(q.allow_plugins).format(libraries=libraries))
+        command = sql.SQL(q.allow_plugins).format(libraries=libraries)
+        conn.execute(command)
         conn.execute(q.reload)
     except psycopg.Error as exc:
         return None, f"the server's output_plugin_libraries could not be extended: {exc}"
