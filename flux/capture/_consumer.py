@@ -41,6 +41,7 @@ from flux.capture._mutations import (
     NULL,
     Change,
     FastShape,
+    NativeRelation,
     Shape,
     Transaction,
     array_literal,
@@ -134,8 +135,12 @@ class _Progress:
 _CHANGES = (Insert, Update, Delete)
 _CHANGE_TAGS = frozenset(b"IUD")
 _OID = struct.Struct("!I").unpack_from
+_U32 = _OID
 _BEGIN = struct.Struct("!QqI").unpack_from
 _COMMIT = struct.Struct("!BQQq").unpack_from
+_MESSAGE_LSN = struct.Struct("!Q").unpack_from
+NATIVE_FORMAT = 1  # the C decoder's frames (extension/flux_decode.c: FORMAT_VERSION)
+_NATIVE_OPS = {73: "INSERT", 85: "UPDATE", 68: "DELETE", 84: "TRUNCATE"}
 
 
 @dataclass
@@ -174,6 +179,10 @@ class Consumer:
         self._keys: dict[int, list[str]] = {}
         self._shapes: dict[int, Shape] = {}
         self._fast: dict[int, FastShape | None] = {}  # relations the hot path renders
+        # The slot's plugin is the C decoder (extension/flux_decode.c), not pgoutput: its
+        # frames carry each change's row (``_feed_native``), named relations in ``_native``.
+        self.native = False
+        self._native: dict[int, NativeRelation] = {}
         self._last_progress = 0.0
         self._snapshot_at: float | None = 0.0  # the last running-xacts record; None: refused
         # Per connection (its identity and backend): may it COPY into flux.state_mutations,
@@ -240,9 +249,10 @@ class Consumer:
                 frames = stream.read_raw(max(0.0, due) if pending else STREAM_WAIT)
                 last_read = time.monotonic()
                 reply = False
+                feed = self._feed_native if self.native else self._feed
                 for data in frames:
                     if data[0] == 119 and len(data) > 25:  # w: XLogData, its payload at 25
-                        done = self._feed(conn, data[25:])
+                        done = feed(conn, data[25:])
                         if done is not None:
                             pending.append(done)
                             changes += len(done[0].changes)
@@ -318,8 +328,9 @@ class Consumer:
         self._txn = None  # each peek decodes from the slot's start again
         transactions = []
         end_lsn: int | None = None
+        feed = self._feed_native if self.native else self._feed
         for row in rows:
-            done = self._feed(conn, bytes(row[0]))
+            done = feed(conn, bytes(row[0]))
             if done is not None:
                 transactions.append(done)
                 end_lsn = done[1].end_lsn
@@ -355,7 +366,8 @@ class Consumer:
         slot = conn.execute(q.slot, {"slot": self.slot}).fetchone()
         if state is None or slot is None:
             return None
-        if not self.types_loaded:
+        self.native = is_native(slot[1])
+        if not self.types_loaded and not self.native:
             self._load_types(conn)
         return _Progress(wal_from=parse_lsn(state[0]) if state[0] else None,
                          wal_until=parse_lsn(state[1]) if state[1] else None,
@@ -553,6 +565,60 @@ class Consumer:
                                            txn.actor))
         return None
 
+    def _feed_native(self, conn: psycopg.Connection[Any], data: bytes
+                     ) -> tuple[Transaction, Commit] | None:
+        """One frame of the C decoder (extension/flux_decode.c): its records in order; the
+        transaction and its commit when the frame completes one. Each change arrives as
+        its row's first six COPY columns, as ``render_change`` writes them."""
+        if not data or data[0] != NATIVE_FORMAT:
+            raise DecodeError(
+                f"the slot's decoder writes format {data[0] if data else None}, this consumer "
+                f"reads {NATIVE_FORMAT}: switch capture to trigger and back to WAL to "
+                "re-create the slot")
+        txn = self._txn
+        done: tuple[Transaction, Commit] | None = None
+        pos, end = 1, len(data)
+        try:
+            while pos < end:
+                tag = data[pos]
+                (length,) = _U32(data, pos + 1)
+                start = pos + 5
+                pos = start + length
+                if pos > end:
+                    raise DecodeError("a record of the C decoder runs past its frame")
+                op = _NATIVE_OPS.get(tag)
+                if op is not None:
+                    if txn is None:
+                        raise DecodeError("a change outside a transaction")
+                    rel = self._native[_U32(data, start)[0]]
+                    txn.changes.append((rel.table, op, data[start + 4:pos] or None,
+                                        txn.actor, rel))
+                elif tag == 66:  # B
+                    final_lsn, micros, xid = _BEGIN(data, start)
+                    txn = self._txn = Transaction(Begin(final_lsn, timestamp(micros), xid))
+                elif tag == 67:  # C
+                    flags, commit_lsn, end_lsn, micros = _COMMIT(data, start)
+                    if txn is not None:
+                        done = txn, Commit(flags, commit_lsn, end_lsn, timestamp(micros))
+                    txn = self._txn = None
+                elif tag == 77:  # M
+                    nul = data.index(0, start + 9, pos)
+                    self._message(txn, Message(data[start] == 1, _MESSAGE_LSN(data, start + 1)[0],
+                                               data[start + 9:nul].decode(),
+                                               data[nul + 1:pos]))
+                elif tag == 82:  # R
+                    (oid,) = _U32(data, start)
+                    nul = data.index(0, start + 4, pos)
+                    self._native[oid] = NativeRelation(oid, data[start + 4:nul].decode(),
+                                                       data[nul + 1:pos].decode())
+                else:
+                    raise DecodeError(f"the C decoder sent an unknown record {tag!r}")
+        except (struct.error, KeyError, ValueError) as exc:
+            if isinstance(exc, DecodeError):
+                raise
+            raise DecodeError(f"a malformed frame of the C decoder: {exc}") from exc
+        return done
+
     def _fast_shape(self, conn: psycopg.Connection[Any], oid: int) -> FastShape | None:
         """The hot path's plan for a relation (None: its changes take the general one)."""
         rel = self.relations.get(oid)
@@ -735,6 +801,12 @@ class Consumer:
         """Apply everything written so far (the caller holds the election)."""
         until = parse_lsn(conn.execute(load("capture").current_lsn).fetchone()[0])  # type: ignore[index]
         return self.session(conn, threading.Event(), until=until)
+
+
+def is_native(plugin: str | None) -> bool:
+    """Whether a slot's output plugin is the C decoder (flux/store/_native.py:
+    decoder_plugin names it), not pgoutput."""
+    return bool(plugin) and "flux_decode" in str(plugin)
 
 
 def elected(conn: psycopg.Connection[Any]) -> bool:

@@ -5,6 +5,7 @@ holds is applied (here, or by the running consumer) before the slot is dropped."
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +14,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 from flux.capture._consumer import CONSUMER_LOCK, SLOT, CaptureError, Consumer, elected, mode
-from flux.store._database import connect
+from flux.store import _native as native
+from flux.store._database import connect, first_line
 from flux.store._queries import load
+
+log = logging.getLogger("flux.capture")
 
 LAG_WARN_BYTES = 256 * 1024 * 1024
 LAG_WARN_SECONDS = 60.0
@@ -105,7 +109,7 @@ def switch(conninfo: str, to: str, *, wait: float = 60.0) -> SwitchResult:
             # The state first: a running consumer must never see the new slot beside the
             # previous switch's bookkeeping (it would apply that switch's end to this slot).
             conn.execute(q.reset_state, {"slot": SLOT})
-            conn.execute(q.create_slot, {"slot": SLOT})
+            _create_slot(conn)
             try:
                 with conn.transaction():
                     tables = int(conn.execute(q.switch, {"mode": "wal"}).fetchone()[0])  # type: ignore[index]
@@ -118,6 +122,23 @@ def switch(conninfo: str, to: str, *, wait: float = 60.0) -> SwitchResult:
             tables = int(conn.execute(q.switch, {"mode": "trigger"}).fetchone()[0])  # type: ignore[index]
         applied = _finish_wal(conn, conninfo, wait)
         return SwitchResult(previous, to, tables, applied)
+
+
+def _create_slot(conn: psycopg.Connection[Any]) -> str:
+    """Create the slot with the C decoder where the server can load it (its plugin is
+    chosen here, once: a slot keeps it until it is dropped), else with pgoutput. Returns
+    the plugin."""
+    q = load("capture")
+    plugin, reason = native.decoder_plugin(conn)
+    if plugin is not None:
+        try:
+            conn.execute(q.create_slot, {"slot": SLOT, "plugin": plugin})
+            return plugin
+        except psycopg.Error as exc:
+            reason = f"the server refused the C decoder: {first_line(exc)}"
+    log.info("WAL capture decodes with pgoutput: %s", reason)
+    conn.execute(q.create_slot, {"slot": SLOT, "plugin": "pgoutput"})
+    return "pgoutput"
 
 
 def _finish_wal(conn: psycopg.Connection[Any], conninfo: str, wait: float) -> int:

@@ -505,7 +505,19 @@ def render_change(fs: FastShape, buf: bytes) -> tuple[str, bytes | None] | None:
     return fs.render(buf)
 
 
-# A change ``render_change`` wrote, as the consumer keeps it until its transaction commits:
-# its table (lower case, for the spans), operation, body (None: a no-op update), the actor
-# in effect and its relation's plan.
-Rendered = tuple[str, str, bytes | None, dict[str, Any] | None, FastShape]
+class NativeRelation:
+    """A relation as the C decoder (extension/flux_decode.c) names it in its 'R' record:
+    what the consumer adds to its changes' rows."""
+
+    __slots__ = ("copy_relation", "table")
+
+    def __init__(self, oid: int, namespace: str, name: str) -> None:
+        self.table = name.lower()
+        self.copy_relation = (f"{oid}\t{copy_text(namespace or 'pg_catalog')}"
+                              f"\t{copy_text(name)}").encode()
+
+
+# A change ``render_change`` (or the C decoder) wrote, as the consumer keeps it until its
+# transaction commits: its table (lower case, for the spans), operation, body (None: a
+# no-op update), the actor in effect and its relation's plan.
+Rendered = tuple[str, str, bytes | None, dict[str, Any] | None, FastShape | NativeRelation]

@@ -28,18 +28,22 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from flux.store._embedded import install_dir
 from flux.store._queries import load
 
 ENV = "FLUX_NATIVE_CAPTURE"
 SOURCE_NAME = "flux_capture.c"
+DECODER_SOURCE = "flux_decode.c"  # WAL capture's output plugin (decoder_plugin)
 LIBRARY_DIR = "flux_native"
+DECODER_PLUGIN = f"{LIBRARY_DIR}/flux_decode"  # the name a slot loads it by
 CFLAGS = [
     "-O2",
     "-fPIC",
@@ -127,7 +131,7 @@ def build(target: Path, name: str = SOURCE_NAME) -> str | None:
                 timeout=300,
             )
             if done.returncode != 0:
-                return f"the C trigger did not compile: {done.stderr.strip()[:300]}"
+                return f"{_what(name)} did not compile: {done.stderr.strip()[:300]}"
             target.parent.mkdir(exist_ok=True)
             target.parent.chmod(0o755)  # whatever the umask: the server's user reads it
             partial = target.with_name(f".{target.name}.{os.getpid()}")
@@ -135,8 +139,13 @@ def build(target: Path, name: str = SOURCE_NAME) -> str | None:
             partial.chmod(0o644)
             partial.replace(target)
     except (OSError, subprocess.SubprocessError) as exc:
-        return f"the C trigger could not be built into {target.parent}: {exc}"
+        return f"{_what(name)} could not be built into {target.parent}: {exc}"
     return None
+
+
+def _what(name: str) -> str:
+    return {SOURCE_NAME: "the C trigger", "flux_decode.c": "the C decoder"}.get(
+        name, f"extension/{name}")
 
 
 def install(conn: psycopg.Connection[Any]) -> NativeCapture:
@@ -176,14 +185,86 @@ def install(conn: psycopg.Connection[Any]) -> NativeCapture:
     return NativeCapture(str(language), reason or "")
 
 
-def _unusable(server_major: int, data_directory: str | None) -> str | None:
+def decoder_plugin(conn: psycopg.Connection[Any]) -> tuple[str | None, str]:
+    """The output plugin WAL capture's slot is to be created with: the C decoder
+    (``extension/flux_decode.c``) as the name the server loads it by, or None and why not
+    (then pgoutput). The same conditions as the C trigger's (``install``).
+
+    The library is built as ``flux_native/flux_decode-<hash>.so`` in the data directory and
+    ``flux_native/flux_decode.so`` is made a link to it; the slot names it by the path
+    relative to the data directory (every backend's working directory), one name across
+    versions, so that the server's allowlist of output plugins (``output_plugin_libraries``,
+    in the minors that have it) needs it added once: by ``ALTER SYSTEM`` and a reload. The
+    plugin shows what pgoutput shows, to the same REPLICATION roles: the rows of the
+    publication's tables."""
+    q = load("native")
+    superuser, server_major, data_directory = conn.execute(q.facts).fetchone() or (False, 0, None)
+    if not superuser:
+        return None, "only a superuser may load a C output plugin"
+    reason = _unusable(int(server_major), data_directory, DECODER_SOURCE)
+    if reason is not None:
+        return None, reason
+    source = source_path(DECODER_SOURCE)
+    headers = _headers()
+    assert source is not None and headers is not None and data_directory is not None
+    directory = Path(data_directory) / LIBRARY_DIR
+    built = library_name(source.read_bytes(), headers[1], "flux_decode")
+    if not (directory / built).is_file():
+        reason = build(directory / built, DECODER_SOURCE)
+        if reason is not None:
+            return None, reason
+    link = directory / "flux_decode.so"
+    try:
+        if not (link.is_symlink() and os.readlink(link) == built):
+            partial = directory / f".flux_decode.{os.getpid()}"
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+            partial.symlink_to(built)
+            partial.replace(link)
+    except OSError as exc:
+        return None, f"the C decoder could not be linked in {directory}: {exc}"
+    return _allowed(conn, DECODER_PLUGIN)
+
+
+def _allowed(conn: psycopg.Connection[Any], plugin: str) -> tuple[str | None, str]:
+    """``plugin`` once the server's allowlist of output plugins names it."""
+    q = load("native")
+    row = conn.execute(q.plugin_libraries).fetchone()
+    current = row[0] if row else None
+    if current is None:
+        return plugin, ""  # a server without the allowlist
+
+    def entries(value: str) -> list[str]:
+        return [e.strip().strip('"') for e in value.split(",") if e.strip()]
+
+    if plugin in entries(current):
+        return plugin, ""
+    libraries = sql.SQL(", ").join(sql.Literal(e) for e in [*entries(current), plugin])
+    try:
+        command = sql.SQL(q.allow_plugins).format(libraries=libraries)
+        conn.execute(command)
+        conn.execute(q.reload)
+    except psycopg.Error as exc:
+        return None, f"the server's output_plugin_libraries could not be extended: {exc}"
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:  # the reload reaches this session between commands
+        row = conn.execute(q.plugin_libraries).fetchone()
+        if row and row[0] is not None and plugin in entries(row[0]):
+            return plugin, ""
+        time.sleep(0.05)
+    return None, "the server did not take the new output_plugin_libraries in time"
+
+
+def _unusable(
+    server_major: int, data_directory: str | None, source_name: str = SOURCE_NAME
+) -> str | None:
     if os.environ.get(ENV, "").strip() == "0":
         return f"{ENV}=0"
     if not data_directory or not os.path.isdir(data_directory):
         return "the server's data directory is not on this machine"
     if not os.access(data_directory, os.W_OK | os.X_OK):
         return "the server's data directory is not writable here"
-    if source_path() is None:
+    if source_path(source_name) is None:
         return "the C source is not part of this installation"
     headers = _headers()
     if headers is None:

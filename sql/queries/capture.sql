@@ -13,7 +13,8 @@ FROM pg_replication_slots WHERE slot_name = %(slot)s AND database = current_data
 SHOW wal_level;
 
 -- name: create_slot
-SELECT lsn::text FROM pg_create_logical_replication_slot(%(slot)s, 'pgoutput');
+-- The plugin: pgoutput, or the C decoder (flux/store/_native.py: decoder_plugin).
+SELECT lsn::text FROM pg_create_logical_replication_slot(%(slot)s, %(plugin)s);
 
 -- name: release_slot
 -- Ends the session that streams the slot (a consumer still finishing an interrupted

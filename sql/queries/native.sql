@@ -24,3 +24,15 @@ SELECT CASE WHEN to_regprocedure('flux.use_native_wal(text)') IS NOT NULL
 
 -- name: use_wal
 SELECT flux.use_native_wal(%(library)s);
+
+-- name: plugin_libraries
+-- The output plugins the server trusts (PostgreSQL 14.24, 15.19, 16.15, 17.11, 18.6 and
+-- later minors; NULL before them, when any library may be one).
+SELECT current_setting('output_plugin_libraries', true);
+
+-- name: allow_plugins
+-- {libraries}: the list (one literal each) with the C decoder added (flux/store/_native.py: decoder_plugin).
+ALTER SYSTEM SET output_plugin_libraries = {libraries}
+
+-- name: reload
+SELECT pg_reload_conf();

@@ -87,6 +87,8 @@ PASSED_ON = {
         "and prepared_commit's statements: named queries with $n for %(name)s (_numbered)",
     ("_walstream.py", "command"): "START_REPLICATION, a named query formatted with "
         "sql.Identifier/Literal in WalStream.open",
+    ("_native.py", "command"): "ALTER SYSTEM SET output_plugin_libraries, a named query "
+        "formatted with sql.Literal in _allowed",
     ("_record.py", "bind(text, params, conn.info.encoding)"):
         "named queries of sql/queries/execution.sql with the record's values inlined by "
         "_record._literal (dollar-quoted, or E'' with quotes and backslashes doubled; "

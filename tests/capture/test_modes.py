@@ -82,6 +82,10 @@ async def test_trigger_and_wal_store_identical_rows(tmp_path: Path, db: str,
             conn.execute("TRUNCATE events")
         _running.wait_caught_up(db)
         by_trigger, by_wal = rows(db, "trigger"), rows(db, "wal")
+        with psycopg.connect(db) as conn:  # the C decoder wrote them (extension/flux_decode.c)
+            plugin = conn.execute("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s",
+                                  [_consumer.SLOT]).fetchone()
+    assert plugin is not None and _consumer.is_native(plugin[0]), plugin
     wal_total = sum(by_wal.values())
     assert wal_total >= 10_000
     # Rolled-back attempts never reach the WAL: the executor stores them in both modes.

@@ -1,0 +1,760 @@
+/*
+ * flux_decode.c: WAL capture's logical decoding output plugin (issue 21, the consumer's cost).
+ *
+ * pgoutput sends each change as its columns' text and leaves everything else to the
+ * consumer: the images as to_jsonb shows them, the key, the record id, the changed columns,
+ * COPY's escaping. This plugin sends, for each committed transaction, each change already as
+ * the first six COPY columns of its flux.state_mutations row -- record_id, pk, op, old, new,
+ * changed_cols, each followed by a tab -- computed as flux_capture.c's trigger computes them
+ * (to_jsonb's own code for the images, md5(relid:key) for the record id, the changed columns
+ * compared as jsonb and sorted in the database's collation). The consumer adds what the
+ * transaction's logical messages say (request, span, actor) and forwards the bytes to COPY.
+ *
+ * The stream (each OutputPluginWrite is one frame; a transaction is written at its commit, in
+ * pieces of about a megabyte when larger), as records of <tag:1><length:4><payload>:
+ *   'B' final_lsn:8 commit_time:8 xid:4          as pgoutput's Begin
+ *   'R' relid:4 namespace \0 name                before a relation's first change in a session
+ *   'M' transactional:1 lsn:8 prefix \0 content  a logical message (its own frame if not
+ *                                                transactional)
+ *   'I' 'U' 'D' relid:4 body                     a change; an empty body: an UPDATE that
+ *                                                changed nothing (no row, as the trigger's WHEN)
+ *   'T' relid:4 body                             one truncated relation
+ *   'C' flags:1 commit_lsn:8 end_lsn:8 commit_time:8   as pgoutput's Commit
+ * Every frame starts with the format's version byte (FORMAT_VERSION).
+ *
+ * Options: those pgoutput takes for the same slot (flux/capture: start_replication, peek):
+ * publication_names (the one publication whose tables are sent), origin ('none': leave out
+ * the transactions stamped with a replication origin); proto_version and messages are
+ * accepted and ignored.
+ *
+ * Built by flux/store/_native.py with the server's own headers into the data directory's
+ * flux_native/, and named by the slot as 'flux_native/flux_decode-<hash>.so' (relative to the
+ * data directory, every backend's working directory). pgoutput stays the fallback.
+ */
+#include "postgres.h"
+
+#include "access/detoast.h"
+#include "access/htup_details.h"
+#include "catalog/partition.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_publication.h"
+#include "catalog/pg_type.h"
+#include "common/md5.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "nodes/bitmapset.h"
+#include "parser/scansup.h"
+#include "port/pg_bswap.h"
+#include "replication/logical.h"
+#include "replication/origin.h"
+#include "replication/output_plugin.h"
+#include "replication/reorderbuffer.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/fmgrprotos.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/jsonfuncs.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/syscache.h"
+#include "utils/varlena.h"
+
+PG_MODULE_MAGIC;
+
+#define FORMAT_VERSION 1
+#define FLUSH_BYTES (1024 * 1024)
+
+typedef struct
+{
+	MemoryContext context;		/* per change, reset after each */
+	MemoryContext txn_context;	/* the transaction's buffer */
+	StringInfo	buffer;			/* the transaction so far (records) */
+	char	   *publication;
+	bool		local_only;
+} DecodeState;
+
+typedef struct
+{
+	Oid			relid;			/* the hash key */
+	bool		valid;
+	bool		published;
+	bool		sent;			/* its 'R' record went out in this session */
+} RelEntry;
+
+typedef struct
+{
+	const char *name;
+	int			len;
+} ColName;
+
+static HTAB *relations = NULL;
+static Oid	publication_oid = InvalidOid;
+static bool publication_known = false;
+static bool callbacks_registered = false;
+
+static void
+relation_invalidated(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	RelEntry   *entry;
+
+	if (relations == NULL)
+		return;
+	if (OidIsValid(relid))
+	{
+		entry = hash_search(relations, &relid, HASH_FIND, NULL);
+		if (entry != NULL)
+			entry->valid = entry->sent = false;
+		return;
+	}
+	hash_seq_init(&status, relations);
+	while ((entry = hash_seq_search(&status)) != NULL)
+		entry->valid = entry->sent = false;
+}
+
+static void
+publications_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	HASH_SEQ_STATUS status;
+	RelEntry   *entry;
+
+	publication_known = false;
+	if (relations == NULL)
+		return;
+	hash_seq_init(&status, relations);
+	while ((entry = hash_seq_search(&status)) != NULL)
+		entry->valid = false;
+}
+
+static void
+reset_relations(void)
+{
+	HASHCTL		info;
+
+	if (relations != NULL)
+		hash_destroy(relations);
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(Oid);
+	info.entrysize = sizeof(RelEntry);
+	info.hcxt = CacheMemoryContext;
+	relations = hash_create("flux_decode relations", 64, &info,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	publication_known = false;
+	if (!callbacks_registered)
+	{
+		CacheRegisterRelcacheCallback(relation_invalidated, (Datum) 0);
+		CacheRegisterSyscacheCallback(PUBLICATIONRELMAP, publications_changed, (Datum) 0);
+		CacheRegisterSyscacheCallback(PUBLICATIONOID, publications_changed, (Datum) 0);
+		CacheRegisterSyscacheCallback(PUBLICATIONNAMESPACEMAP, publications_changed,
+									  (Datum) 0);
+		callbacks_registered = true;
+	}
+}
+
+static void
+decode_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_init)
+{
+	DecodeState *state = palloc0(sizeof(DecodeState));
+	ListCell   *option;
+
+	state->context = AllocSetContextCreate(ctx->context, "flux_decode change",
+										   ALLOCSET_DEFAULT_SIZES);
+	state->txn_context = AllocSetContextCreate(ctx->context, "flux_decode transaction",
+											   ALLOCSET_DEFAULT_SIZES);
+	state->publication = pstrdup("flux_capture");
+	foreach(option, ctx->output_plugin_options)
+	{
+		DefElem    *elem = lfirst(option);
+		char	   *value = elem->arg != NULL ? strVal(elem->arg) : NULL;
+
+		if (strcmp(elem->defname, "publication_names") == 0 && value != NULL)
+			state->publication = pstrdup(value);
+		else if (strcmp(elem->defname, "origin") == 0 && value != NULL)
+			state->local_only = pg_strcasecmp(value, "none") == 0;
+		/* proto_version, messages, anything else pgoutput takes: accepted, not needed */
+	}
+	opt->output_type = OUTPUT_PLUGIN_BINARY_OUTPUT;
+	opt->receive_rewrites = false;
+	ctx->output_plugin_private = state;
+	reset_relations();
+}
+
+static void
+decode_shutdown(LogicalDecodingContext *ctx)
+{
+	if (relations != NULL)
+	{
+		hash_destroy(relations);
+		relations = NULL;
+	}
+}
+
+static bool
+decode_filter_origin(LogicalDecodingContext *ctx, RepOriginId origin_id)
+{
+	DecodeState *state = ctx->output_plugin_private;
+
+	return state->local_only && origin_id != InvalidRepOriginId;
+}
+
+/* -- the buffer ----------------------------------------------------------------------- */
+
+static void
+record_start(StringInfo out, char tag, uint32 length)
+{
+	uint32		n = pg_hton32(length);
+
+	appendStringInfoChar(out, tag);
+	appendBinaryStringInfo(out, (char *) &n, 4);
+}
+
+static void
+append_u32(StringInfo out, uint32 value)
+{
+	uint32		n = pg_hton32(value);
+
+	appendBinaryStringInfo(out, (char *) &n, 4);
+}
+
+static void
+append_u64(StringInfo out, uint64 value)
+{
+	uint64		n = pg_hton64(value);
+
+	appendBinaryStringInfo(out, (char *) &n, 8);
+}
+
+static void
+write_buffer(LogicalDecodingContext *ctx, StringInfo buffer, bool last)
+{
+	OutputPluginPrepareWrite(ctx, last);
+	appendStringInfoChar(ctx->out, FORMAT_VERSION);
+	appendBinaryStringInfo(ctx->out, buffer->data, buffer->len);
+	OutputPluginWrite(ctx, last);
+	resetStringInfo(buffer);
+}
+
+static StringInfo
+txn_buffer(DecodeState *state)
+{
+	if (state->buffer == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(state->txn_context);
+
+		state->buffer = makeStringInfo();
+		MemoryContextSwitchTo(old);
+	}
+	return state->buffer;
+}
+
+static void
+decode_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
+{
+	DecodeState *state = ctx->output_plugin_private;
+	StringInfo	out;
+
+	MemoryContextReset(state->txn_context);
+	state->buffer = NULL;
+	out = txn_buffer(state);
+	record_start(out, 'B', 20);
+	append_u64(out, txn->final_lsn);
+	append_u64(out, (uint64) txn->xact_time.commit_time);
+	append_u32(out, txn->xid);
+}
+
+static void
+decode_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr commit_lsn)
+{
+	DecodeState *state = ctx->output_plugin_private;
+	StringInfo	out = txn_buffer(state);
+
+	record_start(out, 'C', 25);
+	appendStringInfoChar(out, 0);
+	append_u64(out, commit_lsn);
+	append_u64(out, txn->end_lsn);
+	append_u64(out, (uint64) txn->xact_time.commit_time);
+	write_buffer(ctx, out, true);
+	MemoryContextReset(state->txn_context);
+	state->buffer = NULL;
+}
+
+static void
+maybe_flush(LogicalDecodingContext *ctx, DecodeState *state)
+{
+	if (state->buffer != NULL && state->buffer->len >= FLUSH_BYTES)
+		write_buffer(ctx, state->buffer, false);
+}
+
+static void
+decode_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn,
+			   bool transactional, const char *prefix, Size size, const char *message)
+{
+	DecodeState *state = ctx->output_plugin_private;
+	size_t		prefix_len = strlen(prefix);
+	StringInfo	out;
+	StringInfoData single;
+
+	if (transactional)
+		out = txn_buffer(state);
+	else
+	{
+		initStringInfo(&single);
+		out = &single;
+	}
+	record_start(out, 'M', 1 + 8 + prefix_len + 1 + size);
+	appendStringInfoChar(out, transactional ? 1 : 0);
+	append_u64(out, lsn);
+	appendBinaryStringInfo(out, prefix, prefix_len + 1);
+	appendBinaryStringInfo(out, message, size);
+	if (!transactional)
+	{
+		write_buffer(ctx, out, true);
+		pfree(single.data);
+	}
+	else
+		maybe_flush(ctx, state);
+}
+
+/* -- which relations ------------------------------------------------------------------ */
+
+static bool
+in_publication(Oid relid, Oid pubid)
+{
+	List	   *pubs = GetRelationPublications(relid);
+	bool		found = list_member_oid(pubs, pubid);
+
+	list_free(pubs);
+	return found;
+}
+
+static RelEntry *
+relation_entry(DecodeState *state, Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	bool		found;
+	RelEntry   *entry = hash_search(relations, &relid, HASH_ENTER, &found);
+
+	if (!found)
+		entry->valid = entry->sent = false;
+	if (!entry->valid)
+	{
+		if (!publication_known)
+		{
+			publication_oid = get_publication_oid(state->publication, true);
+			publication_known = true;
+		}
+		entry->published = false;
+		if (OidIsValid(publication_oid))
+		{
+			entry->published = in_publication(relid, publication_oid);
+			if (!entry->published && rel->rd_rel->relispartition)
+			{
+				List	   *ancestors = get_partition_ancestors(relid);
+				ListCell   *lc;
+
+				foreach(lc, ancestors)
+					if (in_publication(lfirst_oid(lc), publication_oid))
+						entry->published = true;
+				list_free(ancestors);
+			}
+		}
+		entry->valid = true;
+	}
+	return entry;
+}
+
+static void
+send_relation(StringInfo out, Relation rel, RelEntry *entry)
+{
+	const char *nsp;
+	const char *name = RelationGetRelationName(rel);
+
+	if (entry->sent)
+		return;
+	nsp = get_namespace_name(RelationGetNamespace(rel));
+	if (nsp == NULL)
+		nsp = "";
+	record_start(out, 'R', 4 + strlen(nsp) + 1 + strlen(name));
+	append_u32(out, RelationGetRelid(rel));
+	appendBinaryStringInfo(out, nsp, strlen(nsp) + 1);
+	appendBinaryStringInfo(out, name, strlen(name));
+	entry->sent = true;
+}
+
+/* -- a change's row, as flux_capture.c's trigger computes it ----------------------------- */
+
+static int
+colname_cmp(const void *a, const void *b)
+{
+	const ColName *x = (const ColName *) a;
+	const ColName *y = (const ColName *) b;
+
+	return varstr_cmp(x->name, x->len, y->name, y->len, DEFAULT_COLLATION_OID);
+}
+
+static Jsonb *
+row_image(HeapTuple tuple, TupleDesc desc)
+{
+	JsonTypeCategory category;
+	Oid			outfunc;
+
+	json_categorize_type(desc->tdtypeid, true, &category, &outfunc);
+	return DatumGetJsonbP(datum_to_jsonb(heap_copy_tuple_as_datum(tuple, desc), category,
+										 outfunc));
+}
+
+static JsonbValue *
+image_value(Jsonb *image, const char *name)
+{
+	return getKeyJsonValueFromContainer(&image->root, name, strlen(name), NULL);
+}
+
+/* The primary key's columns of the image (none: the whole row, as the trigger takes it). */
+static Jsonb *
+key_image(Relation rel, Jsonb *row)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Bitmapset  *pk = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+	JsonbParseState *parse = NULL;
+	JsonbValue *result;
+	int			member = -1;
+
+	if (bms_is_empty(pk))
+		return row;
+	pushJsonbValue(&parse, WJB_BEGIN_OBJECT, NULL);
+	while ((member = bms_next_member(pk, member)) >= 0)
+	{
+		AttrNumber	attnum = member + FirstLowInvalidHeapAttributeNumber;
+		const char *name;
+		JsonbValue	key;
+		JsonbValue	null_value;
+		JsonbValue *value;
+
+		if (attnum <= 0 || attnum > desc->natts)
+			continue;
+		name = NameStr(TupleDescAttr(desc, attnum - 1)->attname);
+		value = image_value(row, name);
+		key.type = jbvString;
+		key.val.string.val = (char *) name;
+		key.val.string.len = strlen(name);
+		pushJsonbValue(&parse, WJB_KEY, &key);
+		if (value == NULL)
+		{
+			null_value.type = jbvNull;
+			value = &null_value;
+		}
+		pushJsonbValue(&parse, WJB_VALUE, value);
+	}
+	result = pushJsonbValue(&parse, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(result);
+}
+
+static bool
+column_changed(HeapTuple old_tuple, HeapTuple new_tuple, TupleDesc desc, int attnum,
+			   Jsonb *old_image, Jsonb *new_image, const char *name)
+{
+	Form_pg_attribute att = TupleDescAttr(desc, attnum - 1);
+	bool		old_null;
+	bool		new_null;
+	Datum		old_value = heap_getattr(old_tuple, attnum, desc, &old_null);
+	Datum		new_value = heap_getattr(new_tuple, attnum, desc, &new_null);
+	JsonbValue *va;
+	JsonbValue *vb;
+
+	if (old_null && new_null)
+		return false;
+	if (old_null != new_null)
+		return true;
+	if (datumIsEqual(old_value, new_value, att->attbyval, att->attlen))
+		return false;
+	va = image_value(old_image, name);
+	vb = image_value(new_image, name);
+	if (va == NULL || vb == NULL)
+		return va != vb;
+	return !DatumGetBool(DirectFunctionCall2(jsonb_eq,
+											 JsonbPGetDatum(JsonbValueToJsonb(va)),
+											 JsonbPGetDatum(JsonbValueToJsonb(vb))));
+}
+
+/* A text[] literal of the names, an element quoted where array_in needs it. */
+static char *
+array_literal(ColName *names, int count)
+{
+	StringInfoData out;
+	int			i;
+
+	initStringInfo(&out);
+	appendStringInfoChar(&out, '{');
+	for (i = 0; i < count; i++)
+	{
+		const char *name = names[i].name;
+		bool		quote = names[i].len == 0 || pg_strcasecmp(name, "NULL") == 0;
+		int			j;
+
+		for (j = 0; j < names[i].len && !quote; j++)
+			quote = strchr("{}\",\\", name[j]) != NULL || scanner_isspace(name[j]);
+		if (i > 0)
+			appendStringInfoChar(&out, ',');
+		if (!quote)
+		{
+			appendBinaryStringInfo(&out, name, names[i].len);
+			continue;
+		}
+		appendStringInfoChar(&out, '"');
+		for (j = 0; j < names[i].len; j++)
+		{
+			if (name[j] == '"' || name[j] == '\\')
+				appendStringInfoChar(&out, '\\');
+			appendStringInfoChar(&out, name[j]);
+		}
+		appendStringInfoChar(&out, '"');
+	}
+	appendStringInfoChar(&out, '}');
+	return out.data;
+}
+
+/* The changed columns' text[] literal; NULL for an update that changed none. */
+static char *
+changed_columns(TupleDesc desc, HeapTuple old_tuple, HeapTuple new_tuple,
+				Jsonb *old_image, Jsonb *new_image)
+{
+	ColName    *names = palloc(sizeof(ColName) * (desc->natts + 1));
+	int			count = 0;
+	int			i;
+
+	for (i = 1; i <= desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i - 1);
+		const char *name;
+
+		if (att->attisdropped)
+			continue;
+		name = NameStr(att->attname);
+		if (old_tuple != NULL && new_tuple != NULL &&
+			!column_changed(old_tuple, new_tuple, desc, i, old_image, new_image, name))
+			continue;
+		names[count].name = name;
+		names[count].len = strlen(name);
+		count++;
+	}
+	if (count == 0 && old_tuple != NULL && new_tuple != NULL)
+		return NULL;
+	if (count > 1)
+		qsort(names, count, sizeof(ColName), colname_cmp);
+	return array_literal(names, count);
+}
+
+/* A value in COPY's text format. */
+static void
+append_copy(StringInfo out, const char *text)
+{
+	const char *start = text;
+	const char *p;
+
+	for (p = text; *p; p++)
+	{
+		const char *escape;
+
+		switch (*p)
+		{
+			case '\\':
+				escape = "\\\\";
+				break;
+			case '\t':
+				escape = "\\t";
+				break;
+			case '\n':
+				escape = "\\n";
+				break;
+			case '\r':
+				escape = "\\r";
+				break;
+			default:
+				continue;
+		}
+		appendBinaryStringInfo(out, start, p - start);
+		appendBinaryStringInfo(out, escape, 2);
+		start = p + 1;
+	}
+	appendBinaryStringInfo(out, start, p - start);
+}
+
+static void
+append_jsonb(StringInfo out, Jsonb *value)
+{
+	if (value == NULL)
+		appendBinaryStringInfo(out, "\\N", 2);
+	else
+		append_copy(out, JsonbToCString(NULL, &value->root, VARSIZE(value)));
+	appendStringInfoChar(out, '\t');
+}
+
+/*
+ * The new row with each unchanged TOASTed value (not in the WAL: an on-disk pointer) taken
+ * from the old row, which REPLICA IDENTITY FULL logs whole; NULL where there is none.
+ */
+static HeapTuple
+complete_new(TupleDesc desc, HeapTuple old_tuple, HeapTuple new_tuple)
+{
+	Datum	   *values;
+	bool	   *nulls;
+	Datum	   *old_values = NULL;
+	bool	   *old_nulls = NULL;
+	bool		replaced = false;
+	int			i;
+
+	if (!HeapTupleHasExternal(new_tuple))
+		return new_tuple;
+	values = palloc(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
+	heap_deform_tuple(new_tuple, desc, values, nulls);
+	if (old_tuple != NULL)
+	{
+		old_values = palloc(sizeof(Datum) * desc->natts);
+		old_nulls = palloc(sizeof(bool) * desc->natts);
+		heap_deform_tuple(old_tuple, desc, old_values, old_nulls);
+	}
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped || nulls[i] || att->attlen != -1 ||
+			!VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(values[i])))
+			continue;
+		replaced = true;
+		if (old_values != NULL && !old_nulls[i])
+			values[i] = old_values[i];
+		else
+			nulls[i] = true;	/* not in the WAL at all */
+	}
+	return replaced ? heap_form_tuple(desc, values, nulls) : new_tuple;
+}
+
+static void
+decode_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
+			  ReorderBufferChange *change)
+{
+	DecodeState *state = ctx->output_plugin_private;
+	TupleDesc	desc = RelationGetDescr(rel);
+	RelEntry   *entry;
+	StringInfo	out;
+	StringInfoData body;
+	MemoryContext old_context;
+	HeapTuple	old_tuple = NULL;
+	HeapTuple	new_tuple = NULL;
+	Jsonb	   *old_image = NULL;
+	Jsonb	   *new_image = NULL;
+	Jsonb	   *key;
+	char	   *key_text;
+	char	   *changed;
+	const char *op;
+	char		tag;
+	StringInfoData hashed;
+	char		hex[33];
+	const char *errstr = NULL;
+
+	entry = relation_entry(state, rel);
+	if (!entry->published)
+		return;
+	switch (change->action)
+	{
+		case REORDER_BUFFER_CHANGE_INSERT:
+			tag = 'I';
+			op = "INSERT";
+			new_tuple = change->data.tp.newtuple;
+			break;
+		case REORDER_BUFFER_CHANGE_UPDATE:
+			tag = 'U';
+			op = "UPDATE";
+			old_tuple = change->data.tp.oldtuple;
+			new_tuple = change->data.tp.newtuple;
+			break;
+		case REORDER_BUFFER_CHANGE_DELETE:
+			tag = 'D';
+			op = "DELETE";
+			old_tuple = change->data.tp.oldtuple;
+			break;
+		default:
+			return;
+	}
+	if ((tag != 'D' && new_tuple == NULL) || (tag == 'D' && old_tuple == NULL))
+		return;					/* nothing to show (a delete without REPLICA IDENTITY) */
+
+	out = txn_buffer(state);
+	send_relation(out, rel, entry);
+	old_context = MemoryContextSwitchTo(state->context);
+	initStringInfo(&body);
+	if (new_tuple != NULL)
+		new_tuple = complete_new(desc, old_tuple, new_tuple);
+	if (old_tuple != NULL)
+		old_image = row_image(old_tuple, desc);
+	if (new_tuple != NULL)
+		new_image = row_image(new_tuple, desc);
+	changed = changed_columns(desc, old_tuple, new_tuple, old_image, new_image);
+	if (changed != NULL)
+	{
+		key = key_image(rel, new_image != NULL ? new_image : old_image);
+		key_text = JsonbToCString(NULL, &key->root, VARSIZE(key));
+		initStringInfo(&hashed);
+		appendStringInfo(&hashed, "%u:%s", RelationGetRelid(rel), key_text);
+		if (!pg_md5_hash(hashed.data, hashed.len, hex, &errstr))
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY),
+							errmsg("could not compute MD5 hash: %s", errstr)));
+		appendBinaryStringInfo(&body, hex, 32);
+		appendStringInfoChar(&body, '\t');
+		append_copy(&body, key_text);
+		appendStringInfoChar(&body, '\t');
+		appendStringInfoString(&body, op);
+		appendStringInfoChar(&body, '\t');
+		append_jsonb(&body, old_image);
+		append_jsonb(&body, new_image);
+		append_copy(&body, changed);
+		appendStringInfoChar(&body, '\t');
+	}
+	MemoryContextSwitchTo(old_context);
+	record_start(out, tag, 4 + body.len);
+	append_u32(out, RelationGetRelid(rel));
+	appendBinaryStringInfo(out, body.data, body.len);
+	MemoryContextReset(state->context);
+	maybe_flush(ctx, state);
+}
+
+static void
+decode_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, int nrelations,
+				Relation relations_[], ReorderBufferChange *change)
+{
+	DecodeState *state = ctx->output_plugin_private;
+	static const char body[] = "\\N\t\\N\tTRUNCATE\t\\N\t\\N\t{}\t";
+	StringInfo	out = txn_buffer(state);
+	int			i;
+
+	for (i = 0; i < nrelations; i++)
+	{
+		RelEntry   *entry = relation_entry(state, relations_[i]);
+
+		if (!entry->published)
+			continue;
+		send_relation(out, relations_[i], entry);
+		record_start(out, 'T', 4 + sizeof(body) - 1);
+		append_u32(out, RelationGetRelid(relations_[i]));
+		appendBinaryStringInfo(out, body, sizeof(body) - 1);
+	}
+}
+
+void
+_PG_output_plugin_init(OutputPluginCallbacks *cb)
+{
+	cb->startup_cb = decode_startup;
+	cb->begin_cb = decode_begin;
+	cb->change_cb = decode_change;
+	cb->truncate_cb = decode_truncate;
+	cb->commit_cb = decode_commit;
+	cb->message_cb = decode_message;
+	cb->filter_by_origin_cb = decode_filter_origin;
+	cb->shutdown_cb = decode_shutdown;
+}
