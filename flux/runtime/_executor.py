@@ -8,7 +8,6 @@ made, rolls back, and stores the record with those mutations marked rolled back.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -36,6 +35,7 @@ from flux._jsoncodec import encode, plain
 from flux._tracecontext import TraceContext
 from flux.inspect._signature import failure_signature
 from flux.runtime._context import Context, NotAwaited, activate, call_handler
+from flux.runtime._deadline import Deadline
 from flux.runtime._execution import Execution, ReplaySource
 from flux.runtime._iowatch import Watch, watching
 from flux.runtime._recorder import CallSite, Recorder, _call_site
@@ -124,9 +124,9 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
             with rec.span(f"{inv.method or inv.kind} /{inv.route or spec.route}", "gateway",
                           attrs={"kind": inv.kind}), \
                  rec.span(spec.name, "function", _function_site(rec, spec)):
-                deadline = asyncio.timeout(spec.timeout)
+                deadline = Deadline(spec.timeout)  # no timer of its own: _deadline.py
                 try:
-                    async with deadline:
+                    with deadline:
                         # An async handler is awaited here, not through call_handler: one
                         # coroutine fewer for every resumption to pass through.
                         result = await (spec.handler(ctx, inv.input) if spec.is_async
