@@ -47,11 +47,12 @@ _clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clock] = weakref.
 class Deadline:
     """``with Deadline(seconds):`` inside a task: the task is cancelled once ``seconds``
     have passed, and the ``with`` raises ``TimeoutError`` (``expired()`` then says the
-    deadline was this one, not a TimeoutError the code inside raised)."""
+    deadline was this one, not a TimeoutError the code inside raised). ``Deadline(None)``
+    has none until ``reschedule`` gives it one."""
 
     __slots__ = ("_cancelling", "_clock", "_delay", "_expired", "_handle", "_task")
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float | None) -> None:
         self._delay = delay
         self._expired = False
         self._handle: asyncio.TimerHandle | None = None
@@ -71,7 +72,9 @@ class Deadline:
         self._cancelling = task.cancelling()
         self._clock = clock
         delay = self._delay
-        if delay <= TICK:  # due before the clock's next look: a timer of its own
+        if delay is None:  # no deadline, unless ``reschedule`` sets one
+            pass
+        elif delay <= TICK:  # due before the clock's next look: a timer of its own
             self._arm(loop.time() + delay)
         else:
             clock.live[self] = loop.time() + delay
@@ -98,6 +101,16 @@ class Deadline:
 
     def expired(self) -> bool:
         return self._expired
+
+    def reschedule(self, when: float | None) -> None:
+        """Expire at loop time ``when`` instead (None: never), as ``asyncio.Timeout``'s
+        does: what the database's availability monitor calls to cut a wait short."""
+        self._clock.live.pop(self, None)
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if when is not None and not self._expired:
+            self._arm(when)
 
     def _arm(self, when: float) -> None:
         self._handle = self._clock.loop.call_at(when, self._expire)

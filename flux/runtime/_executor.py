@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -42,6 +42,7 @@ from flux.runtime._recorder import CallSite, Recorder, _call_site
 from flux.runtime._request import Request, recorded, synthetic
 from flux.runtime._response import Answer, answer_of
 from flux.runtime._sampling import keeps, outline_spans
+from flux.runtime._sealed import sealed
 from flux.store._availability import connection_lost
 from flux.store._database import db_error
 from flux.store._queries import load
@@ -62,7 +63,7 @@ IN_DOUBT = ("the database connection was lost during the commit: whether the req
             "changes were stored is unknown until the database is back")
 
 
-@dataclass(frozen=True)
+@sealed  # frozen to mypy; made at run time without a setattr per field
 class Invocation:
     """Everything an execution starts from; frozen so replay can re-run it as it was."""
 
@@ -82,7 +83,7 @@ class Invocation:
     request: Request | None = None  # as it came over HTTP; None: made from the input
 
 
-@dataclass(frozen=True)
+@sealed  # frozen to mypy; made at run time without a setattr per field
 class Outcome:
     """How an execution ended, for the gateway (or replay) to answer with."""
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from flux._errors import FluxError
 from flux._function import FunctionSpec, spec_of
+from flux.runtime._sealed import sealed
 
 MODULE_PREFIX = "flux_fn"
 WASM_SUFFIXES = (".wasm", ".wat")
@@ -31,7 +32,7 @@ class LoadError:
     message: str  # one sentence: "SyntaxError at line 3: invalid syntax"
 
 
-@dataclass(frozen=True)
+@sealed  # frozen to mypy; made at run time without a setattr per field
 class RouteMatch:
     """What is routed at a path: the function taking the request's method (None: none
     does — a 405) with its typed path parameters, and every method the path takes."""

@@ -82,3 +82,18 @@ def test_a_cancel_from_outside_stays_a_cancel() -> None:
         return False
 
     assert asyncio.run(main())
+
+
+def test_reschedule_cuts_a_wait_without_a_deadline_short() -> None:
+    """What the availability monitor does to a wait for a pooled connection when the
+    database goes down (flux/store/_availability.py)."""
+
+    async def main() -> Deadline:
+        deadline = Deadline(None)
+        with pytest.raises(TimeoutError), deadline:
+            loop = asyncio.get_running_loop()
+            loop.call_soon(deadline.reschedule, loop.time())
+            await _never()
+        return deadline
+
+    assert asyncio.run(main()).expired()
