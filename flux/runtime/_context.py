@@ -344,20 +344,36 @@ class Context:
         self._execution = execution
         self.request_id: str = execution.request_id
         self.function: str = spec.name
-        self.headers: dict[str, str] = dict(headers)
+        self._headers_in = headers
         self.request: Request = request  # as it came (flux/runtime/_request.py)
         self.is_replay = is_replay
-        self.config: Config = Config(execution, execution.runtime.app_config)
 
+        self._headers: dict[str, str] | None = None
+        self._config: Config | None = None
         self._db: Database | None = None
         self._http: Http | None = None
         self._secrets: Secrets | None = None
         self._log: Log | None = None
         self._queue: Queue | None = None
 
-    # The doors are made on first use (a handler opens two or three of them), by plain
-    # properties: functools.cached_property takes a lock on every first read, which costs
-    # more than making all five.
+    # The headers' copy, the configuration and the doors are made on first use (a handler
+    # opens two or three of them), by plain properties: functools.cached_property takes a
+    # lock on every first read, which costs more than making them all.
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The request's headers, the handler's own copy (made on first read)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = dict(self._headers_in)
+        return headers
+
+    @property
+    def config(self) -> Config:
+        config = self._config
+        if config is None:
+            config = self._config = Config(self._execution, self._execution.runtime.app_config)
+        return config
 
     @property
     def db(self) -> Database:

@@ -87,6 +87,7 @@ class Execution:
                  idempotency_prefix: str | None = None,
                  trace: TraceContext | None = None, tenant: str | None = None) -> None:
         self.runtime = runtime
+        self.policy: RedactionPolicy = runtime.policy  # read a dozen times per request
         self.tenant = tenant
         self.recorder = recorder
         self.request_id = recorder.request_id
@@ -104,10 +105,6 @@ class Execution:
         self.loop = asyncio.get_running_loop()
         self._idempotency_prefix = idempotency_prefix or self.request_id
         self._handed: list[Coroutine[Any, Any, Any]] = []  # ctx calls given to async code
-
-    @property
-    def policy(self) -> RedactionPolicy:
-        return self.runtime.policy
 
     def prepare_body(self, body: Any) -> Any:
         """Redact, scrub secret values and cap a body before it is recorded."""

@@ -8,13 +8,12 @@ made, rolls back, and stores the record with those mutations marked rolled back.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -36,12 +35,14 @@ from flux._jsoncodec import encode, plain
 from flux._tracecontext import TraceContext
 from flux.inspect._signature import failure_signature
 from flux.runtime._context import Context, NotAwaited, activate, call_handler
+from flux.runtime._deadline import Deadline
 from flux.runtime._execution import Execution, ReplaySource
 from flux.runtime._iowatch import Watch, watching
 from flux.runtime._recorder import CallSite, Recorder, _call_site
 from flux.runtime._request import Request, recorded, synthetic
 from flux.runtime._response import Answer, answer_of
 from flux.runtime._sampling import keeps, outline_spans
+from flux.runtime._sealed import sealed
 from flux.store._availability import connection_lost
 from flux.store._database import db_error
 from flux.store._queries import load
@@ -62,7 +63,7 @@ IN_DOUBT = ("the database connection was lost during the commit: whether the req
             "changes were stored is unknown until the database is back")
 
 
-@dataclass(frozen=True)
+@sealed  # frozen to mypy; made at run time without a setattr per field
 class Invocation:
     """Everything an execution starts from; frozen so replay can re-run it as it was."""
 
@@ -82,7 +83,7 @@ class Invocation:
     request: Request | None = None  # as it came over HTTP; None: made from the input
 
 
-@dataclass(frozen=True)
+@sealed  # frozen to mypy; made at run time without a setattr per field
 class Outcome:
     """How an execution ended, for the gateway (or replay) to answer with."""
 
@@ -124,9 +125,9 @@ async def execute(runtime: Runtime, inv: Invocation, *, replay: ReplaySource | N
             with rec.span(f"{inv.method or inv.kind} /{inv.route or spec.route}", "gateway",
                           attrs={"kind": inv.kind}), \
                  rec.span(spec.name, "function", _function_site(rec, spec)):
-                deadline = asyncio.timeout(spec.timeout)
+                deadline = Deadline(spec.timeout)  # no timer of its own: _deadline.py
                 try:
-                    async with deadline:
+                    with deadline:
                         # An async handler is awaited here, not through call_handler: one
                         # coroutine fewer for every resumption to pass through.
                         result = await (spec.handler(ctx, inv.input) if spec.is_async

@@ -21,14 +21,13 @@ what ``[io]`` in flux.toml adds (``allow_commands``, ``allow_writes``, ``allow_h
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import ipaddress
 import os
 import shlex
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,15 +120,23 @@ _watch: contextvars.ContextVar[Watch | None] = contextvars.ContextVar("flux_io_w
                                                                      default=None)
 
 
-@contextlib.contextmanager
-def watching(watch: Watch) -> Iterator[Watch]:
-    """Watch what runs inside (and the threads and tasks it starts from here)."""
-    install()
-    token = _watch.set(watch)
-    try:
-        yield watch
-    finally:
-        _watch.reset(token)
+class watching:
+    """Watch what runs inside (and the threads and tasks it starts from here). A class
+    rather than a generator: every execution enters one."""
+
+    __slots__ = ("_token", "_watch")
+
+    def __init__(self, watch: Watch) -> None:
+        self._watch = watch
+
+    def __enter__(self) -> Watch:
+        if not _installed:
+            install()
+        self._token = _watch.set(self._watch)
+        return self._watch
+
+    def __exit__(self, *exc: object) -> None:
+        _watch.reset(self._token)
 
 
 def _hook(event: str, args: tuple[Any, ...]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from flux._errors import FluxError
 from flux._function import FunctionSpec, spec_of
+from flux.runtime._sealed import sealed
 
 MODULE_PREFIX = "flux_fn"
 WASM_SUFFIXES = (".wasm", ".wat")
@@ -31,7 +32,7 @@ class LoadError:
     message: str  # one sentence: "SyntaxError at line 3: invalid syntax"
 
 
-@dataclass(frozen=True)
+@sealed  # frozen to mypy; made at run time without a setattr per field
 class RouteMatch:
     """What is routed at a path: the function taking the request's method (None: none
     does — a 405) with its typed path parameters, and every method the path takes."""
@@ -50,6 +51,11 @@ class Registry:
     # The ASGI app Flux serves ([asgi]): every request no function takes. Not routed like a
     # function, nor a target for jobs and invoke; found by name for replay and resume.
     asgi: FunctionSpec | None = None
+    # Literal routes by path, and the routes with parameters, in loading order: made on the
+    # first match after a change (put/drop), so a request finds a literal route with one
+    # dict lookup instead of walking every function's pattern.
+    _index: tuple[dict[str, list[FunctionSpec]], list[FunctionSpec]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def named(self, name: str | None) -> FunctionSpec | None:
         """The function (or the ASGI app) a record names."""
@@ -86,14 +92,27 @@ class Registry:
         return [(m, "/" + s.route, s) for s in specs for m in s.methods]
 
     def _matching(self, path: str) -> list[tuple[FunctionSpec, dict[str, Any]]]:
-        literal: list[tuple[FunctionSpec, dict[str, Any]]] = []
-        patterned: list[tuple[FunctionSpec, dict[str, Any]]] = []
-        for spec in self.by_name.values():
-            pattern = spec.pattern
-            params = pattern.match(path)
+        index = self._index
+        if index is None:
+            index = self._index = self._indexed()
+        literal, patterned = index
+        found: list[tuple[FunctionSpec, dict[str, Any]]] = [
+            (spec, {}) for spec in literal.get(path, ())]
+        for spec in patterned:
+            params = spec.pattern.match(path)
             if params is not None:
-                (literal if pattern.literal else patterned).append((spec, params))
-        return literal + patterned
+                found.append((spec, params))
+        return found
+
+    def _indexed(self) -> tuple[dict[str, list[FunctionSpec]], list[FunctionSpec]]:
+        literal: dict[str, list[FunctionSpec]] = {}
+        patterned: list[FunctionSpec] = []
+        for spec in self.by_name.values():
+            if spec.pattern.literal:
+                literal.setdefault(spec.pattern.text, []).append(spec)
+            else:
+                patterned.append(spec)
+        return literal, patterned
 
     def put(self, file: Path, spec: FunctionSpec) -> None:
         old = self.by_file.get(file)
@@ -101,11 +120,13 @@ class Registry:
             self.by_name.pop(old, None)
         self.by_name[spec.name] = spec
         self.by_file[file] = spec.name
+        self._index = None
 
     def drop(self, file: Path) -> str | None:
         name = self.by_file.pop(file, None)
         if name is not None:
             self.by_name.pop(name, None)
+        self._index = None
         return name
 
 

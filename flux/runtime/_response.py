@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import orjson
 
 from flux._jsoncodec import encode
+from flux.runtime._sealed import sealed
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -55,7 +56,7 @@ class Response:
         return f"Response({self.body!r}, status={self.status})"
 
 
-@dataclass(frozen=True)
+@sealed  # frozen to mypy; made at run time without a setattr per field
 class Answer:
     """How a handler's return value goes out: ``body`` as recorded (JSON-able), and
     ``raw`` — the bytes to send — when it is not JSON (``content_type`` then says what)."""

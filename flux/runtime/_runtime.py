@@ -21,6 +21,7 @@ from flux._gitinfo import CodeVersion, code_version
 from flux._project import Project
 from flux.runtime._access import AdminAccess
 from flux.runtime._asgi import AppError, LoadedApp, function_spec, load_app
+from flux.runtime._deadline import Deadline
 from flux.runtime._intercept import install as capture_clients
 from flux.runtime._iowatch import IOAllowance
 from flux.runtime._loader import LoadError, Registry, load_all, load_file
@@ -195,11 +196,11 @@ class Runtime:
         pool = await self.ensure_pool()
         try:
             # The pool's own timeout bounds the wait, and arms its timer only when no
-            # connection is free; ``deadline`` arms none and is there for the availability
-            # monitor to cut the wait short if the database goes down meanwhile.
-            async with asyncio.timeout(None) as deadline:
-                with health.waiting(deadline):
-                    return await pool.getconn(timeout=self.pool_timeout)
+            # connection is free; ``deadline`` arms none (nor a coroutine: _deadline.py)
+            # and is there for the availability monitor to cut the wait short if the
+            # database goes down meanwhile.
+            with Deadline(None) as deadline, health.waiting(deadline):
+                return await pool.getconn(timeout=self.pool_timeout)
         except (TimeoutError, PoolTimeout) as exc:
             if health.down:  # woken early: the database went away while we waited
                 raise DatabaseUnavailable(UNAVAILABLE) from exc

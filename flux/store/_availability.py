@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -49,6 +50,33 @@ def connection_lost(exc: BaseException) -> bool:
     return state is None or state.startswith("08") or state in _SESSION_ENDED
 
 
+class Cuttable(Protocol):
+    """What a wait for a connection is cut short through: ``asyncio.Timeout`` or the
+    runtime's ``Deadline`` (flux/runtime/_deadline.py)."""
+
+    def reschedule(self, when: float | None) -> None: ...
+
+
+class _Waiting:
+    """``with availability.waiting(deadline):`` — a class rather than a generator: every
+    execution that uses the database enters one."""
+
+    __slots__ = ("_availability", "_deadline")
+
+    def __init__(self, availability: Availability, deadline: Cuttable) -> None:
+        self._availability = availability
+        self._deadline = deadline
+
+    def __enter__(self) -> None:
+        availability = self._availability
+        if availability.state == "down":
+            self._deadline.reschedule(asyncio.get_running_loop().time())
+        availability._waiters.add(self._deadline)
+
+    def __exit__(self, *exc: object) -> None:
+        self._availability._waiters.discard(self._deadline)
+
+
 class Availability:
     """The database's state for one process. ``connect`` makes one connection attempt (and
     closes it); ``refresh`` runs when the database is back (the runtime checks its pool)."""
@@ -65,7 +93,7 @@ class Availability:
         self._known = asyncio.Event()  # set unless a check is under way
         self._known.set()
         self._probe: asyncio.Task[None] | None = None
-        self._waiters: set[asyncio.Timeout] = set()
+        self._waiters: set[Cuttable] = set()
 
     @property
     def down(self) -> bool:
@@ -99,17 +127,10 @@ class Availability:
                 await self._up.wait()
         return self._up.is_set()
 
-    @contextlib.contextmanager
-    def waiting(self, deadline: asyncio.Timeout) -> Iterator[None]:
+    def waiting(self, deadline: Cuttable) -> _Waiting:
         """Register a wait for a pooled connection: it is cut short if the database goes
         down, so nobody queues for a connection that cannot come."""
-        if self.down:
-            deadline.reschedule(asyncio.get_running_loop().time())
-        self._waiters.add(deadline)
-        try:
-            yield
-        finally:
-            self._waiters.discard(deadline)
+        return _Waiting(self, deadline)
 
     async def _run(self, first: BaseException) -> None:
         reason = first
