@@ -76,6 +76,8 @@ from flux.capture._pgoutput import (
     parse_lsn,
     timestamp,
 )
+from flux.capture._records import PREFIX as RECORD_PREFIX
+from flux.capture._records import RecordWriter, take_record
 from flux.capture._walstream import ReplicationUnavailable, WalStream
 from flux.store._database import connect, first_line
 from flux.store._queries import load
@@ -106,6 +108,7 @@ class CaptureError(FluxError):
 class StepResult:
     transactions: int = 0
     applied: int = 0  # rows inserted into flux.state_mutations (a re-read batch: 0)
+    records: int = 0  # records that travelled in the WAL, written into flux.trace_requests
     caught_up: bool = False
     finished: bool = False  # the switch back to triggers was applied: the slot is gone
     idle: bool = False  # no slot to read (trigger mode)
@@ -114,6 +117,7 @@ class StepResult:
         """Count ``other`` in; its state (caught up, finished, idle) is the latest."""
         self.transactions += other.transactions
         self.applied += other.applied
+        self.records += other.records
         self.caught_up = other.caught_up
         self.finished = self.finished or other.finished
         self.idle = other.idle
@@ -180,6 +184,7 @@ class Consumer:
         # and has it made its staging table.
         self._copy_for: tuple[tuple[int, int], bool] | None = None
         self._stage_for: tuple[int, int] | None = None
+        self._records = RecordWriter()
 
     # -- a session -----------------------------------------------------------------------
 
@@ -377,6 +382,7 @@ class Consumer:
         q = load("capture")
         result = StepResult(transactions=len(transactions), caught_up=caught_up)
         batch = _Batch()
+        records: list[bytes] = []
         last_commit: dt.datetime | None = None
         end_lsn: int | None = None
         for txn, commit in transactions:
@@ -384,6 +390,10 @@ class Consumer:
                 continue  # stored before a crash: the progress row committed with it
             lsn = commit.commit_lsn
             end_lsn = commit.end_lsn
+            # A record in the WAL was sent only because its BEGIN read "wal" under the
+            # switch's lock (flux/capture/_records.py): no trigger wrote it, whatever range
+            # its changes fall in.
+            records += txn.records
             if progress.wal_from is None:
                 if txn.switch == "wal":
                     progress.wal_from = lsn  # before it, triggers captured every change
@@ -399,6 +409,7 @@ class Consumer:
             return result
         direct = self._copy_allowed(conn)
         with conn.transaction():
+            result.records = self._records.write(conn, records)
             if batch.direct and direct:
                 with conn.cursor().copy(q.copy_mutations) as copy:
                     copy.write(b"".join(batch.direct))
@@ -573,6 +584,8 @@ class Consumer:
             txn.actor = orjson.loads(m.content)
         elif m.prefix == "flux.switch":
             txn.switch = m.content.decode()
+        elif m.prefix == RECORD_PREFIX:  # the record travelled in the WAL
+            take_record(txn, m.content)
 
     def _rows(self, conn: psycopg.Connection[Any], txn: Transaction, commit_lsn: int,
               batch: _Batch) -> None:

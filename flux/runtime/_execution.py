@@ -79,6 +79,17 @@ def _begin_template(tenant: bool) -> str:
     return "\n".join(line for line in template.splitlines() if not line.startswith("--"))
 
 
+def wal_mode_of(cur: psycopg.AsyncCursor[Any]) -> bool:
+    """Whether the BEGIN (``cur`` on its first result) read capture mode "wal" under its
+    lock; leaves ``cur`` on the BEGIN's last result."""
+    cur.nextset()  # BEGIN → the GUCs and the lock
+    if not cur.nextset():  # → the mode
+        return False
+    result = cur.pgresult
+    return bool(result is not None and result.ntuples == 1
+                and result.get_value(0, 0) == b"t")
+
+
 class Execution:
     """One execution's transaction and recorder, shared by its ctx doors."""
 
@@ -95,6 +106,9 @@ class Execution:
         self.replay = replay
         self.conn: AsyncConnection[Any] | None = None
         self.savepoint_open = False  # released lazily, before the next statement
+        # The BEGIN read capture mode "wal" under its shared lock: the record may travel in
+        # the transaction's WAL (sql/queries/execution.sql: begin, emit_record).
+        self.wal_record = False
         # [span id, row count, tables, verb] of each statement that wrote, in order
         self.statements: list[list[Any]] = []
         self.has_written = False  # a statement that can write has succeeded
@@ -127,8 +141,13 @@ class Execution:
         if self.conn is None:
             # The transaction and the request GUC the capture triggers read, in one round
             # trip (a simple query; the id is a UUID Flux made, so the literal is safe).
-            self.conn = await self.runtime.begin(begin_statement(self.request_id,
-                                                                 self.tenant))
+            statement = begin_statement(self.request_id, self.tenant)
+
+            async def run(conn: AsyncConnection[Any]) -> None:
+                cur = await conn.execute(statement, prepare=False)
+                self.wal_record = wal_mode_of(cur)
+
+            self.conn = await self.runtime.begin(run)
         return self.conn
 
     async def begin_with(self, first: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:

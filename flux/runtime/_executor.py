@@ -1,9 +1,11 @@
 """The executor: run one function as one recorded execution.
 
 One transaction per execution. On success the record is inserted in that transaction and
-committed with the data; on failure the executor reads the mutations the transaction had
-made, rolls back, and stores the record with those mutations marked rolled back. Every path
-— success, exception, ctx.error, timeout, overload — ends in exactly one record.
+committed with the data (with WAL capture it travels in that transaction's WAL instead, as a
+transactional logical message the WAL consumer writes); on failure the executor reads the
+mutations the transaction had made, rolls back, and stores the record with those mutations
+marked rolled back. Every path — success, exception, ctx.error, timeout, overload — ends in
+exactly one record.
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ async def _succeed(ex: Execution, inv: Invocation, answer: Answer, persist: bool
     try:
         if conn is not None:
             async with ex.db_lock:
-                await store_and_commit(conn, record, ex.statements)
+                await store_and_commit(conn, record, ex.statements, wal=ex.wal_record)
         else:
             await ex.runtime.store_record(record)
     except psycopg.Error as exc:

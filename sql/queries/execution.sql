@@ -2,13 +2,26 @@
 
 -- name: begin
 -- Sent as a simple query: {request_id} is replaced by a UUID the executor generated.
-BEGIN; SELECT set_config('flux.request_id', '{request_id}', true);
+-- The capture mode is read for the whole transaction under a shared advisory lock that
+-- `flux capture switch` takes exclusively (sql/queries/capture.sql: switch_lock; the key is
+-- "FLUX", 21): no switch commits while an execution that read the old mode is open. The
+-- mode is read by a statement of its own, after the lock, so that under READ COMMITTED it
+-- sees a switch that committed while this one waited; "wal" is answered only there (a
+-- snapshot older than the lock could be older than the switch). Its third result says
+-- whether the record may travel in the WAL (flux/store/_record.py: wal_payload).
+BEGIN; SELECT set_config('flux.request_id', '{request_id}', true),
+              pg_advisory_xact_lock_shared(5065517517330448405);
+SELECT flux.setting('capture') = 'wal'
+       AND current_setting('transaction_isolation') = 'read committed';
 
 -- name: begin_tenant
 -- The same for an execution of a tenant: {tenant} is replaced by the tenant as a literal
 -- quoted by psycopg (sql.Literal). The columns `tenant` default to this GUC (sql/0010).
 BEGIN; SELECT set_config('flux.request_id', '{request_id}', true),
-              set_config('flux.tenant', {tenant}, true);
+              set_config('flux.tenant', {tenant}, true),
+              pg_advisory_xact_lock_shared(5065517517330448405);
+SELECT flux.setting('capture') = 'wal'
+       AND current_setting('transaction_isolation') = 'read committed';
 
 -- name: savepoint
 -- Guards a statement once the execution has written something (flux/runtime/_ctx_db.py).
@@ -71,6 +84,18 @@ WHERE pg_current_xact_id_if_assigned() IS NOT NULL;
 -- First in the commit round trip: in WAL capture mode, tells the consumer which request and
 -- which statements made this transaction's changes (sql/0008).
 SELECT flux.end_execution(%(request_id)s, %(statements)s);
+
+-- name: emit_record
+-- WAL capture (the BEGIN read "wal"): the record travels in the transaction's WAL as one
+-- transactional logical message, which commits if and only if the transaction commits; the
+-- WAL consumer writes it into flux.trace_requests in the same apply transaction as the
+-- transaction's changes (flux/capture/_consumer.py). What end_execution's message carried
+-- rides in it: the first line is the session's actor (as end_execution wrote it), the
+-- rest is the executor's (flux/store/_record.py: wal_payload): the request id and the
+-- statements, then the record as one line of COPY text (capture.sql: copy_records).
+SELECT pg_logical_emit_message(true, 'flux.record', json_build_object(
+    'actor', current_user, 'application_name', current_setting('application_name', true),
+    'tenant', flux.session_tenant())::text || E'\n' || %(payload)s::text);
 
 -- name: commit
 -- Sent after insert_record in the same simple query (flux/store/_record.py store_and_commit): a

@@ -4,6 +4,7 @@ execution's GUCs as one text, its parameters bound on their own."""
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -24,8 +25,10 @@ async def test_the_first_statement_binds_its_own_percents_and_begins(db: str) ->
                 ("SELECT '100%' AS v", None, "100%"),  # no parameters: no % is special
             ]:
                 rid = new_request_id_text()
-                cur = await _first_statement(conn, rid, tenant, query, params, "s3")
+                ex = SimpleNamespace(request_id=rid, tenant=tenant, wal_record=None)
+                cur = await _first_statement(conn, ex, query, params, "s3")  # type: ignore[arg-type]
                 assert (await cur.fetchone()) == (want,)  # rows as tuples: _live names them
+                assert ex.wal_record is False  # trigger mode: the record is inserted
                 assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
                 row = await (await conn.execute(GUCS)).fetchone()
                 assert row is not None and uuid.UUID(row[0]) == uuid.UUID(rid)
