@@ -268,7 +268,7 @@ async def _serve(role: str, options: dict[str, Any], pipe: Connection) -> None:
 
 # -- the database -------------------------------------------------------------------------
 
-def _write_project(root: Path, stub_url: str, capture: str) -> Path:
+def _write_project(root: Path, stub_url: str, capture: str = "trigger") -> Path:
     (root / "functions").mkdir(parents=True)
     (root / "schema").mkdir()
     (root / "flux.toml").write_text(f'name = "bench"\ncapture = "{capture}"\n\n'

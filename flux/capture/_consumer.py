@@ -185,6 +185,7 @@ class Consumer:
         self._copy_for: tuple[tuple[int, int], bool] | None = None
         self._stage_for: tuple[int, int] | None = None
         self._records = RecordWriter()
+        self.records_written = 0  # records that travelled in the WAL, over its life
 
     # -- a session -----------------------------------------------------------------------
 
@@ -433,6 +434,7 @@ class Consumer:
                 raise _StateReset(f"flux.capture_state of {self.slot} was reset")
         if end_lsn is not None:
             progress.applied = end_lsn
+        self.records_written += result.records
         self._last_progress = now
         return result
 

@@ -40,7 +40,7 @@ SELECT flux.switch_capture(%(mode)s);
 
 -- name: switch_lock
 -- First in the switch's transaction: waits until no execution that read the mode is open
--- (each BEGIN holds this lock shared: sql/queries/execution.sql, begin), and keeps new
+-- (each BEGIN that asks holds this lock shared: sql/0023, flux.record_in_wal), and keeps new
 -- ones from reading it until the switch commits. An execution that read "wal" sends its
 -- record as a logical message, so it must commit before the switch back to triggers does:
 -- the consumer writes what commits before that switch and nothing after. Bounded by

@@ -2,26 +2,24 @@
 
 -- name: begin
 -- Sent as a simple query: {request_id} is replaced by a UUID the executor generated.
--- The capture mode is read for the whole transaction under a shared advisory lock that
--- `flux capture switch` takes exclusively (sql/queries/capture.sql: switch_lock; the key is
--- "FLUX", 21): no switch commits while an execution that read the old mode is open. The
--- mode is read by a statement of its own, after the lock, so that under READ COMMITTED it
--- sees a switch that committed while this one waited; "wal" is answered only there (a
--- snapshot older than the lock could be older than the switch). Its third result says
--- whether the record may travel in the WAL (flux/store/_record.py: wal_payload).
-BEGIN; SELECT set_config('flux.request_id', '{request_id}', true),
-              pg_advisory_xact_lock_shared(5065517517330448405);
-SELECT flux.setting('capture') = 'wal'
-       AND current_setting('transaction_isolation') = 'read committed';
+BEGIN; SELECT set_config('flux.request_id', '{request_id}', true);
 
 -- name: begin_tenant
 -- The same for an execution of a tenant: {tenant} is replaced by the tenant as a literal
 -- quoted by psycopg (sql.Literal). The columns `tenant` default to this GUC (sql/0010).
 BEGIN; SELECT set_config('flux.request_id', '{request_id}', true),
-              set_config('flux.tenant', {tenant}, true),
-              pg_advisory_xact_lock_shared(5065517517330448405);
-SELECT flux.setting('capture') = 'wal'
-       AND current_setting('transaction_isolation') = 'read committed';
+              set_config('flux.tenant', {tenant}, true);
+
+-- name: begin_wal
+-- The BEGIN of a project that captures by WAL (flux.toml: capture = "wal"): its first
+-- column says whether the record may travel in the WAL — the mode read under the lock a
+-- capture switch takes (sql/0023). A database in the other mode than the project's is
+-- still recorded right: a "trigger" answer, or the plain BEGIN, inserts the record.
+BEGIN; SELECT flux.record_in_wal(), set_config('flux.request_id', '{request_id}', true);
+
+-- name: begin_wal_tenant
+BEGIN; SELECT flux.record_in_wal(), set_config('flux.request_id', '{request_id}', true),
+              set_config('flux.tenant', {tenant}, true);
 
 -- name: savepoint
 -- Guards a statement once the execution has written something (flux/runtime/_ctx_db.py).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import orjson
 import psycopg
+import pytest
 from psycopg.conninfo import make_conninfo
 
 from flux.capture import _consumer, _mode, _running
@@ -170,13 +172,19 @@ async def test_consumer_killed_at_random_loses_and_doubles_nothing(
     assert by_wal == by_trigger
 
 
+@pytest.mark.parametrize("project_mode", ["trigger", "wal"])
 async def test_switching_modes_under_load_captures_each_change_once(
-        tmp_path: Path, db: str, provider: FakeProvider) -> None:
+        tmp_path: Path, db: str, provider: FakeProvider, project_mode: str) -> None:
     """trigger → wal → trigger → wal while transfers run: every committed change is stored
-    exactly once, by whichever mode captured its transaction."""
+    exactly once, by whichever mode captured its transaction. With the project's mode
+    "wal" each BEGIN asks the database's mode under the switch's lock, and the records of
+    those that read "wal" travel in the WAL: none is lost or doubled across the switches."""
     root = tmp_path / "ledger"
     shutil.copytree(LEDGER, root)
     async with serve_app(root, db, provider) as app:  # starts in trigger mode
+        # what flux.toml's capture = "wal" makes the executions do (the database stays
+        # in trigger mode until the first switch)
+        app.runtime.project = dataclasses.replace(app.runtime.project, capture=project_mode)
         consumer = _running.Background(db).start()
         try:
             async def switches() -> list[str]:
@@ -205,6 +213,8 @@ async def test_switching_modes_under_load_captures_each_change_once(
     # Records inserted in trigger mode and carried by the WAL in WAL mode, across three
     # switches: one per answer, and no committed change without its record.
     assert records(db) == (100 + 1500, 100 + 1500, 0)
+    travelled = consumer._consumer.records_written
+    assert (travelled > 0) == (project_mode == "wal"), travelled
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Story: a shop switches to WAL capture while it serves. From then on each committed
+"""Story: a shop captures by WAL (flux.toml, and `flux capture switch wal`). Each committed
 request's record travels in its transaction's WAL and the capture consumer writes it: the
 tools still find a request right after its answer, a failure still explains itself with the
 changes it rolled back, and while no consumer runs they say which records are not yet
@@ -62,6 +62,9 @@ async def test_records_in_the_wal_are_found_right_after_the_answer(
     project = init_project(tmp_path, "cups")
     (project / "schema" / "002_orders.sql").write_text(SCHEMA)
     (project / "functions" / "place_order.py").write_text(PLACE)
+    toml = project / "flux.toml"  # the project captures by WAL, as its operator decided
+    toml.write_text(toml.read_text().replace('capture = "trigger"', 'capture = "wal"', 1))
+    assert 'capture = "wal"' in toml.read_text()
     answers: dict[str, int] = {}
     async with serve_app(project, db, provider, consume=False) as app:  # type: ignore[arg-type]
         async def place(quantity: int) -> str:
