@@ -380,7 +380,6 @@ class Consumer:
         server must finish (a key Python cannot render as jsonb does, changed columns only
         PostgreSQL can tell) and, where row-level security applies to the session (COPY
         cannot pass it), all of them go through a staging table and one INSERT … SELECT."""
-        q = load("capture")
         result = StepResult(transactions=len(transactions), caught_up=caught_up)
         batch = _Batch()
         records: list[bytes] = []
@@ -409,8 +408,33 @@ class Consumer:
         if not (batch or end_lsn is not None or now - self._last_progress > 5.0):
             return result
         direct = self._copy_allowed(conn)
+        for tolerant in (False, True):
+            try:
+                self._store(conn, progress, batch, records, direct, result,
+                            tolerant=tolerant, applied_lsn=end_lsn,
+                            applied_commit=last_commit, caught_up=caught_up)
+                break
+            except psycopg.errors.UniqueViolation:
+                if tolerant or not records:
+                    raise
+                log.warning("capture consumer: a record in the WAL was already stored; "
+                            "the batch is stored again, keeping the stored one")
+        if end_lsn is not None:
+            progress.applied = end_lsn
+        self.records_written += result.records
+        self._last_progress = now
+        return result
+
+    def _store(self, conn: psycopg.Connection[Any], progress: _Progress, batch: _Batch,
+               records: list[bytes], direct: bool, result: StepResult, *, tolerant: bool,
+               applied_lsn: int | None, applied_commit: dt.datetime | None,
+               caught_up: bool) -> None:
+        """The apply's one transaction: the records that travelled in the WAL, the
+        changes, the progress row."""
+        q = load("capture")
+        result.applied = 0
         with conn.transaction():
-            result.records = self._records.write(conn, records)
+            result.records = self._records.write(conn, records, tolerant=tolerant)
             if batch.direct and direct:
                 with conn.cursor().copy(q.copy_mutations) as copy:
                     copy.write(b"".join(batch.direct))
@@ -427,16 +451,11 @@ class Consumer:
                 if progress.wal_from is not None else None,
                 "wal_until": format_lsn(progress.wal_until)
                 if progress.wal_until is not None else None,
-                "applied_lsn": format_lsn(end_lsn) if end_lsn else None,
-                "applied_commit": last_commit, "changes": result.applied,
+                "applied_lsn": format_lsn(applied_lsn) if applied_lsn else None,
+                "applied_commit": applied_commit, "changes": result.applied,
                 "caught_up": caught_up})
             if saved.rowcount != 1:  # rolls the batch back: it belongs to a slot now gone
                 raise _StateReset(f"flux.capture_state of {self.slot} was reset")
-        if end_lsn is not None:
-            progress.applied = end_lsn
-        self.records_written += result.records
-        self._last_progress = now
-        return result
 
     def _origin(self, conn: psycopg.Connection[Any]) -> bool:
         """Stamp this session's transactions with the replication origin named after the

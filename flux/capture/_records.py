@@ -44,8 +44,12 @@ class RecordWriter:
         self._copy_for: tuple[tuple[int, int], bool] | None = None
         self._stage_for: tuple[int, int] | None = None
 
-    def write(self, conn: psycopg.Connection[Any], lines: list[bytes]) -> int:
-        """Store ``lines`` inside the caller's transaction; how many."""
+    def write(self, conn: psycopg.Connection[Any], lines: list[bytes], *,
+              tolerant: bool = False) -> int:
+        """Store ``lines`` inside the caller's transaction; how many. ``tolerant``: a record
+        whose request id is already stored is left as it is (the batch is tried so after
+        COPY met one; it should not happen — a request's record is either inserted or in
+        the WAL — but a consumer must never stop on it)."""
         if not lines:
             return 0
         q = load("capture")
@@ -54,7 +58,7 @@ class RecordWriter:
             row = conn.execute(q.record_copy_allowed).fetchone()
             self._copy_for = (key, bool(row and row[0]))
         data = b"".join(lines)
-        if self._copy_for[1]:
+        if self._copy_for[1] and not tolerant:
             with conn.cursor().copy(q.copy_records) as copy:
                 copy.write(data)
             return len(lines)
@@ -63,6 +67,5 @@ class RecordWriter:
             self._stage_for = key
         with conn.cursor().copy(q.copy_record_stage) as copy:
             copy.write(data)
-        conn.execute(q.apply_record_stage)
-        return len(lines)
+        return max(conn.execute(q.apply_record_stage).rowcount, 0)
 

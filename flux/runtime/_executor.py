@@ -262,6 +262,11 @@ async def _succeed(ex: Execution, inv: Invocation, answer: Answer, persist: bool
         # committed, so this is a failed execution after all — unless the connection died
         # during that round trip, when the COMMIT may have happened. Storing the failure
         # record settles it: the request id is its key, so a duplicate means it committed.
+        # Not when the record travelled in the WAL: a committed one is not in the table
+        # yet, and a failure record beside it would contradict it — in doubt it stays.
+        if ex.wal_record and connection_lost(exc):
+            ex.runtime.availability.lost(exc)
+            raise DatabaseUnavailable(IN_DOUBT, in_doubt=True) from exc
         try:
             return await _fail(ex, inv, exc, persist, transaction_lost=True)
         except psycopg.errors.UniqueViolation:

@@ -318,12 +318,15 @@ async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
     ``store`` instead. An HTTP execution's outline (``sampled`` false) is stored only if
     the transaction wrote something (flux/runtime/_sampling.py).
 
-    With ``wal`` (the transaction's BEGIN read capture mode "wal" under its lock) the
-    record goes as one transactional logical message instead of the INSERT and
+    With ``wal`` (the transaction's BEGIN read capture mode "wal" under its lock) an HTTP
+    request's record goes as one transactional logical message instead of the INSERT and
     end_execution — the WAL consumer writes it (sql/queries/execution.sql: emit_record)."""
     q = load("execution")
-    if wal and record.signature is None and not record.mutations and \
-            (record.sampled or record.kind != "http") and conn.info.encoding == "utf-8":
+    # HTTP requests only: a job's success must be a fact in flux.trace_requests when it
+    # commits (the worker's crash recovery reads it: sql/queries/jobs.sql, claim), and a
+    # resume's marks its original by its record (sql/0012, mark_resumed).
+    if wal and record.kind == "http" and record.sampled and record.signature is None and \
+            not record.mutations and conn.info.encoding == "utf-8":
         payload = wal_payload(record, statements)
         if payload is not None:
             if isinstance(conn, RecordingConnection):

@@ -208,4 +208,5 @@ INSERT INTO flux.trace_requests (
 SELECT request_id, kind, function, runtime, method, route, status, http_status, started_at,
        duration_ms, request, response, error, spans, tape, logs, code_sha, code_dirty, tenant,
        parent_id, replay_of, resumed_from, sampled, recorded_at
-FROM pg_temp.flux_record_stage;
+FROM pg_temp.flux_record_stage
+ON CONFLICT (request_id) DO NOTHING;
