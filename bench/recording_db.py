@@ -14,6 +14,13 @@ checkpointer, autovacuum) is reported beside, per block of all variants.
 
 The variants (``flux`` is what a recorded request sends today, ``plain`` what the plain
 app of ``recording_overhead.py`` sends):
+
+With ``--capture wal`` the Flux database captures by WAL (no consumer runs: what is
+measured is the request's own backend), and two more variants compare the record's ways in
+WAL mode, both prepared as the executor sends them: ``wal-insert`` (the BEGIN without the
+mode lock, end_execution's message, the record INSERT, COMMIT — before the record travelled
+in the WAL) and ``wal-record`` (the BEGIN reading the mode under its lock, the record as one
+logical message, COMMIT — now).
 """
 
 from __future__ import annotations
@@ -48,11 +55,19 @@ from recording_overhead import (
 )
 
 from flux._ids import new_request_id_text
+from flux.capture import _mode
 from flux.runtime._ctx_db import tagged
 from flux.runtime._execution import begin_statement
 from flux.store._embedded import EmbeddedServer
 from flux.store._queries import load
-from flux.store._record import ExecutionRecord, _jsonb, bind, simple_query, store_and_commit
+from flux.store._record import (
+    ExecutionRecord,
+    _jsonb,
+    bind,
+    simple_query,
+    store_and_commit,
+    wal_payload,
+)
 
 Step = Callable[[psycopg.Connection[Any], str], None]
 
@@ -141,6 +156,34 @@ def variants(flux: Flux) -> dict[str, tuple[str, Step]]:
     """name: (database, one transaction)."""
     insert = tagged(INSERT_SQL, "s3")
 
+    def wal_way(record_in_wal: bool, *, locked: bool | None = None, record: bool = True
+                ) -> Step:
+        locked = record_in_wal if locked is None else locked
+
+        def run(conn: psycopg.Connection[Any], rid: str) -> None:
+            begin = begin_statement(rid, wal=locked)
+            select = SELECT_SQL.replace("%s", str(COUNT_BELOW))
+            conn.pgconn.send_query(b"/*flux:s2*/ " + begin + b"; " + select.encode())
+            _drain(conn)
+            conn.execute(insert, ["bench"]).fetchone()
+            flux.record.request_id = rid
+            statements = [["s3", 1, ["items"], "insert"]]
+            if not record:
+                conn.execute(b"COMMIT")
+                return
+            with conn.pipeline():
+                if record_in_wal:
+                    conn.execute(flux.q.emit_record,
+                                 {"payload": (wal_payload(flux.record, statements)
+                                              or b"").decode()}, prepare=True)
+                else:
+                    params = {**flux.record.params(), "statements": _jsonb(statements)}
+                    conn.execute(flux.q.end_execution, params, prepare=True)
+                    conn.execute(flux.q.insert_record, params, prepare=True)
+                conn.execute(b"COMMIT")
+
+        return run
+
     def plain_on(table: str) -> Step:
         def plain(conn: psycopg.Connection[Any], rid: str) -> None:
             with conn.transaction():
@@ -209,6 +252,11 @@ def variants(flux: Flux) -> dict[str, tuple[str, Step]]:
         "execute-record": ("flux", make(execute_record=True)),
         "no-record": ("flux", make(record=False)),
         "no-end-no-record": ("flux", make(end=False, record=False)),
+        "wal-insert": ("flux", wal_way(False)),
+        "wal-record": ("flux", wal_way(True)),
+        "wal-record-unlocked": ("flux", wal_way(True, locked=False)),
+        "wal-no-record": ("flux", wal_way(False, record=False)),
+        "wal-no-record-locked": ("flux", wal_way(False, locked=True, record=False)),
         "bare": (
             "flux",
             make(guc=False, prepared_select=True, table="items_nocapture", end=False, record=False),
@@ -326,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transactions", type=int, default=50, help="per block")
     parser.add_argument("--blocks", type=int, default=20)
     parser.add_argument("--only", help="comma-separated variants (default: all)")
+    parser.add_argument("--capture", choices=("trigger", "wal"), default="trigger",
+                        help="the Flux database's capture mode (wal: no consumer runs)")
     parser.add_argument(
         "--commit-path",
         action="store_true",
@@ -352,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                 ).fetchone() != (0,):
                     raise RuntimeError("items_nocapture has a trigger")
             asyncio.run(_one_record(str(project), flux_db))
+            if args.capture == "wal":  # after the record: the bench's record is inserted
+                _mode.switch(flux_db, "wal")
             if args.commit_path:
                 paths = asyncio.run(commit_paths(flux_db, _record(flux_db), args))
                 print("the record's commit round trip, µs per commit (median of blocks)")

@@ -26,6 +26,17 @@ reports the CPU time per request of the side's server process and of PostgreSQL,
 steadier than throughput on a busy machine and shows where recording costs.
 
     .venv/bin/python bench/recording_overhead.py [--concurrency 16] [--seconds 8] [--rounds 3]
+        [--capture {trigger,wal}]
+
+With ``--capture wal`` the Flux database captures by WAL, and a committing request's record
+travels in its transaction's WAL as a logical message (flux/store/_record.py: wal_payload)
+instead of being inserted: the WAL consumer (flux/capture/_consumer.py) writes it, as ``flux
+serve`` runs it, in a child process. In production it runs on a core or host of its own;
+here it would take its CPU from the servers, so it is paused (SIGSTOP) during each round and
+resumed after it, and every round waits until it has caught up before the next begins. Its
+CPU — its Python process and its backends (the walsender decoding, the apply session
+writing) — from each round's start to caught up is printed per recorded request beside the
+headline, and left out of the rounds' PostgreSQL CPU.
 
 The last line is ``ratio: <recorded/plain throughput>``. The exit status is 1 only when
 something was wrong (a non-200 answer, a failed request, records missing), never for the
@@ -39,9 +50,12 @@ import asyncio
 import contextlib
 import cProfile
 import json
+import os
 import signal
 import statistics
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -58,6 +72,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from flux._project import parse
+from flux.capture import _consumer, _running
 from flux.capture._schema import apply_schema
 from flux.runtime._gateway import make_app
 from flux.runtime._runtime import Runtime
@@ -211,7 +226,22 @@ async def _recorded_app(options: dict[str, Any]) -> tuple[web.Application, Clean
     return make_app(runtime), runtime.close
 
 
-BUILDERS = {"stub": _stub_app, "plain": _plain_app, "recorded": _recorded_app}
+async def _consumer_app(options: dict[str, Any]) -> tuple[web.Application, Cleanup]:
+    """The WAL consumer, as `flux serve` runs it (a thread), in a child of its own."""
+    halt = threading.Event()
+    thread = threading.Thread(target=_consumer.Consumer(options["conninfo"]).run,
+                              args=(halt,), daemon=True)
+    thread.start()
+
+    async def cleanup() -> None:
+        halt.set()
+        await asyncio.to_thread(thread.join, 10)
+
+    return web.Application(), cleanup
+
+
+BUILDERS = {"stub": _stub_app, "plain": _plain_app, "recorded": _recorded_app,
+            "consumer": _consumer_app}
 
 
 
@@ -238,10 +268,11 @@ async def _serve(role: str, options: dict[str, Any], pipe: Connection) -> None:
 
 # -- the database -------------------------------------------------------------------------
 
-def _write_project(root: Path, stub_url: str) -> Path:
+def _write_project(root: Path, stub_url: str, capture: str = "trigger") -> Path:
     (root / "functions").mkdir(parents=True)
     (root / "schema").mkdir()
-    (root / "flux.toml").write_text(f'name = "bench"\n\n[app]\nstub_url = "{stub_url}"\n')
+    (root / "flux.toml").write_text(f'name = "bench"\ncapture = "{capture}"\n\n'
+                                    f'[app]\nstub_url = "{stub_url}"\n')
     (root / "functions" / f"{ROUTE}.py").write_text(HANDLER_PY)
     (root / "functions" / f"{HTTPX_ROUTE}.py").write_text(HTTPX_PY)
     (root / "schema" / "001.sql").write_text(TABLE_SQL)
@@ -255,16 +286,18 @@ def _prepare_databases(info: ServerInfo, project_root: Path) -> tuple[str, str]:
     flux_db, plain_db = info.conninfo(FLUX_DB), info.conninfo(PLAIN_DB)
     migrate(flux_db)
     maintain(flux_db)  # today's partitions, as flux serve makes them at start
-    apply_schema(flux_db, parse(project_root).schema_dir)  # capture goes on items
+    project = parse(project_root)
+    apply_schema(flux_db, project.schema_dir, capture=project.capture)  # capture on items
     with psycopg.connect(plain_db, autocommit=True) as conn:
         conn.execute(TABLE_SQL.encode())
     return flux_db, plain_db
 
 
 def _triggers(conninfo: str) -> int:
+    """Row-level triggers on items (capture's in trigger mode; none in WAL mode)."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'items'::regclass"
-                           " AND NOT tgisinternal").fetchone()
+                           " AND NOT tgisinternal AND tgtype & 1 = 1").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -283,6 +316,7 @@ class CpuMeter:
     def __init__(self, servers: dict[str, int], postmaster: int) -> None:
         self.servers = {side: psutil.Process(pid) for side, pid in servers.items()}
         self.postmaster = psutil.Process(postmaster)
+        self.consumer: Consumer | None = None
 
     def sample(self) -> tuple[dict[str, float], dict[int, float]]:
         apps = {side: cpu_seconds(process) for side, process in self.servers.items()}
@@ -293,12 +327,49 @@ class CpuMeter:
                     db[process.pid] = cpu_seconds(process)
         return apps, db
 
-    @staticmethod
-    def charge(result: Round, before: tuple[dict[str, float], dict[int, float]],
+    def charge(self, result: Round, before: tuple[dict[str, float], dict[int, float]],
                after: tuple[dict[str, float], dict[int, float]]) -> None:
         result.app_cpu = after[0][result.side] - before[0][result.side]
         # A backend that started during the round counts from zero; one that ended is lost.
-        result.db_cpu = sum(t - before[1].get(pid, 0.0) for pid, t in after[1].items())
+        # The WAL consumer's backends are the consumer's, not the request path's.
+        mine = self.consumer.backends if self.consumer is not None else set()
+        result.db_cpu = sum(t - before[1].get(pid, 0.0) for pid, t in after[1].items()
+                            if pid not in mine)
+
+
+class Consumer:
+    """The WAL consumer's child: paused during the rounds, resumed after each, waited for
+    until it has caught up; its CPU (its process and its backends) added up meanwhile."""
+
+    def __init__(self, pid: int, conninfo: str) -> None:
+        self.process = psutil.Process(pid)
+        self.conninfo = conninfo
+        self.backends: set[int] = set()
+        self.cpu = 0.0  # seconds, over the measured rounds
+        self.waits: list[float] = []
+
+    def sample(self) -> float:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            self.backends |= {r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                [_consumer.APPLICATION_NAME])}
+        total = cpu_seconds(self.process)
+        for pid in list(self.backends):
+            try:
+                total += cpu_seconds(psutil.Process(pid))
+            except psutil.Error:
+                self.backends.discard(pid)
+        return total
+
+    def pause(self, paused: bool) -> None:
+        os.kill(self.process.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+    def catch_up(self) -> float:
+        """Resume it and wait until it has written everything committed; seconds waited."""
+        self.pause(False)
+        started = time.monotonic()
+        _running.wait_caught_up(self.conninfo, timeout=300)
+        return time.monotonic() - started
 
 
 async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
@@ -312,6 +383,8 @@ async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
             warmups[side] = await closed_loop(session, side, urls[side], REQUEST_BODY,
                                               args.concurrency, args.warmup)
             _progress(f"warm-up   {_round_line(warmups[side])}")
+        if meter.consumer is not None:
+            await asyncio.to_thread(meter.consumer.catch_up)
         for number in range(1, args.rounds + 1):
             for side in SIDES[:2]:
                 result = await _measured(session, meter, side, urls[side], args)
@@ -331,10 +404,20 @@ async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
 
 async def _measured(session: aiohttp.ClientSession, meter: CpuMeter, side: str, url: str,
                     args: argparse.Namespace) -> Round:
+    consumer = meter.consumer
+    if consumer is not None:
+        consumer_before = await asyncio.to_thread(consumer.sample)
+        consumer.pause(True)
     before = meter.sample()
     result = await closed_loop(session, side, url, REQUEST_BODY, args.concurrency,
                                args.seconds)
-    meter.charge(result, before, meter.sample())
+    after = meter.sample()
+    if consumer is not None:
+        waited = await asyncio.to_thread(consumer.catch_up)
+        if side in ("recorded", "httpx"):  # what the plain sides left it is not theirs
+            consumer.cpu += await asyncio.to_thread(consumer.sample) - consumer_before
+            consumer.waits.append(waited)
+    meter.charge(result, before, after)
     return result
 
 
@@ -422,6 +505,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="measured rounds per side, alternating (default: 3)")
     parser.add_argument("--warmup", type=float, default=3.0,
                         help="warm-up per side before the rounds, not counted (default: 3)")
+    parser.add_argument("--capture", choices=("trigger", "wal"), default="trigger",
+                        help="the Flux database's capture mode; with wal the records travel "
+                             "in the WAL and a consumer child writes them (default: trigger)")
     parser.add_argument("--profile", metavar="FILE",
                         help="cProfile the recorded server into FILE (pstats format); the "
                              "ratio of such a run means nothing")
@@ -439,18 +525,19 @@ def main(argv: list[str] | None = None) -> int:
         children: list[Child] = []
         try:
             print(f"concurrency {args.concurrency}, {args.rounds} rounds of {args.seconds:g} s "
-                  f"per side after {args.warmup:g} s of warm-up, pool size {POOL_SIZE}", flush=True)
+                  f"per side after {args.warmup:g} s of warm-up, pool size {POOL_SIZE}, "
+                  f"capture {args.capture}", flush=True)
             stub = spawn(_serve, "stub", {})
             children.append(stub)
             stub_url = f"http://127.0.0.1:{stub.port}/stub"
-            project = _write_project(tmp / "project", stub_url)
+            project = _write_project(tmp / "project", stub_url, args.capture)
             server = EmbeddedServer(project / ".flux")
             info, _ = server.start()
             flux_db, plain_db = _prepare_databases(info, project)
             triggers = (_triggers(flux_db), _triggers(plain_db))
-            if triggers[0] == 0 or triggers[1] != 0:
+            if (triggers[0] == 0) != (args.capture == "wal") or triggers[1] != 0:
                 raise RuntimeError(f"capture triggers on items: flux {triggers[0]}, "
-                                   f"plain {triggers[1]} (want some and none)")
+                                   f"plain {triggers[1]} (want {args.capture}'s and none)")
             traces_before = _count(flux_db, TRACES_SQL)
             mutations_before = _count(flux_db, MUTATIONS_SQL)
             children.append(spawn(_serve, "plain", {"conninfo": plain_db, "stub_url": stub_url}))
@@ -462,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
             pids = {c.role: int(c.process.pid or 0) for c in children[1:]}
             meter = CpuMeter({**pids, "httpx": pids["recorded"], "plain-httpx": pids["plain"]},
                              info.pid)
+            if args.capture == "wal":
+                child = spawn(_serve, "consumer", {"conninfo": flux_db})
+                children.append(child)
+                meter.consumer = Consumer(int(child.process.pid or 0), flux_db)
 
             rounds, warmups = asyncio.run(_drive(urls, meter, args))
 
@@ -515,6 +606,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"recorded/plain throughput: {ratio:.3f} (target >= {TARGET}: {verdict})")
     if args.profile:
         print(f"profile of the recorded server: {args.profile} (this run's ratio is skewed)")
+    consumer = meter.consumer
+    if consumer is not None:
+        recorded_requests = sum(r.answered for r in rounds if r.side in ("recorded", "httpx"))
+        per_request = consumer.cpu / recorded_requests * 1000 if recorded_requests else 0.0
+        print(f"WAL consumer cpu/recorded request (its process and its backends, each round's "
+              f"start to caught up): {per_request:.3f} ms; caught up {min(consumer.waits):.1f}"
+              f"–{max(consumer.waits):.1f} s after each recorded round")
     print(f"ratio: {ratio:.2f}")
     healthy = not any(s.bad for s in (plain, recorded, plain_httpx, through_httpx)) and \
         recorded_ok and plain_rows == plain_served

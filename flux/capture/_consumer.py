@@ -77,6 +77,8 @@ from flux.capture._pgoutput import (
     parse_lsn,
     timestamp,
 )
+from flux.capture._records import PREFIX as RECORD_PREFIX
+from flux.capture._records import RecordWriter, take_record
 from flux.capture._walstream import ReplicationUnavailable, WalStream
 from flux.store._database import connect, first_line
 from flux.store._queries import load
@@ -107,6 +109,7 @@ class CaptureError(FluxError):
 class StepResult:
     transactions: int = 0
     applied: int = 0  # rows inserted into flux.state_mutations (a re-read batch: 0)
+    records: int = 0  # records that travelled in the WAL, written into flux.trace_requests
     caught_up: bool = False
     finished: bool = False  # the switch back to triggers was applied: the slot is gone
     idle: bool = False  # no slot to read (trigger mode)
@@ -115,6 +118,7 @@ class StepResult:
         """Count ``other`` in; its state (caught up, finished, idle) is the latest."""
         self.transactions += other.transactions
         self.applied += other.applied
+        self.records += other.records
         self.caught_up = other.caught_up
         self.finished = self.finished or other.finished
         self.idle = other.idle
@@ -189,6 +193,8 @@ class Consumer:
         # and has it made its staging table.
         self._copy_for: tuple[tuple[int, int], bool] | None = None
         self._stage_for: tuple[int, int] | None = None
+        self._records = RecordWriter()
+        self.records_written = 0  # records that travelled in the WAL, over its life
 
     # -- a session -----------------------------------------------------------------------
 
@@ -386,9 +392,9 @@ class Consumer:
         server must finish (a key Python cannot render as jsonb does, changed columns only
         PostgreSQL can tell) and, where row-level security applies to the session (COPY
         cannot pass it), all of them go through a staging table and one INSERT … SELECT."""
-        q = load("capture")
         result = StepResult(transactions=len(transactions), caught_up=caught_up)
         batch = _Batch()
+        records: list[bytes] = []
         last_commit: dt.datetime | None = None
         end_lsn: int | None = None
         for txn, commit in transactions:
@@ -396,6 +402,10 @@ class Consumer:
                 continue  # stored before a crash: the progress row committed with it
             lsn = commit.commit_lsn
             end_lsn = commit.end_lsn
+            # A record in the WAL was sent only because its BEGIN read "wal" under the
+            # switch's lock (flux/capture/_records.py): no trigger wrote it, whatever range
+            # its changes fall in.
+            records += txn.records
             if progress.wal_from is None:
                 if txn.switch == "wal":
                     progress.wal_from = lsn  # before it, triggers captured every change
@@ -410,7 +420,33 @@ class Consumer:
         if not (batch or end_lsn is not None or now - self._last_progress > 5.0):
             return result
         direct = self._copy_allowed(conn)
+        for tolerant in (False, True):
+            try:
+                self._store(conn, progress, batch, records, direct, result,
+                            tolerant=tolerant, applied_lsn=end_lsn,
+                            applied_commit=last_commit, caught_up=caught_up)
+                break
+            except psycopg.errors.UniqueViolation:
+                if tolerant or not records:
+                    raise
+                log.warning("capture consumer: a record in the WAL was already stored; "
+                            "the batch is stored again, keeping the stored one")
+        if end_lsn is not None:
+            progress.applied = end_lsn
+        self.records_written += result.records
+        self._last_progress = now
+        return result
+
+    def _store(self, conn: psycopg.Connection[Any], progress: _Progress, batch: _Batch,
+               records: list[bytes], direct: bool, result: StepResult, *, tolerant: bool,
+               applied_lsn: int | None, applied_commit: dt.datetime | None,
+               caught_up: bool) -> None:
+        """The apply's one transaction: the records that travelled in the WAL, the
+        changes, the progress row."""
+        q = load("capture")
+        result.applied = 0
         with conn.transaction():
+            result.records = self._records.write(conn, records, tolerant=tolerant)
             if batch.direct and direct:
                 with conn.cursor().copy(q.copy_mutations) as copy:
                     copy.write(b"".join(batch.direct))
@@ -427,15 +463,11 @@ class Consumer:
                 if progress.wal_from is not None else None,
                 "wal_until": format_lsn(progress.wal_until)
                 if progress.wal_until is not None else None,
-                "applied_lsn": format_lsn(end_lsn) if end_lsn else None,
-                "applied_commit": last_commit, "changes": result.applied,
+                "applied_lsn": format_lsn(applied_lsn) if applied_lsn else None,
+                "applied_commit": applied_commit, "changes": result.applied,
                 "caught_up": caught_up})
             if saved.rowcount != 1:  # rolls the batch back: it belongs to a slot now gone
                 raise _StateReset(f"flux.capture_state of {self.slot} was reset")
-        if end_lsn is not None:
-            progress.applied = end_lsn
-        self._last_progress = now
-        return result
 
     def _origin(self, conn: psycopg.Connection[Any]) -> bool:
         """Stamp this session's transactions with the replication origin named after the
@@ -639,6 +671,8 @@ class Consumer:
             txn.actor = orjson.loads(m.content)
         elif m.prefix == "flux.switch":
             txn.switch = m.content.decode()
+        elif m.prefix == RECORD_PREFIX:  # the record travelled in the WAL
+            take_record(txn, m.content)
 
     def _rows(self, conn: psycopg.Connection[Any], txn: Transaction, commit_lsn: int,
               batch: _Batch) -> None:

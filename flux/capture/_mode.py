@@ -111,15 +111,13 @@ def switch(conninfo: str, to: str, *, wait: float = 60.0) -> SwitchResult:
             conn.execute(q.reset_state, {"slot": SLOT})
             _create_slot(conn)
             try:
-                with conn.transaction():
-                    tables = int(conn.execute(q.switch, {"mode": "wal"}).fetchone()[0])  # type: ignore[index]
+                tables = _switch_locked(conn, "wal", wait)
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute(q.drop_slot, {"slot": SLOT})
                 raise
             return SwitchResult(previous, to, tables, 0)
-        with conn.transaction():
-            tables = int(conn.execute(q.switch, {"mode": "trigger"}).fetchone()[0])  # type: ignore[index]
+        tables = _switch_locked(conn, "trigger", wait)
         applied = _finish_wal(conn, conninfo, wait)
         return SwitchResult(previous, to, tables, applied)
 
@@ -139,6 +137,25 @@ def _create_slot(conn: psycopg.Connection[Any]) -> str:
     log.info("WAL capture decodes with pgoutput: %s", reason)
     conn.execute(q.create_slot, {"slot": SLOT, "plugin": "pgoutput"})
     return "pgoutput"
+
+
+def _switch_locked(conn: psycopg.Connection[Any], to: str, wait: float) -> int:
+    """Switch in one transaction that first holds the executions' mode lock exclusively
+    (sql/queries/capture.sql: switch_lock), so that every execution runs under the one mode
+    its BEGIN read. Each attempt waits at most a second for the executions in flight (new
+    ones wait behind it meanwhile), then lets them through and tries again."""
+    q = load("capture")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with conn.transaction():
+                conn.execute(q.switch_lock, {"timeout": "1s"})
+                return int(conn.execute(q.switch, {"mode": to}).fetchone()[0])  # type: ignore[index]
+        except psycopg.errors.LockNotAvailable as exc:
+            if time.monotonic() > deadline:
+                raise CaptureError(
+                    f"executions kept the capture mode in use for {wait:g}s: not switched",
+                    hint="try again when the long-running requests have finished") from exc
 
 
 def _finish_wal(conn: psycopg.Connection[Any], conninfo: str, wait: float) -> int:

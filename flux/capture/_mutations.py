@@ -46,6 +46,9 @@ class Transaction:
     actor: dict[str, Any] | None = None
     changes: list[Change | Rendered] = field(default_factory=list)
     truncated: list[tuple[Relation, dict[str, Any] | None]] = field(default_factory=list)
+    # The executions' records that travelled in this transaction's WAL, each a line of COPY
+    # text for flux.trace_requests ('flux.record' messages: flux/capture/_records.py).
+    records: list[bytes] = field(default_factory=list)
 
 
 class Shape:

@@ -19,7 +19,7 @@ import psycopg
 
 from flux._jsoncodec import encode
 from flux.runtime._callkey import db_key
-from flux.runtime._execution import begin_statement
+from flux.runtime._execution import begin_statement, wal_mode_of
 from flux.runtime._recorder import CallSite
 from flux.store._database import db_error
 from flux.store._queries import load
@@ -106,8 +106,7 @@ class Database:
                     # BEGIN, the request GUC and the first statement in one simple query
                     # (psycopg binds the parameters client-side): a round trip saved.
                     cur = await ex.begin_with(
-                        lambda c: _first_statement(c, ex.request_id, ex.tenant, query, params,
-                                                   span_id))
+                        lambda c: _first_statement(c, ex, query, params, span_id))
                 else:
                     cur = conn.cursor()
                     if protect:
@@ -146,13 +145,12 @@ class Database:
             return rows, cur.rowcount, columns
 
 
-async def _first_statement(conn: psycopg.AsyncConnection[Any], request_id: str,
-                           tenant: str | None, query: str, params: Params, span_id: str
-                           ) -> psycopg.AsyncCursor[Any]:
+async def _first_statement(conn: psycopg.AsyncConnection[Any], ex: Execution, query: str,
+                           params: Params, span_id: str) -> psycopg.AsyncCursor[Any]:
     """Begin the execution's transaction with its first statement; return the cursor on
     that statement's result."""
     cur = psycopg.AsyncClientCursor(conn)
-    begin = begin_statement(request_id, tenant, conn)
+    begin = begin_statement(ex.request_id, ex.tenant, conn, wal=ex.wal_project)
     # The statement is bound on its own (psycopg caches how to bind a text it has seen, and
     # the user's text repeats while the BEGIN, which holds the request id, never does), then
     # sent with the BEGIN as one text without parameters. The span comment goes first: the
@@ -161,8 +159,9 @@ async def _first_statement(conn: psycopg.AsyncConnection[Any], request_id: str,
     bound = query.encode() if params is None else \
         cur.mogrify(query, params).encode(conn.info.encoding)
     await cur.execute(f"/*flux:{span_id}*/ ".encode() + begin + b"; " + bound)
+    ex.wal_record = wal_mode_of(cur, ex.wal_project)  # BEGIN and its SELECT come first
     while cur.nextset():
-        pass  # BEGIN and set_config come first; the caller reads the last result
+        pass  # the caller reads the last result
     return cur
 
 

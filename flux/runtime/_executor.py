@@ -1,9 +1,11 @@
 """The executor: run one function as one recorded execution.
 
 One transaction per execution. On success the record is inserted in that transaction and
-committed with the data; on failure the executor reads the mutations the transaction had
-made, rolls back, and stores the record with those mutations marked rolled back. Every path
-— success, exception, ctx.error, timeout, overload — ends in exactly one record.
+committed with the data (with WAL capture it travels in that transaction's WAL instead, as a
+transactional logical message the WAL consumer writes); on failure the executor reads the
+mutations the transaction had made, rolls back, and stores the record with those mutations
+marked rolled back. Every path — success, exception, ctx.error, timeout, overload — ends in
+exactly one record.
 """
 
 from __future__ import annotations
@@ -253,7 +255,7 @@ async def _succeed(ex: Execution, inv: Invocation, answer: Answer, persist: bool
     try:
         if conn is not None:
             async with ex.db_lock:
-                await store_and_commit(conn, record, ex.statements)
+                await store_and_commit(conn, record, ex.statements, wal=ex.wal_record)
         else:
             await ex.runtime.store_record(record)
     except psycopg.Error as exc:
@@ -261,6 +263,11 @@ async def _succeed(ex: Execution, inv: Invocation, answer: Answer, persist: bool
         # committed, so this is a failed execution after all — unless the connection died
         # during that round trip, when the COMMIT may have happened. Storing the failure
         # record settles it: the request id is its key, so a duplicate means it committed.
+        # Not when the record travelled in the WAL: a committed one is not in the table
+        # yet, and a failure record beside it would contradict it — in doubt it stays.
+        if ex.wal_record and connection_lost(exc):
+            ex.runtime.availability.lost(exc)
+            raise DatabaseUnavailable(IN_DOUBT, in_doubt=True) from exc
         try:
             return await _fail(ex, inv, exc, persist, transaction_lost=True)
         except psycopg.errors.UniqueViolation:

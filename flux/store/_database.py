@@ -18,6 +18,7 @@ from psycopg import sql
 from flux._errors import DatabaseError
 from flux._project import Project, database_url_from_env
 from flux.store._embedded import EmbeddedServer, ServerInfo
+from flux.store._pending import wait_for_records
 from flux.store._queries import load
 
 
@@ -118,6 +119,8 @@ def read_only(conninfo: str, display: str | None = None) -> Iterator[psycopg.Con
     with connect(conninfo, autocommit=True) as conn:
         conn.execute(load("database").read_only)
         try:
+            # With WAL capture the latest records may still be in the WAL: wait for them.
+            wait_for_records(conn)
             yield conn
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:
             where = display or redact_url(conninfo)

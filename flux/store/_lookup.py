@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from flux._errors import AmbiguousId, ConfigError, NotFound
 from flux._ids import clean_id
 from flux._jsoncodec import plain
+from flux.store._pending import unwritten
 from flux.store._queries import load
 
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -37,7 +38,9 @@ def resolve_id(conn: psycopg.Connection[Any], prefix: str) -> str:
     low, high = id_range(prefix)
     rows = conn.execute(load("inspect").ids_in_range, {"low": low, "high": high}).fetchall()
     if not rows:
-        raise NotFound(f"no execution has an id starting with {clean_id(prefix)!r}",
+        why = unwritten(conn)  # WAL capture: it may be committed and not yet written
+        raise NotFound(f"no execution has an id starting with {clean_id(prefix)!r}"
+                       + (f" ({why})" if why else ""),
                        hint="`flux ls` lists recent executions")
     if len(rows) > 1:
         raise AmbiguousId(clean_id(prefix), [r[0] for r in rows])

@@ -258,15 +258,83 @@ async def store(conn: AsyncConnection[Any], record: ExecutionRecord) -> None:
                 for m in record.mutations])
 
 
+# The record's columns in the order of its line of COPY text in the WAL (wal_payload), the
+# order in which the consumer copies them (sql/queries/capture.sql: copy_records).
+RECORD_COLUMNS = (
+    "request_id", "kind", "function", "runtime", "method", "route", "status", "http_status",
+    "started_at", "duration_ms", "request", "response", "error", "spans", "tape", "logs",
+    "code_sha", "code_dirty", "tenant", "parent_id", "replay_of", "resumed_from", "sampled",
+    "recorded_at")
+
+
+def wal_payload(record: ExecutionRecord, statements: list[list[Any]]) -> bytes | None:
+    """The executor's part of the record's logical message (sql/queries/execution.sql:
+    emit_record): a line of JSON with the request id and the statements that wrote (what
+    end_execution's message carries, for the consumer to stamp the changes with), then the
+    record as one line of COPY text in ``RECORD_COLUMNS`` order — what the consumer copies
+    into flux.trace_requests as it is. None for a value with no text form (the caller
+    inserts the record instead)."""
+    params = record.params()
+    params["recorded_at"] = dt.datetime.now(dt.UTC)
+    out = [_dumps({"request_id": record.request_id, "statements": statements}), b"\n"]
+    add = out.append
+    try:
+        for name in RECORD_COLUMNS:
+            value = params[name]
+            data = _value(value, "utf-8")
+            if data is None:
+                add(b"\\N")
+            elif type(value) is Json:
+                # orjson writes no raw control characters: only backslashes to double
+                add(data.replace(b"\\", b"\\\\") if data.find(b"\\") >= 0 else data)
+            elif type(value) is str:
+                add(_copy_escape(data))
+            else:
+                add(data)  # numbers, booleans, timestamps, uuids: nothing to escape
+            add(b"\t")
+    except TypeError:
+        return None
+    out[-1] = b""
+    return b"".join(out)
+
+
+_COPY_SPECIAL = re.compile(rb"[\\\t\n\r]")
+_COPY_ESCAPES = {b"\\": b"\\\\", b"\t": b"\\t", b"\n": b"\\n", b"\r": b"\\r"}
+
+
+def _copy_escape(data: bytes) -> bytes:
+    """A text value as COPY's text format writes it."""
+    if _COPY_SPECIAL.search(data) is None:
+        return data
+    return _COPY_SPECIAL.sub(lambda m: _COPY_ESCAPES[m.group()], data)
+
+
 async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
-                           statements: list[list[Any]]) -> None:
+                           statements: list[list[Any]], *, wal: bool = False) -> None:
     """Store a committing execution's record and commit its transaction, in one round trip:
     ``end_execution`` (WAL capture's stamp), the INSERT and the COMMIT as one simple query
     (client-side binding, psycopg's quoting); if a statement fails the COMMIT does not run.
     A failed execution's record (with a signature or salvaged mutations) is stored by
     ``store`` instead. An HTTP execution's outline (``sampled`` false) is stored only if
-    the transaction wrote something (flux/runtime/_sampling.py)."""
+    the transaction wrote something (flux/runtime/_sampling.py).
+
+    With ``wal`` (the transaction's BEGIN read capture mode "wal" under its lock) an HTTP
+    request's record goes as one transactional logical message instead of the INSERT and
+    end_execution — the WAL consumer writes it (sql/queries/execution.sql: emit_record)."""
     q = load("execution")
+    # HTTP requests only: a job's success must be a fact in flux.trace_requests when it
+    # commits (the worker's crash recovery reads it: sql/queries/jobs.sql, claim), and a
+    # resume's marks its original by its record (sql/0012, mark_resumed).
+    if wal and record.kind == "http" and record.sampled and record.signature is None and \
+            not record.mutations and conn.info.encoding == "utf-8":
+        payload = wal_payload(record, statements)
+        if payload is not None:
+            if isinstance(conn, RecordingConnection):
+                await prepared_commit(conn, (q.emit_record,), [[payload]])
+            else:
+                text = f"{q.emit_record}; {q.commit}"
+                await simple_query(conn, bind(text, {"payload": payload.decode()}))
+            return
     params = {**record.params(), "statements": _jsonb(statements)}
     if not record.sampled and record.kind == "http":
         text = f"{q.insert_outline}; {q.end_execution}; {q.commit}"

@@ -39,6 +39,18 @@ FROM flux.capture_state WHERE slot = %(slot)s;
 -- name: switch
 SELECT flux.switch_capture(%(mode)s);
 
+-- name: switch_lock
+-- First in the switch's transaction: waits until no execution that read the mode is open
+-- (each BEGIN that asks holds this lock shared: sql/0023, flux.record_in_wal), and keeps new
+-- ones from reading it until the switch commits. An execution that read "wal" sends its
+-- record as a logical message, so it must commit before the switch back to triggers does:
+-- the consumer writes what commits before that switch and nothing after. Bounded by
+-- lock_timeout: a long execution must not hold every new one behind the switch; the
+-- switch tries again (flux/capture/_mode.py).
+SELECT set_config('lock_timeout', %(timeout)s, true),
+       pg_advisory_xact_lock(5065517517330448405),
+       set_config('lock_timeout', '0', true);
+
 -- name: consumer_lock
 SELECT pg_try_advisory_lock(%(key)s);
 
@@ -162,3 +174,40 @@ SELECT pg_replication_origin_session_setup(%(origin)s);
 
 -- name: origin_reset
 SELECT pg_replication_origin_session_reset();
+
+-- name: record_copy_allowed
+-- The records that travelled in the WAL (flux/capture/_records.py): COPY FROM refuses a
+-- table whose row-level security applies to the session.
+SELECT NOT row_security_active('flux.trace_requests'::regclass);
+
+-- name: copy_records
+-- One batch of records, each a line the executor wrote (flux/store/_record.py:
+-- RECORD_COLUMNS, in this order), in the same apply transaction as their transactions'
+-- changes and the progress row: exactly once.
+COPY flux.trace_requests (
+    request_id, kind, function, runtime, method, route, status, http_status, started_at,
+    duration_ms, request, response, error, spans, tape, logs, code_sha, code_dirty, tenant,
+    parent_id, replay_of, resumed_from, sampled, recorded_at)
+FROM STDIN
+
+-- name: create_record_stage
+CREATE TEMP TABLE IF NOT EXISTS flux_record_stage
+    (LIKE flux.trace_requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+
+-- name: copy_record_stage
+COPY pg_temp.flux_record_stage (
+    request_id, kind, function, runtime, method, route, status, http_status, started_at,
+    duration_ms, request, response, error, spans, tape, logs, code_sha, code_dirty, tenant,
+    parent_id, replay_of, resumed_from, sampled, recorded_at)
+FROM STDIN
+
+-- name: apply_record_stage
+INSERT INTO flux.trace_requests (
+    request_id, kind, function, runtime, method, route, status, http_status, started_at,
+    duration_ms, request, response, error, spans, tape, logs, code_sha, code_dirty, tenant,
+    parent_id, replay_of, resumed_from, sampled, recorded_at)
+SELECT request_id, kind, function, runtime, method, route, status, http_status, started_at,
+       duration_ms, request, response, error, spans, tape, logs, code_sha, code_dirty, tenant,
+       parent_id, replay_of, resumed_from, sampled, recorded_at
+FROM pg_temp.flux_record_stage
+ON CONFLICT (request_id) DO NOTHING;

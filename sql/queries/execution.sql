@@ -10,6 +10,17 @@ BEGIN; SELECT set_config('flux.request_id', '{request_id}', true);
 BEGIN; SELECT set_config('flux.request_id', '{request_id}', true),
               set_config('flux.tenant', {tenant}, true);
 
+-- name: begin_wal
+-- The BEGIN of a project that captures by WAL (flux.toml: capture = "wal"): its first
+-- column says whether the record may travel in the WAL — the mode read under the lock a
+-- capture switch takes (sql/0023). A database in the other mode than the project's is
+-- still recorded right: a "trigger" answer, or the plain BEGIN, inserts the record.
+BEGIN; SELECT flux.record_in_wal(), set_config('flux.request_id', '{request_id}', true);
+
+-- name: begin_wal_tenant
+BEGIN; SELECT flux.record_in_wal(), set_config('flux.request_id', '{request_id}', true),
+              set_config('flux.tenant', {tenant}, true);
+
 -- name: savepoint
 -- Guards a statement once the execution has written something (flux/runtime/_ctx_db.py).
 SAVEPOINT flux_stmt;
@@ -71,6 +82,18 @@ WHERE pg_current_xact_id_if_assigned() IS NOT NULL;
 -- First in the commit round trip: in WAL capture mode, tells the consumer which request and
 -- which statements made this transaction's changes (sql/0008).
 SELECT flux.end_execution(%(request_id)s, %(statements)s);
+
+-- name: emit_record
+-- WAL capture (the BEGIN read "wal"): the record travels in the transaction's WAL as one
+-- transactional logical message, which commits if and only if the transaction commits; the
+-- WAL consumer writes it into flux.trace_requests in the same apply transaction as the
+-- transaction's changes (flux/capture/_consumer.py). What end_execution's message carried
+-- rides in it: the first line is the session's actor (as end_execution wrote it), the
+-- rest is the executor's (flux/store/_record.py: wal_payload): the request id and the
+-- statements, then the record as one line of COPY text (capture.sql: copy_records).
+SELECT pg_logical_emit_message(true, 'flux.record', json_build_object(
+    'actor', current_user, 'application_name', current_setting('application_name', true),
+    'tenant', flux.session_tenant())::text || E'\n' || %(payload)s::text);
 
 -- name: commit
 -- Sent after insert_record in the same simple query (flux/store/_record.py store_and_commit): a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import orjson
 import psycopg
+import pytest
 from psycopg.conninfo import make_conninfo
 
 from flux.capture import _consumer, _mode, _running
@@ -96,6 +98,19 @@ async def test_trigger_and_wal_store_identical_rows(tmp_path: Path, db: str,
     assert by_wal - by_trigger == Counter()
 
 
+def records(db: str) -> tuple[int, int, int]:
+    """Records, distinct request ids among them, and ok-records of requests whose changes
+    no record names (a committed change without its record)."""
+    with psycopg.connect(db) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT request_id), (SELECT count(DISTINCT m.request_id)"
+            " FROM flux.state_mutations m WHERE m.request_id IS NOT NULL AND NOT EXISTS ("
+            "SELECT 1 FROM flux.trace_requests t WHERE t.request_id = m.request_id))"
+            " FROM flux.trace_requests").fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
 async def load_ledger(app: Shop, requests: int, *, accounts: int = 100) -> int:
     """Open ``accounts`` accounts, then ``requests`` transfers 25 at a time; the number of
     changes committed."""
@@ -153,18 +168,27 @@ async def test_consumer_killed_at_random_loses_and_doubles_nothing(
             final.send_signal(signal.SIGINT)
             assert final.wait(timeout=20) == 0
         by_trigger, by_wal = rows(db, "trigger"), rows(db, "wal")
+        # Each answer's record travelled in its transaction's WAL (capture "wal"): written
+        # by the consumer, once, across the kills.
+        assert records(db) == (100 + 1200, 100 + 1200, 0)
     assert sum(by_wal.values()) == expected
     assert max(by_wal.values()) == 1
     assert by_wal == by_trigger
 
 
+@pytest.mark.parametrize("project_mode", ["trigger", "wal"])
 async def test_switching_modes_under_load_captures_each_change_once(
-        tmp_path: Path, db: str, provider: FakeProvider) -> None:
+        tmp_path: Path, db: str, provider: FakeProvider, project_mode: str) -> None:
     """trigger → wal → trigger → wal while transfers run: every committed change is stored
-    exactly once, by whichever mode captured its transaction."""
+    exactly once, by whichever mode captured its transaction. With the project's mode
+    "wal" each BEGIN asks the database's mode under the switch's lock, and the records of
+    those that read "wal" travel in the WAL: none is lost or doubled across the switches."""
     root = tmp_path / "ledger"
     shutil.copytree(LEDGER, root)
     async with serve_app(root, db, provider) as app:  # starts in trigger mode
+        # what flux.toml's capture = "wal" makes the executions do (the database stays
+        # in trigger mode until the first switch)
+        app.runtime.project = dataclasses.replace(app.runtime.project, capture=project_mode)
         consumer = _running.Background(db).start()
         try:
             async def switches() -> list[str]:
@@ -190,6 +214,11 @@ async def test_switching_modes_under_load_captures_each_change_once(
     assert by_source.get("trigger", 0) > 0 and by_source.get("wal", 0) > 0, by_source
     assert by_source["trigger"] + by_source["wal"] == expected
     assert per_change == (1,)
+    # Records inserted in trigger mode and carried by the WAL in WAL mode, across three
+    # switches: one per answer, and no committed change without its record.
+    assert records(db) == (100 + 1500, 100 + 1500, 0)
+    travelled = consumer._consumer.records_written
+    assert (travelled > 0) == (project_mode == "wal"), travelled
 
 
 @contextlib.contextmanager
@@ -227,7 +256,9 @@ async def test_without_replication_connections_the_consumer_reads_through_sql(
                 stop.set()
                 await asyncio.to_thread(thread.join, 20)
             by_trigger, by_wal = rows(db, "trigger"), rows(db, "wal")
+            consumer_records = records(db)
     assert consumer.stream is False  # it tried, was refused, and fell back
+    assert consumer_records == (100 + 300, 100 + 300, 0)
     assert sum(by_wal.values()) == expected
     assert by_wal == by_trigger
 
@@ -257,6 +288,8 @@ async def test_a_consumer_under_row_level_security_stages_and_stores_the_same(
                 await asyncio.to_thread(thread.join, 20)
             by_trigger, by_wal = rows(db, "trigger"), rows(db, "wal")
         assert consumer._copy_for is not None and consumer._copy_for[1] is False
+        assert records(db) == (100 + 150, 100 + 150, 0)
+        assert consumer._records._copy_for is not None
         assert sum(by_wal.values()) == expected
         assert by_wal == by_trigger
     finally:

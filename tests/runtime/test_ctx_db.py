@@ -4,6 +4,7 @@ execution's GUCs as one text, its parameters bound on their own."""
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -17,15 +18,19 @@ GUCS = "SELECT current_setting('flux.request_id'), current_setting('flux.tenant'
 
 async def test_the_first_statement_binds_its_own_percents_and_begins(db: str) -> None:
     async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
-        for tenant in (None, "50%'off\\"):  # a tenant's literal with a % is not a placeholder
+        for tenant, wal in ((None, False), ("50%'off\\", False), (None, True), ("t", True)):
+            # a tenant's literal with a % is not a placeholder; "wal": the BEGIN asks the mode
             for query, params, want in [
                 ("SELECT %s::text || '%%' AS v", ["a%b"], "a%b%"),
                 ("SELECT %(x)s::int + 1 AS v", {"x": 41}, 42),
                 ("SELECT '100%' AS v", None, "100%"),  # no parameters: no % is special
             ]:
                 rid = new_request_id_text()
-                cur = await _first_statement(conn, rid, tenant, query, params, "s3")
+                ex = SimpleNamespace(request_id=rid, tenant=tenant, wal_record=None,
+                                     wal_project=wal)
+                cur = await _first_statement(conn, ex, query, params, "s3")  # type: ignore[arg-type]
                 assert (await cur.fetchone()) == (want,)  # rows as tuples: _live names them
+                assert ex.wal_record is False  # a database in trigger mode: inserted
                 assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
                 row = await (await conn.execute(GUCS)).fetchone()
                 assert row is not None and uuid.UUID(row[0]) == uuid.UUID(rid)

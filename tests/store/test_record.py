@@ -8,6 +8,7 @@ import datetime as dt
 import decimal
 import uuid
 
+import orjson
 import psycopg
 import pytest
 from psycopg.types.json import Json, Jsonb
@@ -15,6 +16,7 @@ from psycopg.types.json import Json, Jsonb
 from flux._ids import new_request_id
 from flux.store._queries import load
 from flux.store._record import (
+    RECORD_COLUMNS,
     ExecutionRecord,
     RecordingConnection,
     _bind_text,
@@ -23,6 +25,7 @@ from flux.store._record import (
     forget_prepared,
     simple_query,
     store_and_commit,
+    wal_payload,
 )
 
 AWKWARD = [
@@ -229,3 +232,29 @@ async def test_prepared_commit_prepares_again_after_deallocate(db: str) -> None:
         functions = await (await aconn.execute(
             "SELECT function FROM flux.trace_requests ORDER BY request_id")).fetchall()
     assert functions == [("a",), ("c",), ("d",), ("e",)]
+
+
+def test_the_wal_line_stores_what_the_insert_stores(conn: psycopg.Connection) -> None:
+    """A record's line of COPY text (wal_payload: what travels in the WAL and the consumer
+    copies as it is) stores the same row as the INSERT, for every awkward text; its first
+    line is the request and its statements."""
+    q = load("execution")
+    for text in [*AWKWARD, "nul\x00here", "cr\rand\\t"]:
+        ids = [str(new_request_id()) for _ in range(2)]
+        record = _record(ids[0], text)
+        payload = wal_payload(record, [["s1", 1, ["t"], "insert"]])
+        assert payload is not None
+        head, line = payload.split(b"\n", 1)
+        assert orjson.loads(head) == {"request_id": ids[0],
+                                      "statements": [["s1", 1, ["t"], "insert"]]}
+        with conn.cursor().copy(load("capture").copy_records) as copy:
+            copy.write(line + b"\n")
+        record.request_id = ids[1]
+        conn.execute(bind(q.insert_record, record.params()))
+        assert _stored(conn, ids[0]) == _stored(conn, ids[1]), text
+    conn.commit()
+
+
+def test_the_wal_line_has_the_consumers_columns() -> None:
+    copy = " ".join(load("capture").copy_records.split())
+    assert ", ".join(RECORD_COLUMNS) in copy
