@@ -80,6 +80,10 @@ PASSED_ON = {
     ("_retention.py", "composed"): "a named query with a partition's sql.Identifier",
     ("_retention.py", "query"): "a named query passed in by its callers",
     ("_runtime.py", "statement"): "the BEGIN of flux/runtime/_execution.py begin_statement",
+    ("_record.py", "bind(text, {'payload': payload.decode()})"):
+        "the named emit_record and commit queries, the record's line bound by bind",
+    ("_execution.py", "statement"): "the BEGIN of begin_statement (a UUID Flux made, the "
+        "tenant quoted by sql.Literal), read back for the WAL-record mode",
     ("_ctx_db.py", "f'/*flux:{span_id}*/ '.encode() + begin + b'; ' + bound"):
         "BEGIN with a UUID Flux made and the tenant quoted by sql.Literal, then the "
         "function's own SQL with its parameters bound by psycopg (ClientCursor.mogrify)",
