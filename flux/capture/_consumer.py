@@ -3,13 +3,12 @@
 
 The consumer streams the slot over a replication connection (flux/capture/_walstream.py): one
 decoding session on the server reads each WAL record once and sends every committed
-transaction. The consumer decodes them (flux/capture/_pgoutput.py; most changes go
-straight from their bytes to COPY text: flux/capture/_mutations.py, render_change), stamps
-each change with the request, span and actor the transaction's logical messages carry
-(sql/0008), inserts a
-batch of whole transactions in one destination transaction keyed by (commit LSN,
-position) together with its progress, commits, and only then tells the server — a standby
-status update — that the slot may forget them. A crash before the commit leaves the slot
+transaction. The consumer decodes them (flux/capture/_decoding.py: pgoutput's messages, or
+the frames of Flux's own C decoder), each change stamped with the request, span and actor
+the transaction's logical messages carry (sql/0008), inserts a batch of whole transactions
+in one destination transaction keyed by (commit LSN, position) together with its progress,
+commits, and only then tells the server — a standby status update — that the slot may
+forget them. A crash before the commit leaves the slot
 where it was, so the server sends the batch again; a crash after the commit but before the
 update sends it again too, and the key makes the second insert a no-op. Nothing is lost,
 nothing is doubled. Where the server refuses a replication connection (no walsender
@@ -25,60 +24,19 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import psycopg
-from psycopg.rows import dict_row
 
 from flux._errors import DatabaseError, FluxError
-from flux.capture._mutations import (
-    NULL,
-    Change,
-    FastShape,
-    NativeRelation,
-    Shape,
-    Transaction,
-    array_literal,
-    assign_spans_to,
-    changed_columns,
-    copy_json,
-    copy_text,
-    fast_shape,
-    image,
-    key_plan,
-    key_text,
-    md5,
-    render_change,
-)
-from flux.capture._pgjson import TypeCatalog
-from flux.capture._pgoutput import (
-    Begin,
-    Commit,
-    DecodeError,
-    Delete,
-    Insert,
-    Keepalive,
-    Message,
-    Relation,
-    Row,
-    Truncate,
-    Type,
-    Update,
-    decode,
-    decode_change,
-    format_lsn,
-    frame,
-    parse_lsn,
-    timestamp,
-)
-from flux.capture._records import PREFIX as RECORD_PREFIX
-from flux.capture._records import RecordWriter, take_record
+from flux.capture._decoding import Batch, Decoder, is_native
+from flux.capture._mutations import Transaction
+from flux.capture._pgoutput import Commit, DecodeError, Keepalive, format_lsn, frame, parse_lsn
+from flux.capture._records import RecordWriter
 from flux.capture._walstream import ReplicationUnavailable, WalStream
 from flux.store._database import connect, first_line
 from flux.store._queries import load
@@ -136,29 +94,6 @@ class _Progress:
     applied: int  # the end of the last transaction stored (0: none yet)
 
 
-_CHANGES = (Insert, Update, Delete)
-_CHANGE_TAGS = frozenset(b"IUD")
-_OID = struct.Struct("!I").unpack_from
-_U32 = _OID
-_BEGIN = struct.Struct("!QqI").unpack_from
-_COMMIT = struct.Struct("!BQQq").unpack_from
-_MESSAGE_LSN = struct.Struct("!Q").unpack_from
-NATIVE_FORMAT = 1  # the C decoder's frames (extension/flux_decode.c: FORMAT_VERSION)
-_NATIVE_OPS = {73: "INSERT", 85: "UPDATE", 68: "DELETE", 84: "TRUNCATE"}
-
-
-@dataclass
-class _Batch:
-    """COPY lines of one apply: ``direct`` into flux.state_mutations, ``staged`` for the
-    server to finish (sql/queries/capture.sql: apply_stage)."""
-
-    direct: list[bytes] = field(default_factory=list)
-    staged: list[bytes] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.direct or self.staged)
-
-
 class _StateReset(Exception):
     """flux.capture_state was reset (a new switch to WAL) under a running session."""
 
@@ -177,16 +112,7 @@ class Consumer:
         self.publication = publication
         self.batch = batch
         self.stream = stream
-        self.types = TypeCatalog()
-        self.relations: dict[int, Relation] = {}
-        self._txn: Transaction | None = None  # the transaction being read
-        self._keys: dict[int, list[str]] = {}
-        self._shapes: dict[int, Shape] = {}
-        self._fast: dict[int, FastShape | None] = {}  # relations the hot path renders
-        # The slot's plugin is the C decoder (extension/flux_decode.c), not pgoutput: its
-        # frames carry each change's row (``_feed_native``), named relations in ``_native``.
-        self.native = False
-        self._native: dict[int, NativeRelation] = {}
+        self.decoder = Decoder()  # the stream, into transactions (flux/capture/_decoding.py)
         self._last_progress = 0.0
         self._snapshot_at: float | None = 0.0  # the last running-xacts record; None: refused
         # Per connection (its identity and backend): may it COPY into flux.state_mutations,
@@ -241,7 +167,7 @@ class Consumer:
         received = confirmed = progress.confirmed
         last_apply = last_status = last_read = 0.0
         frames: list[bytes] = []
-        self._txn = None
+        self.decoder.txn = None
         with WalStream.open(self.conninfo(), self.slot, self.publication,
                             application_name=APPLICATION_NAME, local_only=local_only) as stream:
             while not stop.is_set():
@@ -255,7 +181,7 @@ class Consumer:
                 frames = stream.read_raw(max(0.0, due) if pending else STREAM_WAIT)
                 last_read = time.monotonic()
                 reply = False
-                feed = self._feed_native if self.native else self._feed
+                feed = self.decoder.feed_native if self.decoder.native else self.decoder.feed
                 for data in frames:
                     if data[0] == 119 and len(data) > 25:  # w: XLogData, its payload at 25
                         done = feed(conn, data[25:])
@@ -267,7 +193,7 @@ class Consumer:
                     f = frame(data)
                     if isinstance(f, Keepalive):
                         reply = reply or f.reply
-                        if self._txn is None:
+                        if self.decoder.txn is None:
                             received = max(received, f.wal_end)
                     else:  # an empty XLogData
                         raise DecodeError("an XLogData frame without a message")
@@ -331,10 +257,10 @@ class Consumer:
         rows = conn.execute(q.peek, {"slot": self.slot, "upto_lsn": upto,
                                      "upto_changes": self.batch,
                                      "publication": self.publication}).fetchall()
-        self._txn = None  # each peek decodes from the slot's start again
+        self.decoder.txn = None  # each peek decodes from the slot's start again
         transactions = []
         end_lsn: int | None = None
-        feed = self._feed_native if self.native else self._feed
+        feed = self.decoder.feed_native if self.decoder.native else self.decoder.feed
         for row in rows:
             done = feed(conn, bytes(row[0]))
             if done is not None:
@@ -372,9 +298,10 @@ class Consumer:
         slot = conn.execute(q.slot, {"slot": self.slot}).fetchone()
         if state is None or slot is None:
             return None
-        self.native = is_native(slot[1])
-        if not self.types_loaded and not self.native:
-            self._load_types(conn)
+        decoder = self.decoder
+        decoder.native = is_native(slot[1])
+        if not decoder.types_loaded and not decoder.native:
+            decoder.load_types(conn)
         return _Progress(wal_from=parse_lsn(state[0]) if state[0] else None,
                          wal_until=parse_lsn(state[1]) if state[1] else None,
                          generation=state[7],
@@ -393,7 +320,7 @@ class Consumer:
         PostgreSQL can tell) and, where row-level security applies to the session (COPY
         cannot pass it), all of them go through a staging table and one INSERT … SELECT."""
         result = StepResult(transactions=len(transactions), caught_up=caught_up)
-        batch = _Batch()
+        batch = Batch()
         records: list[bytes] = []
         last_commit: dt.datetime | None = None
         end_lsn: int | None = None
@@ -414,7 +341,7 @@ class Consumer:
                 continue  # after the switch back: triggers capture these
             if txn.switch == "trigger":
                 progress.wal_until = lsn
-            self._rows(conn, txn, lsn, batch)
+            self.decoder.rows(conn, txn, lsn, batch)
             last_commit = commit.commit_time
         now = time.monotonic()
         if not (batch or end_lsn is not None or now - self._last_progress > 5.0):
@@ -437,7 +364,7 @@ class Consumer:
         self._last_progress = now
         return result
 
-    def _store(self, conn: psycopg.Connection[Any], progress: _Progress, batch: _Batch,
+    def _store(self, conn: psycopg.Connection[Any], progress: _Progress, batch: Batch,
                records: list[bytes], direct: bool, result: StepResult, *, tolerant: bool,
                applied_lsn: int | None, applied_commit: dt.datetime | None,
                caught_up: bool) -> None:
@@ -519,283 +446,9 @@ class Consumer:
                 time.sleep(0.1)
 
     @property
-    def types_loaded(self) -> bool:
-        return 16 in self.types
-
-    def _load_types(self, conn: psycopg.Connection[Any]) -> None:
-        with conn.cursor(row_factory=dict_row) as cur:
-            self.types.load(list(cur.execute(load("capture").types)))
-
-    # -- decoding ------------------------------------------------------------------------
-
-    def _feed(self, conn: psycopg.Connection[Any], data: bytes
-              ) -> tuple[Transaction, Commit] | None:
-        """One pgoutput message; the transaction and its commit when it completes one."""
-        # Inserts, updates and deletes are most of the stream: straight to their COPY
-        # text where the relation allows (flux/capture/_mutations.py: render_change), else
-        # to their decoder.
-        txn = self._txn
-        kind = data[0]
-        # A transaction's Begin and Commit, read in place (the general decoder below says
-        # what is wrong with one that is not as expected).
-        if kind == 66 and len(data) == 21:  # B
-            final_lsn, micros, xid = _BEGIN(data, 1)
-            self._txn = Transaction(Begin(final_lsn, timestamp(micros), xid))
-            return None
-        if kind == 67 and len(data) == 26:  # C
-            self._txn = None
-            if txn is None:
-                return None
-            flags, commit_lsn, end_lsn, micros = _COMMIT(data, 1)
-            return txn, Commit(flags, commit_lsn, end_lsn, timestamp(micros))
-        if kind in _CHANGE_TAGS and txn is not None:
-            try:
-                (oid,) = _OID(data, 1)
-                fs = self._fast[oid] if oid in self._fast else self._fast_shape(conn, oid)
-                rendered = render_change(fs, data) if fs is not None else None
-            except (struct.error, IndexError):
-                rendered = None
-            if rendered is not None and fs is not None:
-                txn.changes.append((fs.table, rendered[0], rendered[1], txn.actor, fs))
-                return None
-        try:
-            m = decode_change(data) if data[0] in _CHANGE_TAGS else decode(data)
-        except (struct.error, IndexError):
-            m = decode(data)  # raises the DecodeError that says what is wrong
-        cls = m.__class__
-        if cls is Begin:  # one each per transaction, before the rarer messages
-            self._txn = Transaction(m)  # type: ignore[arg-type]
-        elif cls is Commit:
-            self._txn = None
-            if txn is not None:
-                return txn, m  # type: ignore[return-value]
-        elif cls is Message:
-            self._message(txn, m)  # type: ignore[arg-type]
-        elif isinstance(m, _CHANGES):
-            assert txn is not None, "a change outside a transaction"
-            relation = self.relations[m.relation_oid]
-            if isinstance(m, Insert):
-                txn.changes.append(Change(relation, "INSERT", None, m.new, txn.actor))
-            elif isinstance(m, Update):
-                txn.changes.append(Change(relation, "UPDATE", m.old, m.new, txn.actor))
-            else:
-                txn.changes.append(Change(relation, "DELETE", m.old, None, txn.actor))
-        elif isinstance(m, Relation):
-            if self.relations.get(m.oid) != m:
-                self._fast.pop(m.oid, None)
-            self.relations[m.oid] = m
-            self._keys.pop(m.oid, None)
-            if any(c.type_oid not in self.types for c in m.columns):
-                self._load_types(conn)
-        elif isinstance(m, Type):
-            if m.oid not in self.types:
-                self._load_types(conn)
-        elif isinstance(m, Truncate):
-            assert txn is not None, "a change outside a transaction"
-            for oid in m.relation_oids:
-                txn.changes.append(Change(self.relations[oid], "TRUNCATE", None, None,
-                                           txn.actor))
-        return None
-
-    def _feed_native(self, conn: psycopg.Connection[Any], data: bytes
-                     ) -> tuple[Transaction, Commit] | None:
-        """One frame of the C decoder (extension/flux_decode.c): its records in order; the
-        transaction and its commit when the frame completes one. Each change arrives as
-        its row's first six COPY columns, as ``render_change`` writes them."""
-        if not data or data[0] != NATIVE_FORMAT:
-            raise DecodeError(
-                f"the slot's decoder writes format {data[0] if data else None}, this consumer "
-                f"reads {NATIVE_FORMAT}: switch capture to trigger and back to WAL to "
-                "re-create the slot")
-        txn = self._txn
-        done: tuple[Transaction, Commit] | None = None
-        pos, end = 1, len(data)
-        try:
-            while pos < end:
-                tag = data[pos]
-                (length,) = _U32(data, pos + 1)
-                start = pos + 5
-                pos = start + length
-                if pos > end:
-                    raise DecodeError("a record of the C decoder runs past its frame")
-                op = _NATIVE_OPS.get(tag)
-                if op is not None:
-                    if txn is None:
-                        raise DecodeError("a change outside a transaction")
-                    rel = self._native[_U32(data, start)[0]]
-                    txn.changes.append((rel.table, op, data[start + 4:pos] or None,
-                                        txn.actor, rel))
-                elif tag == 66:  # B
-                    final_lsn, micros, xid = _BEGIN(data, start)
-                    txn = self._txn = Transaction(Begin(final_lsn, timestamp(micros), xid))
-                elif tag == 67:  # C
-                    flags, commit_lsn, end_lsn, micros = _COMMIT(data, start)
-                    if txn is not None:
-                        done = txn, Commit(flags, commit_lsn, end_lsn, timestamp(micros))
-                    txn = self._txn = None
-                elif tag == 77:  # M
-                    nul = data.index(0, start + 9, pos)
-                    self._message(txn, Message(data[start] == 1, _MESSAGE_LSN(data, start + 1)[0],
-                                               data[start + 9:nul].decode(),
-                                               data[nul + 1:pos]))
-                elif tag == 82:  # R
-                    (oid,) = _U32(data, start)
-                    nul = data.index(0, start + 4, pos)
-                    self._native[oid] = NativeRelation(oid, data[start + 4:nul].decode(),
-                                                       data[nul + 1:pos].decode())
-                else:
-                    raise DecodeError(f"the C decoder sent an unknown record {tag!r}")
-        except (struct.error, KeyError, ValueError) as exc:
-            if isinstance(exc, DecodeError):
-                raise
-            raise DecodeError(f"a malformed frame of the C decoder: {exc}") from exc
-        return done
-
-    def _fast_shape(self, conn: psycopg.Connection[Any], oid: int) -> FastShape | None:
-        """The hot path's plan for a relation (None: its changes take the general one)."""
-        rel = self.relations.get(oid)
-        if rel is None:
-            return None  # the general path says what is wrong
-        shape = self._shape(conn, rel)
-        self._plan(conn, shape)
-        fs = self._fast[oid] = fast_shape(shape, self.types, shape.key_plan or [])
-        return fs
-
-    @staticmethod
-    def _message(txn: Transaction | None, m: Message) -> None:
-        if txn is None or not m.transactional:
-            return
-        if m.prefix == "flux":
-            txn.request = orjson.loads(m.content)
-        elif m.prefix == "flux.actor":
-            txn.actor = orjson.loads(m.content)
-        elif m.prefix == "flux.switch":
-            txn.switch = m.content.decode()
-        elif m.prefix == RECORD_PREFIX:  # the record travelled in the WAL
-            take_record(txn, m.content)
-
-    def _rows(self, conn: psycopg.Connection[Any], txn: Transaction, commit_lsn: int,
-              batch: _Batch) -> None:
-        """A transaction's changes as COPY lines (sql/queries/capture.sql: copy_mutations
-        names the columns in this order). Most arrive rendered up to their span
-        (``_feed``); the rest are rendered here."""
-        request = txn.request or {}
-        changes = txn.changes
-        spans = assign_spans_to(
-            [(c[0], c[1]) if c.__class__ is tuple else  # type: ignore[index]
-             (c.relation.name.lower(), c.op) for c in changes],  # type: ignore[union-attr]
-            request.get("statements") or [])
-        # What every row of the transaction shares, rendered once (per writer: changes
-        # from outside Flux each carry the actor of the statement that made them).
-        tails: dict[int, bytes] = {}
-        tail_of = (f"\t{request.get('request_id') or NULL}\t{{}}\t{txn.begin.xid}\t"
-                   f"{txn.begin.commit_time.isoformat()}\twal\t{format_lsn(commit_lsn)}\n")
-        span_text: dict[str | None, bytes] = {}
-        direct = batch.direct
-        for seq, (change, span_id) in enumerate(zip(changes, spans, strict=True), 1):
-            if change.__class__ is tuple:
-                _, _, body, actor, fs = change  # type: ignore[misc]
-                if body is None:
-                    continue  # a no-op update: the trigger's WHEN skips it too
-                lines = direct
-                copy_relation = fs.copy_relation
-            else:
-                actor = change.actor  # type: ignore[union-attr]
-                general = self._body(conn, change, batch)  # type: ignore[arg-type]
-                if general is None:
-                    continue
-                body, lines, copy_relation = general
-            who = request if txn.request is not None else (actor or {})
-            tail = tails.get(id(who))
-            if tail is None:
-                tail = tails[id(who)] = tail_of.format(
-                    f"{copy_text(who.get('actor'))}\t{copy_text(who.get('application_name'))}\t"
-                    f"{copy_text(who.get('tenant'))}").encode()
-            span = span_text.get(span_id)
-            if span is None:
-                span = span_text[span_id] = copy_text(span_id).encode()
-            lines.append(b"%b%b\t%d\t%b%b" % (body, span, seq, copy_relation, tail))
-
-    def _body(self, conn: psycopg.Connection[Any], change: Change, batch: _Batch
-              ) -> tuple[bytes, list[bytes], bytes] | None:
-        """The general path: a change's first six COPY columns (as render_change writes
-        them), which list of the batch they go to and its relation's columns; None for a
-        no-op update."""
-        shape = self._shape(conn, change.relation)
-        op = change.op
-        if op == "TRUNCATE":
-            return b"\\N\t\\N\tTRUNCATE\t\\N\t\\N\t{}\t", batch.direct, \
-                shape.copy_relation.encode()
-        old_row, new_row = change.old, change.new
-        changed: str | None = shape.all_literal
-        if op == "UPDATE":
-            if old_row is None:
-                changed = None
-            else:
-                columns = changed_columns(shape, old_row, new_row)  # type: ignore[arg-type]
-                if columns == []:
-                    return None  # a no-op update: the trigger's WHEN skips it too
-                changed = None if columns is None else array_literal(columns)
-        old = image(shape, old_row) if old_row is not None else None
-        new = image(shape, new_row, old) if new_row is not None else None
-        row = new_row if new is not None else old_row
-        key = self._key_text(conn, shape, new or old or {}, row)  # type: ignore[arg-type]
-        if key is None:  # the server renders it
-            record_id = NULL
-            key = copy_json(self._key(conn, shape.relation, new or old or {}))
-            lines = batch.staged
-        else:
-            record_id = md5(f"{shape.relation.oid}:{key}".encode()).hexdigest()
-            key = copy_text(key)
-            lines = batch.direct if changed is not None else batch.staged
-        body = (f"{record_id}\t{key}\t{op}\t"
-                f"{NULL if old is None else copy_json(old)}\t"
-                f"{NULL if new is None else copy_json(new)}\t"
-                f"{NULL if changed is None else changed}\t")
-        return body.encode(), lines, shape.copy_relation.encode()
-
-    def _plan(self, conn: psycopg.Connection[Any], shape: Shape) -> None:
-        if shape.key_plan is None:
-            columns = self._keys.get(shape.relation.oid)
-            if columns is None:
-                columns = self._primary_key(conn, shape.relation)
-                self._keys[shape.relation.oid] = columns
-            shape.key_plan = key_plan(shape, columns)
-
-    def _key_text(self, conn: psycopg.Connection[Any], shape: Shape, image: dict[str, Any],
-                  row: Row) -> str | None:
-        """The row's key as jsonb's text output writes it, or None where only PostgreSQL
-        can say."""
-        self._plan(conn, shape)
-        return key_text(shape.key_plan or [], image, row)
-
-    def _shape(self, conn: psycopg.Connection[Any], rel: Relation) -> Shape:
-        shape = self._shapes.get(rel.oid)
-        # The SQL interface resends each Relation with every read: equal is the same.
-        if shape is None or (shape.relation is not rel and shape.relation != rel):
-            names = [c.name for c in rel.columns]
-            order = conn.execute(load("capture").column_order, {"names": names}).fetchone()
-            shape = Shape(rel, self.types, list(order[0] or []) if order else sorted(names))
-            self._shapes[rel.oid] = shape
-        return shape
-
-    def _key(self, conn: psycopg.Connection[Any], rel: Relation, image: dict[str, Any]
-             ) -> dict[str, Any]:
-        columns = self._keys.get(rel.oid)
-        if columns is None:
-            columns = self._primary_key(conn, rel)
-            self._keys[rel.oid] = columns
-        if not columns:
-            return image  # no primary key: the whole row is its identity, as with triggers
-        return {c: image.get(c) for c in columns}
-
-    @staticmethod
-    def _primary_key(conn: psycopg.Connection[Any], rel: Relation) -> list[str]:
-        try:
-            row = conn.execute(load("capture").primary_key, {"oid": rel.oid}).fetchone()
-        except psycopg.errors.UndefinedTable:  # the table is gone since: its key is unknowable
-            return []
-        return list(row[0] or []) if row else []
+    def native(self) -> bool:
+        """Whether the slot decodes with the C decoder (extension/flux_decode.c)."""
+        return self.decoder.native
 
     def conninfo(self) -> str:
         return self._conninfo() if callable(self._conninfo) else self._conninfo
@@ -835,12 +488,6 @@ class Consumer:
         """Apply everything written so far (the caller holds the election)."""
         until = parse_lsn(conn.execute(load("capture").current_lsn).fetchone()[0])  # type: ignore[index]
         return self.session(conn, threading.Event(), until=until)
-
-
-def is_native(plugin: str | None) -> bool:
-    """Whether a slot's output plugin is the C decoder (flux/store/_native.py:
-    decoder_plugin names it), not pgoutput."""
-    return bool(plugin) and "flux_decode" in str(plugin)
 
 
 def elected(conn: psycopg.Connection[Any]) -> bool:

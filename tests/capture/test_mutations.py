@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flux.capture._consumer import Consumer, _Batch
+from flux.capture._decoding import Batch, Decoder
 from flux.capture._mutations import (
     UNCHANGED_TOAST,
     Change,
@@ -132,13 +132,13 @@ def test_a_change_rendered_from_its_bytes_is_what_the_general_path_writes(
     catalog.load([{"oid": oid, "typtype": "b", "typcategory": "X", "typelem": 0,
                    "typdelim": ",", "typbasetype": 0, "typlen": -1, "field_names": None,
                    "field_types": None} for oid in FAST_TYPES.values()])
-    consumer = Consumer("")
-    consumer.types = catalog
+    decoder = Decoder()
+    decoder.types = catalog
     shape = Shape(relation, catalog, sorted(c.name for c in relation.columns))
-    consumer._shapes[relation.oid] = shape
-    consumer._keys[relation.oid] = key
-    consumer._plan(None, shape)  # type: ignore[arg-type]  # cached: no server asked
-    general = consumer._body(None, change, _Batch())  # type: ignore[arg-type]
+    decoder._shapes[relation.oid] = shape
+    decoder._keys[relation.oid] = key
+    decoder._plan(None, shape)  # type: ignore[arg-type]  # cached: no server asked
+    general = decoder._body(None, change, Batch())  # type: ignore[arg-type]
     fast = fast_shape(shape, catalog, shape.key_plan or [])
     rendered = render_change(fast, message) if fast is not None else None
     if rendered is None:  # the general path's: a key or a change only the server can judge
