@@ -148,40 +148,63 @@ def _what(name: str) -> str:
         name, f"extension/{name}")
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One set of functions that has a C body and a PL/pgSQL one to fall back to."""
+
+    source: str  # extension/<source>
+    stem: str  # the library's name before its hash
+    language: str  # sql/queries/native.sql: which body runs now (NULL: before `migration`)
+    use: str  # sql/queries/native.sql: switch to a library's body, or back to PL/pgSQL
+    migration: str
+    what: str  # as a refusal names them
+
+
+_TRIGGER = _Part(SOURCE_NAME, "flux_capture", "language", "use", "0022", "the C trigger")
+
+
 def install(conn: psycopg.Connection[Any]) -> NativeCapture:
     """Make ``flux.capture_row()`` the C function if this server can load it, else keep (or
     put back) the PL/pgSQL one. ``conn`` is in autocommit mode."""
+    return _install(conn, _TRIGGER)
+
+
+def _install(conn: psycopg.Connection[Any], part: _Part) -> NativeCapture:
+    """Switch ``part`` to its C body where this server can load it (building the library
+    into the data directory first), else keep or put back its PL/pgSQL body."""
     q = load("native")
     superuser, server_major, data_directory = conn.execute(q.facts).fetchone() or (False, 0, None)
     language: str | None = None
     with contextlib.suppress(psycopg.Error), conn.transaction():
-        row = conn.execute(q.language).fetchone()
+        row = conn.execute(getattr(q, part.language)).fetchone()
         language = row[0] if row else None
     if not superuser:
         # Nothing to change either way: creating a C function, or replacing one, needs more.
         refused = "only a superuser may create a C function"
         return NativeCapture(language or "plpgsql", refused)
     if language is None:
-        return NativeCapture("plpgsql", "the flux schema predates migration 0022")
-    reason = _unusable(int(server_major), data_directory)
+        return NativeCapture("plpgsql", f"the flux schema predates migration {part.migration}")
+    use = getattr(q, part.use)
+    reason = _unusable(int(server_major), data_directory, part.source)
     if reason is None:
-        source = source_path()
+        source = source_path(part.source)
         headers = _headers()
         # checked by _unusable
         assert source is not None and headers is not None and data_directory is not None
-        target = Path(data_directory) / LIBRARY_DIR / library_name(source.read_bytes(), headers[1])
+        name = library_name(source.read_bytes(), headers[1], part.stem)
+        target = Path(data_directory) / LIBRARY_DIR / name
         if not target.is_file():
-            reason = build(target)
+            reason = build(target, part.source)
         if reason is None:
             try:
                 with conn.transaction():
-                    language = conn.execute(q.use, {"library": str(target)}).fetchone()[0]  # type: ignore[index]
+                    language = conn.execute(use, {"library": str(target)}).fetchone()[0]  # type: ignore[index]
                 return NativeCapture(str(language), "")
             except psycopg.Error as exc:
-                reason = f"the server refused the C trigger: {str(exc).strip().splitlines()[0]}"
+                reason = f"the server refused {part.what}: {str(exc).strip().splitlines()[0]}"
     if language != "plpgsql":
         with contextlib.suppress(psycopg.Error), conn.transaction():
-            language = conn.execute(q.use, {"library": None}).fetchone()[0]  # type: ignore[index]
+            language = conn.execute(use, {"library": None}).fetchone()[0]  # type: ignore[index]
     return NativeCapture(str(language), reason or "")
 
 
@@ -275,41 +298,11 @@ def _unusable(
 
 
 WAL_SOURCE_NAME = "flux_wal.c"
+_WAL = _Part(WAL_SOURCE_NAME, "flux_wal", "wal_language", "use_wal", "0025", "the C functions")
 
 
 def install_wal(conn: psycopg.Connection[Any]) -> NativeCapture:
     """WAL capture's writer-side functions (``flux.end_execution``, ``flux.wal_actor``) in C
     (``extension/flux_wal.c``, sql/0025) where this server can load them, else PL/pgSQL —
     under the same conditions as the capture trigger. ``conn`` is in autocommit mode."""
-    q = load("native")
-    superuser, server_major, data_directory = conn.execute(q.facts).fetchone() or (False, 0, None)
-    language: str | None = None
-    with contextlib.suppress(psycopg.Error), conn.transaction():
-        row = conn.execute(q.wal_language).fetchone()
-        language = row[0] if row else None
-    if not superuser:
-        return NativeCapture(language or "plpgsql", "only a superuser may create a C function")
-    if language is None:
-        return NativeCapture("plpgsql", "the flux schema predates migration 0025")
-    reason = _unusable(int(server_major), data_directory)
-    if reason is None and source_path(WAL_SOURCE_NAME) is None:
-        reason = "the C source is not part of this installation"
-    if reason is None:
-        source = source_path(WAL_SOURCE_NAME)
-        headers = _headers()
-        assert source is not None and headers is not None and data_directory is not None
-        name = library_name(source.read_bytes(), headers[1], "flux_wal")
-        target = Path(data_directory) / LIBRARY_DIR / name
-        if not target.is_file():
-            reason = build(target, WAL_SOURCE_NAME)
-        if reason is None:
-            try:
-                with conn.transaction():
-                    language = conn.execute(q.use_wal, {"library": str(target)}).fetchone()[0]  # type: ignore[index]
-                return NativeCapture(str(language), "")
-            except psycopg.Error as exc:
-                reason = f"the server refused the C functions: {str(exc).strip().splitlines()[0]}"
-    if language != "plpgsql":
-        with contextlib.suppress(psycopg.Error), conn.transaction():
-            language = conn.execute(q.use_wal, {"library": None}).fetchone()[0]  # type: ignore[index]
-    return NativeCapture(str(language), reason or "")
+    return _install(conn, _WAL)
