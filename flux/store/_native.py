@@ -184,7 +184,6 @@ def _install(conn: psycopg.Connection[Any], part: _Part) -> NativeCapture:
         return NativeCapture(language or "plpgsql", refused)
     if language is None:
         return NativeCapture("plpgsql", f"the flux schema predates migration {part.migration}")
-    use = getattr(q, part.use)
     reason = _unusable(int(server_major), data_directory, part.source)
     if reason is None:
         source = source_path(part.source)
@@ -198,13 +197,14 @@ def _install(conn: psycopg.Connection[Any], part: _Part) -> NativeCapture:
         if reason is None:
             try:
                 with conn.transaction():
-                    language = conn.execute(use, {"library": str(target)}).fetchone()[0]  # type: ignore[index]
+                    chosen = conn.execute(getattr(q, part.use), {"library": str(target)})
+                    language = chosen.fetchone()[0]  # type: ignore[index]
                 return NativeCapture(str(language), "")
             except psycopg.Error as exc:
                 reason = f"the server refused {part.what}: {str(exc).strip().splitlines()[0]}"
     if language != "plpgsql":
         with contextlib.suppress(psycopg.Error), conn.transaction():
-            language = conn.execute(use, {"library": None}).fetchone()[0]  # type: ignore[index]
+            language = conn.execute(getattr(q, part.use), {"library": None}).fetchone()[0]  # type: ignore[index]
     return NativeCapture(str(language), reason or "")
 
 

@@ -123,7 +123,9 @@ def _safe(node: ast.expr) -> bool:
         return all(_safe(v.value) for v in node.values if isinstance(v, ast.FormattedValue))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
             node.func.id == "getattr":
-        return isinstance(node.args[0], ast.Attribute) and node.args[0].attr == "_q"
+        holder = node.args[0]
+        return (isinstance(holder, ast.Attribute) and holder.attr == "_q") or \
+            (isinstance(holder, ast.Name) and holder.id == "q")
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
             node.func.attr == "format":
         composed = node.func.value
