@@ -19,6 +19,17 @@ directory under /tmp that is removed at the end:
   ``Runtime``), each on its own 127.0.0.1 port, so the load generator in this process does
   not compete with them for one event loop.
 
+A third side, ``lean`` (bench/_lean.py), is the plain app's handler with recording written
+by hand as small as it can be: the same record (the same columns, JSON keys and tape keys;
+checked at the end, read back as stored and through ``flux trace`` and ``flux record
+export``), the same request id and span id for the capture trigger, written in the data's
+transaction — a prepared INSERT, or Flux's ``flux.record`` message with ``--capture wal``,
+pipelined with the COMMIT. It writes into the Flux database (its sessions' application_name
+tells its changes apart) and is the floor of what recording must cost in Python: the report
+gives lean/plain (the floor), flux/plain and flux/lean (what Flux's machinery adds over it).
+``--no-httpx`` leaves the httpx sides out; ``--spy DIR`` samples the lean and recorded
+servers with py-spy during the rounds (bench/recording_split.py splits them by subsystem).
+
 Each side is warmed up, then the rounds alternate (plain, recorded, plain, recorded, …) so
 machine noise hits both alike. A side's throughput is the median over its rounds; its p50
 and p99 are over every request of its rounds. Only 200 responses count. Each round also
@@ -26,7 +37,7 @@ reports the CPU time per request of the side's server process and of PostgreSQL,
 steadier than throughput on a busy machine and shows where recording costs.
 
     .venv/bin/python bench/recording_overhead.py [--concurrency 16] [--seconds 8] [--rounds 3]
-        [--capture {trigger,wal}]
+        [--capture {trigger,wal}] [--no-httpx] [--spy DIR]
 
 With ``--capture wal`` the Flux database captures by WAL, and a committing request's record
 travels in its transaction's WAL as a logical message (flux/store/_record.py: wal_payload)
@@ -53,6 +64,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -67,6 +79,8 @@ import httpx
 import psutil
 import psycopg
 from _children import Child, scratch_dir, spawn, stop_all
+from _lean import Lean, record_shape
+from _lean import prepare as prepare_lean
 from _load import Round, closed_loop, cpu_seconds, percentile_ms
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
@@ -76,6 +90,7 @@ from flux.capture import _consumer, _running
 from flux.capture._schema import apply_schema
 from flux.runtime._gateway import make_app
 from flux.runtime._runtime import Runtime
+from flux.server._inspector import Local
 from flux.store._database import ensure_database
 from flux.store._embedded import EmbeddedServer, ServerInfo
 from flux.store._migrate import migrate
@@ -95,8 +110,12 @@ HTTPX_CPU_TARGET = 1.05  # recording's added app CPU through httpx over ctx.http
 HTTPX_LIMITS = httpx.Limits(max_keepalive_connections=0)
 POOL_SIZE = 20  # Runtime's default pool_size; the plain side gets the same pool
 TARGET = 0.8  # issue 21 (moonshot 0.9)
+ADDED_TARGET = 0.35  # issue 21: app + database CPU recording may add per request, ms
 FLUX_DB = "bench_flux"
 PLAIN_DB = "bench_plain"
+# The lean side writes into bench_flux too (WAL capture's slot is one per cluster, so one
+# database captures by WAL here): its sessions' application_name tells its changes apart.
+LEAN_APP = "lean"
 SEED_ROWS = 1000  # so the SELECT counts the same rows on both sides from the first request
 COUNT_BELOW = SEED_ROWS
 
@@ -214,6 +233,27 @@ async def _plain_app(options: dict[str, Any]) -> tuple[web.Application, Cleanup]
     return app, cleanup
 
 
+async def _lean_app(options: dict[str, Any]) -> tuple[web.Application, Cleanup]:
+    """The plain app's handler with recording written by hand (bench/_lean.py): the
+    floor of what a record costs in Python."""
+    pool = AsyncConnectionPool(options["conninfo"], min_size=min(4, POOL_SIZE),
+                               max_size=POOL_SIZE, open=False, configure=prepare_lean, name="lean",
+                               kwargs={"autocommit": True, "application_name": LEAN_APP})
+    await pool.open(wait=True, timeout=30)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True))
+    lean = Lean(pool, session, options["stub_url"], ROUTE, SELECT_SQL, INSERT_SQL, COUNT_BELOW,
+                wal=options["capture"] == "wal")
+    app = web.Application()
+    app.router.add_post(f"/{ROUTE}", lean.handle)
+
+    async def cleanup() -> None:
+        await session.close()
+        await pool.close()
+
+    return app, cleanup
+
+
 async def _recorded_app(options: dict[str, Any]) -> tuple[web.Application, Cleanup]:
     """Flux as ``flux serve`` runs it: a Runtime behind the gateway."""
     runtime = Runtime(parse(Path(options["project"])), options["conninfo"],
@@ -241,7 +281,7 @@ async def _consumer_app(options: dict[str, Any]) -> tuple[web.Application, Clean
 
 
 BUILDERS = {"stub": _stub_app, "plain": _plain_app, "recorded": _recorded_app,
-            "consumer": _consumer_app}
+            "consumer": _consumer_app, "lean": _lean_app}
 
 
 
@@ -346,6 +386,7 @@ class Consumer:
         self.conninfo = conninfo
         self.backends: set[int] = set()
         self.cpu = 0.0  # seconds, over the measured rounds
+        self.lean_cpu = 0.0  # the same over the lean side's rounds
         self.waits: list[float] = []
 
     def sample(self) -> float:
@@ -378,28 +419,46 @@ async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
     timeout = aiohttp.ClientTimeout(total=30)
     warmups: dict[str, Round] = {}
     rounds: list[Round] = []
+    httpx_sides = () if args.no_httpx else HTTPX_SIDES
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        for side in SIDES:
+        for side in MAIN_SIDES + httpx_sides:
             warmups[side] = await closed_loop(session, side, urls[side], REQUEST_BODY,
                                               args.concurrency, args.warmup)
             _progress(f"warm-up   {_round_line(warmups[side])}")
         if meter.consumer is not None:
             await asyncio.to_thread(meter.consumer.catch_up)
+        spies = _spy(args.spy, meter) if args.spy else []
         for number in range(1, args.rounds + 1):
-            for side in SIDES[:2]:
+            for side in MAIN_SIDES:
                 result = await _measured(session, meter, side, urls[side], args)
                 rounds.append(result)
                 _progress(f"round {number:<3} {_round_line(result)}")
             # The httpx pair: HTTPX_BLOCKS blocks each, alternating, one round per side.
-            blocks: dict[str, list[Round]] = {side: [] for side in SIDES[2:]}
+            blocks: dict[str, list[Round]] = {side: [] for side in httpx_sides}
             for _ in range(HTTPX_BLOCKS):
-                for side in SIDES[2:]:
+                for side in httpx_sides:
                     blocks[side].append(await _measured(session, meter, side, urls[side],
                                                         args))
-            for side in SIDES[2:]:
+            for side in httpx_sides:
                 rounds.append(_merged(side, blocks[side]))
                 _progress(f"round {number:<3} {_round_line(rounds[-1])}")
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            await asyncio.to_thread(spy.wait, 120)
     return rounds, warmups
+
+
+def _spy(directory: str, meter: CpuMeter) -> list[subprocess.Popen[bytes]]:
+    """py-spy on the lean and the recorded servers for the measured rounds: their Python
+    stacks sampled (idle excluded), written as collapsed stacks into ``directory``
+    (bench/recording_split.py reads them)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return [subprocess.Popen([spy, "record", "--pid", str(meter.servers[side].pid),
+                              "--rate", "200", "--format", "raw", "--nonblocking",
+                              "--output", str(Path(directory) / f"{side}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for side in ("lean", "recorded")]
 
 
 async def _measured(session: aiohttp.ClientSession, meter: CpuMeter, side: str, url: str,
@@ -417,6 +476,8 @@ async def _measured(session: aiohttp.ClientSession, meter: CpuMeter, side: str, 
         if side in ("recorded", "httpx"):  # what the plain sides left it is not theirs
             consumer.cpu += await asyncio.to_thread(consumer.sample) - consumer_before
             consumer.waits.append(waited)
+        elif side == "lean":
+            consumer.lean_cpu += await asyncio.to_thread(consumer.sample) - consumer_before
     meter.charge(result, before, after)
     return result
 
@@ -435,7 +496,8 @@ def _merged(side: str, blocks: list[Round]) -> Round:
     return merged
 
 
-SIDES = ("plain", "recorded", "plain-httpx", "httpx")
+MAIN_SIDES = ("plain", "lean", "recorded")  # lean: the plain handler, recorded by hand
+HTTPX_SIDES = ("plain-httpx", "httpx")
 # httpx costs about three times aiohttp's CPU per request, so in one block of --seconds its
 # sides answer a third as many requests as the ctx.http sides, and their CPU per request
 # swung most from run to run; three alternating blocks per round give them about as many
@@ -508,6 +570,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--capture", choices=("trigger", "wal"), default="trigger",
                         help="the Flux database's capture mode; with wal the records travel "
                              "in the WAL and a consumer child writes them (default: trigger)")
+    parser.add_argument("--no-httpx", action="store_true",
+                        help="leave out the two httpx sides (their lines are not printed)")
+    parser.add_argument("--spy", metavar="DIR",
+                        help="py-spy the lean and recorded servers during the rounds into "
+                             "DIR (collapsed stacks); the ratio of such a run means nothing")
     parser.add_argument("--profile", metavar="FILE",
                         help="cProfile the recorded server into FILE (pstats format); the "
                              "ratio of such a run means nothing")
@@ -543,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
             children.append(spawn(_serve, "plain", {"conninfo": plain_db, "stub_url": stub_url}))
             children.append(spawn(_serve, "recorded", {
                 "conninfo": flux_db, "project": str(project), "profile": args.profile}))
+            children.append(spawn(_serve, "lean", {"conninfo": flux_db, "stub_url": stub_url,
+                                                   "capture": args.capture}))
             urls = {c.role: f"http://127.0.0.1:{c.port}/{ROUTE}" for c in children[1:]}
             urls["httpx"] = urls["recorded"].replace(ROUTE, HTTPX_ROUTE)
             urls["plain-httpx"] = urls["plain"].replace(ROUTE, HTTPX_ROUTE)
@@ -556,16 +625,23 @@ def main(argv: list[str] | None = None) -> int:
 
             rounds, warmups = asyncio.run(_drive(urls, meter, args))
 
-            plain, recorded = _summarise("plain", rounds), _summarise("recorded", rounds)
-            through_httpx = _summarise("httpx", rounds)
-            plain_httpx = _summarise("plain-httpx", rounds)
-            served = sum(s.requests + warmups[s.name].ok for s in (recorded, through_httpx))
+            sides = {name: _summarise(name, rounds) for name in
+                     MAIN_SIDES + (() if args.no_httpx else HTTPX_SIDES)}
+            plain, recorded, lean = sides["plain"], sides["recorded"], sides["lean"]
+            flux_sides = [s for s in sides.values() if s.name in ("recorded", "httpx")]
+            served = sum(s.requests + warmups[s.name].ok for s in flux_sides)
             executions = sum(r.answered for r in (*rounds, *warmups.values())
                              if r.side in ("recorded", "httpx"))
+            lean_served = lean.requests + warmups["lean"].ok
+            if meter.consumer is not None:  # every record written before they are counted
+                meter.consumer.catch_up()
             traces = _count(flux_db, TRACES_SQL) - traces_before
             mutations = _count(flux_db, MUTATIONS_SQL) - mutations_before
+            lean_mutations, lean_traces = _lean_counts(flux_db)
+            shape = _compare_records(flux_db)
             plain_rows = _count(plain_db, "SELECT count(*) FROM items") - SEED_ROWS
-            plain_served = sum(s.requests + warmups[s.name].ok for s in (plain, plain_httpx))
+            plain_served = sum(s.requests + warmups[s.name].ok for s in sides.values()
+                               if s.name in ("plain", "plain-httpx"))
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
@@ -575,19 +651,54 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'side':<11} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'non-200':>8} {'app cpu/req':>12} {'db cpu/req':>11}")
-    for side in (plain, recorded, plain_httpx, through_httpx):
+    for side in sides.values():
         print(f"{side.name:<11} {side.requests:>9} {side.throughput:>9.1f} {side.p50:>8.1f} "
               f"{side.p99:>8.1f} {side.bad:>8} {side.app_cpu:>9.2f} ms {side.db_cpu:>8.2f} ms")
-    for side in (plain, recorded, plain_httpx, through_httpx):
+    for side in sides.values():
         if side.bad:
             print(f"{side.name}: first bad answer: {side.sample}")
-    recorded_ok = traces == executions and mutations == served
-    print(f"recorded side stored {traces} trace_requests and {mutations} state_mutations "
-          f"for {served} requests served with warm-up "
-          f"({'ok' if recorded_ok else 'MISMATCH'})")
+    # Flux's records and mutations are the totals less the lean side's.
+    recorded_ok = traces - lean_traces == executions and mutations - lean_mutations == served
+    print(f"recorded side stored {traces - lean_traces} trace_requests and "
+          f"{mutations - lean_mutations} state_mutations for {served} requests served with "
+          f"warm-up ({'ok' if recorded_ok else 'MISMATCH'})")
+    counted = lean_traces == lean_mutations == lean_served
+    lean_ok = counted and shape is None
+    print(f"lean side stored {lean_traces} trace_requests and {lean_mutations} state_mutations "
+          f"for {lean_served} requests ({'ok' if counted else 'MISMATCH'}); "
+          f"its record against Flux's, as stored, through flux trace and record export: "
+          f"{shape or 'the same columns, keys and spans'}")
     if plain_rows != plain_served:
         print(f"plain side inserted {plain_rows} rows for {plain_served} requests (MISMATCH)")
     ratio = recorded.throughput / plain.throughput if plain.throughput else 0.0
+    if not args.no_httpx:
+        _httpx_report(rounds, ratio, plain, recorded, sides["plain-httpx"], sides["httpx"])
+    _lean_report(rounds, plain, lean, recorded)
+    verdict = "pass" if ratio >= TARGET else "FAIL"
+    print(f"recorded/plain throughput: {ratio:.3f} (target >= {TARGET}: {verdict})")
+    if args.profile:
+        print(f"profile of the recorded server: {args.profile} (this run's ratio is skewed)")
+    if args.spy:
+        print(f"py-spy of the lean and recorded servers: {args.spy} (this run's ratio is "
+              f"skewed); bench/recording_split.py reads them")
+    consumer = meter.consumer
+    if consumer is not None:
+        recorded_requests = sum(r.answered for r in rounds if r.side in ("recorded", "httpx"))
+        per_request = consumer.cpu / recorded_requests * 1000 if recorded_requests else 0.0
+        print(f"WAL consumer cpu/recorded request (its process and its backends, each round's "
+              f"start to caught up): {per_request:.3f} ms; caught up {min(consumer.waits):.1f}"
+              f"–{max(consumer.waits):.1f} s after each recorded round")
+        lean_requests = sum(r.answered for r in rounds if r.side == "lean")
+        print(f"WAL consumer cpu/lean request (the same): "
+              f"{consumer.lean_cpu / lean_requests * 1000 if lean_requests else 0.0:.3f} ms")
+    print(f"ratio: {ratio:.2f}")
+    healthy = not any(s.bad for s in sides.values()) and recorded_ok and lean_ok and \
+        plain_rows == plain_served
+    return 0 if healthy else 1
+
+
+def _httpx_report(rounds: list[Round], ratio: float, plain: Side, recorded: Side,
+                  plain_httpx: Side, through_httpx: Side) -> None:
     via_httpx = through_httpx.throughput / plain_httpx.throughput if plain_httpx.throughput \
         else 0.0
     relative = via_httpx / ratio if ratio else 0.0
@@ -602,21 +713,71 @@ def main(argv: list[str] | None = None) -> int:
           f"{HTTPX_CPU_TARGET}: {'pass' if cpu_relative <= HTTPX_CPU_TARGET else 'FAIL'})")
     print(f"  per round, through httpx: {_added(rounds, 'plain-httpx', 'httpx')}; "
           f"through ctx.http: {_added(rounds, 'plain', 'recorded')}")
-    verdict = "pass" if ratio >= TARGET else "FAIL"
-    print(f"recorded/plain throughput: {ratio:.3f} (target >= {TARGET}: {verdict})")
-    if args.profile:
-        print(f"profile of the recorded server: {args.profile} (this run's ratio is skewed)")
-    consumer = meter.consumer
-    if consumer is not None:
-        recorded_requests = sum(r.answered for r in rounds if r.side in ("recorded", "httpx"))
-        per_request = consumer.cpu / recorded_requests * 1000 if recorded_requests else 0.0
-        print(f"WAL consumer cpu/recorded request (its process and its backends, each round's "
-              f"start to caught up): {per_request:.3f} ms; caught up {min(consumer.waits):.1f}"
-              f"–{max(consumer.waits):.1f} s after each recorded round")
-    print(f"ratio: {ratio:.2f}")
-    healthy = not any(s.bad for s in (plain, recorded, plain_httpx, through_httpx)) and \
-        recorded_ok and plain_rows == plain_served
-    return 0 if healthy else 1
+
+
+def _lean_report(rounds: list[Round], plain: Side, lean: Side, recorded: Side) -> None:
+    """The floor (lean over plain) and what Flux's machinery adds over it (flux over lean)."""
+    for name, side, base in (("lean/plain", lean, plain), ("flux/plain", recorded, plain),
+                             ("flux/lean", recorded, lean)):
+        ratio = side.throughput / base.throughput if base.throughput else 0.0
+        app, db = side.app_cpu - base.app_cpu, side.db_cpu - base.db_cpu
+        print(f"{name:<10} throughput {ratio:.3f}; added cpu/req app {app:+.3f} ms, db "
+              f"{db:+.3f} ms, sum {app + db:+.3f} ms")
+    print(f"  app cpu added per round, lean over plain: {_added(rounds, 'plain', 'lean')}; "
+          f"flux over lean: {_added(rounds, 'lean', 'recorded')}")
+    floor = lean.throughput / plain.throughput if plain.throughput else 0.0
+    added = lean.app_cpu + lean.db_cpu - plain.app_cpu - plain.db_cpu
+    print(f"the floor (lean) against issue 21's first target: ratio {floor:.3f} (>= {TARGET}: "
+          f"{'pass' if floor >= TARGET else 'FAIL'}), added cpu {added:+.3f} ms (<= "
+          f"{ADDED_TARGET}: {'pass' if added <= ADDED_TARGET else 'FAIL'})")
+
+
+LEAN_COUNTS_SQL = f"""\
+SELECT count(*), count(t.request_id) FROM flux.state_mutations m
+LEFT JOIN flux.trace_requests t ON t.request_id = m.request_id
+WHERE m.application_name = '{LEAN_APP}' AND m.span_id = 's4'"""
+
+
+def _lean_counts(conninfo: str) -> tuple[int, int]:
+    """The lean side's mutations (its sessions' application_name, stamped with the request
+    and the span), and how many of them have their record."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(LEAN_COUNTS_SQL.encode()).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def _compare_records(conninfo: str) -> str | None:
+    """One lean record against one of Flux's, both read back as stored and as ``flux trace``
+    and ``flux record export`` read them (flux/server/_inspector.py): None if the same
+    columns, JSON keys and value types, else what differs."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        ids = [conn.execute(
+            f"SELECT m.request_id::text FROM flux.state_mutations m JOIN flux.trace_requests t "
+            f"USING (request_id) WHERE m.application_name {op} '{LEAN_APP}' AND t.function = "
+            f"'{ROUTE}' LIMIT 1".encode()).fetchone() for op in ("=", "<>")]
+        if not all(ids):
+            return "no record to compare"
+        lean_id, flux_id = ids[0][0], ids[1][0]  # type: ignore[index]
+        rows = [conn.execute(b"SELECT * FROM flux.trace_requests WHERE request_id = %s",
+                             [rid]).fetchone() for rid in (lean_id, flux_id)]
+        columns = [c.name for c in conn.execute(
+            b"SELECT * FROM flux.trace_requests LIMIT 0").description or ()]
+    inspector = Local.of_conninfo(conninfo)
+    found: list[str] = []
+    stored = {rid: dict(zip(columns, row or (), strict=False))
+              for rid, row in zip((lean_id, flux_id), rows, strict=True)}
+    # flux why explains failures only; a success is read by trace and record export
+    for what, read in (("stored row", stored.__getitem__), ("flux trace", inspector.trace),
+                       ("flux record export", inspector.record)):
+        lean_shape, flux_shape = record_shape(read(lean_id)), record_shape(read(flux_id))
+        if lean_shape != flux_shape:
+            found.append(f"{what}: lean {json.dumps(lean_shape)[:600]} flux "
+                         f"{json.dumps(flux_shape)[:600]}")
+    for what, pick in (("tape keys", lambda r: [e["key"] for e in r["tape"]]),
+                       ("span names", lambda r: [span["name"] for span in r["spans"]])):
+        if pick(stored[lean_id]) != pick(stored[flux_id]):  # the same calls: the same values
+            found.append(f"{what}: lean {pick(stored[lean_id])} flux {pick(stored[flux_id])}")
+    return "; ".join(found) or None
 
 
 if __name__ == "__main__":
