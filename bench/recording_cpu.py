@@ -5,7 +5,9 @@ CPU; this harness serves both sides of the same handler (plain aiohttp + psycopg
 recorded through ``make_app``) from this one process, drives them over loopback with the
 same in-process client, and reads this process's CPU (``time.process_time``) per block of
 requests. The client's share is the same on both sides, so the difference is what
-recording adds to the app: gateway, executor, recorder, record encoding, psycopg. Blocks
+recording adds to the app: gateway, executor, recorder, record encoding, psycopg. A third
+side, ``lean`` (bench/_lean.py: the plain handler recorded by hand, the same record), gives
+the floor; its line says what it adds and what Flux adds over it. Blocks
 alternate between the sides so machine noise hits both alike. The stub the handler calls
 runs in a child process; PostgreSQL is the embedded server, its CPU read per block too.
 
@@ -41,6 +43,7 @@ from recording_overhead import (
     REQUEST_BODY,
     ROUTE,
     CpuMeter,
+    _lean_app,
     _plain_app,
     _prepare_databases,
     _recorded_app,
@@ -76,7 +79,7 @@ async def _run(
     runners: list[web.AppRunner] = []
     cleanups = []
     urls: dict[str, str] = {}
-    for side, build in (("plain", _plain_app), ("recorded", _recorded_app)):
+    for side, build in (("plain", _plain_app), ("lean", _lean_app), ("recorded", _recorded_app)):
         app, cleanup = await build(options[side])
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -155,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             options = {
                 "plain": {"conninfo": plain_db, "stub_url": stub_url},
                 "recorded": {"conninfo": flux_db, "project": str(project)},
+                "lean": {"conninfo": flux_db, "stub_url": stub_url, "capture": "trigger"},
             }
             meter = CpuMeter({}, info.pid)
             figures = asyncio.run(_run(args, options, meter))
@@ -177,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             f"added through httpx: {through_httpx:.3f} ms app; through ctx.http: {app:.3f} ms;"
             f" capture's own: {(through_httpx - app) * 1000:+.0f} us per call"
         )
+    lean_app = medians["lean"][0] - medians["plain"][0]
+    lean_db = medians["lean"][1] - medians["plain"][1]
+    print(f"lean (the floor, bench/_lean.py) added: {lean_app:.3f} ms app, {lean_db:.3f} ms db;"
+          f" flux over lean: {app - lean_app:.3f} ms app, {db - lean_db:.3f} ms db")
     print(f"added: {app:.3f} ms app, {db:.3f} ms db")
     return 0
 

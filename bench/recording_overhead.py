@@ -679,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         print(f"profile of the recorded server: {args.profile} (this run's ratio is skewed)")
     if args.spy:
+        (Path(args.spy) / "cpu.json").write_text(json.dumps(
+            {s.name: {"app_cpu_ms": s.app_cpu, "db_cpu_ms": s.db_cpu, "requests": s.requests}
+             for s in sides.values()}))
         print(f"py-spy of the lean and recorded servers: {args.spy} (this run's ratio is "
               f"skewed); bench/recording_split.py reads them")
     consumer = meter.consumer
