@@ -27,8 +27,8 @@ transaction — a prepared INSERT, or Flux's ``flux.record`` message with ``--ca
 pipelined with the COMMIT. It writes into the Flux database (its sessions' application_name
 tells its changes apart) and is the floor of what recording must cost in Python: the report
 gives lean/plain (the floor), flux/plain and flux/lean (what Flux's machinery adds over it).
-``--no-httpx`` leaves the httpx sides out; ``--spy DIR`` samples the lean and recorded
-servers with py-spy during the rounds (bench/recording_split.py splits them by subsystem).
+``--no-httpx`` leaves the httpx sides out; ``--spy DIR`` samples the plain, lean and
+recorded servers with py-spy during the rounds (bench/recording_split.py splits them by subsystem).
 
 Each side is warmed up, then the rounds alternate (plain, recorded, plain, recorded, …) so
 machine noise hits both alike. A side's throughput is the median over its rounds; its p50
@@ -449,7 +449,7 @@ async def _drive(urls: dict[str, str], meter: CpuMeter, args: argparse.Namespace
 
 
 def _spy(directory: str, meter: CpuMeter) -> list[subprocess.Popen[bytes]]:
-    """py-spy on the lean and the recorded servers for the measured rounds: their Python
+    """py-spy on the plain, lean and recorded servers for the measured rounds: their Python
     stacks sampled (idle excluded), written as collapsed stacks into ``directory``
     (bench/recording_split.py reads them)."""
     Path(directory).mkdir(parents=True, exist_ok=True)
@@ -458,7 +458,7 @@ def _spy(directory: str, meter: CpuMeter) -> list[subprocess.Popen[bytes]]:
                               "--rate", "200", "--format", "raw", "--nonblocking",
                               "--output", str(Path(directory) / f"{side}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for side in ("lean", "recorded")]
+            for side in ("plain", "lean", "recorded")]
 
 
 async def _measured(session: aiohttp.ClientSession, meter: CpuMeter, side: str, url: str,
@@ -573,7 +573,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-httpx", action="store_true",
                         help="leave out the two httpx sides (their lines are not printed)")
     parser.add_argument("--spy", metavar="DIR",
-                        help="py-spy the lean and recorded servers during the rounds into "
+                        help="py-spy the three servers during the rounds into "
                              "DIR (collapsed stacks); the ratio of such a run means nothing")
     parser.add_argument("--profile", metavar="FILE",
                         help="cProfile the recorded server into FILE (pstats format); the "
@@ -682,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         (Path(args.spy) / "cpu.json").write_text(json.dumps(
             {s.name: {"app_cpu_ms": s.app_cpu, "db_cpu_ms": s.db_cpu, "requests": s.requests}
              for s in sides.values()}))
-        print(f"py-spy of the lean and recorded servers: {args.spy} (this run's ratio is "
+        print(f"py-spy of the plain, lean and recorded servers: {args.spy} (this run's ratio is "
               f"skewed); bench/recording_split.py reads them")
     consumer = meter.consumer
     if consumer is not None:
