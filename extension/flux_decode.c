@@ -43,6 +43,7 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "nodes/bitmapset.h"
+#include "nodes/miscnodes.h"
 #include "parser/scansup.h"
 #include "port/pg_bswap.h"
 #include "replication/logical.h"
@@ -51,6 +52,7 @@
 #include "replication/reorderbuffer.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/datum.h"
 #include "utils/fmgrprotos.h"
 #include "utils/hsearch.h"
@@ -66,8 +68,16 @@
 
 PG_MODULE_MAGIC;
 
-#define FORMAT_VERSION 1
+#define FORMAT_VERSION 2
 #define FLUSH_BYTES (1024 * 1024)
+
+/* What a change's whole row needs besides its body (the 'L' record: build_lines). */
+typedef struct
+{
+	char	   *copyrel;		/* relid, namespace and name in COPY text, tab-separated */
+	char	   *table;			/* the name in lower case; NULL: not ASCII */
+	const char *actor;			/* the 'flux.actor' in effect: its three COPY columns */
+} ChangeInfo;
 
 typedef struct
 {
@@ -76,6 +86,14 @@ typedef struct
 	StringInfo	buffer;			/* the transaction so far (records) */
 	char	   *publication;
 	bool		local_only;
+	/* The transaction being read, for its rows in whole (reset by decode_begin). */
+	bool		lines_ok;		/* nothing yet that only the consumer may decide */
+	ChangeInfo *changes;
+	int			nchanges;
+	int			maxchanges;
+	const char *actor;			/* the last 'flux.actor' message's columns, or NULL */
+	Jsonb	   *request;		/* the last 'flux' or 'flux.record' message's request */
+	Jsonb	   *request_actor;	/* a 'flux.record' message's actor line (NULL for 'flux') */
 } DecodeState;
 
 typedef struct
@@ -84,6 +102,8 @@ typedef struct
 	bool		valid;
 	bool		published;
 	bool		sent;			/* its 'R' record went out in this session */
+	char		copyrel[16 + 4 * NAMEDATALEN];	/* ChangeInfo's, as of the last validation */
+	char		table[NAMEDATALEN]; /* "": the name is not ASCII */
 } RelEntry;
 
 typedef struct
@@ -91,6 +111,11 @@ typedef struct
 	const char *name;
 	int			len;
 } ColName;
+
+static bool take_message(DecodeState *state, const char *prefix, Size size,
+						 const char *message);
+static StringInfo as_lines(DecodeState *state, ReorderBufferTXN *txn, XLogRecPtr commit_lsn);
+static void append_copy_n(StringInfo out, const char *text, int len);
 
 static HTAB *relations = NULL;
 static Oid	publication_oid = InvalidOid;
@@ -260,6 +285,11 @@ decode_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 
 	MemoryContextReset(state->txn_context);
 	state->buffer = NULL;
+	state->lines_ok = true;
+	state->changes = NULL;
+	state->nchanges = state->maxchanges = 0;
+	state->actor = NULL;
+	state->request = state->request_actor = NULL;
 	out = txn_buffer(state);
 	record_start(out, 'B', 20);
 	append_u64(out, txn->final_lsn);
@@ -273,6 +303,15 @@ decode_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr com
 	DecodeState *state = ctx->output_plugin_private;
 	StringInfo	out = txn_buffer(state);
 
+	if (state->lines_ok && state->nchanges > 0)
+	{
+		MemoryContext old = MemoryContextSwitchTo(state->txn_context);
+		StringInfo	whole = as_lines(state, txn, commit_lsn);
+
+		MemoryContextSwitchTo(old);
+		if (whole != NULL)
+			out = state->buffer = whole;
+	}
 	record_start(out, 'C', 25);
 	appendStringInfoChar(out, 0);
 	append_u64(out, commit_lsn);
@@ -287,7 +326,10 @@ static void
 maybe_flush(LogicalDecodingContext *ctx, DecodeState *state)
 {
 	if (state->buffer != NULL && state->buffer->len >= FLUSH_BYTES)
+	{
 		write_buffer(ctx, state->buffer, false);
+		state->lines_ok = false;	/* its changes went out as records */
+	}
 }
 
 static void
@@ -300,7 +342,16 @@ decode_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr ls
 	StringInfoData single;
 
 	if (transactional)
+	{
 		out = txn_buffer(state);
+		if (state->lines_ok)
+		{
+			MemoryContext old = MemoryContextSwitchTo(state->txn_context);
+
+			state->lines_ok = take_message(state, prefix, size, message);
+			MemoryContextSwitchTo(old);
+		}
+	}
 	else
 	{
 		initStringInfo(&single);
@@ -330,6 +381,32 @@ in_publication(Oid relid, Oid pubid)
 
 	list_free(pubs);
 	return found;
+}
+
+/* What ChangeInfo takes from a relation: its COPY columns and its name in lower case. */
+static void
+relation_strings(Relation rel, RelEntry *entry)
+{
+	const char *nsp = get_namespace_name(RelationGetNamespace(rel));
+	const char *name = RelationGetRelationName(rel);
+	StringInfoData text;
+	int			i;
+
+	initStringInfo(&text);
+	appendStringInfo(&text, "%u\t", RelationGetRelid(rel));
+	append_copy_n(&text, nsp != NULL && nsp[0] != '\0' ? nsp : "pg_catalog",
+				  nsp != NULL && nsp[0] != '\0' ? strlen(nsp) : 10);
+	appendStringInfoChar(&text, '\t');
+	append_copy_n(&text, name, strlen(name));
+	strlcpy(entry->copyrel, text.data, sizeof(entry->copyrel));
+	pfree(text.data);
+	for (i = 0; name[i] != '\0' && i < NAMEDATALEN - 1; i++)
+	{
+		if (IS_HIGHBIT_SET(name[i]))
+			break;
+		entry->table[i] = pg_ascii_tolower((unsigned char) name[i]);
+	}
+	entry->table[name[i] == '\0' ? i : 0] = '\0';
 }
 
 static RelEntry *
@@ -363,6 +440,7 @@ relation_entry(DecodeState *state, Relation rel)
 				list_free(ancestors);
 			}
 		}
+		relation_strings(rel, entry);
 		entry->valid = true;
 	}
 	return entry;
@@ -553,10 +631,17 @@ changed_columns(TupleDesc desc, HeapTuple old_tuple, HeapTuple new_tuple,
 static void
 append_copy(StringInfo out, const char *text)
 {
+	append_copy_n(out, text, strlen(text));
+}
+
+static void
+append_copy_n(StringInfo out, const char *text, int len)
+{
 	const char *start = text;
+	const char *end = text + len;
 	const char *p;
 
-	for (p = text; *p; p++)
+	for (p = text; p < end; p++)
 	{
 		const char *escape;
 
@@ -633,6 +718,35 @@ complete_new(TupleDesc desc, HeapTuple old_tuple, HeapTuple new_tuple)
 			nulls[i] = true;	/* not in the WAL at all */
 	}
 	return replaced ? heap_form_tuple(desc, values, nulls) : new_tuple;
+}
+
+/* A change's ChangeInfo, in the order of its record. */
+static void
+note_change(DecodeState *state, RelEntry *entry)
+{
+	MemoryContext old;
+	ChangeInfo *info;
+
+	if (!state->lines_ok)
+		return;
+	if (entry->table[0] == '\0')
+	{
+		state->lines_ok = false;	/* its lower case is Python's to say */
+		return;
+	}
+	old = MemoryContextSwitchTo(state->txn_context);
+	if (state->nchanges == state->maxchanges)
+	{
+		state->maxchanges = state->maxchanges == 0 ? 8 : state->maxchanges * 2;
+		state->changes = state->changes == NULL
+			? palloc(sizeof(ChangeInfo) * state->maxchanges)
+			: repalloc(state->changes, sizeof(ChangeInfo) * state->maxchanges);
+	}
+	info = &state->changes[state->nchanges++];
+	info->copyrel = pstrdup(entry->copyrel);
+	info->table = pstrdup(entry->table);
+	info->actor = state->actor;
+	MemoryContextSwitchTo(old);
 }
 
 static void
@@ -717,6 +831,7 @@ decode_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
 		appendStringInfoChar(&body, '\t');
 	}
 	MemoryContextSwitchTo(old_context);
+	note_change(state, entry);
 	record_start(out, tag, 4 + body.len);
 	append_u32(out, RelationGetRelid(rel));
 	appendBinaryStringInfo(out, body.data, body.len);
@@ -740,10 +855,412 @@ decode_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, int nrelatio
 		if (!entry->published)
 			continue;
 		send_relation(out, relations_[i], entry);
+		note_change(state, entry);
 		record_start(out, 'T', 4 + sizeof(body) - 1);
 		append_u32(out, RelationGetRelid(relations_[i]));
 		appendBinaryStringInfo(out, body, sizeof(body) - 1);
 	}
+}
+
+/* -- a transaction's rows in whole ('L') ----------------------------------------------- */
+/*
+ * The consumer stamps each change's row with what the transaction's logical messages say
+ * (flux/capture/_decoding.py: Decoder.rows): the span of the statement that made it, its
+ * position, the request id, the actor, application and tenant, the xid, the commit time
+ * and LSN. Where the plugin can say all of that as the consumer would, it sends the rows
+ * whole, one 'L' record before the Commit: count:4 then the rows' COPY lines; the changes'
+ * own records and the 'flux' message are then left out. Anything it leaves to the consumer
+ * (a name or table that is not ASCII, a message not shaped as Flux writes it, a
+ * transaction flushed in pieces) sends the records as before.
+ */
+
+typedef struct
+{
+	const char *span;			/* the span id in COPY text */
+	int64		rows;
+	char	  **tables;			/* lower case, without their schema */
+	int			ntables;
+	bool		truncate;		/* its kind is "truncate" */
+	bool		gone;			/* taken off the pending list */
+} Statement;
+
+static Jsonb *
+parse_object(const char *data, Size size)
+{
+	ErrorSaveContext escontext = {T_ErrorSaveContext};
+	Datum		result;
+	Jsonb	   *jb;
+
+	if (!DirectInputFunctionCallSafe(jsonb_in, pnstrdup(data, size), InvalidOid, -1,
+									 (Node *) &escontext, &result))
+		return NULL;
+	jb = DatumGetJsonbP(result);
+	return JB_ROOT_IS_OBJECT(jb) && !JB_ROOT_IS_SCALAR(jb) ? jb : NULL;
+}
+
+/* A key of the first object that has it (a record's actor line, then its request). */
+static JsonbValue *
+lookup(Jsonb *first, Jsonb *second, const char *key)
+{
+	JsonbValue *v = NULL;
+
+	if (first != NULL)
+		v = getKeyJsonValueFromContainer(&first->root, key, strlen(key), NULL);
+	if (v == NULL && second != NULL)
+		v = getKeyJsonValueFromContainer(&second->root, key, strlen(key), NULL);
+	return v;
+}
+
+/* "actor\tapplication_name\ttenant" in COPY text; NULL where one is neither text nor null. */
+static char *
+who_columns(Jsonb *first, Jsonb *second)
+{
+	static const char *const keys[] = {"actor", "application_name", "tenant"};
+	StringInfoData out;
+	int			i;
+
+	initStringInfo(&out);
+	for (i = 0; i < 3; i++)
+	{
+		JsonbValue *v = lookup(first, second, keys[i]);
+
+		if (i > 0)
+			appendStringInfoChar(&out, '\t');
+		if (v == NULL || v->type == jbvNull)
+			appendBinaryStringInfo(&out, "\\N", 2);
+		else if (v->type == jbvString)
+			append_copy_n(&out, v->val.string.val, v->val.string.len);
+		else
+			return NULL;
+	}
+	return out.data;
+}
+
+/* Whether the transaction's rows may still be sent whole after this message. */
+static bool
+take_message(DecodeState *state, const char *prefix, Size size, const char *message)
+{
+	if (strcmp(prefix, "flux") == 0)
+	{
+		state->request = parse_object(message, size);
+		state->request_actor = NULL;
+		return state->request != NULL;
+	}
+	if (strcmp(prefix, "flux.actor") == 0)
+	{
+		Jsonb	   *actor = parse_object(message, size);
+
+		state->actor = actor != NULL ? who_columns(actor, NULL) : NULL;
+		return state->actor != NULL;
+	}
+	if (strcmp(prefix, "flux.record") == 0)
+	{
+		const char *actor_end = memchr(message, '\n', size);
+		const char *request_end;
+
+		if (actor_end == NULL)
+			return false;
+		request_end = memchr(actor_end + 1, '\n', message + size - actor_end - 1);
+		if (request_end == NULL)
+			return false;
+		state->request_actor = parse_object(message, actor_end - message);
+		state->request = parse_object(actor_end + 1, request_end - actor_end - 1);
+		return state->request != NULL && state->request_actor != NULL;
+	}
+	return true;				/* 'flux.switch', and what the consumer does not read */
+}
+
+static bool
+json_text(JsonbValue *v, StringInfo out)
+{
+	if (v->type == jbvNull)
+		appendBinaryStringInfo(out, "\\N", 2);
+	else if (v->type == jbvString)
+		append_copy_n(out, v->val.string.val, v->val.string.len);
+	else
+		return false;
+	return true;
+}
+
+/* One statement of the 'flux' message: [span_id, rows, tables, kind?]. */
+static bool
+parse_statement(JsonbValue *item, Statement *s)
+{
+	JsonbContainer *array;
+	JsonbValue *v;
+	JsonbContainer *tables;
+	StringInfoData span;
+	char	   *digits;
+	char	   *end;
+	int			count;
+	int			i;
+
+	if (item->type != jbvBinary || !JsonContainerIsArray(item->val.binary.data))
+		return false;
+	array = item->val.binary.data;
+	count = JsonContainerSize(array);
+	if (count != 3 && count != 4)
+		return false;
+	initStringInfo(&span);
+	if (!json_text(getIthJsonbValueFromContainer(array, 0), &span))
+		return false;
+	s->span = span.data;
+	v = getIthJsonbValueFromContainer(array, 1);
+	if (v->type != jbvNumeric)
+		return false;
+	digits = DatumGetCString(DirectFunctionCall1(numeric_out,
+												 NumericGetDatum(v->val.numeric)));
+	errno = 0;
+	s->rows = strtoll(digits, &end, 10);
+	if (*end != '\0' || errno != 0 || strlen(digits) > 18)
+		return false;
+	v = getIthJsonbValueFromContainer(array, 2);
+	if (v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
+		return false;
+	tables = v->val.binary.data;
+	s->ntables = JsonContainerSize(tables);
+	s->tables = palloc(sizeof(char *) * (s->ntables + 1));
+	for (i = 0; i < s->ntables; i++)
+	{
+		JsonbValue *t = getIthJsonbValueFromContainer(tables, i);
+		const char *name;
+		int			len;
+		int			j;
+		int			dot = -1;
+
+		if (t->type != jbvString)
+			return false;
+		name = t->val.string.val;
+		len = t->val.string.len;
+		for (j = 0; j < len; j++)
+		{
+			if (IS_HIGHBIT_SET(name[j]) || name[j] == '\0')
+				return false;	/* Python's lower case */
+			if (name[j] == '.')
+				dot = j;
+		}
+		s->tables[i] = pnstrdup(name + dot + 1, len - dot - 1);
+		for (j = 0; s->tables[i][j] != '\0'; j++)
+			s->tables[i][j] = pg_ascii_tolower((unsigned char) s->tables[i][j]);
+	}
+	s->truncate = false;
+	if (count == 4)
+	{
+		v = getIthJsonbValueFromContainer(array, 3);
+		if (v->type != jbvString)
+			return false;
+		s->truncate = v->val.string.len == 8 && memcmp(v->val.string.val, "truncate", 8) == 0;
+	}
+	s->gone = false;
+	return true;
+}
+
+static bool
+touches(Statement *s, const char *table)
+{
+	int			i;
+
+	if (s->ntables == 0)
+		return true;
+	for (i = 0; i < s->ntables; i++)
+		if (strcmp(s->tables[i], table) == 0)
+			return true;
+	return false;
+}
+
+/* The first statement still pending at or after *head, moving *head to it. */
+static Statement *
+pending_head(Statement *statements, int count, int *head)
+{
+	while (*head < count && statements[*head].gone)
+		(*head)++;
+	return *head < count ? &statements[*head] : NULL;
+}
+
+/*
+ * Each change's span, as flux/capture/_mutations.py: assign_spans_to gives it: a statement
+ * takes as many changes of its tables as it reported rows; a change no statement claims
+ * belongs to the statement before it; a truncate takes a truncating statement of its table.
+ */
+static const char **
+assign_spans(Statement *statements, int count, ChangeInfo *changes, const char *tags,
+			 int nchanges)
+{
+	const char **spans = palloc(sizeof(char *) * (nchanges + 1));
+	const char *last = "\\N";
+	int			head = 0;
+	int			c;
+
+	for (c = 0; c < nchanges; c++)
+	{
+		const char *table = changes[c].table;
+		Statement  *s;
+
+		if (tags[c] == 'T')
+		{
+			int			i;
+
+			for (i = head; i < count; i++)
+			{
+				s = &statements[i];
+				if (!s->gone && s->rows <= 0 && touches(s, table))
+				{
+					s->gone = true;
+					last = s->span;
+					break;
+				}
+			}
+			spans[c] = last;
+			continue;
+		}
+		while ((s = pending_head(statements, count, &head)) != NULL &&
+			   s->rows <= 0 && !s->truncate)
+			s->gone = true;
+		if (s != NULL && s->rows > 0 && touches(s, table))
+		{
+			s->rows--;
+			last = s->span;
+			if (s->rows == 0)
+				s->gone = true;
+		}
+		spans[c] = last;
+	}
+	return spans;
+}
+
+/*
+ * The transaction's frame with its rows whole: its records but the changes' and the
+ * 'flux' message's, then 'L'; NULL where the consumer must decide (the frame goes as it is).
+ */
+static StringInfo
+as_lines(DecodeState *state, ReorderBufferTXN *txn, XLogRecPtr commit_lsn)
+{
+	StringInfo	in = state->buffer;
+	StringInfo	out;
+	StringInfoData lines;
+	StringInfoData head;
+	StringInfoData tail;
+	Jsonb	   *request = state->request;
+	Jsonb	   *request_actor = state->request_actor;
+	const char *who = NULL;
+	Statement  *statements = NULL;
+	int			nstatements = 0;
+	char	   *tags;
+	const char **spans;
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			pos;
+	int			c;
+	int			rows = 0;
+
+	initStringInfo(&head);	/* "\t<request id>\t" */
+	appendStringInfoChar(&head, '\t');
+	if (request != NULL)
+	{
+		JsonbValue *id = lookup(request_actor, request, "request_id");
+		JsonbValue *list = lookup(request_actor, request, "statements");
+		int			i;
+
+		if (id == NULL || id->type == jbvNull ||
+			(id->type == jbvString && id->val.string.len == 0))
+			appendBinaryStringInfo(&head, "\\N", 2);
+		else if (id->type != jbvString ||
+				 memchr(id->val.string.val, '\\', id->val.string.len) != NULL ||
+				 memchr(id->val.string.val, '\t', id->val.string.len) != NULL ||
+				 memchr(id->val.string.val, '\n', id->val.string.len) != NULL ||
+				 memchr(id->val.string.val, '\r', id->val.string.len) != NULL)
+			return NULL;
+		else
+			appendBinaryStringInfo(&head, id->val.string.val, id->val.string.len);
+		who = who_columns(request_actor, request);
+		if (who == NULL)
+			return NULL;
+		if (list != NULL && list->type != jbvNull)
+		{
+			JsonbContainer *array;
+
+			if (list->type != jbvBinary || !JsonContainerIsArray(list->val.binary.data))
+				return NULL;
+			array = list->val.binary.data;
+			nstatements = JsonContainerSize(array);
+			statements = palloc(sizeof(Statement) * (nstatements + 1));
+			for (i = 0; i < nstatements; i++)
+				if (!parse_statement(getIthJsonbValueFromContainer(array, i), &statements[i]))
+					return NULL;
+		}
+	}
+	else
+		appendBinaryStringInfo(&head, "\\N", 2);
+	appendStringInfoChar(&head, '\t');
+
+	if (timestamp2tm(txn->xact_time.commit_time, NULL, &tm, &fsec, NULL, NULL) != 0)
+		return NULL;
+	initStringInfo(&tail);	/* "\t<xid>\t<commit time>\twal\t<commit lsn>\n" */
+	appendStringInfo(&tail, "\t%u\t%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00\twal\t%X/%X\n",
+					 txn->xid, tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min,
+					 tm.tm_sec, (int) fsec, LSN_FORMAT_ARGS(commit_lsn));
+
+	/* The changes' tags, in order, for the spans. */
+	tags = palloc(state->nchanges + 1);
+	c = 0;
+	for (pos = 0; pos + 5 <= in->len;)
+	{
+		char		tag = in->data[pos];
+		uint32		length;
+
+		memcpy(&length, in->data + pos + 1, 4);
+		length = pg_ntoh32(length);
+		if (tag == 'I' || tag == 'U' || tag == 'D' || tag == 'T')
+		{
+			if (c >= state->nchanges)
+				return NULL;
+			tags[c++] = tag;
+		}
+		pos += 5 + length;
+	}
+	if (c != state->nchanges)
+		return NULL;
+	spans = assign_spans(statements, nstatements, state->changes, tags, c);
+
+	out = makeStringInfo();
+	initStringInfo(&lines);
+	c = 0;
+	for (pos = 0; pos + 5 <= in->len;)
+	{
+		char		tag = in->data[pos];
+		uint32		length;
+		const char *payload = in->data + pos + 5;
+
+		memcpy(&length, in->data + pos + 1, 4);
+		length = pg_ntoh32(length);
+		if (tag == 'I' || tag == 'U' || tag == 'D' || tag == 'T')
+		{
+			ChangeInfo *info = &state->changes[c];
+
+			c++;
+			if (length > 4)		/* else an update that changed nothing */
+			{
+				appendBinaryStringInfo(&lines, payload + 4, length - 4);
+				appendStringInfoString(&lines, spans[c - 1]);
+				appendStringInfo(&lines, "\t%d\t", c);
+				appendStringInfoString(&lines, info->copyrel);
+				appendBinaryStringInfo(&lines, head.data, head.len);
+				appendStringInfoString(&lines, who != NULL ? who
+									   : info->actor != NULL ? info->actor
+									   : "\\N\t\\N\t\\N");
+				appendBinaryStringInfo(&lines, tail.data, tail.len);
+				rows++;
+			}
+		}
+		else if (!(tag == 'M' && length >= 9 + 5 && payload[0] == 1 &&
+				   strcmp(payload + 9, "flux") == 0))
+			appendBinaryStringInfo(out, in->data + pos, 5 + length);
+		pos += 5 + length;
+	}
+	record_start(out, 'L', 4 + lines.len);
+	append_u32(out, rows);
+	appendBinaryStringInfo(out, lines.data, lines.len);
+	return out;
 }
 
 void

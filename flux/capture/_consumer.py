@@ -377,7 +377,7 @@ class Consumer:
             if batch.direct and direct:
                 with conn.cursor().copy(q.copy_mutations) as copy:
                     copy.write(b"".join(batch.direct))
-                result.applied += len(batch.direct)
+                result.applied += len(batch.direct) + batch.more
             staged = batch.staged if direct else batch.direct + batch.staged
             if staged:
                 self._ensure_stage(conn)
