@@ -57,6 +57,7 @@
 #include "utils/fmgrprotos.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/jsonfuncs.h"
 #include "utils/lsyscache.h"
@@ -65,6 +66,8 @@
 #include "utils/relcache.h"
 #include "utils/syscache.h"
 #include "utils/varlena.h"
+
+#include "flux_row.h"
 
 PG_MODULE_MAGIC;
 
@@ -105,12 +108,6 @@ typedef struct
 	char		copyrel[16 + 4 * NAMEDATALEN];	/* ChangeInfo's, as of the last validation */
 	char		table[NAMEDATALEN]; /* "": the name is not ASCII */
 } RelEntry;
-
-typedef struct
-{
-	const char *name;
-	int			len;
-} ColName;
 
 static bool take_message(DecodeState *state, const char *prefix, Size size,
 						 const char *message);
@@ -466,97 +463,71 @@ send_relation(StringInfo out, Relation rel, RelEntry *entry)
 
 /* -- a change's row, as flux_capture.c's trigger computes it ----------------------------- */
 
-static int
-colname_cmp(const void *a, const void *b)
+/*
+ * A row's image as JSON text: row_to_json's, which the apply session's COPY parses into the
+ * jsonb to_jsonb would have made (the same output function and JSON category per column;
+ * only the keys' order and the spacing differ, which jsonb does not keep). Writing the text
+ * directly spares building each image as jsonb and printing it back.
+ */
+static text *
+row_json(HeapTuple tuple, TupleDesc desc)
 {
-	const ColName *x = (const ColName *) a;
-	const ColName *y = (const ColName *) b;
-
-	return varstr_cmp(x->name, x->len, y->name, y->len, DEFAULT_COLLATION_OID);
+	return DatumGetTextPP(datum_to_json(heap_copy_tuple_as_datum(tuple, desc),
+										JSONTYPE_COMPOSITE, InvalidOid));
 }
 
-static Jsonb *
-row_image(HeapTuple tuple, TupleDesc desc)
-{
-	JsonTypeCategory category;
-	Oid			outfunc;
-
-	json_categorize_type(desc->tdtypeid, true, &category, &outfunc);
-	return DatumGetJsonbP(datum_to_jsonb(heap_copy_tuple_as_datum(tuple, desc), category,
-										 outfunc));
-}
-
-static JsonbValue *
-image_value(Jsonb *image, const char *name)
-{
-	return getKeyJsonValueFromContainer(&image->root, name, strlen(name), NULL);
-}
-
-/* The primary key's columns of the image (none: the whole row, as the trigger takes it). */
-static Jsonb *
-key_image(Relation rel, Jsonb *row)
+/*
+ * The record's key as jsonb's text: the primary key's columns (none: the whole row, as the
+ * trigger takes it), written as JSON and read back as jsonb, whose text is canonical.
+ */
+static char *
+key_text(Relation rel, HeapTuple tuple, text *row)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	Bitmapset  *pk = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
-	JsonbParseState *parse = NULL;
-	JsonbValue *result;
+	StringInfoData json;
+	Jsonb	   *key;
 	int			member = -1;
+	bool		first = true;
 
+	initStringInfo(&json);
 	if (bms_is_empty(pk))
-		return row;
-	pushJsonbValue(&parse, WJB_BEGIN_OBJECT, NULL);
-	while ((member = bms_next_member(pk, member)) >= 0)
+		appendBinaryStringInfo(&json, VARDATA_ANY(row), VARSIZE_ANY_EXHDR(row));
+	else
 	{
-		AttrNumber	attnum = member + FirstLowInvalidHeapAttributeNumber;
-		const char *name;
-		JsonbValue	key;
-		JsonbValue	null_value;
-		JsonbValue *value;
-
-		if (attnum <= 0 || attnum > desc->natts)
-			continue;
-		name = NameStr(TupleDescAttr(desc, attnum - 1)->attname);
-		value = image_value(row, name);
-		key.type = jbvString;
-		key.val.string.val = (char *) name;
-		key.val.string.len = strlen(name);
-		pushJsonbValue(&parse, WJB_KEY, &key);
-		if (value == NULL)
+		appendStringInfoChar(&json, '{');
+		while ((member = bms_next_member(pk, member)) >= 0)
 		{
-			null_value.type = jbvNull;
-			value = &null_value;
+			AttrNumber	attnum = member + FirstLowInvalidHeapAttributeNumber;
+			Form_pg_attribute att;
+			JsonTypeCategory category;
+			Oid			outfunc;
+			bool		isnull;
+			Datum		value;
+
+			if (attnum <= 0 || attnum > desc->natts)
+				continue;
+			att = TupleDescAttr(desc, attnum - 1);
+			if (!first)
+				appendStringInfoChar(&json, ',');
+			first = false;
+			escape_json(&json, NameStr(att->attname));
+			appendStringInfoChar(&json, ':');
+			value = heap_getattr(tuple, attnum, desc, &isnull);
+			if (isnull || att->attisdropped)
+			{
+				appendStringInfoString(&json, "null");
+				continue;
+			}
+			json_categorize_type(att->atttypid, false, &category, &outfunc);
+			value = datum_to_json(value, category, outfunc);
+			appendBinaryStringInfo(&json, VARDATA_ANY(DatumGetTextPP(value)),
+								   VARSIZE_ANY_EXHDR(DatumGetTextPP(value)));
 		}
-		pushJsonbValue(&parse, WJB_VALUE, value);
+		appendStringInfoChar(&json, '}');
 	}
-	result = pushJsonbValue(&parse, WJB_END_OBJECT, NULL);
-	return JsonbValueToJsonb(result);
-}
-
-static bool
-column_changed(HeapTuple old_tuple, HeapTuple new_tuple, TupleDesc desc, int attnum,
-			   Jsonb *old_image, Jsonb *new_image, const char *name)
-{
-	Form_pg_attribute att = TupleDescAttr(desc, attnum - 1);
-	bool		old_null;
-	bool		new_null;
-	Datum		old_value = heap_getattr(old_tuple, attnum, desc, &old_null);
-	Datum		new_value = heap_getattr(new_tuple, attnum, desc, &new_null);
-	JsonbValue *va;
-	JsonbValue *vb;
-
-	if (old_null && new_null)
-		return false;
-	if (old_null != new_null)
-		return true;
-	if (datumIsEqual(old_value, new_value, att->attbyval, att->attlen))
-		return false;
-	va = image_value(old_image, name);
-	vb = image_value(new_image, name);
-	if (va == NULL || vb == NULL)
-		return va != vb;
-	return !DatumGetBool(DirectFunctionCall2(jsonb_eq,
-											 JsonbPGetDatum(JsonbValueToJsonb(va)),
-											 JsonbPGetDatum(JsonbValueToJsonb(vb))));
+	key = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json.data)));
+	return JsonbToCString(NULL, &key->root, VARSIZE(key));
 }
 
 /* A text[] literal of the names, an element quoted where array_in needs it. */
@@ -598,32 +569,13 @@ array_literal(ColName *names, int count)
 
 /* The changed columns' text[] literal; NULL for an update that changed none. */
 static char *
-changed_columns(TupleDesc desc, HeapTuple old_tuple, HeapTuple new_tuple,
-				Jsonb *old_image, Jsonb *new_image)
+changed_columns(TupleDesc desc, HeapTuple old_tuple, HeapTuple new_tuple)
 {
 	ColName    *names = palloc(sizeof(ColName) * (desc->natts + 1));
-	int			count = 0;
-	int			i;
+	int			count = changed_names(desc, old_tuple, new_tuple, names);
 
-	for (i = 1; i <= desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i - 1);
-		const char *name;
-
-		if (att->attisdropped)
-			continue;
-		name = NameStr(att->attname);
-		if (old_tuple != NULL && new_tuple != NULL &&
-			!column_changed(old_tuple, new_tuple, desc, i, old_image, new_image, name))
-			continue;
-		names[count].name = name;
-		names[count].len = strlen(name);
-		count++;
-	}
 	if (count == 0 && old_tuple != NULL && new_tuple != NULL)
 		return NULL;
-	if (count > 1)
-		qsort(names, count, sizeof(ColName), colname_cmp);
 	return array_literal(names, count);
 }
 
@@ -670,12 +622,12 @@ append_copy_n(StringInfo out, const char *text, int len)
 }
 
 static void
-append_jsonb(StringInfo out, Jsonb *value)
+append_json(StringInfo out, text *value)
 {
 	if (value == NULL)
 		appendBinaryStringInfo(out, "\\N", 2);
 	else
-		append_copy(out, JsonbToCString(NULL, &value->root, VARSIZE(value)));
+		append_copy_n(out, VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value));
 	appendStringInfoChar(out, '\t');
 }
 
@@ -761,10 +713,9 @@ decode_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
 	MemoryContext old_context;
 	HeapTuple	old_tuple = NULL;
 	HeapTuple	new_tuple = NULL;
-	Jsonb	   *old_image = NULL;
-	Jsonb	   *new_image = NULL;
-	Jsonb	   *key;
-	char	   *key_text;
+	text	   *old_image = NULL;
+	text	   *new_image = NULL;
+	char	   *key;
 	char	   *changed;
 	const char *op;
 	char		tag;
@@ -806,27 +757,27 @@ decode_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
 	if (new_tuple != NULL)
 		new_tuple = complete_new(desc, old_tuple, new_tuple);
 	if (old_tuple != NULL)
-		old_image = row_image(old_tuple, desc);
+		old_image = row_json(old_tuple, desc);
 	if (new_tuple != NULL)
-		new_image = row_image(new_tuple, desc);
-	changed = changed_columns(desc, old_tuple, new_tuple, old_image, new_image);
+		new_image = row_json(new_tuple, desc);
+	changed = changed_columns(desc, old_tuple, new_tuple);
 	if (changed != NULL)
 	{
-		key = key_image(rel, new_image != NULL ? new_image : old_image);
-		key_text = JsonbToCString(NULL, &key->root, VARSIZE(key));
+		key = new_tuple != NULL ? key_text(rel, new_tuple, new_image)
+			: key_text(rel, old_tuple, old_image);
 		initStringInfo(&hashed);
-		appendStringInfo(&hashed, "%u:%s", RelationGetRelid(rel), key_text);
+		appendStringInfo(&hashed, "%u:%s", RelationGetRelid(rel), key);
 		if (!pg_md5_hash(hashed.data, hashed.len, hex, &errstr))
 			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY),
 							errmsg("could not compute MD5 hash: %s", errstr)));
 		appendBinaryStringInfo(&body, hex, 32);
 		appendStringInfoChar(&body, '\t');
-		append_copy(&body, key_text);
+		append_copy(&body, key);
 		appendStringInfoChar(&body, '\t');
 		appendStringInfoString(&body, op);
 		appendStringInfoChar(&body, '\t');
-		append_jsonb(&body, old_image);
-		append_jsonb(&body, new_image);
+		append_json(&body, old_image);
+		append_json(&body, new_image);
 		append_copy(&body, changed);
 		appendStringInfoChar(&body, '\t');
 	}

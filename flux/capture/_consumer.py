@@ -187,7 +187,7 @@ class Consumer:
                         done = feed(conn, data[25:])
                         if done is not None:
                             pending.append(done)
-                            changes += len(done[0].changes)
+                            changes += len(done[0].changes) + done[0].line_count
                             received = max(received, done[1].end_lsn)
                         continue
                     f = frame(data)
