@@ -6,9 +6,12 @@
  * COPY's escaping. This plugin sends, for each committed transaction, each change already as
  * the first six COPY columns of its flux.state_mutations row -- record_id, pk, op, old, new,
  * changed_cols, each followed by a tab -- computed as flux_capture.c's trigger computes them
- * (to_jsonb's own code for the images, md5(relid:key) for the record id, the changed columns
- * compared as jsonb and sorted in the database's collation). The consumer adds what the
- * transaction's logical messages say (request, span, actor) and forwards the bytes to COPY.
+ * (row_to_json's text for the images, which COPY reads into the jsonb to_jsonb makes;
+ * md5(relid:key) of the key's jsonb text for the record id; the changed columns compared as
+ * jsonb and sorted in the database's collation: flux_row.h, shared with the trigger). Where
+ * it can, it also adds what the transaction's logical messages say (request, span, actor)
+ * and sends the transaction's rows whole ('L'), which the consumer forwards to COPY as they
+ * are; else the consumer adds them to each change's record.
  *
  * The stream (each OutputPluginWrite is one frame; a transaction is written at its commit, in
  * pieces of about a megabyte when larger), as records of <tag:1><length:4><payload>:
@@ -19,8 +22,12 @@
  *   'I' 'U' 'D' relid:4 body                     a change; an empty body: an UPDATE that
  *                                                changed nothing (no row, as the trigger's WHEN)
  *   'T' relid:4 body                             one truncated relation
+ *   'L' count:4 lines                            the transaction's rows, whole: the COPY
+ *                                                lines of its changes (as_lines); the
+ *                                                changes' records and the 'flux' message
+ *                                                are then not sent
  *   'C' flags:1 commit_lsn:8 end_lsn:8 commit_time:8   as pgoutput's Commit
- * Every frame starts with the format's version byte (FORMAT_VERSION).
+ * Every frame starts with the format's version byte (FORMAT_VERSION: 2; 1 had no 'L').
  *
  * Options: those pgoutput takes for the same slot (flux/capture: start_replication, peek):
  * publication_names (the one publication whose tables are sent), origin ('none': leave out
@@ -39,9 +46,11 @@
 #include "catalog/pg_collation.h"
 #include "catalog/pg_publication.h"
 #include "catalog/pg_type.h"
+#include "common/jsonapi.h"
 #include "common/md5.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "nodes/bitmapset.h"
 #include "nodes/miscnodes.h"
 #include "parser/scansup.h"
@@ -95,8 +104,8 @@ typedef struct
 	int			nchanges;
 	int			maxchanges;
 	const char *actor;			/* the last 'flux.actor' message's columns, or NULL */
-	Jsonb	   *request;		/* the last 'flux' or 'flux.record' message's request */
-	Jsonb	   *request_actor;	/* a 'flux.record' message's actor line (NULL for 'flux') */
+	struct Message *request;	/* the last 'flux' or 'flux.record' message's request */
+	struct Message *request_actor;	/* a 'flux.record' message's actor line (else NULL) */
 } DecodeState;
 
 typedef struct
@@ -835,52 +844,271 @@ typedef struct
 	bool		gone;			/* taken off the pending list */
 } Statement;
 
-static Jsonb *
-parse_object(const char *data, Size size)
+/*
+ * A message's JSON, read by PostgreSQL's JSON parser with callbacks (no jsonb built: that
+ * cost the walsender ~8 µs a transaction): the top-level fields the rows need.
+ */
+typedef enum
 {
-	ErrorSaveContext escontext = {T_ErrorSaveContext};
-	Datum		result;
-	Jsonb	   *jb;
+	F_MISSING, F_NULL, F_STRING, F_OTHER
+} FieldType;
 
-	if (!DirectInputFunctionCallSafe(jsonb_in, pnstrdup(data, size), InvalidOid, -1,
-									 (Node *) &escontext, &result))
-		return NULL;
-	jb = DatumGetJsonbP(result);
-	return JB_ROOT_IS_OBJECT(jb) && !JB_ROOT_IS_SCALAR(jb) ? jb : NULL;
+typedef struct
+{
+	FieldType	type;
+	char	   *val;			/* F_STRING: the string, unescaped */
+} Field;
+
+enum
+{
+	K_REQUEST_ID, K_ACTOR, K_APPLICATION_NAME, K_TENANT, K_STATEMENTS, K_OTHER
+};
+static const char *const field_names[] = {"request_id", "actor", "application_name", "tenant",
+"statements"};
+
+typedef struct Message
+{
+	Field		fields[K_STATEMENTS + 1];	/* statements: F_NULL, F_OTHER or F_STRING (an array) */
+	Statement  *statements;
+	int			nstatements;
+	int			maxstatements;
+	int			depth;			/* 1: inside the top-level object */
+	int			field;			/* the top-level field being read */
+	int			elem;			/* the element of the statement being read */
+	bool		bad;			/* not shaped as the consumer reads it */
+} Message;
+
+static Statement *
+current_statement(Message *m)
+{
+	return &m->statements[m->nstatements - 1];
 }
 
-/* A key of the first object that has it (a record's actor line, then its request). */
-static JsonbValue *
-lookup(Jsonb *first, Jsonb *second, const char *key)
+static JsonParseErrorType
+m_object_start(void *state)
 {
-	JsonbValue *v = NULL;
+	Message    *m = state;
 
-	if (first != NULL)
-		v = getKeyJsonValueFromContainer(&first->root, key, strlen(key), NULL);
-	if (v == NULL && second != NULL)
-		v = getKeyJsonValueFromContainer(&second->root, key, strlen(key), NULL);
-	return v;
+	if (m->depth == 0)
+		m->depth = 1;
+	else
+	{
+		if (m->depth == 1 && m->field != K_OTHER)
+			m->fields[m->field].type = F_OTHER;
+		else if (m->depth > 1 && m->field == K_STATEMENTS)
+			m->bad = true;
+		m->depth++;
+	}
+	return JSON_SUCCESS;
+}
+
+static JsonParseErrorType
+m_end(void *state)
+{
+	Message    *m = state;
+
+	if (m->depth == 3 && m->field == K_STATEMENTS && !m->bad)
+	{
+		Statement  *s = current_statement(m);
+
+		if (m->elem < 2 || m->elem > 3 || s->span == NULL || s->tables == NULL)
+			m->bad = true;	/* [span_id, rows, tables] or [span_id, rows, tables, kind] */
+	}
+	m->depth--;
+	return JSON_SUCCESS;
+}
+
+static JsonParseErrorType
+m_array_start(void *state)
+{
+	Message    *m = state;
+
+	if (m->depth == 0)
+		m->bad = true;			/* not an object */
+	else if (m->depth == 1)
+	{
+		if (m->field == K_STATEMENTS)
+		{
+			m->fields[K_STATEMENTS].type = F_STRING;
+			m->nstatements = 0;
+		}
+		else if (m->field != K_OTHER)
+			m->fields[m->field].type = F_OTHER;
+	}
+	else if (m->field == K_STATEMENTS)
+	{
+		if (m->depth == 2)
+		{
+			Statement  *s;
+
+			if (m->nstatements == m->maxstatements)
+			{
+				m->maxstatements = m->maxstatements == 0 ? 8 : m->maxstatements * 2;
+				m->statements = m->statements == NULL
+					? palloc(sizeof(Statement) * m->maxstatements)
+					: repalloc(m->statements, sizeof(Statement) * m->maxstatements);
+			}
+			s = &m->statements[m->nstatements++];
+			memset(s, 0, sizeof(Statement));
+			m->elem = -1;
+		}
+		else if (m->depth == 3 && m->elem == 2)
+			current_statement(m)->tables = palloc(sizeof(char *) * 4);
+		else
+			m->bad = true;
+	}
+	m->depth++;
+	return JSON_SUCCESS;
+}
+
+static JsonParseErrorType
+m_field_start(void *state, char *fname, bool isnull)
+{
+	Message    *m = state;
+	int			i;
+
+	if (m->depth != 1)
+		return JSON_SUCCESS;
+	m->field = K_OTHER;
+	for (i = 0; i <= K_STATEMENTS; i++)
+		if (strcmp(fname, field_names[i]) == 0)
+			m->field = i;
+	return JSON_SUCCESS;
+}
+
+static JsonParseErrorType
+m_element_start(void *state, bool isnull)
+{
+	Message    *m = state;
+
+	if (m->depth == 3 && m->field == K_STATEMENTS)
+		m->elem++;
+	return JSON_SUCCESS;
+}
+
+/* A statement's table: in lower case, without its schema (ASCII only: else Python's). */
+static char *
+statement_table(const char *name, bool *ok)
+{
+	int			len = strlen(name);
+	const char *dot = strrchr(name, '.');
+	char	   *table;
+	int			j;
+
+	for (j = 0; j < len; j++)
+		if (IS_HIGHBIT_SET(name[j]))
+			*ok = false;
+	table = pstrdup(dot != NULL ? dot + 1 : name);
+	for (j = 0; table[j] != '\0'; j++)
+		table[j] = pg_ascii_tolower((unsigned char) table[j]);
+	return table;
+}
+
+static JsonParseErrorType
+m_scalar(void *state, char *token, JsonTokenType type)
+{
+	Message    *m = state;
+
+	if (m->depth == 0)
+		m->bad = true;			/* not an object */
+	else if (m->depth == 1)
+	{
+		if (m->field == K_OTHER)
+			return JSON_SUCCESS;
+		m->fields[m->field].type = type == JSON_TOKEN_NULL ? F_NULL
+			: type == JSON_TOKEN_STRING && m->field != K_STATEMENTS ? F_STRING : F_OTHER;
+		m->fields[m->field].val = token;
+	}
+	else if (m->field == K_STATEMENTS && !m->bad)
+	{
+		Statement  *s = m->nstatements > 0 ? current_statement(m) : NULL;
+
+		if (m->depth == 3 && m->elem == 0 && type == JSON_TOKEN_STRING)
+		{
+			StringInfoData span;
+
+			initStringInfo(&span);
+			append_copy_n(&span, token, strlen(token));
+			s->span = span.data;
+		}
+		else if (m->depth == 3 && m->elem == 0 && type == JSON_TOKEN_NULL)
+			s->span = "\\N";
+		else if (m->depth == 3 && m->elem == 1 && type == JSON_TOKEN_NUMBER)
+		{
+			char	   *end;
+			const char *p = token[0] == '-' ? token + 1 : token;
+
+			errno = 0;
+			s->rows = strtoll(token, &end, 10);
+			if (*end != '\0' || errno != 0 || *p == '\0' || strlen(token) > 18)
+				m->bad = true;	/* not an integer */
+		}
+		else if (m->depth == 3 && m->elem == 3 && type == JSON_TOKEN_STRING)
+			s->truncate = strcmp(token, "truncate") == 0;
+		else if (m->depth == 4 && type == JSON_TOKEN_STRING)
+		{
+			bool		ok = true;
+
+			if (s->ntables % 4 == 0 && s->ntables > 0)
+				s->tables = repalloc(s->tables, sizeof(char *) * (s->ntables + 4));
+			s->tables[s->ntables++] = statement_table(token, &ok);
+			m->bad = !ok;
+		}
+		else
+			m->bad = true;
+	}
+	return JSON_SUCCESS;
+}
+
+/* A message's JSON object; NULL where it is not one or not as the consumer reads it. */
+static Message *
+parse_message(const char *data, Size size)
+{
+	Message    *m = palloc0(sizeof(Message));
+	JsonSemAction sem = {0};
+	JsonLexContext *lex;
+
+	sem.semstate = m;
+	sem.object_start = m_object_start;
+	sem.object_end = m_end;
+	sem.array_start = m_array_start;
+	sem.array_end = m_end;
+	sem.object_field_start = m_field_start;
+	sem.array_element_start = m_element_start;
+	sem.scalar = m_scalar;
+	lex = makeJsonLexContextCstringLen(NULL, data, size, GetDatabaseEncoding(), true);
+	if (pg_parse_json(lex, &sem) != JSON_SUCCESS || m->bad || m->depth != 0)
+		return NULL;
+	return m;
+}
+
+/* A field of the first message that has it (a record's actor line, then its request). */
+static Field *
+field(Message *first, Message *second, int key)
+{
+	if (first != NULL && first->fields[key].type != F_MISSING)
+		return &first->fields[key];
+	return &second->fields[key];
 }
 
 /* "actor\tapplication_name\ttenant" in COPY text; NULL where one is neither text nor null. */
 static char *
-who_columns(Jsonb *first, Jsonb *second)
+who_columns(Message *first, Message *second)
 {
-	static const char *const keys[] = {"actor", "application_name", "tenant"};
 	StringInfoData out;
-	int			i;
+	int			key;
 
 	initStringInfo(&out);
-	for (i = 0; i < 3; i++)
+	for (key = K_ACTOR; key <= K_TENANT; key++)
 	{
-		JsonbValue *v = lookup(first, second, keys[i]);
+		Field	   *f = field(first, second, key);
 
-		if (i > 0)
+		if (key > K_ACTOR)
 			appendStringInfoChar(&out, '\t');
-		if (v == NULL || v->type == jbvNull)
+		if (f->type == F_MISSING || f->type == F_NULL)
 			appendBinaryStringInfo(&out, "\\N", 2);
-		else if (v->type == jbvString)
-			append_copy_n(&out, v->val.string.val, v->val.string.len);
+		else if (f->type == F_STRING)
+			append_copy_n(&out, f->val, strlen(f->val));
 		else
 			return NULL;
 	}
@@ -893,15 +1121,15 @@ take_message(DecodeState *state, const char *prefix, Size size, const char *mess
 {
 	if (strcmp(prefix, "flux") == 0)
 	{
-		state->request = parse_object(message, size);
+		state->request = parse_message(message, size);
 		state->request_actor = NULL;
 		return state->request != NULL;
 	}
 	if (strcmp(prefix, "flux.actor") == 0)
 	{
-		Jsonb	   *actor = parse_object(message, size);
+		Message    *actor = parse_message(message, size);
 
-		state->actor = actor != NULL ? who_columns(actor, NULL) : NULL;
+		state->actor = actor != NULL ? who_columns(actor, actor) : NULL;
 		return state->actor != NULL;
 	}
 	if (strcmp(prefix, "flux.record") == 0)
@@ -914,96 +1142,11 @@ take_message(DecodeState *state, const char *prefix, Size size, const char *mess
 		request_end = memchr(actor_end + 1, '\n', message + size - actor_end - 1);
 		if (request_end == NULL)
 			return false;
-		state->request_actor = parse_object(message, actor_end - message);
-		state->request = parse_object(actor_end + 1, request_end - actor_end - 1);
+		state->request_actor = parse_message(message, actor_end - message);
+		state->request = parse_message(actor_end + 1, request_end - actor_end - 1);
 		return state->request != NULL && state->request_actor != NULL;
 	}
 	return true;				/* 'flux.switch', and what the consumer does not read */
-}
-
-static bool
-json_text(JsonbValue *v, StringInfo out)
-{
-	if (v->type == jbvNull)
-		appendBinaryStringInfo(out, "\\N", 2);
-	else if (v->type == jbvString)
-		append_copy_n(out, v->val.string.val, v->val.string.len);
-	else
-		return false;
-	return true;
-}
-
-/* One statement of the 'flux' message: [span_id, rows, tables, kind?]. */
-static bool
-parse_statement(JsonbValue *item, Statement *s)
-{
-	JsonbContainer *array;
-	JsonbValue *v;
-	JsonbContainer *tables;
-	StringInfoData span;
-	char	   *digits;
-	char	   *end;
-	int			count;
-	int			i;
-
-	if (item->type != jbvBinary || !JsonContainerIsArray(item->val.binary.data))
-		return false;
-	array = item->val.binary.data;
-	count = JsonContainerSize(array);
-	if (count != 3 && count != 4)
-		return false;
-	initStringInfo(&span);
-	if (!json_text(getIthJsonbValueFromContainer(array, 0), &span))
-		return false;
-	s->span = span.data;
-	v = getIthJsonbValueFromContainer(array, 1);
-	if (v->type != jbvNumeric)
-		return false;
-	digits = DatumGetCString(DirectFunctionCall1(numeric_out,
-												 NumericGetDatum(v->val.numeric)));
-	errno = 0;
-	s->rows = strtoll(digits, &end, 10);
-	if (*end != '\0' || errno != 0 || strlen(digits) > 18)
-		return false;
-	v = getIthJsonbValueFromContainer(array, 2);
-	if (v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
-		return false;
-	tables = v->val.binary.data;
-	s->ntables = JsonContainerSize(tables);
-	s->tables = palloc(sizeof(char *) * (s->ntables + 1));
-	for (i = 0; i < s->ntables; i++)
-	{
-		JsonbValue *t = getIthJsonbValueFromContainer(tables, i);
-		const char *name;
-		int			len;
-		int			j;
-		int			dot = -1;
-
-		if (t->type != jbvString)
-			return false;
-		name = t->val.string.val;
-		len = t->val.string.len;
-		for (j = 0; j < len; j++)
-		{
-			if (IS_HIGHBIT_SET(name[j]) || name[j] == '\0')
-				return false;	/* Python's lower case */
-			if (name[j] == '.')
-				dot = j;
-		}
-		s->tables[i] = pnstrdup(name + dot + 1, len - dot - 1);
-		for (j = 0; s->tables[i][j] != '\0'; j++)
-			s->tables[i][j] = pg_ascii_tolower((unsigned char) s->tables[i][j]);
-	}
-	s->truncate = false;
-	if (count == 4)
-	{
-		v = getIthJsonbValueFromContainer(array, 3);
-		if (v->type != jbvString)
-			return false;
-		s->truncate = v->val.string.len == 8 && memcmp(v->val.string.val, "truncate", 8) == 0;
-	}
-	s->gone = false;
-	return true;
 }
 
 static bool
@@ -1091,8 +1234,8 @@ as_lines(DecodeState *state, ReorderBufferTXN *txn, XLogRecPtr commit_lsn)
 	StringInfoData lines;
 	StringInfoData head;
 	StringInfoData tail;
-	Jsonb	   *request = state->request;
-	Jsonb	   *request_actor = state->request_actor;
+	Message    *request = state->request;
+	Message    *request_actor = state->request_actor;
 	const char *who = NULL;
 	Statement  *statements = NULL;
 	int			nstatements = 0;
@@ -1108,36 +1251,26 @@ as_lines(DecodeState *state, ReorderBufferTXN *txn, XLogRecPtr commit_lsn)
 	appendStringInfoChar(&head, '\t');
 	if (request != NULL)
 	{
-		JsonbValue *id = lookup(request_actor, request, "request_id");
-		JsonbValue *list = lookup(request_actor, request, "statements");
-		int			i;
+		Field	   *id = field(request_actor, request, K_REQUEST_ID);
+		Field	   *list = field(request_actor, request, K_STATEMENTS);
 
-		if (id == NULL || id->type == jbvNull ||
-			(id->type == jbvString && id->val.string.len == 0))
+		if (id->type == F_MISSING || id->type == F_NULL ||
+			(id->type == F_STRING && id->val[0] == '\0'))
 			appendBinaryStringInfo(&head, "\\N", 2);
-		else if (id->type != jbvString ||
-				 memchr(id->val.string.val, '\\', id->val.string.len) != NULL ||
-				 memchr(id->val.string.val, '\t', id->val.string.len) != NULL ||
-				 memchr(id->val.string.val, '\n', id->val.string.len) != NULL ||
-				 memchr(id->val.string.val, '\r', id->val.string.len) != NULL)
-			return NULL;
+		else if (id->type != F_STRING || strpbrk(id->val, "\\\t\n\r") != NULL)
+			return NULL;		/* the consumer writes it as it is */
 		else
-			appendBinaryStringInfo(&head, id->val.string.val, id->val.string.len);
+			appendStringInfoString(&head, id->val);
 		who = who_columns(request_actor, request);
-		if (who == NULL)
+		if (who == NULL || list->type == F_OTHER)
 			return NULL;
-		if (list != NULL && list->type != jbvNull)
+		if (list->type == F_STRING)	/* an array */
 		{
-			JsonbContainer *array;
+			Message    *from = request_actor != NULL &&
+				request_actor->fields[K_STATEMENTS].type != F_MISSING ? request_actor : request;
 
-			if (list->type != jbvBinary || !JsonContainerIsArray(list->val.binary.data))
-				return NULL;
-			array = list->val.binary.data;
-			nstatements = JsonContainerSize(array);
-			statements = palloc(sizeof(Statement) * (nstatements + 1));
-			for (i = 0; i < nstatements; i++)
-				if (!parse_statement(getIthJsonbValueFromContainer(array, i), &statements[i]))
-					return NULL;
+			statements = from->statements;
+			nstatements = from->nstatements;
 		}
 	}
 	else
