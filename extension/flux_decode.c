@@ -6,9 +6,9 @@
  * COPY's escaping. This plugin sends, for each committed transaction, each change already as
  * the first six COPY columns of its flux.state_mutations row -- record_id, pk, op, old, new,
  * changed_cols, each followed by a tab -- computed as flux_capture.c's trigger computes them
- * (row_to_json's text for the images, which COPY reads into the jsonb to_jsonb makes;
- * md5(relid:key) of the key's jsonb text for the record id; the changed columns compared as
- * jsonb and sorted in the database's collation: flux_row.h, shared with the trigger). Where
+ * (to_jsonb's own code for the images, md5(relid:key) for the record id, the changed
+ * columns compared as jsonb and sorted in the database's collation: flux_row.h, shared
+ * with the trigger). Where
  * it can, it also adds what the transaction's logical messages say (request, span, actor)
  * and sends the transaction's rows whole ('L'), which the consumer forwards to COPY as they
  * are; else the consumer adds them to each change's record.
@@ -473,70 +473,65 @@ send_relation(StringInfo out, Relation rel, RelEntry *entry)
 /* -- a change's row, as flux_capture.c's trigger computes it ----------------------------- */
 
 /*
- * A row's image as JSON text: row_to_json's, which the apply session's COPY parses into the
- * jsonb to_jsonb would have made (the same output function and JSON category per column;
- * only the keys' order and the spacing differ, which jsonb does not keep). Writing the text
- * directly spares building each image as jsonb and printing it back.
+ * A row's image as to_jsonb makes it. (Written as row_to_json's text instead, it cost the
+ * walsender no less and the apply session's COPY more: jsonb sorts the keys it reads, and
+ * jsonb's own text has them sorted already.)
  */
-static text *
-row_json(HeapTuple tuple, TupleDesc desc)
+static Jsonb *
+row_image(HeapTuple tuple, TupleDesc desc)
 {
-	return DatumGetTextPP(datum_to_json(heap_copy_tuple_as_datum(tuple, desc),
-										JSONTYPE_COMPOSITE, InvalidOid));
+	JsonTypeCategory category;
+	Oid			outfunc;
+
+	json_categorize_type(desc->tdtypeid, true, &category, &outfunc);
+	return DatumGetJsonbP(datum_to_jsonb(heap_copy_tuple_as_datum(tuple, desc), category,
+										 outfunc));
 }
 
-/*
- * The record's key as jsonb's text: the primary key's columns (none: the whole row, as the
- * trigger takes it), written as JSON and read back as jsonb, whose text is canonical.
- */
-static char *
-key_text(Relation rel, HeapTuple tuple, text *row)
+static JsonbValue *
+image_value(Jsonb *image, const char *name)
+{
+	return getKeyJsonValueFromContainer(&image->root, name, strlen(name), NULL);
+}
+
+/* The primary key's columns of the image (none: the whole row, as the trigger takes it). */
+static Jsonb *
+key_image(Relation rel, Jsonb *row)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	Bitmapset  *pk = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
-	StringInfoData json;
-	Jsonb	   *key;
+	JsonbParseState *parse = NULL;
+	JsonbValue *result;
 	int			member = -1;
-	bool		first = true;
 
-	initStringInfo(&json);
 	if (bms_is_empty(pk))
-		appendBinaryStringInfo(&json, VARDATA_ANY(row), VARSIZE_ANY_EXHDR(row));
-	else
+		return row;
+	pushJsonbValue(&parse, WJB_BEGIN_OBJECT, NULL);
+	while ((member = bms_next_member(pk, member)) >= 0)
 	{
-		appendStringInfoChar(&json, '{');
-		while ((member = bms_next_member(pk, member)) >= 0)
-		{
-			AttrNumber	attnum = member + FirstLowInvalidHeapAttributeNumber;
-			Form_pg_attribute att;
-			JsonTypeCategory category;
-			Oid			outfunc;
-			bool		isnull;
-			Datum		value;
+		AttrNumber	attnum = member + FirstLowInvalidHeapAttributeNumber;
+		const char *name;
+		JsonbValue	key;
+		JsonbValue	null_value;
+		JsonbValue *value;
 
-			if (attnum <= 0 || attnum > desc->natts)
-				continue;
-			att = TupleDescAttr(desc, attnum - 1);
-			if (!first)
-				appendStringInfoChar(&json, ',');
-			first = false;
-			escape_json(&json, NameStr(att->attname));
-			appendStringInfoChar(&json, ':');
-			value = heap_getattr(tuple, attnum, desc, &isnull);
-			if (isnull || att->attisdropped)
-			{
-				appendStringInfoString(&json, "null");
-				continue;
-			}
-			json_categorize_type(att->atttypid, false, &category, &outfunc);
-			value = datum_to_json(value, category, outfunc);
-			appendBinaryStringInfo(&json, VARDATA_ANY(DatumGetTextPP(value)),
-								   VARSIZE_ANY_EXHDR(DatumGetTextPP(value)));
+		if (attnum <= 0 || attnum > desc->natts)
+			continue;
+		name = NameStr(TupleDescAttr(desc, attnum - 1)->attname);
+		value = image_value(row, name);
+		key.type = jbvString;
+		key.val.string.val = (char *) name;
+		key.val.string.len = strlen(name);
+		pushJsonbValue(&parse, WJB_KEY, &key);
+		if (value == NULL)
+		{
+			null_value.type = jbvNull;
+			value = &null_value;
 		}
-		appendStringInfoChar(&json, '}');
+		pushJsonbValue(&parse, WJB_VALUE, value);
 	}
-	key = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json.data)));
-	return JsonbToCString(NULL, &key->root, VARSIZE(key));
+	result = pushJsonbValue(&parse, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(result);
 }
 
 /* A text[] literal of the names, an element quoted where array_in needs it. */
@@ -631,12 +626,12 @@ append_copy_n(StringInfo out, const char *text, int len)
 }
 
 static void
-append_json(StringInfo out, text *value)
+append_jsonb(StringInfo out, Jsonb *value)
 {
 	if (value == NULL)
 		appendBinaryStringInfo(out, "\\N", 2);
 	else
-		append_copy_n(out, VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value));
+		append_copy(out, JsonbToCString(NULL, &value->root, VARSIZE(value)));
 	appendStringInfoChar(out, '\t');
 }
 
@@ -722,9 +717,10 @@ decode_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
 	MemoryContext old_context;
 	HeapTuple	old_tuple = NULL;
 	HeapTuple	new_tuple = NULL;
-	text	   *old_image = NULL;
-	text	   *new_image = NULL;
-	char	   *key;
+	Jsonb	   *old_image = NULL;
+	Jsonb	   *new_image = NULL;
+	Jsonb	   *key;
+	char	   *key_text;
 	char	   *changed;
 	const char *op;
 	char		tag;
@@ -766,27 +762,27 @@ decode_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
 	if (new_tuple != NULL)
 		new_tuple = complete_new(desc, old_tuple, new_tuple);
 	if (old_tuple != NULL)
-		old_image = row_json(old_tuple, desc);
+		old_image = row_image(old_tuple, desc);
 	if (new_tuple != NULL)
-		new_image = row_json(new_tuple, desc);
+		new_image = row_image(new_tuple, desc);
 	changed = changed_columns(desc, old_tuple, new_tuple);
 	if (changed != NULL)
 	{
-		key = new_tuple != NULL ? key_text(rel, new_tuple, new_image)
-			: key_text(rel, old_tuple, old_image);
+		key = key_image(rel, new_image != NULL ? new_image : old_image);
+		key_text = JsonbToCString(NULL, &key->root, VARSIZE(key));
 		initStringInfo(&hashed);
-		appendStringInfo(&hashed, "%u:%s", RelationGetRelid(rel), key);
+		appendStringInfo(&hashed, "%u:%s", RelationGetRelid(rel), key_text);
 		if (!pg_md5_hash(hashed.data, hashed.len, hex, &errstr))
 			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY),
 							errmsg("could not compute MD5 hash: %s", errstr)));
 		appendBinaryStringInfo(&body, hex, 32);
 		appendStringInfoChar(&body, '\t');
-		append_copy(&body, key);
+		append_copy(&body, key_text);
 		appendStringInfoChar(&body, '\t');
 		appendStringInfoString(&body, op);
 		appendStringInfoChar(&body, '\t');
-		append_json(&body, old_image);
-		append_json(&body, new_image);
+		append_jsonb(&body, old_image);
+		append_jsonb(&body, new_image);
 		append_copy(&body, changed);
 		appendStringInfoChar(&body, '\t');
 	}
