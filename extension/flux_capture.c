@@ -50,6 +50,8 @@
 #include "utils/uuid.h"
 #include "utils/varlena.h"
 
+#include "flux_row.h"
+
 PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(flux_capture_row);
@@ -67,12 +69,6 @@ static const char *insert_sql =
 static const char *const columns[NARGS] = {
 	"record_id", "table_oid", "table_schema", "table_name", "pk", "op", "old", "new",
 	"changed_cols", "request_id", "span_id", "actor", "application_name", "txid"};
-
-typedef struct
-{
-	const char *name;
-	int			len;
-} ColName;
 
 /*
  * The direct way in: the row is formed here and handed to ExecSimpleRelationInsert on the
@@ -140,15 +136,6 @@ invalidate_direct(Datum arg, Oid relid)
 			leaf_cache.ready = false;
 }
 
-static int
-colname_cmp(const void *a, const void *b)
-{
-	const ColName *x = (const ColName *) a;
-	const ColName *y = (const ColName *) b;
-
-	return varstr_cmp(x->name, x->len, y->name, y->len, DEFAULT_COLLATION_OID);
-}
-
 static Datum
 row_image(HeapTuple tuple, TupleDesc desc)
 {
@@ -197,65 +184,15 @@ key_image(Jsonb *row, Trigger *trigger)
 	return JsonbValueToJsonb(result);
 }
 
-/* Whether the column's value in the two images differs, as jsonb's IS DISTINCT FROM. */
-static bool
-column_changed(HeapTuple old_tuple, HeapTuple new_tuple, TupleDesc desc, int attnum,
-			   Jsonb *old_image, Jsonb *new_image, const char *name)
-{
-	Form_pg_attribute att = TupleDescAttr(desc, attnum - 1);
-	bool		old_null;
-	bool		new_null;
-	Datum		old_value = heap_getattr(old_tuple, attnum, desc, &old_null);
-	Datum		new_value = heap_getattr(new_tuple, attnum, desc, &new_null);
-	Jsonb	   *a;
-	Jsonb	   *b;
-	JsonbValue *va;
-	JsonbValue *vb;
-
-	if (old_null && new_null)
-		return false;
-	if (old_null != new_null)
-		return true;
-	if (datumIsEqual(old_value, new_value, att->attbyval, att->attlen))
-		return false;
-	/* Different bytes may still be equal JSON (1.0 and 1.00): ask jsonb. */
-	va = image_value(old_image, name);
-	vb = image_value(new_image, name);
-	if (va == NULL || vb == NULL)
-		return va != vb;
-	a = JsonbValueToJsonb(va);
-	b = JsonbValueToJsonb(vb);
-	return !DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(a), JsonbPGetDatum(b)));
-}
-
 static Datum
-changed_columns(TriggerData *data, HeapTuple old_tuple, HeapTuple new_tuple,
-				Jsonb *old_image, Jsonb *new_image)
+changed_columns(TriggerData *data, HeapTuple old_tuple, HeapTuple new_tuple)
 {
 	TupleDesc	desc = RelationGetDescr(data->tg_relation);
 	ColName    *names = palloc(sizeof(ColName) * (desc->natts + 1));
-	Datum	   *elems;
-	int			count = 0;
+	int			count = changed_names(desc, old_tuple, new_tuple, names);
+	Datum	   *elems = palloc(sizeof(Datum) * (count + 1));
 	int			i;
 
-	for (i = 1; i <= desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i - 1);
-		const char *name;
-
-		if (att->attisdropped)
-			continue;
-		name = NameStr(att->attname);
-		if (old_tuple != NULL && new_tuple != NULL &&
-			!column_changed(old_tuple, new_tuple, desc, i, old_image, new_image, name))
-			continue;
-		names[count].name = name;
-		names[count].len = strlen(name);
-		count++;
-	}
-	if (count > 1)
-		qsort(names, count, sizeof(ColName), colname_cmp);
-	elems = palloc(sizeof(Datum) * (count + 1));
 	for (i = 0; i < count; i++)
 		elems[i] = PointerGetDatum(cstring_to_text_with_len(names[i].name, names[i].len));
 	return PointerGetDatum(construct_array_builtin(elems, count, TEXTOID));
@@ -674,7 +611,7 @@ flux_capture_row(PG_FUNCTION_ARGS)
 		values[7] = JsonbPGetDatum(new_image);
 	else
 		nulls[7] = 'n';
-	values[8] = changed_columns(data, old_tuple, new_tuple, old_image, new_image);
+	values[8] = changed_columns(data, old_tuple, new_tuple);
 	request = GetConfigOption("flux.request_id", true, false);
 	if (request == NULL || request[0] == '\0')
 		nulls[9] = 'n';

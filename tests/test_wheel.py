@@ -79,6 +79,7 @@ def check_contents(wheel: Path) -> None:
     assert sql <= names, f"missing from the wheel: {sorted(sql - names)}"
     assert "flux/_native/flux_capture.c" in names  # the C capture trigger (flux/store/_native.py)
     assert "flux/_native/flux_wal.c" in names  # WAL capture's writer side in C (the same)
+    assert "flux/_native/flux_row.h" in names  # shared by the C trigger and the C decoder
     for package in ("flux", "cli"):
         modules = {str(p.relative_to(REPO)) for p in (REPO / package).rglob("*.py")}
         assert modules <= names, f"missing from the wheel: {sorted(modules - names)}"

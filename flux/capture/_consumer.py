@@ -187,7 +187,7 @@ class Consumer:
                         done = feed(conn, data[25:])
                         if done is not None:
                             pending.append(done)
-                            changes += len(done[0].changes)
+                            changes += len(done[0].changes) + done[0].line_count
                             received = max(received, done[1].end_lsn)
                         continue
                     f = frame(data)
@@ -377,7 +377,7 @@ class Consumer:
             if batch.direct and direct:
                 with conn.cursor().copy(q.copy_mutations) as copy:
                     copy.write(b"".join(batch.direct))
-                result.applied += len(batch.direct)
+                result.applied += len(batch.direct) + batch.more
             staged = batch.staged if direct else batch.direct + batch.staged
             if staged:
                 self._ensure_stage(conn)

@@ -68,7 +68,8 @@ _U32 = _OID
 _BEGIN = struct.Struct("!QqI").unpack_from
 _COMMIT = struct.Struct("!BQQq").unpack_from
 _MESSAGE_LSN = struct.Struct("!Q").unpack_from
-NATIVE_FORMAT = 1  # the C decoder's frames (extension/flux_decode.c: FORMAT_VERSION)
+NATIVE_FORMAT = 2  # the C decoder's frames (extension/flux_decode.c: FORMAT_VERSION)
+_NATIVE_FORMATS = frozenset((1, NATIVE_FORMAT))  # 1: the same records, without 'L'
 _NATIVE_OPS = {73: "INSERT", 85: "UPDATE", 68: "DELETE", 84: "TRUNCATE"}
 
 
@@ -79,6 +80,7 @@ class Batch:
 
     direct: list[bytes] = field(default_factory=list)
     staged: list[bytes] = field(default_factory=list)
+    more: int = 0  # rows in ``direct`` beyond one per piece (a transaction's lines in one)
 
     def __bool__(self) -> bool:
         return bool(self.direct or self.staged)
@@ -99,6 +101,7 @@ class Decoder:
         self._fast: dict[int, FastShape | None] = {}  # relations the hot path renders
         self.native = False
         self._native: dict[int, NativeRelation] = {}
+        self.whole = 0  # transactions whose rows the C decoder sent whole ('L')
 
     @property
     def types_loaded(self) -> bool:
@@ -184,7 +187,7 @@ class Decoder:
         """One frame of the C decoder (extension/flux_decode.c): its records in order; the
         transaction and its commit when the frame completes one. Each change arrives as
         its row's first six COPY columns, as ``render_change`` writes them."""
-        if not data or data[0] != NATIVE_FORMAT:
+        if not data or data[0] not in _NATIVE_FORMATS:
             raise DecodeError(
                 f"the slot's decoder writes format {data[0] if data else None}, this consumer "
                 f"reads {NATIVE_FORMAT}: switch capture to trigger and back to WAL to "
@@ -220,6 +223,12 @@ class Decoder:
                     self._message(txn, Message(data[start] == 1, _MESSAGE_LSN(data, start + 1)[0],
                                                data[start + 9:nul].decode(),
                                                data[nul + 1:pos]))
+                elif tag == 76:  # L: the transaction's rows, whole
+                    if txn is None:
+                        raise DecodeError("rows outside a transaction")
+                    txn.lines.append(data[start + 4:pos])
+                    txn.line_count += _U32(data, start)[0]
+                    self.whole += 1
                 elif tag == 82:  # R
                     (oid,) = _U32(data, start)
                     nul = data.index(0, start + 4, pos)
@@ -259,10 +268,16 @@ class Decoder:
     def rows(self, conn: psycopg.Connection[Any], txn: Transaction, commit_lsn: int,
               batch: Batch) -> None:
         """A transaction's changes as COPY lines (sql/queries/capture.sql: copy_mutations
-        names the columns in this order). Most arrive rendered up to their span
-        (``feed``); the rest are rendered here."""
-        request = txn.request or {}
+        names the columns in this order). The C decoder sends most transactions' rows
+        whole; most others arrive rendered up to their span (``feed``); the rest are
+        rendered here."""
+        if txn.lines:
+            batch.direct += txn.lines
+            batch.more += txn.line_count - len(txn.lines)
         changes = txn.changes
+        if not changes:
+            return
+        request = txn.request or {}
         spans = assign_spans_to(
             [(c[0], c[1]) if c.__class__ is tuple else  # type: ignore[index]
              (c.relation.name.lower(), c.op) for c in changes],  # type: ignore[union-attr]

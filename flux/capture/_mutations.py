@@ -49,6 +49,10 @@ class Transaction:
     # The executions' records that travelled in this transaction's WAL, each a line of COPY
     # text for flux.trace_requests ('flux.record' messages: flux/capture/_records.py).
     records: list[bytes] = field(default_factory=list)
+    # Rows the C decoder sent whole ('L' records: extension/flux_decode.c, as_lines), each
+    # a piece of COPY lines, and how many lines they hold together.
+    lines: list[bytes] = field(default_factory=list)
+    line_count: int = 0
 
 
 class Shape:

@@ -42,6 +42,7 @@ from flux.store._queries import load
 ENV = "FLUX_NATIVE_CAPTURE"
 SOURCE_NAME = "flux_capture.c"
 DECODER_SOURCE = "flux_decode.c"  # WAL capture's output plugin (decoder_plugin)
+SHARED_HEADERS = ("flux_row.h",)  # included by the sources above, beside them
 LIBRARY_DIR = "flux_native"
 DECODER_PLUGIN = f"{LIBRARY_DIR}/flux_decode"  # the name a slot loads it by
 CFLAGS = [
@@ -102,6 +103,13 @@ def _headers() -> tuple[Path, int] | None:
     except (IndexError, ValueError):
         return None
     return (include, major) if (include / "postgres.h").is_file() else None
+
+
+def source_bytes(source: Path) -> bytes:
+    """A C source with the headers it shares (``extension/flux_row.h``), as the library's
+    name hashes them: a changed header is a new library too."""
+    shared = (source.parent / h for h in SHARED_HEADERS)
+    return source.read_bytes() + b"".join(b"\0" + p.read_bytes() for p in shared if p.is_file())
 
 
 def library_name(source: bytes, major: int, stem: str = "flux_capture") -> str:
@@ -190,7 +198,7 @@ def _install(conn: psycopg.Connection[Any], part: _Part) -> NativeCapture:
         headers = _headers()
         # checked by _unusable
         assert source is not None and headers is not None and data_directory is not None
-        name = library_name(source.read_bytes(), headers[1], part.stem)
+        name = library_name(source_bytes(source), headers[1], part.stem)
         target = Path(data_directory) / LIBRARY_DIR / name
         if not target.is_file():
             reason = build(target, part.source)
@@ -231,7 +239,7 @@ def decoder_plugin(conn: psycopg.Connection[Any]) -> tuple[str | None, str]:
     headers = _headers()
     assert source is not None and headers is not None and data_directory is not None
     directory = Path(data_directory) / LIBRARY_DIR
-    built = library_name(source.read_bytes(), headers[1], "flux_decode")
+    built = library_name(source_bytes(source), headers[1], "flux_decode")
     if not (directory / built).is_file():
         reason = build(directory / built, DECODER_SOURCE)
         if reason is not None:

@@ -26,6 +26,7 @@ CREATE TABLE one (id bigint PRIMARY KEY, "Zeta" text, amount numeric, tags text[
 ALTER TABLE one DROP COLUMN gone;
 CREATE TABLE two (a int, b text, v numeric, PRIMARY KEY (b, a));
 CREATE TABLE keyless (x int, y text);
+CREATE TABLE "Ünï" (id int PRIMARY KEY);
 """
 WORKLOAD = [
     [
@@ -44,7 +45,25 @@ WORKLOAD = [
     ["INSERT INTO keyless VALUES (1, 'a'), (NULL, NULL)", "DELETE FROM keyless WHERE x IS NULL"],
     ["DELETE FROM two WHERE a = 1", "DELETE FROM one"],
     ["TRUNCATE keyless"],
+    ['INSERT INTO "Ünï" VALUES (1)'],  # a name only Python lowers: the rows go as changes
 ]
+# A request whose statements claim rows as the consumer's spans do (flux/capture/_mutations.py:
+# assign_spans_to): counts, a change no statement claims, a schema-qualified and upper-case
+# table, a statement without a kind, a truncate's own statement, one that touches any table.
+SPANS = (
+    [
+        "INSERT INTO two VALUES (10, 'p', 1), (11, 'p', 1), (12, 'p', 1)",
+        "INSERT INTO keyless VALUES (5, 'k')",
+        "TRUNCATE keyless",
+        "INSERT INTO one (id) VALUES (7)",
+    ],
+    [
+        ["p1", 2, ["public.TWO"], "insert"],
+        ["p2", 1, ["KEYLESS"]],
+        ["p3", 0, ["keyless"], "truncate"],
+        ["p4", 1, [], "insert"],
+    ],
+)
 COMPARED = (
     "record_id",
     "table_oid",
@@ -96,6 +115,13 @@ def _workload(conn: psycopg.Connection[Any]) -> None:
                 )
             for statement in statements:
                 conn.execute(statement)
+    with conn.transaction():
+        message = {"request_id": str(REQ), "actor": "tab\there", "application_name": None,
+                   "statements": SPANS[1]}
+        conn.execute("SELECT pg_logical_emit_message(true, 'flux', %s::text)",
+                     [orjson.dumps(message).decode()])
+        for statement in SPANS[0]:
+            conn.execute(statement)
 
 
 def _stored(conn: psycopg.Connection[Any], after: int) -> list[str]:
@@ -137,11 +163,16 @@ def test_the_c_decoder_stores_what_pgoutput_stores(db: str) -> None:
         assert c.native
         by_c = _stored(conn, last)
         conn.execute("SELECT pg_drop_replication_slot('flux_capture_pg')")
-    assert len(by_pgoutput) == pg_result.applied == c_result.applied == 17
+    assert len(by_pgoutput) == pg_result.applied == c_result.applied == 24
     assert by_c == by_pgoutput
+    # Every transaction's rows came whole from the C decoder but the non-ASCII table's.
+    assert c.decoder.whole == len(WORKLOAD)
     ops = [orjson.loads(r)["op"] for r in by_c]
-    assert ops.count("TRUNCATE") == 1 and ops.count("DELETE") == 4
+    assert ops.count("TRUNCATE") == 2 and ops.count("DELETE") == 4
     assert any('"span_id":"s40"' in r and str(REQ) in r for r in by_c)  # its statement's
+    spans = [(r["table_name"], r["span_id"], r["actor"]) for r in map(orjson.loads, by_c[-6:])]
+    assert spans == [("two", "p1", "tab\there")] * 3 + [
+        ("keyless", "p2", "tab\there"), ("keyless", "p3", "tab\there"), ("one", "p4", "tab\there")]
     assert all('"pk":null' not in r for r in by_c if '"op":"TRUNCATE"' not in r)
 
 
@@ -160,5 +191,5 @@ def test_the_slot_keeps_pgoutput_where_the_decoder_cannot_load(
         assert plugin == ("pgoutput",)
         _workload(conn)
         consumer = _consumer.Consumer(db)
-        assert consumer.drain(conn).applied == 17
+        assert consumer.drain(conn).applied == 24
         assert not consumer.native
