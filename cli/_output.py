@@ -20,7 +20,7 @@ _C1 = re.compile("[\x7f-\x9f]")
 
 def shorten(value: Any, width: int = 60) -> str:
     """A value on one table row: its text, cut to ``width`` characters with an ellipsis — at
-    a word boundary when one is near (``SELECT … FROM orders WHERE …``, not ``WHE…``); a
+    a word boundary when one is near (``… VALUES (%s, %s)…``, not ``… VAL…``); a
     value without one (an id, a hash) is cut where it must."""
     text = str(value) if not isinstance(value, str) else value
     if len(text) <= width:
