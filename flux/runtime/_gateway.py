@@ -101,13 +101,15 @@ async def _request_id_middleware(
 
 def error_line(error: dict[str, Any]) -> str:
     """A recorded error as the serve log names it: its type and the first line of its
-    message (already scrubbed of secrets), cut at ``ERROR_LINE_MAX`` characters. The text
+    message (already scrubbed of secrets), cut at ``ERROR_LINE_MAX`` characters; a
+    ``ctx.error`` answer (FunctionError) by its message alone, as ``flux ls`` shows it. The text
     may be an attacker's (a path, a body echoed in an exception): the console that prints it
     draws control characters instead of sending them (cli/_output.py)."""
     kind = str(error.get("type") or "Error")
     message = str(error.get("message") or "").strip()
     first = message.splitlines()[0] if message else ""
-    text = f"{kind}: {first}" if first and first != kind else kind
+    text = first if first and kind == "FunctionError" else \
+        f"{kind}: {first}" if first and first != kind else kind
     return text if len(text) <= ERROR_LINE_MAX else text[:ERROR_LINE_MAX - 1] + "…"
 
 

@@ -32,6 +32,8 @@ def test_error_line_is_one_line_and_capped() -> None:
     assert error_line({"type": "ValueError", "message": "bad\nsecond"}) == "ValueError: bad"
     assert error_line({"type": "KeyError", "message": "KeyError"}) == "KeyError"
     assert error_line({"type": "Boom", "message": ""}) == "Boom"
+    assert error_line({"type": "FunctionError", "message": "the provider answered 429",
+                       "code": "rate_limited"}) == "the provider answered 429"
     long = error_line({"type": "E", "message": "x" * 500})
     assert len(long) == ERROR_LINE_MAX and long.endswith("…")
 
