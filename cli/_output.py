@@ -18,10 +18,18 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _C1 = re.compile("[\x7f-\x9f]")
 
 
-def shorten(value: Any) -> str:
-    """A value on one table row: its text, cut at 60 characters."""
+def shorten(value: Any, width: int = 60) -> str:
+    """A value on one table row: its text, cut to ``width`` characters with an ellipsis — at
+    a word boundary when one is near (``… VALUES (%s, %s)…``, not ``… VAL…``); a
+    value without one (an id, a hash) is cut where it must."""
     text = str(value) if not isinstance(value, str) else value
-    return text if len(text) <= 60 else text[:57] + "…"
+    if len(text) <= width:
+        return text
+    cut = text[:width - 1]
+    space = cut.rfind(" ")
+    if space >= width * 2 // 3:  # a word ends near enough: cut there
+        cut = cut[:space].rstrip(" ,(")
+    return cut + "…"
 
 
 def visible(text: str) -> str:

@@ -91,9 +91,10 @@ def ls(when: str = typer.Argument(None, metavar="[WINDOW]",
 def error_cell(kind: str | None, message: str | None) -> str:
     """An execution's error in one line, named by its type: a KeyError's message alone is
     a bare ``'amount_cents'`` that says nothing at 3 a.m. A ``ctx.error`` answer
-    (FunctionError) speaks for itself."""
+    (FunctionError) and the gateway's refusals (GatewayError: "no function is routed at
+    /nope") speak for themselves."""
     line = message.splitlines()[0] if message else ""
-    if not kind or kind == "FunctionError" or line.startswith(kind):
+    if not kind or kind in ("FunctionError", "GatewayError") or line.startswith(kind):
         return line
     return f"{kind}: {line}" if line else kind
 

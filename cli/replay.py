@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from cli._output import out, print_json, shorten
+from cli._output import err, out, print_json, shorten
 from cli._source import source
 from cli.inspect import JSON
 from flux._ids import short
@@ -153,6 +153,8 @@ def resume(request_id: str = typer.Argument(..., help="Execution id or a unique 
         raise
     if as_json:
         print_json(result)
+        if dry_run and result.get("refusal"):  # exits as the refusal it predicts
+            raise typer.Exit(ResumeRefused.exit_code)
         if not dry_run and result["status"] != "ok":  # as the rich output's exit code
             raise typer.Exit(1)
         return
@@ -165,16 +167,18 @@ def resume(request_id: str = typer.Argument(..., help="Execution id or a unique 
         flag = "  [red]← failed here[/]" if step["failed"] else ""
         out.print(f"    {escape(shorten(step['call'])):<58} {marks[step['mode']]}{where}{flag}")
     for drift in result["drift"]:
-        out.print(f"  [yellow]state drift[/]: {escape(drift['call'])} at "
+        out.print(f"  [yellow]state drift[/]: {escape(shorten(drift['call'], 80))} at "
                   f"{escape(str(drift['file']))}:{drift['line']} returns something else now")
     if dry_run:
         rehearsal = result.get("rehearsal") or {}
         if rehearsal:
             out.print(f"  rehearsal with today's code: {escape(str(rehearsal['status']))} "
                       f"{rehearsal.get('http_status') or ''}")
-        if result.get("refusal"):
-            out.print(f"  [red]a resume would be refused:[/] {escape(result['refusal'])}")
         out.print("")
+        if result.get("refusal"):  # one sentence, and the exit code of the real refusal
+            err.print(f"[bold red]error:[/] a resume would be refused: "
+                      f"{escape(result['refusal'])}")
+            raise typer.Exit(ResumeRefused.exit_code)
         return
     for sent in result["sent"]:
         out.print(f"  sent {sent['method']} {escape(sent['url'])}  [dim]Idempotency-Key "

@@ -157,12 +157,15 @@ def _events(name: str, *, mode: str) -> ServeEvents:
         else:
             out.print(f"  [green]✓[/] {escape(fn)} reloaded ({millis:.0f} ms)")
 
-    def request(method: str, path: str, status: int, millis: float, rid: str | None) -> None:
+    def request(method: str, path: str, status: int, millis: float, rid: str | None,
+                error: str | None = None) -> None:
         colour = "green" if status < 400 else "yellow" if status < 500 else "red"
         rid = short(rid) if rid else ""
+        # out draws control characters in the path and the error (attacker data) visibly
+        failed = f"  [red]{escape(error)}[/]" if error else ""
         hint = f"  [dim]→ flux why {rid}[/]" if status >= 500 else ""
         out.print(f"  {time.strftime('%H:%M:%S')}  {method:<5} {escape(path):<28} "
-                  f"[{colour}]{status}[/] {millis:6.0f} ms  [dim]{rid}[/]{hint}")
+                  f"[{colour}]{status}[/] {millis:6.0f} ms  [dim]{rid}[/]{failed}{hint}")
 
     def log(rid: str, level: str, message: str, fields: dict[str, Any]) -> None:
         extra = " ".join(f"{k}={v}" for k, v in fields.items())

@@ -98,4 +98,6 @@ def list_executions(conn: psycopg.Connection[Any], *, function: str | None = Non
             "http_max": filt.http_max, "since": start, "until": end, "limit": limit,
             "kind": kind,
         }).fetchall()
-    return [plain(r) for r in rows]
+    # Milliseconds to three decimals, as every span and reader gives them (a record stored
+    # before the executor rounded it holds the float's every digit).
+    return [plain({**r, "duration_ms": round(float(r["duration_ms"]), 3)}) for r in rows]

@@ -144,7 +144,7 @@ def explain_failure(conn: psycopg.Connection[Any], prefix: str | dict[str, Any],
         "method": record.get("method"),
         "route": record.get("route"),
         "started_at": record["started_at"],
-        "duration_ms": record["duration_ms"],
+        "duration_ms": round(float(record["duration_ms"]), 3),
         "input": (record.get("request") or {}).get("body"),
         "root_cause": cause.to_json(),
         # Where to look: the call that failed when the cause is IO; where the code broke on

@@ -74,7 +74,7 @@ def plan(record: dict[str, Any]) -> list[dict[str, Any]]:
             mode, note = "tape", "served from tape"
         key = str(entry.get("key"))  # an HTTP call as people read it: no secrets note
         if kind == "db" and isinstance(text := sql.get(entry.get("span_id")), str):
-            key = " ".join(text.split())[:80]
+            key = " ".join(text.split())  # whole: the CLI shortens it for people
         steps.append({"seq": seq, "call": f"{kind} {endpoint_of(key) if kind == 'http' else key}",
                       "kind": kind,
                       "mode": mode, "note": note, "file": entry.get("file"),
@@ -98,13 +98,13 @@ class ResumeSource(TapeReplay):
                  key: str) -> Served | None:
         # Statements match by fingerprint (the tape is loose_db): a statement re-executed
         # live may carry a value an earlier one generated anew (a serial id, a timestamp).
-        call = Call("db", key, site.file, site.line, describe=" ".join(query.split())[:80])
+        call = Call("db", key, site.file, site.line, describe=" ".join(query.split()))
         entry = self.tape.take(call).entry
         if entry is None:  # today's code writes more than the original got to
             self.beyond.append({"kind": "db", "call": call.describe, "file": site.file,
                                 "line": site.line, "handled": "re-executed in DB"})
         if entry is not None and str(entry.get("key")) != key:
-            self.params_drift.append({"call": " ".join(query.split())[:80],
+            self.params_drift.append({"call": " ".join(query.split()),
                                       "file": site.file, "line": site.line,
                                       "note": "parameters differ from the recorded ones "
                                               "(a value generated anew is expected)"})
@@ -118,7 +118,7 @@ class ResumeSource(TapeReplay):
             return
         recorded = (entry.get("value") or {}).get("rows")
         if recorded != value.get("rows"):
-            self.drift.append({"call": " ".join(str(span.attrs.get("sql")).split())[:80],
+            self.drift.append({"call": " ".join(str(span.attrs.get("sql")).split()),
                                "file": span.file, "line": span.line,
                                "recorded": recorded, "now": value.get("rows")})
 
@@ -257,7 +257,11 @@ async def resume(runtime: Runtime, record: dict[str, Any], *, dry_run: bool = Fa
                        "stops here, nothing was executed")
         if dry_run:
             # ``status`` is the rehearsal's outcome (ok/error), as everywhere else.
+            # A predicted refusal is said as the real one would be (the CLI exits as it).
             result.update(status=rehearsal.status, dry_run=True, refusal=problem,
+                          refused=problem is not None,
+                          error=None if problem is None else f"a resume would be refused: "
+                                                             f"{problem}",
                           http_status=rehearsal.http_status,
                           rehearsal={"status": rehearsal.status,
                                      "http_status": rehearsal.http_status})

@@ -219,7 +219,7 @@ def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
         tape, logs = scrub(rec.tape, secrets), scrub(rec.logs, secrets)
     return ExecutionRecord(
         request_id=inv.request_id, kind=inv.kind, function=inv.spec.name, status=status,
-        http_status=http_status, started_at=rec.started_at, duration_ms=rec.elapsed_ms(),
+        http_status=http_status, started_at=rec.started_at, duration_ms=round(rec.elapsed_ms(), 3),
         request=request, response=response, error=scrub(error, secrets),
         spans=scrub(spans, secrets), tape=tape, logs=logs,
         code_sha=version.sha, code_dirty=version.dirty, method=inv.method,

@@ -51,7 +51,10 @@ from flux.store._record import ExecutionRecord
 REQUEST_ID_HEADER = "x-flux-request-id"
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
 ID_KEY = web.RequestKey("request_id", str)
-Observer = Callable[[str, str, int, float, str | None], None]
+ERROR_KEY = web.RequestKey("error", str)  # the failure the serve log names (error_line)
+# (method, path, status, milliseconds, request id, the failure in one line or None)
+Observer = Callable[[str, str, int, float, str | None, str | None], None]
+ERROR_LINE_MAX = 160
 OBSERVER_KEY = web.AppKey("observer", object)
 RETRY_AFTER = "1"  # seconds; an outage or a burst is usually over by then
 NOT_RUN = "the database is unavailable, so the request was not run"
@@ -92,8 +95,22 @@ async def _request_id_middleware(
         runtime = request.app[RUNTIME_KEY]  # the path, as the serve log shows it: no secret
         path = runtime.policy.scrub_text(request.path, runtime.configured_secrets())
         observer(request.method, path, response.status,
-                 (time.perf_counter() - started) * 1000, request_id)
+                 (time.perf_counter() - started) * 1000, request_id, request.get(ERROR_KEY))
     return response
+
+
+def error_line(error: dict[str, Any]) -> str:
+    """A recorded error as the serve log names it: its type and the first line of its
+    message (already scrubbed of secrets), cut at ``ERROR_LINE_MAX`` characters; a
+    ``ctx.error`` answer (FunctionError) by its message alone, as ``flux ls`` shows it. The text
+    may be an attacker's (a path, a body echoed in an exception): the console that prints it
+    draws control characters instead of sending them (cli/_output.py)."""
+    kind = str(error.get("type") or "Error")
+    message = str(error.get("message") or "").strip()
+    first = message.splitlines()[0] if message else ""
+    text = first if first and kind == "FunctionError" else \
+        f"{kind}: {first}" if first and first != kind else kind
+    return text if len(text) <= ERROR_LINE_MAX else text[:ERROR_LINE_MAX - 1] + "…"
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -236,6 +253,8 @@ async def _run(request: web.Request, runtime: Runtime, path: str, request_id: st
         outcome = await execute(runtime, invocation)
     except (psycopg.Error, DatabaseUnavailable, Overloaded, OSError) as exc:
         return _unstored(runtime, request_id, exc)
+    if outcome.error and outcome.http_status >= 500:
+        request[ERROR_KEY] = error_line(outcome.error)
     return _respond(outcome)
 
 

@@ -57,7 +57,8 @@ __pycache__/
 ''',
     "README.md": '''# {name}
 
-A [Flux](https://github.com/) app. Every request is recorded: explain, replay, fix, resume.
+A Flux app (`pip install flux-replay`). Every request is recorded: explain, replay, fix,
+resume; `flux --help` lists the commands.
 
     flux dev                                   # http://localhost:4000, embedded PostgreSQL
     curl -s localhost:4000/create_user -d '{{"email": "ada@example.com"}}'

@@ -18,3 +18,5 @@ def test_a_ctx_error_and_a_message_naming_its_type_are_left_as_they_are() -> Non
         == "UniqueViolation: duplicate key"
     )
     assert error_cell(None, None) == "" and error_cell(None, "boom") == "boom"
+    assert error_cell("GatewayError", "no function is routed at /nope") == \
+        "no function is routed at /nope"

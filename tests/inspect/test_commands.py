@@ -43,6 +43,18 @@ async def test_ls_filters_by_function_status_and_time(shop: Shop) -> None:
     assert bad.returncode != 0 and "--status takes" in bad.stderr
 
 
+async def test_durations_are_milliseconds_to_three_decimals(shop: Shop) -> None:
+    _, _, rid = await shop.post("signup", {"email": "ms@example.com"})
+    recorded = shop.record(rid)["duration_ms"]
+    assert recorded > 0 and round(recorded, 3) == recorded  # as the spans' are
+    with psycopg.connect(shop.db, autocommit=True) as conn:  # a record stored before that
+        conn.execute("UPDATE flux.trace_requests SET duration_ms = 6.028272997355089 "
+                     "WHERE request_id = %s", [rid])
+    [listed] = flux(shop, "ls", "--json")["executions"]
+    assert listed["duration_ms"] == 6.028
+    assert flux(shop, "trace", rid[:18], "--json")["duration_ms"] == 6.028
+
+
 async def test_trace_shows_the_span_tree_with_errors_and_writes(shop: Shop) -> None:
     _, user, _ = await shop.post("signup", {"email": "t@example.com"})
     shop.provider.mode = "rate_limit"

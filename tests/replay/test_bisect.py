@@ -107,6 +107,13 @@ async def test_bisect_names_the_commit_that_broke_checkout(
     backwards = run_flux(["bug", "bisect", "--request", rid[:18], "--good", shas[-1],
                           "--bad", shas[0]], project, env={"DATABASE_URL": db})
     assert "is not an ancestor of bad" in backwards.stderr
+    # checkout never succeeded here: no default good commit, and the user is told what to pass
+    nothing_good = run_flux(["bug", "bisect", "--request", rid[:18], "--json"], project,
+                            env={"DATABASE_URL": db})
+    assert nothing_good.returncode == 1 and nothing_good.stdout == ""
+    said = [line for line in nothing_good.stderr.splitlines() if line.strip()]
+    assert said == [f"error: no successful execution of checkout was recorded before "
+                    f"{rid[:18]}, so there is no known good commit: pass --good REV"], said
 
 
 async def test_bisect_starts_from_the_last_successful_execution(

@@ -45,6 +45,9 @@ async def test_resume_completes_the_order_without_charging_again(shop: Shop) -> 
     assert code == 0 and plan["dry_run"] is True and plan["status"] == "ok"
     modes = {step["call"].split()[0] + " " + step["mode"] for step in plan["plan"]}
     assert {"http tape", "db db", "secret live"} <= modes
+    # --json carries each statement whole (the text output shortens it at a word).
+    assert "db INSERT INTO orders (user_id, amount_cents, status) VALUES (%s, %s, 'pending') " \
+        "RETURNING id" in {step["call"] for step in plan["plan"]}
     code, result, stderr = resume(shop, rid)
     assert code == 0, stderr
     assert result["status"] == "ok" and result["resumed_from"] == rid
@@ -115,6 +118,7 @@ async def test_resume_refuses_code_that_diverges_before_the_failure(shop: Shop) 
          '    user = {"id": user_id}')  # a removed statement: it runs again anyway
     code, plan, _ = resume(shop, rid, "--dry-run")
     assert code == 0 and plan["refusal"] is None and plan["status"] == "ok"
+    assert plan["refused"] is False and plan["error"] is None
     (shop.root / CHECKOUT).write_text(original)
     edit(shop, CHECKOUT, 'f"{payments_url}/v1/charges"',
          'f"{payments_url}/v2/charges"')  # a changed outside call, before the failure
@@ -132,11 +136,13 @@ async def test_a_rehearsal_that_fails_early_says_with_what_and_where(shop: Shop)
     rid, _ = await failed_after_the_charge(shop)
     unset = {"DATABASE_URL": shop.db, "SHOP_PAYMENTS_API_KEY": ""}  # not set where it runs
     dry = run_flux(["resume", rid[:18], "--dry-run"], shop.root, env=unset)
-    assert dry.returncode == 0, dry.stderr
-    assert "rehearsal with today's code: error 500" in dry.stdout
-    assert "a resume would be refused" in dry.stdout
     refused = run_flux(["resume", rid[:18]], shop.root, env=unset)
-    assert refused.returncode == 1
+    # The dry run predicts the refusal: it says so in one sentence and exits as it would.
+    assert dry.returncode == refused.returncode == 1, dry.stderr
+    assert "rehearsal with today's code: error 500" in dry.stdout
+    said = [line for line in dry.stderr.splitlines() if line.strip()]
+    assert len(said) == 1 and said[0].startswith("error: a resume would be refused: "), said
+    assert "Traceback" not in dry.stderr
     assert "which today's code never made" in refused.stdout and "got None" not in refused.stdout
     assert "it failed first with FunctionError: secret PAYMENTS_API_KEY is not set" in \
         refused.stderr and "at functions/checkout.py:" in refused.stderr
@@ -152,11 +158,13 @@ async def test_resume_refuses_a_success_and_drift_under_strict(shop: Shop) -> No
     with psycopg.connect(shop.db, autocommit=True) as conn:  # the world moved on
         conn.execute("DELETE FROM users WHERE id = %s", [user_id])
     code, plan, _ = resume(shop, rid, "--dry-run")
-    assert code == 0 and plan["drift"][0]["file"] == CHECKOUT
+    assert code == 1 and plan["drift"][0]["file"] == CHECKOUT  # a refusal, predicted
     assert plan["drift"][0]["now"] == [] and plan["drift"][0]["recorded"]
     assert "return something else now" in plan["refusal"]  # the user is gone: another path
+    assert plan["refused"] is True and plan["dry_run"] is True
+    assert plan["error"] == "a resume would be refused: " + plan["refusal"]
     code, refused, stderr = resume(shop, rid, "--strict")
-    assert code != 0 and "return something else" in stderr and refused["status"] == "error"
+    assert code == 1 and "return something else" in stderr and refused["status"] == "error"
     assert refused["refused"] is True
     assert shop.provider.charges == 1 and order_states(shop) == []
 
