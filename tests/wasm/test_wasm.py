@@ -219,3 +219,14 @@ async def test_memory_cap_is_a_recorded_error(wasm_shop: Shop) -> None:
     assert error["wasm"]["memory_cap"] == 2 * 1024 * 1024
     status, _, _ = await shop.post("echo", {"still": "serving"})
     assert status == 200
+
+
+async def test_no_state_survives_from_one_call_to_the_next(wasm_shop: Shop) -> None:
+    """Each call instantiates afresh: a global and a byte of memory the first call
+    counted in are back at their start for the second, one after the other or at once."""
+    shop = wasm_shop
+    first = await shop.post("counter", {})
+    second = await shop.post("counter", {})
+    together = await asyncio.gather(*(shop.post("counter", {}) for _ in range(4)))
+    for status, body, _ in [first, second, *together]:
+        assert status == 200 and body == {"global": 1, "memory": 1}

@@ -494,6 +494,9 @@ if _FUNC_CALL is not None:
                     _set_trap(pending.trap_ret)
                 else:
                     _answer(pending.results, pending.kind, pending.finish(pending.value))
+                # The ticks that passed while the guest waited were not its own: its next
+                # pause at a tick (long work: a worker thread) counts from now.
+                _ffi.wasmtime_context_set_epoch_deadline(pending.caller._context(), 1)
             except BaseException as exc:  # as _guarded: kept, never raised into wasm
                 call.stop(exc)  # type: ignore[union-attr]
                 _set_trap(pending.trap_ret)
