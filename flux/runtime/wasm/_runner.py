@@ -341,6 +341,10 @@ class WasmFunction:
             raise
 
     def _poll_to_end(self, running: _fiber.Running, call: GuestCall) -> int:
+        # The ticker runs while this thread polls: the loop side may have left already
+        # (cancelled), and a guest that is never paused again would spin on for ever.
+        engine = shared_engine()
+        engine.enter()
         try:
             while not running.poll():
                 if call.abandoned:
@@ -350,6 +354,7 @@ class WasmFunction:
             return running.integer()
         finally:
             running.close()
+            engine.leave()
 
     # -- in the worker thread ------------------------------------------------------------
 
