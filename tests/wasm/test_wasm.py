@@ -219,3 +219,30 @@ async def test_memory_cap_is_a_recorded_error(wasm_shop: Shop) -> None:
     assert error["wasm"]["memory_cap"] == 2 * 1024 * 1024
     status, _, _ = await shop.post("echo", {"still": "serving"})
     assert status == 200
+
+
+async def test_no_state_survives_from_one_call_to_the_next(wasm_shop: Shop) -> None:
+    """Each call instantiates afresh: a global and a byte of memory the first call
+    counted in are back at their start for the second, one after the other or at once."""
+    shop = wasm_shop
+    first = await shop.post("counter", {})
+    second = await shop.post("counter", {})
+    together = await asyncio.gather(*(shop.post("counter", {}) for _ in range(4)))
+    for status, body, _ in [first, second, *together]:
+        assert status == 200 and body == {"global": 1, "memory": 1}
+
+
+async def test_a_guest_waiting_on_a_query_past_its_timeout_is_dropped(wasm_shop: Shop
+                                                                      ) -> None:
+    """The guest is paused at db_query when the timeout comes: the query is cancelled,
+    the guest dropped where it stands, the answer a recorded timeout; the server goes on."""
+    shop = wasm_shop
+    started = time.monotonic()
+    status, body, rid = await shop.post("sleepy", {})
+    assert status == 504 and body["error"]["code"] == "timeout"
+    assert time.monotonic() - started < 4  # not the query's 5 s
+    record = shop.record(rid)
+    assert record["error"]["type"] == "FunctionTimeout" and record["runtime"] == "wasm"
+    assert [s["kind"] for s in record["spans"]][-1] == "db"
+    status, body, _ = await shop.post("counter", {})
+    assert status == 200 and body == {"global": 1, "memory": 1}

@@ -6,10 +6,15 @@ on replay exactly as a Python function's are.
 A host import never raises into wasmtime. wasmtime-py hands a Python exception from a host
 function back to the caller through one process-wide variable, which two guests failing at
 once in two threads would swap. Instead a failing import keeps its exception on the
-guest's ``GuestCall``, answers a zero, and sets the store's epoch deadline to now: the guest
-traps at its next function entry or loop back-edge, and the exception is raised from there
-(``WasmFunction`` in ``flux/runtime/wasm/_runner.py``). Until then every further import
-refuses to act.
+guest's ``GuestCall`` and the trampoline (Flux's own, below) answers wasmtime with a trap of
+its own: the guest stops at the call, and the exception is raised from there
+(``WasmFunction`` in ``flux/runtime/wasm/_runner.py``) with the guest's frames.
+
+The imports that wait on the world (``db_query``, ``http_fetch``) are async imports when
+the guest runs on the event loop (flux/runtime/wasm/_fiber.py): the ``ctx`` door hands back
+its coroutine, the guest pauses, the runner awaits it, and the answer is written into the
+guest's memory when the guest is polled again. In a worker thread the same door blocks and
+answers at once.
 
 The ABI itself is documented in docs/wasm-abi.md.
 """
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import contextvars
 import ctypes
+import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +34,7 @@ import wasmtime
 
 from flux._errors import FunctionError, WasmError
 from flux._jsoncodec import plain
+from flux.runtime.wasm import _fiber
 
 if TYPE_CHECKING:
     from flux.runtime._context import Context
@@ -38,6 +46,7 @@ try:  # wasmtime-py's own ctypes binding of the C API, for the calls of the ABI 
     _FUNC_CALL: Callable[..., Any] | None = _ffi.wasmtime_func_call
     _EXPORT_GET: Callable[..., Any] | None = _ffi.wasmtime_instance_export_get
     from wasmtime._extern import wrap_extern
+    from wasmtime._trap import Frame, FrameList
 except (ImportError, AttributeError):  # another wasmtime-py: Func.__call__ serves
     _FUNC_CALL = _EXPORT_GET = None
 
@@ -74,12 +83,42 @@ class GuestCall:
     failure: BaseException | None = None  # the exception a host import ended the call with
     abandoned: bool = False  # the execution gave up waiting (its timeout): act no more
     fast: bool = False  # alloc and handle have the ABI's exact types: call_guest's fast path
+    fiber: bool = False  # an async store (_fiber.py): every call into it is made there
+    deadline: float = math.inf  # time.monotonic() past which a fiber call is dropped
+    pending: Pending | None = None  # the async import the paused guest waits on
+    nested: int = 0  # inside a call made from an import (alloc): nothing may wait there
 
     def stop(self, failure: BaseException) -> None:
-        """End the guest at its next epoch check, with ``failure`` as its outcome."""
+        """End the guest with ``failure`` as its outcome (the import traps)."""
         if self.failure is None:
             self.failure = failure
-        self.store.set_epoch_deadline(0)
+
+
+class Pending:
+    """An async import's ``ctx`` call not answered yet: the runner awaits ``awaitable``
+    and keeps what it gave (``value``, or ``failure``); ``finish`` turns the value into the
+    import's result (writing the answer into the guest's memory)."""
+
+    __slots__ = ("awaitable", "caller", "done", "failure", "finish", "kind", "results",
+                 "trap_ret", "value")
+
+    def __init__(self, awaitable: Any, finish: Callable[[Any], Any]) -> None:
+        self.awaitable, self.finish = awaitable, finish
+        self.done = False
+        self.value: Any = None
+        self.failure: BaseException | None = None
+        self.caller: Any = None
+        self.kind: int | None = None
+        self.results: Any = None
+        self.trap_ret: Any = None
+
+
+def later(value: Any, finish: Callable[[Any], Any]) -> Any:
+    """``finish(value)`` now, or a Pending when the ``ctx`` door handed back a coroutine
+    (it does on the event loop's thread; in a worker thread it blocks and answers)."""
+    if inspect.iscoroutine(value):
+        return Pending(value, finish)
+    return finish(value)
 
 
 _current: contextvars.ContextVar[GuestCall | None] = contextvars.ContextVar(
@@ -161,6 +200,19 @@ def call_guest(store: Any, func: wasmtime.Func, fast: bool, *args: int) -> int:
     return int(result.of.i32 if result.kind == _I32_KIND else result.of.i64)
 
 
+def frames_of(raised: BaseException | None) -> list[Any]:
+    """The guest's frames, innermost first, on a ``wasmtime.Trap`` or on the
+    ``WasmtimeError`` wasmtime makes of a trap an import returned (wasmtime-py reads them
+    from traps only: ``wasmtime_error_wasm_trace`` reads them from the error)."""
+    if isinstance(raised, wasmtime.Trap):
+        return raised.frames
+    if not isinstance(raised, wasmtime.WasmtimeError) or _FUNC_CALL is None:
+        return []
+    frames = FrameList(raised)
+    _ffi.wasmtime_error_wasm_trace(raised.ptr(), ctypes.byref(frames.vec))
+    return [Frame._from_ptr(frames.vec.data[i], frames) for i in range(frames.vec.size)]
+
+
 _ABI_EXPORTS = [(name, ctypes.create_string_buffer(name.encode()), len(name))
                 for name in ("memory", "alloc", "handle")]
 
@@ -184,9 +236,22 @@ def exports(store: Any, instance: wasmtime.Instance
     return out[0], out[1], out[2]
 
 
+def alloc(store: Any, call: GuestCall, size: int) -> int:
+    """The guest's ``alloc(size)``: in an async store a call of its own, run to its end."""
+    if not call.fiber:
+        return call_guest(store, call.alloc, call.fast, size)
+    call.nested += 1
+    try:
+        running = _fiber.call(store, call.alloc, (size,))
+        _fiber.to_end(running, call.deadline, "alloc")
+        return running.integer()
+    finally:
+        call.nested -= 1
+
+
 def write(store: Any, call: GuestCall, data: bytes, what: str) -> int:
     """Copy ``data`` into memory the guest's ``alloc`` gave; returns the packed ptr/len."""
-    ptr = call_guest(store, call.alloc, call.fast, len(data)) & MASK32
+    ptr = alloc(store, call, len(data)) & MASK32
     address, size = span(store, call.memory)
     if ptr == 0 or ptr + len(data) > size:
         raise WasmError(f"{what}: the guest's alloc({len(data)}) returned {ptr}, which is not "
@@ -230,8 +295,8 @@ def _db_query(caller: Any, call: GuestCall, ptr: int, length: int) -> int:
     if mode not in DB_MODES:
         raise WasmError(f"db_query: mode must be one of {', '.join(DB_MODES)}, not {mode!r}")
     method = getattr(call.ctx.db, _DB_METHODS[mode])
-    result = method(request["sql"], sql_params(request.get("params")))
-    return json_out(caller, call, result, "db_query")
+    return later(method(request["sql"], sql_params(request.get("params"))),
+                 lambda result: json_out(caller, call, result, "db_query"))
 
 
 def sql_params(params: Any) -> Any:
@@ -260,8 +325,12 @@ def _http_fetch(caller: Any, call: GuestCall, ptr: int, length: int) -> int:
             kwargs[key] = request[key]
     if isinstance(request.get("body"), str):
         kwargs["data"] = request["body"]
-    response = call.ctx.http.request(str(request.get("method", "GET")), request["url"],
-                                     **kwargs)
+    return later(call.ctx.http.request(str(request.get("method", "GET")), request["url"],
+                                       **kwargs),
+                 lambda response: _http_answer(caller, call, response))
+
+
+def _http_answer(caller: Any, call: GuestCall, response: Any) -> int:
     try:
         body: Any = response.json() if response.content else None
     except ValueError:
@@ -315,30 +384,48 @@ _IMPLEMENTATIONS: dict[str, Callable[..., Any]] = {
 }
 
 
+class _Stop:
+    """What a guarded import answers when the guest must stop: the trampoline traps."""
+
+
+STOP = _Stop()
+WAITING = {"db_query", "http_fetch"}  # the imports that wait on the world
+
+
 def _guarded(name: str, implementation: Callable[..., Any], zero: Any) -> Callable[..., Any]:
     def host(caller: Any, *args: Any) -> Any:
         call = _current.get()
         if call is None:  # a guest calling an import outside a Flux call: not ours to serve
             return zero
         if call.failure is not None or call.abandoned:
-            call.store.set_epoch_deadline(0)
-            return zero
+            return STOP
         try:
-            return implementation(caller, call, *args)
+            value = implementation(caller, call, *args)
         except BaseException as exc:  # kept for the guest's outcome, never raised into wasm
             call.stop(exc)
-            return zero
+            return STOP
+        if isinstance(value, Pending) and call.nested:
+            value.awaitable.close()
+            call.stop(WasmError(f"{name} was called inside the guest's alloc, where "
+                                "nothing may wait"))
+            return STOP
+        return value
 
     host.__name__ = f"flux_{name}"
     return host
 
 
-def define_imports(linker: wasmtime.Linker) -> None:
-    """Define every import of module ``flux`` on ``linker`` (once per engine)."""
+def define_imports(linker: wasmtime.Linker, fiber: bool = False) -> None:
+    """Define every import of module ``flux`` on ``linker`` (once per engine). ``fiber``:
+    the imports that wait are async imports (the linker of guests run on the loop)."""
     for name, (params, results) in SIGNATURES.items():
         zero: Any = None if not results else (0.0 if results[0] == _F64 else 0)
         host = _guarded(name, _IMPLEMENTATIONS[name], zero)
-        if _FUNC_CALL is not None:
+        if fiber and name in WAITING:
+            _HOSTS.append((host, _I64_KIND))
+            _fiber.define_async(linker, MODULE, name, wasmtime.FuncType(params, results),
+                                _async_trampoline, len(_HOSTS) - 1, _finalize)
+        elif _FUNC_CALL is not None:
             _define_direct(linker, name, wasmtime.FuncType(params, results), host,
                            None if not results else results[0])
         else:
@@ -363,17 +450,81 @@ if _FUNC_CALL is not None:
         try:
             host, kind = _HOSTS[data or 0]
             value = host(caller, *[params[i].of.i32 for i in range(nparams)])
-            if kind is not None:
-                results[0].kind = kind
-                if kind == _F64_KIND:
-                    results[0].of.f64 = float(value)
-                else:
-                    results[0].of.i64 = int(value)
+            if value is STOP:
+                return _trap()
+            _answer(results, kind, value)
             return 0
         except BaseException:  # _guarded never raises; a trap if it ever did
-            trap = wasmtime.Trap("flux host import failed")._consume()
-            return ctypes.cast(trap, ctypes.c_void_p).value
+            return _trap()
         finally:
+            caller._invalidate()
+
+    def _trap() -> int | None:
+        """A trap for wasmtime to raise in the guest (it takes ownership)."""
+        trap = wasmtime.Trap("flux host import failed")._consume()
+        return ctypes.cast(trap, ctypes.c_void_p).value
+
+    def _answer(results: Any, kind: int | None, value: Any) -> None:
+        if kind is not None:
+            results[0].kind = kind
+            if kind == _F64_KIND:
+                results[0].of.f64 = float(value)
+            else:
+                results[0].of.i64 = int(value)
+
+    def _set_trap(trap_ret: Any) -> None:
+        trap_ret[0] = ctypes.cast(_trap() or 0, ctypes.POINTER(_TRAP))
+
+    if _fiber.AVAILABLE:
+        @_fiber.RESUME  # type: ignore[untyped-decorator]
+        def _done(env: int | None) -> bool:
+            return True
+
+        @_fiber.RESUME  # type: ignore[untyped-decorator]
+        def _resume(env: int | None) -> bool:
+            """The continuation of an async import: the answer, once the runner has it."""
+            call = _current.get()
+            pending = call.pending if call is not None else None
+            if pending is None or not pending.done:
+                return False
+            call.pending = None  # type: ignore[union-attr]
+            try:
+                if pending.failure is not None:
+                    call.stop(pending.failure)  # type: ignore[union-attr]
+                    _set_trap(pending.trap_ret)
+                else:
+                    _answer(pending.results, pending.kind, pending.finish(pending.value))
+                # The ticks that passed while the guest waited were not its own: its next
+                # pause at a tick (long work: a worker thread) counts from now.
+                _ffi.wasmtime_context_set_epoch_deadline(pending.caller._context(), 1)
+            except BaseException as exc:  # as _guarded: kept, never raised into wasm
+                call.stop(exc)  # type: ignore[union-attr]
+                _set_trap(pending.trap_ret)
+            finally:
+                pending.caller._invalidate()
+            return True
+
+        @_fiber.ASYNC_CALLBACK  # type: ignore[untyped-decorator]
+        def _async_trampoline(data: int | None, caller_ptr: Any, params: Any, nparams: int,
+                              results: Any, nresults: int, trap_ret: Any,
+                              continuation: Any) -> None:
+            continuation[0].callback, continuation[0].finalizer = _done, _finalize
+            caller = wasmtime.Caller(caller_ptr)
+            try:
+                host, kind = _HOSTS[data or 0]
+                value = host(caller, *[params[i].of.i32 for i in range(nparams)])
+                if isinstance(value, Pending):  # the guest pauses; _resume answers
+                    value.caller, value.kind, value.results, value.trap_ret = (
+                        caller, kind, results, trap_ret)
+                    _current.get().pending = value  # type: ignore[union-attr]
+                    continuation[0].callback = _resume
+                    return
+                if value is STOP:
+                    _set_trap(trap_ret)
+                else:
+                    _answer(results, kind, value)
+            except BaseException:  # _guarded never raises; a trap if it ever did
+                _set_trap(trap_ret)
             caller._invalidate()
 
     @ctypes.CFUNCTYPE(None, ctypes.c_void_p)

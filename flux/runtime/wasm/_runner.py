@@ -12,8 +12,16 @@ executor, replay and resume see an async handler and nothing else. Its host impo
   pre-linked (``InstancePre``); each call instantiates into a fresh ``Store`` of its own,
   capped by ``store.set_limits(memory_size=…)``, so no state survives between requests
   and a replay starts from the same memory as the original.
-- The guest runs in a worker thread of a pool of its own (wasmtime calls are synchronous
-  and release the GIL), and its ctx calls reach the event loop through
+- A module with the ABI's exact types runs on the event loop's thread, on a stack of its
+  own (wasmtime's async calls, flux/runtime/wasm/_fiber.py): a query it makes pauses it,
+  the query is awaited as an async Python handler's is, and the guest goes on with the
+  answer — no thread, no hop to the loop and back. Its store pauses it at each epoch tick
+  rather than trapping: a guest still running then has long work (or a runaway loop) and
+  is polled to its end in a worker thread, so the loop serves everything else meanwhile;
+  there its ctx calls block on the loop as a sync handler's do, and the function's
+  timeout drops it at the next tick.
+- Any other module runs in a worker thread of a pool of its own (wasmtime calls are
+  synchronous and release the GIL), and its ctx calls reach the event loop through
   ``Execution.bridge``, as a sync Python handler's do.
 - Options come from a sidecar ``functions/<name>.toml`` (route, timeout, retries, cron,
   memory_mb); they live beside the module as a decorator lives beside its Python function.
@@ -47,6 +55,7 @@ from flux._function import (
     validate_cron,
 )
 from flux.runtime._recorder import CallSite
+from flux.runtime.wasm import _fiber
 from flux.runtime.wasm._host import (
     SIGNATURES,
     GuestCall,
@@ -55,6 +64,7 @@ from flux.runtime.wasm._host import (
     current_call,
     define_imports,
     exports,
+    frames_of,
     read,
     unpack,
     write,
@@ -82,6 +92,7 @@ class Compiled:
     pre: wasmtime.InstancePre
     source: SourceMap  # function lines (.wat), local declaration sizes
     fast: bool = False  # alloc and handle have the ABI's exact types (host.call_guest)
+    on_loop: bool = False  # linked with async imports: runs on the loop (_fiber.py)
 
 
 class WasmEngine:
@@ -94,6 +105,11 @@ class WasmEngine:
         self.engine = wasmtime.Engine(config)
         self.linker = wasmtime.Linker(self.engine)
         define_imports(self.linker)
+        # The same imports, the waiting ones async: for the modules that run on the loop.
+        self.fiber_linker: wasmtime.Linker | None = None
+        if _fiber.AVAILABLE:
+            self.fiber_linker = wasmtime.Linker(self.engine)
+            define_imports(self.fiber_linker, fiber=True)
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=POOL_THREADS, thread_name_prefix="flux-wasm")
         self._cache: collections.OrderedDict[str, Compiled] = collections.OrderedDict()
@@ -122,11 +138,14 @@ class WasmEngine:
         except (wasmtime.WasmtimeError, UnicodeDecodeError) as exc:
             raise WasmError(f"does not compile: {_first_line(exc)}") from exc
         check_abi(module)
+        fast = abi_types(module)
+        linker = self.fiber_linker if fast and self.fiber_linker is not None else self.linker
         try:
-            pre = self.linker.instantiate_pre(module)
+            pre = linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:
             raise WasmError(f"cannot be linked: {_first_line(exc)}") from exc
-        compiled = Compiled(digest, pre, source_map(binary, text), abi_types(module))
+        compiled = Compiled(digest, pre, source_map(binary, text), fast,
+                            linker is not self.linker)
         with self._lock:
             self._cache[digest] = compiled
             while len(self._cache) > CACHE_SIZE:
@@ -233,6 +252,8 @@ class WasmFunction:
         self.spec: FunctionSpec  # set by load_module, once the spec exists
 
     async def __call__(self, ctx: Context, input: Any) -> Any:
+        if self.compiled.on_loop:
+            return await self._on_loop(ctx, input)
         engine = shared_engine()
         holder: list[GuestCall] = []
         context = contextvars.copy_context()  # activate(ctx), the current span
@@ -246,6 +267,94 @@ class WasmFunction:
             for call in holder:
                 call.abandoned = True
             raise
+
+    # -- on the event loop (modules linked with async imports) ---------------------------
+
+    async def _on_loop(self, ctx: Context, input: Any) -> Any:
+        engine = shared_engine()
+        rec = ctx._execution.recorder
+        file = rec.relative(str(self.path))
+        store = wasmtime.Store(engine.engine)
+        store.set_limits(memory_size=self.memory_cap)
+        _fiber.yield_every(store, 1)  # pause at the next tick: long work goes to a thread
+        deadline = time.monotonic() + self.timeout
+        engine.enter()
+        try:
+            try:
+                instance = _fiber.instantiate(store, self.compiled.pre, deadline)
+            except (wasmtime.WasmtimeError, wasmtime.Trap, WasmError) as exc:
+                raise self._instantiation_error(exc, file) from exc
+            memory, alloc, handle = exports(store, instance)
+            call = GuestCall(ctx, self.name, store, memory, alloc, fast=True, fiber=True,
+                             deadline=deadline)
+            token = current_call().set(call)
+            try:
+                with rec.calls_from(CallSite(file, 0, self.name)):
+                    output = b""
+                    try:
+                        ptr, length = unpack(write(store, call, orjson.dumps(input),
+                                                   "the input"))
+                        packed = await self._drive(_fiber.call(store, handle, (ptr, length)),
+                                                   call)
+                        if call.failure is None:
+                            ptr, length = unpack(packed)
+                            output = read(store, call.memory, ptr, length, "handle's result")
+                    except (wasmtime.Trap, wasmtime.WasmtimeError, WasmError) as exc:
+                        raise self._failure(call, exc, file) from None
+                    except FunctionTimeout as exc:  # polled past its timeout in a thread
+                        raise self._located(exc, None, file) from None
+                    return self._output(call, output, file)
+            finally:
+                current_call().reset(token)
+        finally:
+            engine.leave()
+
+    async def _drive(self, running: _fiber.Running, call: GuestCall) -> int:
+        """Poll the guest's ``handle`` to its end: await each ctx call it pauses on; once it
+        pauses at an epoch tick (long work), go on polling in a worker thread."""
+        try:
+            while not running.poll():
+                pending = call.pending
+                if pending is None or pending.done:  # paused at a tick
+                    break
+                try:
+                    pending.value = await pending.awaitable
+                except Exception as exc:  # the guest's outcome: the import traps with it
+                    pending.failure = exc
+                pending.done = True
+            else:
+                running.close()
+                return running.integer()
+        except BaseException:  # cancelled (the function's timeout): drop the paused guest
+            call.abandoned = True
+            running.close()
+            raise
+        return await self._in_thread(running, call)
+
+    async def _in_thread(self, running: _fiber.Running, call: GuestCall) -> int:
+        context = contextvars.copy_context()  # the guest call, the current span
+        done = shared_engine().pool.submit(context.run, self._poll_to_end, running, call)
+        try:
+            return await asyncio.wrap_future(done)
+        except asyncio.CancelledError:
+            call.abandoned = True  # the thread drops the guest at its next tick
+            raise
+
+    def _poll_to_end(self, running: _fiber.Running, call: GuestCall) -> int:
+        # The ticker runs while this thread polls: the loop side may have left already
+        # (cancelled), and a guest that is never paused again would spin on for ever.
+        engine = shared_engine()
+        engine.enter()
+        try:
+            while not running.poll():
+                if call.abandoned:
+                    raise asyncio.CancelledError
+                if time.monotonic() > call.deadline:
+                    raise FunctionTimeout(self.spec)
+            return running.integer()
+        finally:
+            running.close()
+            engine.leave()
 
     # -- in the worker thread ------------------------------------------------------------
 
@@ -285,6 +394,9 @@ class WasmFunction:
                 output = read(store, call.memory, ptr, length, "handle's result")
         except (wasmtime.Trap, wasmtime.WasmtimeError, WasmError) as exc:
             raise self._failure(call, exc, file) from None
+        return self._output(call, output, file)
+
+    def _output(self, call: GuestCall, output: bytes, file: str) -> Any:
         if call.failure is not None:  # a host import failed and the guest returned anyway
             raise self._located(call.failure, None, file, from_host=True)
         try:
@@ -299,7 +411,9 @@ class WasmFunction:
         failed, ctx.error), a timeout, the memory cap, or the trap itself."""
         trap = exc if isinstance(exc, wasmtime.Trap) else None
         if call.failure is not None:
-            return self._located(call.failure, trap, file, from_host=True)
+            # The import trapped: the guest's frames are on the trap, or on the error
+            # wasmtime made of it.
+            return self._located(call.failure, trap, file, from_host=True, raised=exc)
         if trap is not None and trap.trap_code == wasmtime.TrapCode.INTERRUPT:
             return self._located(FunctionTimeout(self.spec), trap, file)
         where = _where(wasm_frames(trap, self.compiled.source.lines))
@@ -328,9 +442,12 @@ class WasmFunction:
         return self._located(error, None, file)
 
     def _located(self, exc: BaseException, trap: wasmtime.Trap | None, file: str, *,
-                 from_host: bool = False) -> BaseException:
-        """Say on the exception where in the module it happened, for the record."""
-        frames = wasm_frames(trap, self.compiled.source.lines)
+                 from_host: bool = False, raised: BaseException | None = None
+                 ) -> BaseException:
+        """Say on the exception where in the module it happened, for the record (the
+        guest's frames from ``trap``, or from ``raised``: what wasmtime raised)."""
+        frames = wasm_frames(raised if raised is not None else trap,
+                             self.compiled.source.lines)
         if from_host and len(frames) > 1 and \
                 frames[0]["func_offset"] < self.compiled.source.prologue.get(frames[0]["index"], 1):
             # A failed import stops the guest at its next epoch check. When that is the
@@ -349,13 +466,11 @@ class WasmFunction:
         return exc
 
 
-def wasm_frames(trap: wasmtime.Trap | None, lines: dict[int, int]) -> list[dict[str, Any]]:
+def wasm_frames(raised: BaseException | None, lines: dict[int, int]) -> list[dict[str, Any]]:
     """The guest's stack at a trap, innermost first: function name, offsets, .wat line."""
-    if trap is None:
-        return []
     return [{"function": f.func_name or f"<wasm function {f.func_index}>",
              "index": f.func_index, "offset": f.module_offset, "func_offset": f.func_offset,
-             "line": lines.get(f.func_index, 0)} for f in trap.frames]
+             "line": lines.get(f.func_index, 0)} for f in frames_of(raised)]
 
 
 def _where(frames: list[dict[str, Any]]) -> str:
