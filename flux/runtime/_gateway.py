@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from enum import Enum
 from typing import Any
 
@@ -44,6 +44,7 @@ from flux.runtime._executor import IN_DOUBT, Invocation, Outcome, execute
 from flux.runtime._loader import RouteMatch
 from flux.runtime._recorder import Span
 from flux.runtime._request import Request
+from flux.runtime._response import json_bytes
 from flux.runtime._runtime import Runtime, utcnow
 from flux.runtime._tenants import TenantRefused
 from flux.store._record import ExecutionRecord
@@ -98,7 +99,7 @@ async def _request_id_middleware(
 
 async def _health(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    return web.json_response({
+    return _json_response({
         "status": "ok", "functions": len(runtime.registry.by_name),
         "database": runtime.availability.state, "inflight": runtime.inflight,
         "max_inflight": runtime.max_inflight, "refused": runtime.refused})
@@ -239,10 +240,23 @@ async def _run(request: web.Request, runtime: Runtime, path: str, request_id: st
     return _respond(outcome)
 
 
+def _json_response(value: Any, *, status: int = 200,
+                   headers: Mapping[str, str] | None = None) -> web.Response:
+    """JSON as Flux answers it: orjson's compact bytes (``json_bytes``), sent as they are
+    (aiohttp's ``json_response`` encodes with ``json.dumps`` and then to UTF-8 again)."""
+    return _json_bytes_response(json_bytes(value), status, headers)
+
+
+def _json_bytes_response(data: bytes, status: int, headers: Mapping[str, str] | None
+                         ) -> web.Response:
+    return web.Response(body=data, status=status, headers=headers or None,
+                        content_type="application/json", charset="utf-8")
+
+
 def _respond(outcome: Outcome) -> web.Response:
-    if outcome.content_type is None:
-        response = web.json_response(outcome.body, status=outcome.http_status,
-                                     headers=outcome.headers or None)
+    if outcome.content_type is None:  # JSON: its bytes made once, when it was checked
+        data = outcome.raw if outcome.raw is not None else json_bytes(outcome.body)
+        response = _json_bytes_response(data, outcome.http_status, outcome.headers)
     else:  # a flux.Response with a body of its own type (or none)
         response = web.Response(body=outcome.raw, status=outcome.http_status,
                                 headers=outcome.headers)
@@ -273,7 +287,7 @@ def _unavailable(runtime: Runtime, request_id: str, message: str) -> web.Respons
 
 def _refusal(request_id: str, code: str, message: str, *, recorded: bool | None
              ) -> web.Response:
-    return web.json_response(
+    return _json_response(
         {"error": {"code": code, "message": message}, "request_id": request_id,
          "recorded": recorded}, status=503, headers={"Retry-After": RETRY_AFTER})
 
@@ -315,4 +329,4 @@ async def _reject(request: web.Request, status: int, code: str, message: str, *,
     except (psycopg.Error, DatabaseUnavailable, Overloaded, OSError) as exc:
         return _unstored(runtime, request_id, exc)
     runtime.export_spans(record)
-    return web.json_response(answer, status=status)
+    return _json_response(answer, status=status)
