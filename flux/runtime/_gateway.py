@@ -64,33 +64,47 @@ def make_app(runtime: Runtime, *, observer: Observer | None = None,
              admin: web.Application | None = None) -> web.Application:
     """The aiohttp application serving ``runtime``'s functions, with ``admin`` (the admin
     API, built by the server above this package) mounted at ``/_flux/`` before the
-    catch-all function route."""
-    app = web.Application(client_max_size=runtime.max_body,
-                          middlewares=[_request_id_middleware])
+    catch-all function route.
+
+    No aiohttp middleware, here or in ``admin``: an app with one (or with a sub-app that has
+    one) runs every request through a chain of coroutines, aiohttp's own among them. Each
+    handler is ``identified`` instead (the function route by ``_dispatch`` itself)."""
+    app = web.Application(client_max_size=runtime.max_body)
     app[RUNTIME_KEY] = runtime
     app[OBSERVER_KEY] = observer
-    app.router.add_get("/health", _health)
+    app.router.add_get("/health", identified(_health))
     if admin is not None:
         app.add_subapp("/_flux/", admin)
     app.router.add_route("*", "/{path:[\\s\\S]*}", _dispatch)
     return app
 
 
-@web.middleware
-async def _request_id_middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    request_id = new_request_id_text()
-    request[ID_KEY] = request_id
-    started = time.perf_counter()
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        response = exc
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def identified(handler: Handler) -> Handler:
+    """``handler`` given a request id (``request[ID_KEY]``), answering with it in
+    ``x-flux-request-id`` — an ``HTTPException`` it raises too — and telling the observer."""
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        request_id = new_request_id_text()
+        request[ID_KEY] = request_id
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+        return _answered(request, request.config_dict, request_id, started, response)
+
+    return run
+
+
+def _answered(request: web.Request, config: Mapping[Any, Any], request_id: str,
+              started: float, response: web.StreamResponse) -> web.StreamResponse:
     response.headers[REQUEST_ID_HEADER] = request_id
-    observer = request.app[OBSERVER_KEY]
+    observer = config[OBSERVER_KEY]
     if callable(observer) and request.path != "/health":
-        runtime = request.app[RUNTIME_KEY]  # the path, as the serve log shows it: no secret
+        runtime = config[RUNTIME_KEY]  # the path, as the serve log shows it: no secret
         path = runtime.policy.scrub_text(request.path, runtime.configured_secrets())
         observer(request.method, path, response.status,
                  (time.perf_counter() - started) * 1000, request_id)
@@ -106,8 +120,20 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME_KEY]
-    request_id: str = request[ID_KEY]
+    """A function's route: ``identified``'s work done here, one coroutine fewer."""
+    request_id = new_request_id_text()
+    request[ID_KEY] = request_id
+    started = time.perf_counter()
+    app = request.app
+    try:
+        response = await _serve(request, app[RUNTIME_KEY], request_id)
+    except web.HTTPException as exc:
+        response = exc
+    return _answered(request, app, request_id, started, response)
+
+
+async def _serve(request: web.Request, runtime: Runtime, request_id: str
+                 ) -> web.StreamResponse:
     path = request.match_info["path"]
     if runtime.availability.down:
         return _unavailable(runtime, request_id, NOT_RUN)
