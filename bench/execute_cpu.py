@@ -8,7 +8,16 @@ is not IO; the whole-request harnesses (recording_cpu.py) swing by more than thi
 Compare two versions on one machine by running it alternately with ``PYTHONPATH`` set to
 a ``git archive`` of the other (its flux/ and sql/).
 
-    .venv/bin/python bench/execute_cpu.py [--executions 3000] [--rounds 7]
+    .venv/bin/python bench/execute_cpu.py [--executions 3000] [--rounds 7] [--gateway]
+
+``--gateway`` sends each execution as a real HTTP request over loopback through the
+gateway (``make_app``: aiohttp's request handling, the route, the body, ``Invocation``, the
+answer encoded and written), from a bare client in the same thread that sends one request
+at a time on one keep-alive connection; the record is built but not stored (the runtime's
+``store_record`` does nothing here). It then measures the whole per-request machinery,
+client included (the same on both versions); ``--plain`` serves the same request from a
+bare aiohttp handler (``json_response`` of the parsed body), the floor Flux's machinery
+sits on.
 
 The last line is ``execute: <min> µs min, <median> µs median`` (thread CPU per execution).
 """
@@ -21,6 +30,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from aiohttp import web
 
 from flux._project import parse
 from flux.runtime._executor import Invocation, execute
@@ -35,7 +46,55 @@ async def noop(ctx, input):
 """
 
 
-async def _main(executions: int, rounds: int) -> list[float]:
+async def _plain(request: web.Request) -> web.Response:
+    return web.json_response({"ok": 1, "got": await request.json()})
+
+
+async def _gateway(runtime: Runtime, executions: int, rounds: int, plain: bool = False
+                   ) -> list[float]:
+    from flux.runtime._gateway import make_app
+
+    async def nostore(record: object) -> None:  # the record built, not stored
+        return None
+
+    runtime.store_record = nostore  # type: ignore[method-assign]
+    app = make_app(runtime)
+    if plain:
+        app = web.Application()
+        app.router.add_post("/noop", _plain)
+    app_runner = web.AppRunner(app, access_log=None)
+    await app_runner.setup()
+    site = web.TCPSite(app_runner, "127.0.0.1", 0)
+    await site.start()
+    port = app_runner.addresses[0][1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = b'{"a": 1}'
+    request = (b"POST /noop HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    async def one() -> None:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"the bench request failed: {head!r}")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+
+    results = []
+    try:
+        for _ in range(rounds):
+            started = time.thread_time()
+            for _ in range(executions):
+                await one()
+            results.append((time.thread_time() - started) / executions * 1e6)
+    finally:
+        writer.close()
+        await app_runner.cleanup()
+    return results
+
+
+async def _main(executions: int, rounds: int, gateway: bool = False, plain: bool = False
+                ) -> list[float]:
     root = Path(tempfile.mkdtemp(prefix="flux-execute-cpu-"))
     (root / "functions").mkdir()
     (root / "flux.toml").write_text('name = "execute_cpu"\n')
@@ -45,6 +104,8 @@ async def _main(executions: int, rounds: int) -> list[float]:
     if errors:
         raise SystemExit(f"the bench function did not load: {errors}")
     runtime.refresh_code_version()
+    if gateway:
+        return await _gateway(runtime, executions, rounds, plain)
     headers = {"content-type": "application/json", "host": "127.0.0.1"}
     results = []
     for _ in range(rounds):
@@ -65,8 +126,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--executions", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--gateway", action="store_true",
+                        help="through the gateway, as HTTP requests over loopback")
+    parser.add_argument("--plain", action="store_true",
+                        help="with --gateway: a bare aiohttp handler instead (the floor)")
     args = parser.parse_args()
-    results = asyncio.run(_main(args.executions, args.rounds))
+    results = asyncio.run(_main(args.executions, args.rounds, args.gateway, args.plain))
     print(f"execute: {min(results):.1f} µs min, {statistics.median(results):.1f} µs median")
 
 

@@ -172,17 +172,18 @@ def _function_site(rec: Recorder, spec: FunctionSpec) -> CallSite:
     return _call_site(spec.file, spec.line, spec.name, str(rec.project_root))
 
 
-def _json_output(result: Any) -> Any:
+def _json_output(result: Any) -> tuple[Any, bytes]:
+    """The handler's value as JSON can hold it, and the bytes the answer sends: encoded
+    once, here, by the check that it encodes (flux/runtime/_response.py: json_bytes)."""
     value = plain(result)
     try:
-        orjson.dumps(value)  # fast path; it refuses a few things json accepts (huge ints)
+        return value, orjson.dumps(value)  # it refuses a few things json accepts (huge ints)
     except (TypeError, orjson.JSONEncodeError):
         try:
-            json.dumps(value)
+            return value, json.dumps(value).encode()
         except (TypeError, ValueError) as exc:
             raise TypeError(f"the function returned a value JSON cannot encode: {exc}"
                             ) from exc
-    return value
 
 
 def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,

@@ -59,7 +59,8 @@ class Response:
 @sealed  # frozen to mypy; made at run time without a setattr per field
 class Answer:
     """How a handler's return value goes out: ``body`` as recorded (JSON-able), and
-    ``raw`` — the bytes to send — when it is not JSON (``content_type`` then says what)."""
+    ``raw`` — the bytes to send: JSON's own encoding of ``body`` (made once, by the check
+    that it encodes) when ``content_type`` is None, else the body in its type."""
 
     status: int = 200
     body: Any = None
@@ -68,13 +69,14 @@ class Answer:
     raw: bytes | None = None
 
 
-def answer_of(result: Any, json_value: Callable[[Any], Any]) -> Answer:
-    """The answer for what a handler returned; ``json_value`` checks a value JSON can
-    encode (raising TypeError with a sentence when it cannot)."""
+def answer_of(result: Any, json_value: Callable[[Any], tuple[Any, bytes]]) -> Answer:
+    """The answer for what a handler returned; ``json_value`` gives a value JSON can encode
+    and its encoding (raising TypeError with a sentence when it cannot)."""
     if isinstance(result, Answer):  # made by Flux itself (an ASGI app's reply)
         return result
     if not isinstance(result, Response):
-        return Answer(body=json_value(result))
+        value, data = json_value(result)
+        return Answer(200, value, {}, None, data)
     headers = result.headers
     given = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
     kind = result.content_type or given
@@ -87,11 +89,14 @@ def answer_of(result: Any, json_value: Callable[[Any], Any]) -> Answer:
         return Answer(result.status, encode(data), headers, kind or BYTES, data)
     if isinstance(body, str):
         return Answer(result.status, body, headers, kind or TEXT, body.encode("utf-8"))
-    value = json_value(body)
-    if kind is None or kind == JSON:
-        return Answer(result.status, value, headers, None)
+    value, data = json_value(body)
+    return Answer(result.status, value, headers, None if kind == JSON else kind, data)
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as the JSON Flux answers with: orjson's compact UTF-8 (``json`` for what
+    orjson refuses: an integer past 64 bits)."""
     try:
-        data = orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError):  # an integer past 64 bits
-        data = json.dumps(value).encode()
-    return Answer(result.status, value, headers, kind, data)
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value).encode()

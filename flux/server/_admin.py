@@ -28,6 +28,7 @@ database down); every message is the one sentence the CLI would print.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -48,7 +49,7 @@ from flux._errors import (
 from flux.inspect import _ai
 from flux.replay._resume import resume as run_resume
 from flux.runtime._access import AdminAccess
-from flux.runtime._gateway import ID_KEY, RETRY_AFTER, RUNTIME_KEY
+from flux.runtime._gateway import ID_KEY, RETRY_AFTER, RUNTIME_KEY, identified
 from flux.server import _web
 from flux.server._inspector import Local
 from flux.server._openapi import description, functions_description
@@ -61,11 +62,41 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def admin_app() -> web.Application:
     """The admin API as an aiohttp sub-application (the gateway mounts it at ``/_flux/``);
-    who may call it is the runtime's ``admin`` (flux/runtime/_access.py)."""
-    app = web.Application(middlewares=[_guard])
+    who may call it is the runtime's ``admin`` (flux/runtime/_access.py).
+
+    Every handler runs inside ``_guard``, wrapped route by route rather than as an aiohttp
+    middleware (a sub-app's middleware makes aiohttp run its middleware chain for every
+    request of the parent app too: the functions' requests). What no route takes reaches
+    the guard through the two catch-all routes added last, and is answered as a 404 — or
+    a 405 when another method of the path is routed — after the access check, as
+    aiohttp's own refusal through a middleware was."""
+    app = web.Application()
     for method, path, handler in [*ROUTES, *WEB_ROUTES]:
-        app.router.add_route(method, path, handler)
+        app.router.add_route(method, path, _guarded(handler))
+    unrouted = _guarded(_unrouted, routed=False)
+    catch_all = {app.router.add_route("*", "", unrouted).resource,  # /_flux itself
+                 app.router.add_route("*", "/{_:[\\s\\S]*}", unrouted).resource}
+    app[_CATCH_ALL] = frozenset(r for r in catch_all if r is not None)
     return app
+
+
+_CATCH_ALL = web.AppKey("catch_all", frozenset)
+
+
+def _guarded(handler: Handler, *, routed: bool = True) -> Handler:
+    return identified(functools.partial(_guard, handler=handler, routed=routed))
+
+
+async def _unrouted(request: web.Request) -> web.StreamResponse:
+    """What aiohttp's router would have raised for a path no admin route takes."""
+    app = request.match_info.apps[-1]  # this one, the innermost
+    allowed: set[str] = set()
+    for resource in app.router.resources():
+        if resource not in app[_CATCH_ALL]:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
 
 
 def _dumps(value: Any) -> str:
@@ -89,9 +120,10 @@ def _status_of(error: FluxError) -> int:
     return 400
 
 
-@web.middleware
-async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Access first, then every way a call can fail as one sentence with its status."""
+async def _guard(request: web.Request, handler: Handler, routed: bool = True
+                 ) -> web.StreamResponse:
+    """Access first, then every way a call can fail as one sentence with its status
+    (``routed``: ``handler`` is a route's, not the catch-all's)."""
     access: AdminAccess = _runtime(request).admin
     web_page = _web.is_web(request.path)
     foreign = access.foreign(request.headers, admin=True, method=request.method)
@@ -111,11 +143,12 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="flux admin"'
             return response
     unasked = access.unasked(request.headers, request.method)
-    if unasked is not None and request.match_info.http_exception is None:
+    if unasked is not None and routed:
         return _error(request, unasked.status, unasked.code, unasked.message)
     if _runtime(request).availability.down:
         return _unavailable(request, "the database is unavailable, so the call was not run")
-    if any("\x00" in v for v in (*request.query.values(), *request.match_info.values())):
+    if any("\x00" in v for v in (*request.query.values(),
+                                  *(request.match_info.values() if routed else ()))):
         return _error(request, 400, "invalid_input", "a parameter holds a NUL character, "
                       "which no id, table, key or filter can contain")
     try:

@@ -40,6 +40,13 @@ def test_no_token_and_a_wrong_token_are_401_with_one_sentence(served: Served) ->
     status, body, headers = served.call("/_flux/executions", token=served.token,
                                         method="DELETE")
     assert status == 405 and headers["Allow"] == "GET"
+    assert body["error"]["code"] == "method_not_allowed" and headers["x-flux-request-id"]
+    # The prefix itself, and a path below a routed one (the guard's catch-alls, not aiohttp)
+    for path in ("/_flux", "/_flux/executions/x/nothing"):
+        status, body, headers = served.call(path, token=served.token)
+        assert status == 404 and body["error"]["message"] == f"no admin endpoint {path}"
+        assert body["request_id"] == headers["x-flux-request-id"]
+    assert served.call("/_flux", method="POST")[0] == 401  # still behind the door
     # The description is public: it holds nothing a caller could not read in the source.
     status, body, _ = served.call("/_flux/openapi.json")
     assert status == 200 and body["openapi"] == "3.1.0"
