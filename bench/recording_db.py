@@ -12,8 +12,10 @@ checkpointer, autovacuum) is reported beside, per block of all variants.
 
     .venv/bin/python bench/recording_db.py [--transactions 50] [--blocks 20] [--only a,b]
 
-The variants (``flux`` is what a recorded request sends today, ``plain`` what the plain
-app of ``recording_overhead.py`` sends):
+The variants (``flux`` is what a recorded request sent before its record was prepared,
+``prepared-record`` what it sent before sql/0026, ``asked-record`` what it sends now in
+trigger mode — the BEGIN reading the mode under the switch's lock, no end_execution —,
+``plain`` what the plain app of ``recording_overhead.py`` sends):
 
 With ``--capture wal`` the Flux database captures by WAL (no consumer runs: what is
 measured is the request's own backend), and two more variants compare the record's ways in
@@ -118,9 +120,11 @@ class Flux:
         self.record = record
         self.q = load("execution")
 
-    def first(self, rid: str, *, guc: bool = True, table: str = "items") -> bytes:
-        """BEGIN, the request GUC and the SELECT, as _first_statement sends them."""
-        begin = begin_statement(rid) if guc else b"BEGIN"
+    def first(self, rid: str, *, guc: bool = True, table: str = "items", ask: bool = False
+              ) -> bytes:
+        """BEGIN, the request GUC and the SELECT, as _first_statement sends them (``ask``:
+        with the mode read under the switch's lock, as every execution's since sql/0026)."""
+        begin = begin_statement(rid, ask=ask) if guc else b"BEGIN"
         select = SELECT_SQL.replace("%s", str(COUNT_BELOW))
         return b"/*flux:s2*/ " + begin + b"; " + select.encode()
 
@@ -163,7 +167,7 @@ def variants(flux: Flux) -> dict[str, tuple[str, Step]]:
         locked = record_in_wal if locked is None else locked
 
         def run(conn: psycopg.Connection[Any], rid: str) -> None:
-            begin = begin_statement(rid, wal=locked)
+            begin = begin_statement(rid, ask=locked)
             if plpgsql:  # the mode read as it was before 0026
                 begin = begin.replace(b"flux.record_in_wal()", b"flux.record_in_wal_plpgsql()")
             select = SELECT_SQL.replace("%s", str(COUNT_BELOW))
@@ -206,6 +210,7 @@ def variants(flux: Flux) -> dict[str, tuple[str, Step]]:
         prepared_record: bool = False,
         execute_record: bool = False,
         record_table: str | None = None,
+        ask: bool = False,
     ) -> Step:
         ins = insert.replace("items", table)
         insert_record = flux.q.insert_record if record_table is None else \
@@ -213,11 +218,11 @@ def variants(flux: Flux) -> dict[str, tuple[str, Step]]:
 
         def run(conn: psycopg.Connection[Any], rid: str) -> None:
             if prepared_select:  # BEGIN + GUC, then the SELECT prepared: one more round trip
-                conn.pgconn.send_query(begin_statement(rid) if guc else b"BEGIN")
+                conn.pgconn.send_query(begin_statement(rid, ask=False) if guc else b"BEGIN")
                 _drain(conn)
                 conn.execute(tagged(SELECT_SQL, "s2"), [COUNT_BELOW]).fetchone()
             else:
-                conn.pgconn.send_query(flux.first(rid, guc=guc, table=table))
+                conn.pgconn.send_query(flux.first(rid, guc=guc, table=table, ask=ask))
                 _drain(conn)
             conn.execute(ins, ["bench"]).fetchone()
             if prepared_record:  # extended protocol, prepared, one round trip (a pipeline)
@@ -256,6 +261,9 @@ def variants(flux: Flux) -> dict[str, tuple[str, Step]]:
         "no-end": ("flux", make(end=False)),
         "prepared-record": ("flux", make(prepared_record=True)),
         "prepared-record-no-end": ("flux", make(prepared_record=True, end=False)),
+        # what a recorded request sends in trigger mode since sql/0026: the BEGIN reads the
+        # mode under the switch's lock, the commit sends no end_execution
+        "asked-record": ("flux", make(prepared_record=True, end=False, ask=True)),
         "execute-record": ("flux", make(execute_record=True)),
         # the record's INSERT into copies of today's partition (main makes them): what the
         # partition routing, the indexes and the CHECK constraints cost

@@ -15,11 +15,12 @@
  * Both write exactly what their PL/pgSQL bodies write (the keys, their values, null where
  * those write null); the consumer parses the text as JSON, so spacing is free.
  *
- * flux.record_in_wal(): called in the BEGIN of every execution of a project that captures
- * by WAL (sql/0023, sql/0026). It takes the shared advisory lock a capture switch takes
- * exclusively, held to the end of the transaction, then reads the mode with a snapshot
- * taken after the lock was granted — true only in WAL mode under READ COMMITTED — as its
- * PL/pgSQL body does, without PL/pgSQL's call and two executor queries.
+ * flux.record_in_wal(): called in the BEGIN of every execution (sql/0023, sql/0026). It
+ * takes the shared advisory lock a capture switch takes exclusively, held to the end of the
+ * transaction, then reads the mode with a snapshot taken after the lock was granted: true
+ * in WAL mode, false in another, NULL under an isolation level other than READ COMMITTED
+ * (whose snapshot may predate the lock) — as its PL/pgSQL body does, without PL/pgSQL's
+ * call and two executor queries.
  */
 #include "postgres.h"
 
@@ -190,9 +191,9 @@ flux_record_in_wal(PG_FUNCTION_ARGS)
 	/* First the lock, then the mode: a switch that committed while we waited is seen. */
 	(void) DirectFunctionCall1(pg_advisory_xact_lock_shared_int8,
 							   Int64GetDatum(FLUX_SWITCH_LOCK));
-	/* Under REPEATABLE READ or SERIALIZABLE the snapshot may predate the lock: inserted. */
+	/* Under REPEATABLE READ or SERIALIZABLE the snapshot may predate the lock: unknown. */
 	if (XactIsoLevel != XACT_READ_COMMITTED)
-		PG_RETURN_BOOL(false);
+		PG_RETURN_NULL();
 	/* Under READ COMMITTED, GetTransactionSnapshot takes a new snapshot: after the lock. */
 	PG_RETURN_BOOL(capture_is_wal());
 }

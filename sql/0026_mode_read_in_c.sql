@@ -3,7 +3,8 @@
 -- Every execution of a project that captures by WAL calls flux.record_in_wal() in its
 -- BEGIN (0023): the shared advisory lock a capture switch takes exclusively, then the mode
 -- read with a snapshot taken after the lock. As PL/pgSQL that is a call, a PERFORM and a
--- query through the executor per request. extension/flux_wal.c now has it in C beside
+-- query through the executor per request. Every execution's BEGIN now asks (not only a WAL
+-- project's): a commit whose BEGIN read another mode than WAL sends no end_execution. extension/flux_wal.c now has it in C beside
 -- end_execution and wal_actor (the same lock, the same fresh snapshot under READ
 -- COMMITTED, false under any other isolation level); flux.use_native_wal puts the three in
 -- place together, and the PL/pgSQL body stays as flux.record_in_wal_plpgsql, which
@@ -13,9 +14,28 @@ CREATE FUNCTION flux.record_in_wal_plpgsql() RETURNS boolean
     LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(5065517517330448405);
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RETURN NULL;
+    END IF;
     RETURN coalesce((SELECT s.value = 'wal' FROM flux.settings s WHERE s.key = 'capture'),
-                    false)
-        AND current_setting('transaction_isolation') = 'read committed';
+                    false);
+END
+$$;
+
+-- Unknown (NULL) rather than false under another isolation level than READ COMMITTED: the
+-- answer is now read by every execution's BEGIN (sql/queries/execution.sql: begin_mode),
+-- and a false one spares its commit end_execution, which is right only when the mode was
+-- read after the lock. Replaced in place whatever its language: C is put back below by
+-- flux.use_native_wal when the migration's installer runs.
+CREATE OR REPLACE FUNCTION flux.record_in_wal() RETURNS boolean
+    LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(5065517517330448405);
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RETURN NULL;
+    END IF;
+    RETURN coalesce((SELECT s.value = 'wal' FROM flux.settings s WHERE s.key = 'capture'),
+                    false);
 END
 $$;
 

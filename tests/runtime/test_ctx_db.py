@@ -27,10 +27,11 @@ async def test_the_first_statement_binds_its_own_percents_and_begins(db: str) ->
             ]:
                 rid = new_request_id_text()
                 ex = SimpleNamespace(request_id=rid, tenant=tenant, wal_record=None,
-                                     wal_project=wal)
+                                     wal_project=wal, stamp=None)
                 cur = await _first_statement(conn, ex, query, params, "s3")  # type: ignore[arg-type]
                 assert (await cur.fetchone()) == (want,)  # rows as tuples: _live names them
                 assert ex.wal_record is False  # a database in trigger mode: inserted
+                assert ex.stamp is False  # … read under the switch's lock: no end_execution
                 assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
                 row = await (await conn.execute(GUCS)).fetchone()
                 assert row is not None and uuid.UUID(row[0]) == uuid.UUID(rid)
