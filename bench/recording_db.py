@@ -12,15 +12,19 @@ checkpointer, autovacuum) is reported beside, per block of all variants.
 
     .venv/bin/python bench/recording_db.py [--transactions 50] [--blocks 20] [--only a,b]
 
-The variants (``flux`` is what a recorded request sends today, ``plain`` what the plain
-app of ``recording_overhead.py`` sends):
+The variants (``flux`` is what a recorded request sent before its record was prepared,
+``prepared-record`` what it sent before sql/0026, ``asked-record`` what it sends now in
+trigger mode — the BEGIN reading the mode under the switch's lock, no end_execution —,
+``plain`` what the plain app of ``recording_overhead.py`` sends):
 
 With ``--capture wal`` the Flux database captures by WAL (no consumer runs: what is
 measured is the request's own backend), and two more variants compare the record's ways in
 WAL mode, both prepared as the executor sends them: ``wal-insert`` (the BEGIN without the
 mode lock, end_execution's message, the record INSERT, COMMIT — before the record travelled
 in the WAL) and ``wal-record`` (the BEGIN reading the mode under its lock, the record as one
-logical message, COMMIT — now).
+logical message, COMMIT — now); ``wal-record-plpgsql`` is ``wal-record`` with the mode read
+in PL/pgSQL (``flux.record_in_wal_plpgsql``, what ran before sql/0026), ``wal-record-unlocked``
+without the mode read at all.
 """
 
 from __future__ import annotations
@@ -116,9 +120,11 @@ class Flux:
         self.record = record
         self.q = load("execution")
 
-    def first(self, rid: str, *, guc: bool = True, table: str = "items") -> bytes:
-        """BEGIN, the request GUC and the SELECT, as _first_statement sends them."""
-        begin = begin_statement(rid) if guc else b"BEGIN"
+    def first(self, rid: str, *, guc: bool = True, table: str = "items", ask: bool = False
+              ) -> bytes:
+        """BEGIN, the request GUC and the SELECT, as _first_statement sends them (``ask``:
+        with the mode read under the switch's lock, as every execution's since sql/0026)."""
+        begin = begin_statement(rid, ask=ask) if guc else b"BEGIN"
         select = SELECT_SQL.replace("%s", str(COUNT_BELOW))
         return b"/*flux:s2*/ " + begin + b"; " + select.encode()
 
@@ -156,12 +162,14 @@ def variants(flux: Flux) -> dict[str, tuple[str, Step]]:
     """name: (database, one transaction)."""
     insert = tagged(INSERT_SQL, "s3")
 
-    def wal_way(record_in_wal: bool, *, locked: bool | None = None, record: bool = True
-                ) -> Step:
+    def wal_way(record_in_wal: bool, *, locked: bool | None = None, record: bool = True,
+                plpgsql: bool = False) -> Step:
         locked = record_in_wal if locked is None else locked
 
         def run(conn: psycopg.Connection[Any], rid: str) -> None:
-            begin = begin_statement(rid, wal=locked)
+            begin = begin_statement(rid, ask=locked)
+            if plpgsql:  # the mode read as it was before 0026
+                begin = begin.replace(b"flux.record_in_wal()", b"flux.record_in_wal_plpgsql()")
             select = SELECT_SQL.replace("%s", str(COUNT_BELOW))
             conn.pgconn.send_query(b"/*flux:s2*/ " + begin + b"; " + select.encode())
             _drain(conn)
@@ -201,16 +209,20 @@ def variants(flux: Flux) -> dict[str, tuple[str, Step]]:
         record: bool = True,
         prepared_record: bool = False,
         execute_record: bool = False,
+        record_table: str | None = None,
+        ask: bool = False,
     ) -> Step:
         ins = insert.replace("items", table)
+        insert_record = flux.q.insert_record if record_table is None else \
+            flux.q.insert_record.replace("flux.trace_requests", record_table)
 
         def run(conn: psycopg.Connection[Any], rid: str) -> None:
             if prepared_select:  # BEGIN + GUC, then the SELECT prepared: one more round trip
-                conn.pgconn.send_query(begin_statement(rid) if guc else b"BEGIN")
+                conn.pgconn.send_query(begin_statement(rid, ask=False) if guc else b"BEGIN")
                 _drain(conn)
                 conn.execute(tagged(SELECT_SQL, "s2"), [COUNT_BELOW]).fetchone()
             else:
-                conn.pgconn.send_query(flux.first(rid, guc=guc, table=table))
+                conn.pgconn.send_query(flux.first(rid, guc=guc, table=table, ask=ask))
                 _drain(conn)
             conn.execute(ins, ["bench"]).fetchone()
             if prepared_record:  # extended protocol, prepared, one round trip (a pipeline)
@@ -222,7 +234,7 @@ def variants(flux: Flux) -> dict[str, tuple[str, Step]]:
                 with conn.pipeline():
                     if end:
                         conn.execute(flux.q.end_execution, params, prepare=True)
-                    conn.execute(flux.q.insert_record, params, prepare=True)
+                    conn.execute(insert_record, params, prepare=True)
                     conn.execute(b"COMMIT")
                 return
             if execute_record:  # the INSERT PREPAREd once per connection, then EXECUTEd
@@ -249,12 +261,21 @@ def variants(flux: Flux) -> dict[str, tuple[str, Step]]:
         "no-end": ("flux", make(end=False)),
         "prepared-record": ("flux", make(prepared_record=True)),
         "prepared-record-no-end": ("flux", make(prepared_record=True, end=False)),
+        # what a recorded request sends in trigger mode since sql/0026: the BEGIN reads the
+        # mode under the switch's lock, the commit sends no end_execution
+        "asked-record": ("flux", make(prepared_record=True, end=False, ask=True)),
         "execute-record": ("flux", make(execute_record=True)),
+        # the record's INSERT into copies of today's partition (main makes them): what the
+        # partition routing, the indexes and the CHECK constraints cost
+        **{f"record-{t}": ("flux", make(prepared_record=True, end=False,
+                                        record_table=f"flux.record_{t.replace('-', '_')}"))
+           for t in ("flat", "flat-pk", "flat-nocheck", "flat-bare")},
         "no-record": ("flux", make(record=False)),
         "no-end-no-record": ("flux", make(end=False, record=False)),
         "wal-insert": ("flux", wal_way(False)),
         "wal-record": ("flux", wal_way(True)),
         "wal-record-unlocked": ("flux", wal_way(True, locked=False)),
+        "wal-record-plpgsql": ("flux", wal_way(True, plpgsql=True)),
         "wal-no-record": ("flux", wal_way(False, record=False)),
         "wal-no-record-locked": ("flux", wal_way(False, locked=True, record=False)),
         "bare": (
@@ -262,6 +283,27 @@ def variants(flux: Flux) -> dict[str, tuple[str, Step]]:
             make(guc=False, prepared_select=True, table="items_nocapture", end=False, record=False),
         ),
     }
+
+
+def _record_copies(conninfo: str) -> None:
+    """Copies of today's partition of flux.trace_requests, not partitioned: with all its
+    indexes (flat), its primary key only (flat_pk), all indexes and no CHECK constraints
+    (flat_nocheck), neither (flat_bare)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        part = conn.execute(
+            "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'flux.trace_requests'::regclass"
+            " AND c.relname <> 'trace_requests_default' ORDER BY c.relname DESC LIMIT 1"
+        ).fetchone()
+        assert part is not None
+        opts = " WITH (toast_tuple_target = 8160)"
+        for name, like in (("flat", "INCLUDING ALL"), ("flat_nocheck", "INCLUDING DEFAULTS"
+                                                       " INCLUDING INDEXES"),
+                           ("flat_pk", "INCLUDING DEFAULTS INCLUDING CONSTRAINTS"),
+                           ("flat_bare", "INCLUDING DEFAULTS")):
+            conn.execute(f"CREATE TABLE flux.record_{name} (LIKE {part[0]} {like}){opts}")
+        for name in ("flat_pk", "flat_bare"):
+            conn.execute(f"ALTER TABLE flux.record_{name} ADD PRIMARY KEY (request_id)")
 
 
 def _drain(conn: psycopg.Connection[Any]) -> None:
@@ -402,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 ).fetchone() != (0,):
                     raise RuntimeError("items_nocapture has a trigger")
             asyncio.run(_one_record(str(project), flux_db))
+            _record_copies(flux_db)
             if args.capture == "wal":  # after the record: the bench's record is inserted
                 _mode.switch(flux_db, "wal")
             if args.commit_path:

@@ -14,6 +14,13 @@
  *
  * Both write exactly what their PL/pgSQL bodies write (the keys, their values, null where
  * those write null); the consumer parses the text as JSON, so spacing is free.
+ *
+ * flux.record_in_wal(): called in the BEGIN of every execution (sql/0023, sql/0026). It
+ * takes the shared advisory lock a capture switch takes exclusively, held to the end of the
+ * transaction, then reads the mode with a snapshot taken after the lock was granted: true
+ * in WAL mode, false in another, NULL under an isolation level other than READ COMMITTED
+ * (whose snapshot may predate the lock) — as its PL/pgSQL body does, without PL/pgSQL's
+ * call and two executor queries.
  */
 #include "postgres.h"
 
@@ -30,6 +37,7 @@
 #include "miscadmin.h"
 #include "replication/message.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -42,6 +50,10 @@ PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(flux_end_execution);
 PG_FUNCTION_INFO_V1(flux_wal_actor);
+PG_FUNCTION_INFO_V1(flux_record_in_wal);
+
+/* The key of the lock a capture switch takes (sql/queries/capture.sql: switch_lock). */
+#define FLUX_SWITCH_LOCK INT64CONST(5065517517330448405)
 
 /* flux.setting('capture') = 'wal', read now. */
 static bool
@@ -171,4 +183,17 @@ flux_wal_actor(PG_FUNCTION_ARGS)
 	(void) LogLogicalMessage("flux.actor", buf.data, buf.len, true, false);
 	pfree(buf.data);
 	return PointerGetDatum(NULL);
+}
+
+Datum
+flux_record_in_wal(PG_FUNCTION_ARGS)
+{
+	/* First the lock, then the mode: a switch that committed while we waited is seen. */
+	(void) DirectFunctionCall1(pg_advisory_xact_lock_shared_int8,
+							   Int64GetDatum(FLUX_SWITCH_LOCK));
+	/* Under REPEATABLE READ or SERIALIZABLE the snapshot may predate the lock: unknown. */
+	if (XactIsoLevel != XACT_READ_COMMITTED)
+		PG_RETURN_NULL();
+	/* Under READ COMMITTED, GetTransactionSnapshot takes a new snapshot: after the lock. */
+	PG_RETURN_BOOL(capture_is_wal());
 }

@@ -19,7 +19,7 @@ import psycopg
 
 from flux._jsoncodec import encode
 from flux.runtime._callkey import db_key
-from flux.runtime._execution import begin_statement, wal_mode_of
+from flux.runtime._execution import begin_statement, note_mode
 from flux.runtime._recorder import CallSite
 from flux.store._database import db_error
 from flux.store._queries import load
@@ -150,7 +150,7 @@ async def _first_statement(conn: psycopg.AsyncConnection[Any], ex: Execution, qu
     """Begin the execution's transaction with its first statement; return the cursor on
     that statement's result."""
     cur = psycopg.AsyncClientCursor(conn)
-    begin = begin_statement(ex.request_id, ex.tenant, conn, wal=ex.wal_project)
+    begin = begin_statement(ex.request_id, ex.tenant, conn)
     # The statement is bound on its own (psycopg caches how to bind a text it has seen, and
     # the user's text repeats while the BEGIN, which holds the request id, never does), then
     # sent with the BEGIN as one text without parameters. The span comment goes first: the
@@ -159,7 +159,7 @@ async def _first_statement(conn: psycopg.AsyncConnection[Any], ex: Execution, qu
     bound = query.encode() if params is None else \
         cur.mogrify(query, params).encode(conn.info.encoding)
     await cur.execute(f"/*flux:{span_id}*/ ".encode() + begin + b"; " + bound)
-    ex.wal_record = wal_mode_of(cur, ex.wal_project)  # BEGIN and its SELECT come first
+    note_mode(ex, cur)  # BEGIN and its SELECT come first
     while cur.nextset():
         pass  # the caller reads the last result
     return cur

@@ -59,14 +59,14 @@ _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 
 
 def begin_statement(request_id: str, tenant: str | None = None,
-                    context: AdaptContext | None = None, *, wal: bool = False) -> bytes:
-    """BEGIN and the execution's GUCs, as one simple query; with ``wal`` (the project
-    captures by WAL) it also asks whether the record may travel in the WAL (``wal_mode_of``
-    reads the answer)."""
+                    context: AdaptContext | None = None, *, ask: bool = True) -> bytes:
+    """BEGIN and the execution's GUCs, as one simple query; with ``ask`` (every execution)
+    it also reads the capture mode under the switch's lock (``note_mode`` reads the
+    answer)."""
     # Only a real UUID ever reaches the SQL text: Flux's own ids are its canonical text
     # (checked by a pattern, a fifth of what parsing costs); anything else is parsed.
     rid = request_id if _CANONICAL_UUID.fullmatch(request_id) else str(uuid.UUID(request_id))
-    text = _begin_template(tenant is not None, wal).replace("{request_id}", rid)
+    text = _begin_template(tenant is not None, ask).replace("{request_id}", rid)
     if tenant is not None:
         # The tenant comes from a request: quoted by psycopg, put in last.
         text = text.replace("{tenant}", sql.Literal(tenant).as_string(context))
@@ -74,25 +74,29 @@ def begin_statement(request_id: str, tenant: str | None = None,
 
 
 @functools.cache
-def _begin_template(tenant: bool, wal: bool = False) -> str:
+def _begin_template(tenant: bool, ask: bool = True) -> str:
     """The BEGIN statement's text without its comment lines (made once: each execution
     that uses the database sends it)."""
     q = load("execution")
-    if wal:
-        template = q.begin_wal_tenant if tenant else q.begin_wal
+    if ask:
+        template = q.begin_mode_tenant if tenant else q.begin_mode
     else:
         template = q.begin_tenant if tenant else q.begin
     return "\n".join(line for line in template.splitlines() if not line.startswith("--"))
 
 
-def wal_mode_of(cur: psycopg.AsyncCursor[Any], wal: bool) -> bool:
-    """Whether the BEGIN (``cur`` on its first result; ``wal``: sent as ``begin_wal``) read
-    capture mode "wal" under its lock; leaves ``cur`` on the BEGIN's last result."""
-    if not cur.nextset() or not wal:  # BEGIN → the SELECT
-        return False
+def note_mode(ex: Execution, cur: psycopg.AsyncCursor[Any]) -> None:
+    """What the BEGIN (``cur`` on its first result) read under the switch's lock: the
+    record may travel in the WAL (capture mode "wal" and a project that captures by WAL),
+    and whether the commit must stamp the transaction with end_execution (the mode was
+    not read as another than "wal"). Leaves ``cur`` on the BEGIN's last result."""
+    if not cur.nextset():  # BEGIN → the SELECT
+        ex.wal_record, ex.stamp = False, True
+        return
     result = cur.pgresult
-    return bool(result is not None and result.ntuples == 1
-                and result.get_value(0, 0) == b"t")
+    value = result.get_value(0, 0) if result is not None and result.ntuples == 1 else None
+    ex.wal_record = value == b"t" and ex.wal_project
+    ex.stamp = value != b"f"
 
 
 class Execution:
@@ -115,8 +119,11 @@ class Execution:
         # The BEGIN read capture mode "wal" under its shared lock: the record may travel in
         # the transaction's WAL (sql/queries/execution.sql: begin, emit_record).
         self.wal_record = False
-        # The project captures by WAL: its BEGIN asks (the database's own mode decides).
+        # The project captures by WAL: a "wal" answer sends the record in the WAL.
         self.wal_project = runtime.project.capture == "wal"
+        # The commit sends end_execution (WAL capture's stamp) unless the BEGIN read
+        # another mode than "wal" under the switch's lock (no switch commits before it).
+        self.stamp = True
         # [span id, row count, tables, verb] of each statement that wrote, in order
         self.statements: list[list[Any]] = []
         self.has_written = False  # a statement that can write has succeeded
@@ -145,11 +152,10 @@ class Execution:
         if self.conn is None:
             # The transaction and the request GUC the capture triggers read, in one round
             # trip (a simple query; the id is a UUID Flux made, so the literal is safe).
-            statement = begin_statement(self.request_id, self.tenant, wal=self.wal_project)
+            statement = begin_statement(self.request_id, self.tenant)
 
             async def run(conn: AsyncConnection[Any]) -> None:
-                cur = await conn.execute(statement, prepare=False)
-                self.wal_record = wal_mode_of(cur, self.wal_project)
+                note_mode(self, await conn.execute(statement, prepare=False))
 
             self.conn = await self.runtime.begin(run)
         return self.conn

@@ -256,7 +256,8 @@ async def _succeed(ex: Execution, inv: Invocation, answer: Answer, persist: bool
     try:
         if conn is not None:
             async with ex.db_lock:
-                await store_and_commit(conn, record, ex.statements, wal=ex.wal_record)
+                await store_and_commit(conn, record, ex.statements, wal=ex.wal_record,
+                                       stamp=ex.stamp)
         else:
             await ex.runtime.store_record(record)
     except psycopg.Error as exc:

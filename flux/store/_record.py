@@ -310,7 +310,8 @@ def _copy_escape(data: bytes) -> bytes:
 
 
 async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
-                           statements: list[list[Any]], *, wal: bool = False) -> None:
+                           statements: list[list[Any]], *, wal: bool = False,
+                           stamp: bool = True) -> None:
     """Store a committing execution's record and commit its transaction, in one round trip:
     ``end_execution`` (WAL capture's stamp), the INSERT and the COMMIT as one simple query
     (client-side binding, psycopg's quoting); if a statement fails the COMMIT does not run.
@@ -320,7 +321,10 @@ async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
 
     With ``wal`` (the transaction's BEGIN read capture mode "wal" under its lock) an HTTP
     request's record goes as one transactional logical message instead of the INSERT and
-    end_execution — the WAL consumer writes it (sql/queries/execution.sql: emit_record)."""
+    end_execution — the WAL consumer writes it (sql/queries/execution.sql: emit_record).
+    Without ``stamp`` (the BEGIN read another capture mode than "wal" under the switch's
+    lock: sql/queries/execution.sql, begin_mode) end_execution is not sent: it would do
+    nothing."""
     q = load("execution")
     # HTTP requests only: a job's success must be a fact in flux.trace_requests when it
     # commits (the worker's crash recovery reads it: sql/queries/jobs.sql, claim), and a
@@ -336,18 +340,20 @@ async def store_and_commit(conn: AsyncConnection[Any], record: ExecutionRecord,
                 await simple_query(conn, bind(text, {"payload": payload.decode()}))
             return
     params = {**record.params(), "statements": _jsonb(statements)}
+    end = (q.end_execution,) if stamp else ()
     if not record.sampled and record.kind == "http":
-        text = f"{q.insert_outline}; {q.end_execution}; {q.commit}"
+        text = "; ".join((q.insert_outline, *end, q.commit))
         await simple_query(conn, bind(text, params, conn.info.encoding))
         return
     if record.signature is None and not record.mutations:
+        queries = (*end, q.insert_record)
         # prepared only where psycopg's DEALLOCATE ALL is seen (RecordingConnection)
-        values = _values(params, (q.end_execution, q.insert_record), conn.info.encoding) \
+        values = _values(params, queries, conn.info.encoding) \
             if isinstance(conn, RecordingConnection) else None
         if values is not None:
-            await prepared_commit(conn, (q.end_execution, q.insert_record), values)
+            await prepared_commit(conn, queries, values)
             return
-        text = f"{q.end_execution}; {q.insert_record}; {q.commit}"
+        text = "; ".join((*queries, q.commit))
         await simple_query(conn, bind(text, params, conn.info.encoding))
         return
     await conn.execute(q.end_execution, params)

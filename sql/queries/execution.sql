@@ -1,7 +1,8 @@
 -- The executor's statements around each execution (flux/runtime/_ctx_db.py, flux/runtime/_execution.py).
 
 -- name: begin
--- Sent as a simple query: {request_id} is replaced by a UUID the executor generated.
+-- Sent as a simple query: {request_id} is replaced by a UUID the executor generated. The
+-- executor sends begin_mode (below); this form, without the mode read, is the benches'.
 BEGIN; SELECT set_config('flux.request_id', '{request_id}', true);
 
 -- name: begin_tenant
@@ -10,14 +11,16 @@ BEGIN; SELECT set_config('flux.request_id', '{request_id}', true);
 BEGIN; SELECT set_config('flux.request_id', '{request_id}', true),
               set_config('flux.tenant', {tenant}, true);
 
--- name: begin_wal
--- The BEGIN of a project that captures by WAL (flux.toml: capture = "wal"): its first
--- column says whether the record may travel in the WAL — the mode read under the lock a
--- capture switch takes (sql/0023). A database in the other mode than the project's is
--- still recorded right: a "trigger" answer, or the plain BEGIN, inserts the record.
+-- name: begin_mode
+-- The BEGIN of every execution: its first column reads the capture mode under the lock a
+-- capture switch takes (sql/0023, sql/0026: flux.record_in_wal, held to the end of the
+-- transaction): true in WAL mode, false in another (the commit then sends no
+-- end_execution: no switch to WAL can commit before this transaction does), NULL when the
+-- isolation level leaves it unknown. Only a project that captures by WAL (flux.toml:
+-- capture = "wal") sends its record in the WAL on a true; any other answer inserts it.
 BEGIN; SELECT flux.record_in_wal(), set_config('flux.request_id', '{request_id}', true);
 
--- name: begin_wal_tenant
+-- name: begin_mode_tenant
 BEGIN; SELECT flux.record_in_wal(), set_config('flux.request_id', '{request_id}', true),
               set_config('flux.tenant', {tenant}, true);
 
@@ -80,7 +83,8 @@ WHERE pg_current_xact_id_if_assigned() IS NOT NULL;
 
 -- name: end_execution
 -- First in the commit round trip: in WAL capture mode, tells the consumer which request and
--- which statements made this transaction's changes (sql/0008).
+-- which statements made this transaction's changes (sql/0008). Not sent when the BEGIN read
+-- another mode under the switch's lock (begin_mode).
 SELECT flux.end_execution(%(request_id)s, %(statements)s);
 
 -- name: emit_record

@@ -27,16 +27,26 @@ async def test_the_first_statement_binds_its_own_percents_and_begins(db: str) ->
             ]:
                 rid = new_request_id_text()
                 ex = SimpleNamespace(request_id=rid, tenant=tenant, wal_record=None,
-                                     wal_project=wal)
+                                     wal_project=wal, stamp=None)
                 cur = await _first_statement(conn, ex, query, params, "s3")  # type: ignore[arg-type]
                 assert (await cur.fetchone()) == (want,)  # rows as tuples: _live names them
                 assert ex.wal_record is False  # a database in trigger mode: inserted
+                assert ex.stamp is False  # … read under the switch's lock: no end_execution
                 assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
                 row = await (await conn.execute(GUCS)).fetchone()
                 assert row is not None and uuid.UUID(row[0]) == uuid.UUID(rid)
                 if tenant is not None:
                     assert row[1] == tenant
                 await conn.rollback()
+        # In WAL mode the BEGIN reads "wal": a WAL project's record travels in the WAL, and
+        # any other record is inserted with end_execution's stamp.
+        await conn.execute("SELECT flux.switch_capture('wal')")
+        for wal in (False, True):
+            ex = SimpleNamespace(request_id=new_request_id_text(), tenant=None,
+                                 wal_record=None, wal_project=wal, stamp=None)
+            await _first_statement(conn, ex, "SELECT 1", None, "s3")  # type: ignore[arg-type]
+            assert (ex.wal_record, ex.stamp) == (wal, True)
+            await conn.rollback()
 
 
 def test_the_begin_takes_any_spelling_of_a_uuid_and_nothing_else() -> None:

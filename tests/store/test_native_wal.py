@@ -3,6 +3,7 @@ server can load them, and writing the very messages the PL/pgSQL bodies write.""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import uuid
@@ -121,3 +122,61 @@ def test_a_role_that_may_not_load_c_keeps_plpgsql_wal_functions(db: str) -> None
         finally:
             conn.execute("RESET ROLE")
             conn.execute(f"DROP ROLE {role}")
+
+
+SWITCH_LOCK = 5065517517330448405  # sql/queries/capture.sql: switch_lock
+
+
+def _waiting(conn: psycopg.Connection[Any], pid: int) -> bool:
+    row = conn.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted"
+                       " AND locktype = 'advisory'", [pid]).fetchone()
+    return row is not None and row[0] > 0
+
+
+@pytest.mark.parametrize("language", ["c", "plpgsql"])
+def test_record_in_wal_reads_the_mode_under_the_switch_lock(db: str, language: str) -> None:
+    """The BEGIN's mode read (sql/0023; in C since 0026): under READ COMMITTED true in WAL
+    mode and false in trigger mode, NULL (unknown) under another isolation level; it holds
+    the switch's lock shared to the end of the transaction, so a switch cannot commit while
+    it is open; one that waited behind a switch sees the new mode."""
+    with psycopg.connect(db, autocommit=True) as admin, psycopg.connect(db) as ex, \
+            psycopg.connect(db) as switch:
+        admin.execute("SELECT flux.switch_capture('wal')")
+        if language == "plpgsql":
+            admin.execute("SELECT flux.use_native_wal(NULL)")
+        assert admin.execute(
+            "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
+            " WHERE p.oid = 'flux.record_in_wal()'::regprocedure").fetchone() == (language,)
+
+        def asked() -> bool | None:
+            row = ex.execute("SELECT flux.record_in_wal()").fetchone()
+            assert row is not None
+            return row[0]  # type: ignore[no-any-return]
+
+        assert asked() is True
+        # held shared until the transaction ends: the switch's exclusive lock times out
+        switch.execute("SET lock_timeout = '50ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            switch.execute("SELECT pg_advisory_xact_lock(%s)", [SWITCH_LOCK])
+        switch.rollback()
+        ex.commit()
+        switch.execute("SELECT pg_advisory_xact_lock(%s)", [SWITCH_LOCK])
+        switch.execute("UPDATE flux.settings SET value = 'trigger' WHERE key = 'capture'")
+        # an execution that begins while the switch is open waits for it, then reads
+        # the mode the switch committed
+        waiting = concurrent.futures.ThreadPoolExecutor(1).submit(asked)
+        while not _waiting(admin, ex.info.backend_pid):
+            assert not waiting.done(), waiting.result()
+        switch.commit()
+        assert waiting.result() is False
+        ex.commit()
+        admin.execute("UPDATE flux.settings SET value = 'wal' WHERE key = 'capture'")
+        assert asked() is True
+        ex.commit()
+        for mode in ("wal", "trigger"):
+            admin.execute("UPDATE flux.settings SET value = %s WHERE key = 'capture'", [mode])
+            ex.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            assert asked() is None  # the snapshot may predate the lock: unknown
+            ex.commit()
+        assert asked() is False  # trigger mode, read after the lock
+        ex.commit()
