@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import inspect
+import json
 import sys
 import tempfile
 import time
@@ -42,6 +43,16 @@ STUB_HEADERS = [
     ("Date", "Sun, 06 Dec 2026 02:07:33 GMT"), ("Server", "Python/3.11 aiohttp/3.14.5"),
 ]
 STUB_BODY = b'{"ok": true, "service": "stub", "items": [1, 2, 3]}'
+
+
+def stub_body(items: int) -> bytes:
+    """The stub's answer: ``recording_overhead.py``'s own (3 items), or a longer one as an
+    API might send (``--answer 80``: 4.5 KB of objects with ids, names and prices)."""
+    if items == 3:
+        return STUB_BODY
+    return json.dumps({"ok": True, "service": "stub", "items": [
+        {"id": 1000 + i, "name": f"item {i}", "price": i * 1.5, "tags": ["a", "b"]}
+        for i in range(items)]}).encode()
 STUB_URL = "http://127.0.0.1:35059/stub"
 
 # The handler's lines, compiled as a file in functions/ so that call sites are found as
@@ -90,7 +101,7 @@ def _request(f: Any, policy: Any, root: Path, handler: dict[str, Any]) -> bytes:
         site = rec.call_site(2)
         rec.tape_append("config", "stub_url", STUB_URL, site=site)
         with Exchange(ex, "GET", STUB_URL, {}, None, site, timeout=10.0) as call:  # type: ignore[arg-type]
-            return call.answered(200, STUB_HEADERS, STUB_BODY, STUB_URL).json()
+            return call.answered(200, STUB_HEADERS, f.answer, STUB_URL).json()
 
     with rec.span("POST /bench_handler", "gateway", None, {"kind": "http"}), \
             rec.span("bench_handler", "function", rec.call_site(1)):
@@ -104,7 +115,7 @@ def _request(f: Any, policy: Any, root: Path, handler: dict[str, Any]) -> bytes:
     request = {"method": "POST", "route": "bench_handler",
                "headers": policy.redact_headers(REQUEST_HEADERS, secrets),
                "query": policy.scrub({}, secrets),
-               "body": policy.prepare(encode({"name": "bench"}), secrets),
+               "body": policy.prepare(encode({"name": "bench"}), secrets, **f.fresh),
                "trace": trace.to_json()}
     response = {"status": 200, "body": policy.prepare(output, secrets)}
     record = ExecutionRecord(
@@ -138,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flux", metavar="DIR", help="import Flux from DIR")
     parser.add_argument("--capture", choices=("trigger", "wal"), default="trigger",
                         help="the record's commit as each capture mode sends it")
+    parser.add_argument("--answer", type=int, default=3, metavar="ITEMS",
+                        help="items in the outbound call's answer (3: recording_overhead's)")
     parser.add_argument("--show", action="store_true", help="print one request's record")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.repeats < 1:
@@ -159,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     f = SimpleNamespace(key_takes_encoded="encoded" in inspect.signature(db_key).parameters,
                         encode=encode, plain=plain, TraceContext=TraceContext, db_key=db_key,
                         Exchange=Exchange, Recorder=Recorder, ExecutionRecord=ExecutionRecord,
-                        sql_info=sql_info, commit=_commit(_record, load, args.capture))
+                        sql_info=sql_info, commit=_commit(_record, load, args.capture),
+                        answer=stub_body(args.answer),
+                        fresh={"fresh": True} if "fresh" in inspect.signature(
+                            RedactionPolicy.prepare).parameters else {})
 
     policy = RedactionPolicy(key=b"0" * 64)
     with tempfile.TemporaryDirectory(prefix="flux-bench-") as tmp:

@@ -207,7 +207,7 @@ def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
         request = {"method": inv.method, "route": route,
                    "headers": ex.policy.redact_headers(inv.headers, secrets),
                    "query": scrub(dict(inv.query), secrets),
-                   "body": ex.prepare_body(encode(inv.input)),
+                   "body": ex.policy.prepare(encode(inv.input), secrets, fresh=True),
                    "trace": ex.trace.to_json()}
         if inv.request is not None:
             request.update(recorded(inv.request, inv.input, ex.policy, secrets, scrub))
