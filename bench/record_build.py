@@ -117,7 +117,7 @@ def _request(f: Any, policy: Any, root: Path, handler: dict[str, Any]) -> bytes:
                "query": policy.scrub({}, secrets),
                "body": policy.prepare(encode({"name": "bench"}), secrets, **f.fresh),
                "trace": trace.to_json()}
-    response = {"status": 200, "body": policy.prepare(output, secrets)}
+    response = {"status": 200, "body": policy.prepare(output, secrets, **f.fresh)}
     record = ExecutionRecord(
         request_id=request_id, kind="http", function="bench_handler", status="ok",
         http_status=200, started_at=rec.started_at, duration_ms=rec.elapsed_ms(),
