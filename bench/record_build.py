@@ -11,6 +11,7 @@ given as the bench's handler sees it. It reports the fastest of ``--repeats`` ro
 (µs per request, thread CPU time), so another process's load shows less than in a rate.
 
     .venv/bin/python bench/record_build.py [--requests 2000] [--repeats 7] [--flux DIR]
+        [--capture trigger|wal]
 
 ``--flux DIR`` imports Flux from ``DIR`` (an export of another commit, with its ``sql/``)
 instead of this tree: run both, alternating, to compare two versions on one machine.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import inspect
+import json
 import sys
 import tempfile
 import time
@@ -41,6 +43,16 @@ STUB_HEADERS = [
     ("Date", "Sun, 06 Dec 2026 02:07:33 GMT"), ("Server", "Python/3.11 aiohttp/3.14.5"),
 ]
 STUB_BODY = b'{"ok": true, "service": "stub", "items": [1, 2, 3]}'
+
+
+def stub_body(items: int) -> bytes:
+    """The stub's answer: ``recording_overhead.py``'s own (3 items), or a longer one as an
+    API might send (``--answer 80``: 4.5 KB of objects with ids, names and prices)."""
+    if items == 3:
+        return STUB_BODY
+    return json.dumps({"ok": True, "service": "stub", "items": [
+        {"id": 1000 + i, "name": f"item {i}", "price": i * 1.5, "tags": ["a", "b"]}
+        for i in range(items)]}).encode()
 STUB_URL = "http://127.0.0.1:35059/stub"
 
 # The handler's lines, compiled as a file in functions/ so that call sites are found as
@@ -56,11 +68,11 @@ def get(http):
 
 
 def _request(f: Any, policy: Any, root: Path, handler: dict[str, Any]) -> bytes:
-    """One request's record work, as the executor, ctx.db and ctx.http do it; the bytes
-    ``bind`` gives."""
+    """One request's record work, as the executor, ctx.db and ctx.http do it; what the
+    record's commit sends."""
     encode, plain, TraceContext, db_key = f.encode, f.plain, f.TraceContext, f.db_key
-    Exchange, Recorder, load, ExecutionRecord = f.Exchange, f.Recorder, f.load, f.ExecutionRecord
-    _jsonb, bind, sql_info = f._jsonb, f.bind, f.sql_info
+    Exchange, Recorder, ExecutionRecord = f.Exchange, f.Recorder, f.ExecutionRecord
+    sql_info = f.sql_info
     request_id = "0190a3f4-1234-7000-8000-000000000000"
     rec = Recorder(request_id, project_root=root, functions_dir=root / "functions")
     trace = TraceContext.start(request_id)
@@ -89,7 +101,7 @@ def _request(f: Any, policy: Any, root: Path, handler: dict[str, Any]) -> bytes:
         site = rec.call_site(2)
         rec.tape_append("config", "stub_url", STUB_URL, site=site)
         with Exchange(ex, "GET", STUB_URL, {}, None, site, timeout=10.0) as call:  # type: ignore[arg-type]
-            return call.answered(200, STUB_HEADERS, STUB_BODY, STUB_URL).json()
+            return call.answered(200, STUB_HEADERS, f.answer, STUB_URL).json()
 
     with rec.span("POST /bench_handler", "gateway", None, {"kind": "http"}), \
             rec.span("bench_handler", "function", rec.call_site(1)):
@@ -103,9 +115,9 @@ def _request(f: Any, policy: Any, root: Path, handler: dict[str, Any]) -> bytes:
     request = {"method": "POST", "route": "bench_handler",
                "headers": policy.redact_headers(REQUEST_HEADERS, secrets),
                "query": policy.scrub({}, secrets),
-               "body": policy.prepare(encode({"name": "bench"}), secrets),
+               "body": policy.prepare(encode({"name": "bench"}), secrets, **f.fresh),
                "trace": trace.to_json()}
-    response = {"status": 200, "body": policy.prepare(output, secrets)}
+    response = {"status": 200, "body": policy.prepare(output, secrets, **f.fresh)}
     record = ExecutionRecord(
         request_id=request_id, kind="http", function="bench_handler", status="ok",
         http_status=200, started_at=rec.started_at, duration_ms=rec.elapsed_ms(),
@@ -113,9 +125,21 @@ def _request(f: Any, policy: Any, root: Path, handler: dict[str, Any]) -> bytes:
         spans=policy.scrub(spans, secrets), tape=policy.scrub(rec.tape, secrets),
         logs=policy.scrub(rec.logs, secrets), code_sha="0" * 40, code_dirty=False,
         method="POST", route="bench_handler")
+    return f.commit(record, [["s4", 1, ["items"], "insert"]])
+
+
+def _commit(record: Any, load: Any, capture: str) -> Any:
+    """What the runtime's commit of a record sends, in this version of Flux: its logical
+    message (WAL capture) or the prepared statements' parameters (since issue 21, "rec", built
+    in one pass by ``commit_values``; before, from ``params()`` by ``_values``)."""
+    if capture == "wal":
+        return lambda rec, statements: record.wal_payload(rec, statements) or b""
+    if hasattr(record, "commit_values"):
+        return lambda rec, statements: record.commit_values(rec, statements, "utf-8")
     q = load("execution")
-    params = {**record.params(), "statements": _jsonb([[INSERT_SQL, 1]])}
-    return bind(f"{q.end_execution}; {q.insert_record}; {q.commit}", params)
+    return lambda rec, statements: record._values(
+        {**rec.params(), "statements": record._jsonb(statements)},
+        (q.end_execution, q.insert_record), "utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="requests per round")
     parser.add_argument("--repeats", type=int, default=7, help="rounds; the fastest counts")
     parser.add_argument("--flux", metavar="DIR", help="import Flux from DIR")
+    parser.add_argument("--capture", choices=("trigger", "wal"), default="trigger",
+                        help="the record's commit as each capture mode sends it")
+    parser.add_argument("--answer", type=int, default=3, metavar="ITEMS",
+                        help="items in the outbound call's answer (3: recording_overhead's)")
     parser.add_argument("--show", action="store_true", help="print one request's record")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.repeats < 1:
@@ -136,15 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     from flux.runtime._ctx_http import Exchange
     from flux.runtime._recorder import Recorder
     from flux.runtime._redact import RedactionPolicy
+    from flux.store import _record
     from flux.store._queries import load
-    from flux.store._record import ExecutionRecord, _jsonb, bind
+    from flux.store._record import ExecutionRecord
     from flux.store._statement import sql_info
 
     f = SimpleNamespace(key_takes_encoded="encoded" in inspect.signature(db_key).parameters,
                         encode=encode, plain=plain, TraceContext=TraceContext, db_key=db_key,
-                        Exchange=Exchange, Recorder=Recorder, load=load,
-                        ExecutionRecord=ExecutionRecord, _jsonb=_jsonb, bind=bind,
-                        sql_info=sql_info)
+                        Exchange=Exchange, Recorder=Recorder, ExecutionRecord=ExecutionRecord,
+                        sql_info=sql_info, commit=_commit(_record, load, args.capture),
+                        answer=stub_body(args.answer),
+                        fresh={"fresh": True} if "fresh" in inspect.signature(
+                            RedactionPolicy.prepare).parameters else {})
 
     policy = RedactionPolicy(key=b"0" * 64)
     with tempfile.TemporaryDirectory(prefix="flux-bench-") as tmp:
@@ -154,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         exec(compile(HANDLER, str(root / "functions" / "bench_handler.py"), "exec"), handler)
         query = _request(f, policy, root, handler)
         if args.show:
-            print(query.decode())
+            print(query.decode() if isinstance(query, bytes) else query)
         rounds = []
         for _ in range(args.repeats):
             started = time.thread_time()
             for _ in range(args.requests):
                 _request(f, policy, root, handler)
             rounds.append((time.thread_time() - started) / args.requests * 1e6)
-    print(f"flux from {Path(flux.__file__).parent.parent}; {len(query)} bytes of query; "
+    print(f"flux from {Path(flux.__file__).parent.parent}; {args.capture} commit; "
           f"rounds: {', '.join(f'{r:.1f}' for r in rounds)} µs; {dt.datetime.now(dt.UTC):%H:%M}")
     print(f"record: {min(rounds):.1f} µs per request")
     return 0

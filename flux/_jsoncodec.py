@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 TAG = "$t"
+_SAME = frozenset({str, int, bool, type(None)})  # what encode returns as it is
+_PLAIN = _SAME | {float}  # what plain returns as it is
 
 
 def encode(value: Any) -> Any:
@@ -21,10 +23,13 @@ def encode(value: Any) -> Any:
     kind = type(value)
     if kind is str or kind is int or value is None or kind is bool:  # most values, at once
         return value
+    # Leaves of these exact types are themselves (inlined: a call per leaf was most of a
+    # large body's cost); str(k) of a str is k.
     if kind is list or kind is tuple:
-        return [encode(v) for v in value]
+        return [v if type(v) in _SAME else encode(v) for v in value]
     if kind is dict:
-        return {str(k): encode(v) for k, v in value.items()}
+        return {k if type(k) is str else str(k): v if type(v) in _SAME else encode(v)
+                for k, v in value.items()}
     if isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
@@ -83,10 +88,11 @@ def plain(value: Any) -> Any:
     kind = type(value)
     if kind is str or kind is int or value is None or kind is bool or kind is float:
         return value
-    if kind is dict:
-        return {str(k): plain(v) for k, v in value.items()}
+    if kind is dict:  # leaves of these exact types inlined, as in encode
+        return {k if type(k) is str else str(k): v if type(v) in _PLAIN else plain(v)
+                for k, v in value.items()}
     if kind is list:
-        return [plain(v) for v in value]
+        return [v if type(v) in _PLAIN else plain(v) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, dict):

@@ -208,11 +208,13 @@ def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
         request = {"method": inv.method, "route": route,
                    "headers": ex.policy.redact_headers(inv.headers, secrets),
                    "query": scrub(dict(inv.query), secrets),
-                   "body": ex.prepare_body(encode(inv.input)),
+                   "body": ex.policy.prepare(encode(inv.input), secrets, fresh=True),
                    "trace": ex.trace.to_json()}
         if inv.request is not None:
             request.update(recorded(inv.request, inv.input, ex.policy, secrets, scrub))
-        response = {"status": http_status, "body": ex.prepare_body(body)}
+        # the answer's body is Flux's own copy of what the handler returned (plain(), an
+        # ASGI app's bytes decoded): the record need not copy it again
+        response = {"status": http_status, "body": ex.policy.prepare(body, secrets, fresh=True)}
         if answer is not None and answer.headers:
             response["headers"] = ex.policy.redact_headers(answer.headers, secrets)
         if answer is not None and answer.content_type is not None:

@@ -179,18 +179,29 @@ class RedactionPolicy:
         pattern = _secret_pattern(secrets)
         return value if pattern is None else self._scrub(value, pattern)
 
-    def prepare(self, body: Any, secrets: Iterable[str] = ()) -> Any:
+    def prepare(self, body: Any, secrets: Iterable[str] = (), *, fresh: bool = False) -> Any:
         """The one call a recorder makes per stored body: redact, scrub secrets, cap.
 
         Besides strings, keys and numbers are scrubbed too, and anything that is not JSON is
         turned into the text ``json.dumps(default=str)`` would store, so that what is checked
-        here is exactly what reaches the store.
+        here is exactly what reaches the store. What is returned never shares a container
+        with ``body`` (the handler may change its own later) — unless ``fresh`` says that
+        ``body`` was made for the record alone (decoded or encoded by Flux just before),
+        when a plain body is returned as it is rather than copied.
         """
         pattern = _secret_pattern(secrets)
         if pattern is None:
             kind = type(body)
             if body is None or kind is str or kind is int or kind is bool or kind is float:
                 return self.cap(body)  # nothing to redact in a scalar
+            if fresh and (kind is dict or kind is list):
+                # Made for the record alone: no copy; and past a few hundred bytes no walk
+                # in Python to look for a field to hide — orjson's bytes are searched for
+                # each name as a key (a small body is walked: that costs less).
+                data = _strict_dumps(body)
+                if data is not None and (self._clean(body, 0) if len(data) < 512 else
+                                         not _names_a_field(data, self.fields)):
+                    return body if len(data) <= self.max_body_bytes else self.cap(body)
             if (kind is dict or kind is list) and self._clean(body, 0):
                 # Plain JSON with no field to hide (most bodies): a walk that builds
                 # nothing, then orjson gives the size the cap needs and a fresh copy.
@@ -200,7 +211,7 @@ class RedactionPolicy:
                     pass  # an integer beyond 64 bits, a lone surrogate: the walk below
                 else:
                     if len(data) <= self.max_body_bytes:
-                        return orjson.loads(data)
+                        return body if fresh else orjson.loads(data)
             # One walk redacts and tells whether the copy is plain JSON (then scrubbing
             # without secrets would change nothing).
             redacted, plain = self._redact_plain(body, 0)
@@ -295,6 +306,42 @@ class RedactionPolicy:
         elif not isinstance(value, str):
             value = str(value)
         return value if pattern is None else pattern.sub(self._mark_match, value)
+
+
+# orjson refuses datetimes, dataclasses and subclasses of str, int, dict and list with
+# these options: what it writes then is what the record's own encoding writes.
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | \
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def _strict_dumps(body: Any) -> bytes | None:
+    try:
+        return orjson.dumps(body, option=_STRICT)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return None
+
+
+def _names_a_field(data: bytes, fields: frozenset[str]) -> bool:
+    """Whether JSON text from orjson (``data``) may hold a key to hide; False only when it
+    holds none. In orjson's text a key is ``"name":`` and a string value's own quotes are
+    escaped, so ``"name":`` is found exactly where an object has that key. Names are
+    compared as ``str.lower`` compares them: over ASCII text, ``bytes.lower`` is the same;
+    anything else (non-ASCII text, a configured name needing escapes) answers True, and the
+    caller walks the body as before."""
+    needles = _needles(fields)
+    if needles is None or not data.isascii():
+        return True
+    lowered = data.lower()
+    return any(lowered.find(needle) >= 0 for needle in needles)
+
+
+@functools.lru_cache(maxsize=64)
+def _needles(fields: frozenset[str]) -> tuple[bytes, ...] | None:
+    """Each field name as orjson writes it as a key; None if a name is not plain ASCII."""
+    if not all(name.isascii() and name.isprintable() and '"' not in name and "\\" not in name
+               for name in fields):
+        return None
+    return tuple(f'"{name}":'.encode() for name in fields)
 
 
 def _plain_json(value: Any, depth: int = 0) -> bool:

@@ -21,8 +21,11 @@ from flux.store._record import (
     RecordingConnection,
     _bind_text,
     _dumps,
+    _numbered,
+    _value,
     bind,
     forget_prepared,
+    record_values,
     simple_query,
     store_and_commit,
     wal_payload,
@@ -258,3 +261,19 @@ def test_the_wal_line_stores_what_the_insert_stores(conn: psycopg.Connection) ->
 def test_the_wal_line_has_the_consumers_columns() -> None:
     copy = " ".join(load("capture").copy_records.split())
     assert ", ".join(RECORD_COLUMNS) in copy
+
+
+def test_record_values_are_the_insert_parameters_in_order() -> None:
+    """record_values builds in one pass the bytes the prepared INSERT's parameters were
+    built from params() one by one: the same, in insert_record's order, in any encoding;
+    a value with no text form gives None (the record is then bound as literals)."""
+    assert _numbered(load("execution").insert_record)[2] == RECORD_COLUMNS[:-1]
+    for text in [*AWKWARD, "a\x00b", "\u00e9t\u00e9 \u2603"]:
+        record = _record(str(new_request_id()), text)
+        params = record.params()
+        for encoding in ("utf-8", "latin-1"):
+            assert record_values(record, encoding) == \
+                [_value(params[name], encoding) for name in RECORD_COLUMNS[:-1]], text
+    odd = _record(str(new_request_id()), "x")
+    odd.tenant = decimal.Decimal(1)  # type: ignore[assignment]
+    assert record_values(odd) is None and wal_payload(odd, []) is None
