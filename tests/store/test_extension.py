@@ -13,8 +13,8 @@ def test_extension_files_match_sql_dir() -> None:
     for name, text in render().items():
         on_disk = (extension_dir() / name).read_text(encoding="utf-8")
         assert on_disk == text, f"extension/{name} is stale: run `python -m flux.store._extension`"
-    # Beside the generated files: the C capture trigger's source (flux/store/_native.py).
-    generated = [p.name for p in extension_dir().iterdir() if p.suffix != ".c"]
+    # Beside the generated files: the C sources and their shared header (flux/store/_native.py).
+    generated = [p.name for p in extension_dir().iterdir() if p.suffix not in (".c", ".h")]
     assert sorted(generated) == sorted(render())
 
 
