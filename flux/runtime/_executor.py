@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import traceback
 from collections.abc import Mapping
 from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import psycopg
 from psycopg import pq
 
@@ -42,7 +40,7 @@ from flux.runtime._execution import Execution, ReplaySource
 from flux.runtime._iowatch import Watch, watching
 from flux.runtime._recorder import CallSite, Recorder, _call_site
 from flux.runtime._request import Request, recorded, synthetic
-from flux.runtime._response import Answer, answer_of
+from flux.runtime._response import Answer, answer_of, json_bytes
 from flux.runtime._sampling import keeps, outline_spans
 from flux.runtime._sealed import sealed
 from flux.store._availability import connection_lost
@@ -177,13 +175,9 @@ def _json_output(result: Any) -> tuple[Any, bytes]:
     once, here, by the check that it encodes (flux/runtime/_response.py: json_bytes)."""
     value = plain(result)
     try:
-        return value, orjson.dumps(value)  # it refuses a few things json accepts (huge ints)
-    except (TypeError, orjson.JSONEncodeError):
-        try:
-            return value, json.dumps(value).encode()
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"the function returned a value JSON cannot encode: {exc}"
-                            ) from exc
+        return value, json_bytes(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"the function returned a value JSON cannot encode: {exc}") from exc
 
 
 def _record(ex: Execution, inv: Invocation, *, status: str, http_status: int,
